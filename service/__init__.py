@@ -1,0 +1,1 @@
+"""sora-worker: insert a row, get a video that never expires."""

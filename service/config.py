@@ -1,0 +1,185 @@
+"""Settings, read once from the environment.
+
+Why pydantic-settings: every setting is typed, has a default that lets the worker run
+with no configuration at all (embedded PostgreSQL, the local Sora simulator, local-disk
+storage), and shows up in ``sora-worker --help``. The well-known names that other tools
+already use (``DATABASE_URL``, ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``SUPABASE_URL``,
+``SUPABASE_SERVICE_ROLE_KEY``) are read as they are; the worker's own knobs start with
+``SORA_``. A misspelt ``SORA_`` variable is an error, not a silently ignored typo.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import socket
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "SORA_"
+SIZE_PATTERN = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
+
+
+class SettingsError(ValueError):
+    """The environment holds a setting the worker cannot use; the message says which."""
+
+
+def _plain(name: str) -> AliasChoices:
+    """Read a setting from its well-known, unprefixed environment name."""
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    """Everything the worker can be told. Durations are seconds in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    # Where the rows live. Unset: an embedded PostgreSQL under data_dir.
+    database_url: SecretStr | None = Field(
+        None,
+        validation_alias=_plain("DATABASE_URL"),
+        description="PostgreSQL URL; unset starts an embedded server under SORA_DATA_DIR.",
+    )
+    # The video generator (OpenAI Videos API shape). Unset key: the local simulator.
+    openai_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=_plain("OPENAI_API_KEY"),
+        description="API key of the /v1/videos provider; unset runs the local Sora simulator.",
+    )
+    openai_base_url: str | None = Field(
+        None,
+        validation_alias=_plain("OPENAI_BASE_URL"),
+        description="Base URL of a /v1/videos provider (OpenAI, a LiteLLM or new-api gateway).",
+    )
+    supabase_url: str | None = Field(
+        None,
+        validation_alias=_plain("SUPABASE_URL"),
+        description="Supabase project URL; unset stores videos on local disk.",
+    )
+    supabase_service_role_key: SecretStr | None = Field(
+        None,
+        validation_alias=_plain("SUPABASE_SERVICE_ROLE_KEY"),
+        description="Supabase service-role key (never logged).",
+    )
+
+    model: str = Field("sora-2", description="Default model for rows that name none.")
+    default_size: str = Field(
+        "720x1280", description="Default WIDTHxHEIGHT for rows that name none."
+    )
+    default_seconds: str = Field("4", description="Default clip length for rows that name none.")
+
+    poll_interval: float = Field(5.0, gt=0, description="Seconds between status polls of a job.")
+    sweep_interval: float = Field(
+        30.0, gt=0, description="Seconds between sweeps for work that no notification announced."
+    )
+    lease_seconds: float = Field(
+        60.0, gt=0, description="How long a claim lasts without a heartbeat before others take it."
+    )
+    concurrency: int = Field(8, ge=1, le=1000, description="Rows one worker handles at once.")
+    max_attempts: int = Field(
+        6, ge=1, description="Transient failures of one step before the row is failed."
+    )
+    retry_base: float = Field(2.0, gt=0, description="First retry delay, doubled per attempt.")
+    retry_cap: float = Field(300.0, gt=0, description="Longest retry delay.")
+    shutdown_grace: float = Field(
+        30.0, ge=0, description="Seconds to let in-flight steps finish after SIGTERM."
+    )
+    worker_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}",
+        description="Name written into locked_by; defaults to host:pid.",
+    )
+
+    image_max_bytes: int = Field(15_000_000, gt=0, description="Largest input photo accepted.")
+    image_timeout: float = Field(20.0, gt=0, description="Seconds allowed to fetch one photo.")
+
+    data_dir: Path = Field(
+        Path(".sora-worker"),
+        description="Embedded database, simulator state and local storage live here.",
+    )
+    storage_host: str = Field("127.0.0.1", description="Address the local storage server binds.")
+    storage_port: int = Field(8090, ge=0, le=65535, description="Port of the local storage server.")
+    public_url: str | None = Field(
+        None, description="Public base URL of the local storage server, if behind a proxy."
+    )
+    simulator_port: int = Field(8089, ge=0, le=65535, description="Port of the local simulator.")
+    video_bucket: str = Field("hug-videos", description="Bucket for finished videos.")
+    image_bucket: str = Field("hug-images", description="Bucket for images (demo photos).")
+
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: console on a terminal, JSON lines otherwise."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+
+    @field_validator("default_size")
+    @classmethod
+    def _size_shape(cls, value: str) -> str:
+        if not SIZE_PATTERN.match(value):
+            raise ValueError("must look like 720x1280 (WIDTHxHEIGHT)")
+        return value
+
+    @field_validator("default_seconds")
+    @classmethod
+    def _seconds_shape(cls, value: str) -> str:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError("must be a whole number of seconds, like 4")
+        return value
+
+    @property
+    def poll_delay(self) -> timedelta:
+        return timedelta(seconds=self.poll_interval)
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=self.lease_seconds)
+
+    @property
+    def uses_simulator(self) -> bool:
+        return self.openai_api_key is None
+
+    @property
+    def uses_supabase(self) -> bool:
+        return self.supabase_url is not None
+
+
+def known_env_names() -> set[str]:
+    """Every environment variable name the settings read."""
+    names: set[str] = set()
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(str(choice) for choice in alias.choices)
+        else:
+            names.add(ENV_PREFIX + name.upper())
+    return names
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse ``SORA_*`` variables that no setting reads (typos would be silently ignored)."""
+    known = known_env_names()
+    unknown = sorted(
+        k for k in environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known
+    )
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name.upper(), known, n=1)
+        hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    raise SettingsError("unknown setting(s): " + ", ".join(hints))
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment, after refusing unknown SORA_* names."""
+    check_environment(os.environ)
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,434 @@
+"""The pure state machine: a row's state plus what just happened gives its next state.
+
+Nothing here does IO, reads a clock or draws a random number: the caller passes the
+time and the jitter in. That is what lets every transition be tested exhaustively and
+what makes a crash harmless: the row holds the state, this module only decides.
+
+Stages (mirrored by a CHECK constraint in ``sql/0001_videos.sql``)::
+
+    pending ──intent──> submitting ──accepted──> generating ──done──> archiving ──> completed
+                         │ ^  outcome unknown: reconcile with the provider's list;
+                         └─┘  nothing there: drop the key and submit again
+    any stage ── permanent error / retries exhausted ──> failed
+
+``submitting`` is the "intent recorded" checkpoint: the row holds an idempotency key
+before the provider is called, so after a crash the worker reconciles instead of
+paying twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import TypedDict
+from uuid import UUID
+
+
+class Stage(StrEnum):
+    """Where a row is in its life. Only the first four are work the worker owes."""
+
+    PENDING = "pending"
+    """Waiting for its first (or a new) submission."""
+    SUBMITTING = "submitting"
+    """Intent recorded; whether the provider accepted the job may be unknown."""
+    GENERATING = "generating"
+    """The provider holds the job; poll it."""
+    ARCHIVING = "archiving"
+    """The provider finished; copy the video into permanent storage before it expires."""
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+ACTIVE_STAGES: tuple[Stage, ...] = (
+    Stage.PENDING,
+    Stage.SUBMITTING,
+    Stage.GENERATING,
+    Stage.ARCHIVING,
+)
+
+STATUS_OF: dict[Stage, str] = {
+    Stage.PENDING: "queued",
+    Stage.SUBMITTING: "processing",
+    Stage.GENERATING: "processing",
+    Stage.ARCHIVING: "processing",
+    Stage.COMPLETED: "completed",
+    Stage.FAILED: "failed",
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """The part of a ``videos`` row the machine decides on."""
+
+    id: UUID
+    stage: Stage
+    attempts: int = 0
+    prompt: str | None = None
+    image1_url: str | None = None
+    image2_url: str | None = None
+    model: str | None = None
+    size: str | None = None
+    seconds: str | None = None
+    provider: str | None = None
+    video_id: str | None = None
+    submit_key: UUID | None = None
+    submitted_at: datetime | None = None
+    progress: int = 0
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Retry rules, from settings."""
+
+    poll_interval: timedelta
+    max_attempts: int
+    retry_base: timedelta
+    retry_cap: timedelta
+
+
+# ---------------------------------------------------------------- actions
+
+
+class Action(StrEnum):
+    """The effect the shell must perform next for a row."""
+
+    SUBMIT = "submit"
+    """Fetch inputs, record the intent, call the provider's create."""
+    CREATE = "create"
+    """Intent just recorded in this claim: call the provider's create."""
+    RECONCILE = "reconcile"
+    """A previous submission's outcome is unknown: look for it at the provider."""
+    POLL = "poll"
+    ARCHIVE = "archive"
+
+
+def next_action(job: Job, *, inputs_in_hand: bool) -> Action | None:
+    """What to do with a claimed row; None for a finished one.
+
+    ``inputs_in_hand`` is true only right after this worker recorded the intent in the
+    same claim: then it may call create. A ``submitting`` row found any other way with a
+    key was left by a crash or an ambiguous error, and must be reconciled first; one
+    without a key is known to hold no job at the provider and is submitted afresh.
+    """
+    match job.stage:
+        case Stage.PENDING:
+            return Action.SUBMIT
+        case Stage.SUBMITTING if inputs_in_hand:
+            return Action.CREATE
+        case Stage.SUBMITTING if job.submit_key is None:
+            return Action.SUBMIT
+        case Stage.SUBMITTING:
+            return Action.RECONCILE
+        case Stage.GENERATING:
+            return Action.POLL
+        case Stage.ARCHIVING:
+            return Action.ARCHIVE
+        case Stage.COMPLETED | Stage.FAILED:
+            return None
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class IntentRecorded:
+    """Inputs are ready and valid; this key and these parameters go to the provider."""
+
+    submit_key: UUID
+    provider: str
+    model: str
+    size: str
+    seconds: str
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The provider created the job (directly, or found by reconciliation)."""
+
+    video_id: str
+    progress: int = 0
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """Permanent: the input or the request can never succeed as it is."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class NotSubmitted:
+    """Transient, and the provider certainly created nothing (refused, unreachable)."""
+
+    reason: str
+    retry_after: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class OutcomeUnknown:
+    """Transient, and the provider may have created the job (timeout, 5xx, reset)."""
+
+    reason: str
+    retry_after: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class NotFoundAtProvider:
+    """Reconciliation found no job for our intent: it is safe to submit again."""
+
+
+@dataclass(frozen=True)
+class Progressed:
+    """The provider is still working."""
+
+    progress: int
+    provider_status: str
+
+
+@dataclass(frozen=True)
+class Generated:
+    """The provider finished; the video can be downloaded until ``expires_at``."""
+
+    content_url: str
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class GenerationFailed:
+    """The provider ended the job without a video (safety filter, error, expiry)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Archived:
+    """The video is in permanent storage."""
+
+    video_url: str
+    video_bytes: int
+    video_sha256: str
+    thumbnail_url: str | None
+
+
+@dataclass(frozen=True)
+class Transient:
+    """A step failed in a way worth retrying (network, 429, 5xx, storage hiccup)."""
+
+    reason: str
+    retry_after: timedelta | None = None
+
+
+Event = (
+    IntentRecorded
+    | Accepted
+    | Rejected
+    | NotSubmitted
+    | OutcomeUnknown
+    | NotFoundAtProvider
+    | Progressed
+    | Generated
+    | GenerationFailed
+    | Archived
+    | Transient
+)
+
+
+# ---------------------------------------------------------------- transitions
+
+
+class Changes(TypedDict, total=False):
+    """Columns a transition writes, besides stage/status/attempts/next_attempt_at."""
+
+    error: str | None
+    progress: int
+    provider: str
+    model: str
+    size: str
+    seconds: str
+    submit_key: UUID | None
+    video_id: str
+    openai_url: str
+    openai_expires_at: datetime | None
+    video_url: str
+    video_bytes: int
+    video_sha256: str
+    thumbnail_url: str | None
+    mark_submitted: bool
+    mark_completed: bool
+
+
+@dataclass(frozen=True)
+class Transition:
+    """The checkpoint to write: the new stage, when the row is next due, what changed."""
+
+    stage: Stage
+    attempts: int
+    delay: timedelta
+    log_event: str
+    changes: Changes = field(default_factory=Changes)
+
+    @property
+    def status(self) -> str:
+        return STATUS_OF[self.stage]
+
+    @property
+    def finished(self) -> bool:
+        return self.stage in (Stage.COMPLETED, Stage.FAILED)
+
+
+class IllegalTransition(Exception):
+    """An event arrived that the row's stage cannot take: a bug in the shell."""
+
+
+NOW = timedelta(0)
+
+
+def retry_delay(attempt: int, policy: Policy, jitter: float) -> timedelta:
+    """Exponential backoff with jitter: base * 2^(attempt-1), capped, scaled by 0.5-1.0."""
+    exponent = min(max(attempt - 1, 0), 30)
+    raw: timedelta = min(policy.retry_base * (2**exponent), policy.retry_cap)
+    return raw * (0.5 + 0.5 * min(max(jitter, 0.0), 1.0))
+
+
+def apply(job: Job, event: Event, *, now: datetime, policy: Policy, jitter: float) -> Transition:
+    """Decide the checkpoint that follows ``event`` for ``job``. Pure and total."""
+    stage = job.stage
+    match event:
+        case IntentRecorded() if stage is Stage.PENDING or (
+            stage is Stage.SUBMITTING and job.submit_key is None
+        ):
+            return Transition(
+                Stage.SUBMITTING,
+                job.attempts,
+                NOW,
+                "video.submitting",
+                Changes(
+                    submit_key=event.submit_key,
+                    provider=event.provider,
+                    model=event.model,
+                    size=event.size,
+                    seconds=event.seconds,
+                    mark_submitted=True,
+                    error=None,
+                ),
+            )
+        case Accepted() if stage is Stage.SUBMITTING:
+            return Transition(
+                Stage.GENERATING,
+                0,
+                policy.poll_interval,
+                "video.submitted",
+                Changes(video_id=event.video_id, progress=event.progress, error=None),
+            )
+        case NotFoundAtProvider() if stage is Stage.SUBMITTING:
+            return _forget_intent(
+                _retry(
+                    job,
+                    "no job found at the provider for the earlier submission; submitting again",
+                    None,
+                    policy,
+                    jitter,
+                    now,
+                    immediate=True,
+                )
+            )
+        case NotSubmitted() if stage is Stage.PENDING:
+            return _retry(job, event.reason, event.retry_after, policy, jitter, now)
+        case NotSubmitted() if stage is Stage.SUBMITTING:
+            return _forget_intent(_retry(job, event.reason, event.retry_after, policy, jitter, now))
+        case OutcomeUnknown() if stage is Stage.SUBMITTING:
+            return _retry(job, event.reason, event.retry_after, policy, jitter, now)
+        case Progressed() if stage is Stage.GENERATING:
+            return Transition(
+                Stage.GENERATING,
+                0,
+                policy.poll_interval,
+                "video.progress",
+                Changes(progress=max(0, min(event.progress, 99)), error=None),
+            )
+        case Generated() if stage is Stage.GENERATING:
+            return Transition(
+                Stage.ARCHIVING,
+                0,
+                NOW,
+                "video.generated",
+                Changes(
+                    progress=100,
+                    openai_url=event.content_url,
+                    openai_expires_at=event.expires_at,
+                    error=None,
+                ),
+            )
+        case Archived() if stage is Stage.ARCHIVING:
+            return Transition(
+                Stage.COMPLETED,
+                0,
+                NOW,
+                "video.completed",
+                Changes(
+                    video_url=event.video_url,
+                    video_bytes=event.video_bytes,
+                    video_sha256=event.video_sha256,
+                    thumbnail_url=event.thumbnail_url,
+                    progress=100,
+                    mark_completed=True,
+                    error=None,
+                ),
+            )
+        case Rejected() | GenerationFailed() if stage in ACTIVE_STAGES:
+            return _fail(job, event.reason)
+        case Transient() if stage in ACTIVE_STAGES:
+            return _retry(job, event.reason, event.retry_after, policy, jitter, now)
+    raise IllegalTransition(f"{type(event).__name__} cannot happen in stage {stage}")
+
+
+def _forget_intent(transition: Transition) -> Transition:
+    """The provider holds no job for this row: drop the key so the next try submits.
+
+    The row stays ``submitting`` rather than going back to ``pending`` because going
+    back to status ``queued`` is how a person asks for a fresh start (attempts reset).
+    """
+    if transition.finished:
+        return transition
+    changes = Changes(**transition.changes)
+    changes["submit_key"] = None
+    return replace(transition, changes=changes)
+
+
+def _fail(job: Job, reason: str) -> Transition:
+    return Transition(Stage.FAILED, job.attempts, NOW, "video.failed", Changes(error=reason))
+
+
+def _retry(
+    job: Job,
+    reason: str,
+    retry_after: timedelta | None,
+    policy: Policy,
+    jitter: float,
+    now: datetime,
+    *,
+    immediate: bool = False,
+) -> Transition:
+    """Count a failed try of the current step; fail the row once tries run out.
+
+    An archive is the exception: the video is paid for, so it is retried for as long
+    as the provider still holds it, whatever the attempt count.
+    """
+    attempts = job.attempts + 1
+    still_downloadable = (
+        job.stage is Stage.ARCHIVING and job.expires_at is not None and now < job.expires_at
+    )
+    if attempts >= policy.max_attempts and not still_downloadable:
+        return _fail(job, f"gave up after {attempts} attempts: {reason}")
+    delay = NOW if immediate else retry_delay(attempts, policy, jitter)
+    if retry_after is not None and not immediate:
+        delay = max(delay, min(retry_after, policy.retry_cap))
+    return Transition(
+        job.stage,
+        attempts,
+        delay,
+        "video.retry",
+        Changes(error=f"attempt {attempts} failed, will retry: {reason}"),
+    )

@@ -1,0 +1,90 @@
+"""Applies ``sql/NNNN_*.sql`` once each, in order, recording what ran.
+
+Safe to run twice and from many replicas at once: a session advisory lock serialises
+runners, each file runs in its own transaction together with its record, and a file
+that changed after it was applied is refused (its checksum no longer matches) rather
+than silently skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+LOCK_KEY = 0x50_52_41_5F_57_4B  # any constant; identifies our migration lock
+_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+class MigrationError(Exception):
+    """The migrations on disk disagree with what the database recorded."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load(directory: Path = SQL_DIR) -> list[Migration]:
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _NAME.match(path.name)
+        if match is None:
+            raise MigrationError(f"{path.name}: migration files are named NNNN_words.sql")
+        found.append(Migration(match.group(1), path.name, path.read_text(encoding="utf-8")))
+    if not found:
+        raise MigrationError(f"no migrations found in {directory}")
+    return found
+
+
+async def migrate(conn: asyncpg.Connection, directory: Path = SQL_DIR) -> list[str]:
+    """Apply pending migrations; returns the names applied now."""
+    migrations = load(directory)
+    applied_now: list[str] = []
+    await conn.execute("select pg_advisory_lock($1)", LOCK_KEY)
+    try:
+        await conn.execute(
+            """create table if not exists public.sora_worker_migrations (
+                   version text primary key,
+                   name text not null,
+                   checksum text not null,
+                   applied_at timestamptz not null default now())"""
+        )
+        recorded = {
+            r["version"]: r
+            for r in await conn.fetch(
+                "select version, name, checksum from public.sora_worker_migrations"
+            )
+        }
+        for migration in migrations:
+            done = recorded.get(migration.version)
+            if done is not None:
+                if done["checksum"] != migration.checksum:
+                    raise MigrationError(
+                        f"{migration.name} changed after it was applied (as {done['name']}); "
+                        "add a new migration instead of editing an applied one"
+                    )
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "insert into public.sora_worker_migrations (version, name, checksum) "
+                    "values ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
+                )
+            applied_now.append(migration.name)
+    finally:
+        await conn.execute("select pg_advisory_unlock($1)", LOCK_KEY)
+    return applied_now

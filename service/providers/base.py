@@ -1,0 +1,111 @@
+"""The video-generation port: what the worker needs from any generator.
+
+OpenAI retired Sora 2; its API shape lives on at gateways, and Veo and Replicate speak
+their own. So the daemon talks to this Protocol, never to an SDK, and each adapter
+translates its provider's facts (statuses, errors, expiry) into these few types. The
+errors say exactly one thing the state machine needs to know: may we retry, and could
+the provider have created a job we would pay for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal, Protocol
+
+JobStatus = Literal["queued", "running", "completed", "failed"]
+
+
+@dataclass(frozen=True)
+class VideoRequest:
+    """One submission. ``idempotency_key`` is recorded in the row before submitting."""
+
+    prompt: str
+    model: str
+    size: str
+    seconds: str
+    idempotency_key: str
+    reference: bytes | None = None
+    reference_filename: str = "reference.jpg"
+    reference_content_type: str = "image/jpeg"
+
+
+@dataclass(frozen=True)
+class ProviderJob:
+    """A provider's job as the worker sees it."""
+
+    id: str
+    status: JobStatus
+    progress: int
+    raw_status: str
+    error: str | None = None
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    prompt: str | None = None
+    model: str | None = None
+    size: str | None = None
+    seconds: str | None = None
+
+
+class ProviderError(Exception):
+    """Base of the port's errors; ``str()`` is a sentence a person can act on."""
+
+
+class RequestRejected(ProviderError):
+    """Permanent: this request will never succeed as it is (bad input, policy, no model)."""
+
+
+class ProviderUnavailable(ProviderError):
+    """Transient, and certainly nothing was created (refused before any work, unreachable)."""
+
+    def __init__(self, message: str, retry_after: timedelta | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class OutcomeUnknown(ProviderError):
+    """Transient, and the provider may have created a job (timeout, 5xx, dropped reply)."""
+
+    def __init__(self, message: str, retry_after: timedelta | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class VideoGone(ProviderError):
+    """The job or its file no longer exists at the provider (deleted or expired)."""
+
+
+Variant = Literal["video", "thumbnail"]
+
+
+class VideoProvider(Protocol):
+    """A video generator. Adapters validate what their own models accept."""
+
+    name: str
+
+    def validate(self, model: str, size: str, seconds: str) -> None:
+        """Raise RequestRejected for parameters this provider's model cannot take."""
+
+    async def submit(self, request: VideoRequest) -> ProviderJob:
+        """Create a job. Never retried blindly inside: ambiguity raises OutcomeUnknown."""
+
+    async def find_submitted(
+        self, request: VideoRequest, submitted_after: datetime, exclude: frozenset[str]
+    ) -> ProviderJob | None:
+        """Reconcile: the job this request created, if the provider has one, else None."""
+
+    async def retrieve(self, job_id: str) -> ProviderJob:
+        """The job's current state."""
+
+    def download(
+        self, job_id: str, variant: Variant = "video"
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """Stream a finished job's file in chunks (never the whole file in memory)."""
+
+    def content_url(self, job_id: str) -> str:
+        """The provider's own (temporary) URL of the video, kept as a backup link."""
+
+    async def aclose(self) -> None:
+        """Release connections."""

@@ -1,0 +1,73 @@
+"""Local-disk object storage: the embedded default, served over HTTP by ``server.py``.
+
+Files land under ``root/bucket/key`` through a temporary file and an atomic rename, so
+a reader never sees half a video and a crash mid-write leaves no torn object behind.
+URLs have Supabase's public-object shape, so front ends treat both backends alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import uuid
+from collections.abc import AsyncIterable
+from pathlib import Path
+from typing import BinaryIO
+
+from service.storage.base import Digest, StorageError, StoredObject
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+PUBLIC_PREFIX = "/storage/v1/object/public"
+
+
+def object_path(root: Path, bucket: str, key: str) -> Path:
+    """The file for ``bucket/key``; refuses anything that could escape ``root``."""
+    if not _BUCKET.match(bucket):
+        raise StorageError(f"invalid bucket name {bucket!r}", permanent=True)
+    parts = key.split("/")
+    if not parts or not all(_KEY_PART.match(part) for part in parts):
+        raise StorageError(f"invalid object key {key!r}", permanent=True)
+    return root.joinpath(bucket, *parts)
+
+
+class LocalStore:
+    """``ObjectStore`` on a local directory."""
+
+    def __init__(self, root: Path, public_base_url: str) -> None:
+        self.root = root
+        self.public_base_url = public_base_url.rstrip("/")
+
+    async def put(
+        self, bucket: str, key: str, chunks: AsyncIterable[bytes], content_type: str
+    ) -> StoredObject:
+        target = object_path(self.root, bucket, key)
+        await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
+        digest = Digest()
+        handle: BinaryIO = await asyncio.to_thread(partial.open, "wb")
+        try:
+            async for chunk in digest.tap(chunks):
+                await asyncio.to_thread(handle.write, chunk)
+            await asyncio.to_thread(_flush_and_close, handle)
+            if digest.size == 0:
+                raise StorageError(f"refusing to store an empty object at {bucket}/{key}")
+            await asyncio.to_thread(os.replace, partial, target)
+        except BaseException:
+            handle.close()
+            partial.unlink(missing_ok=True)
+            raise
+        return StoredObject(self.public_url(bucket, key), digest.size, digest.sha256)
+
+    def public_url(self, bucket: str, key: str) -> str:
+        return f"{self.public_base_url}{PUBLIC_PREFIX}/{bucket}/{key}"
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _flush_and_close(handle: BinaryIO) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+    handle.close()
