@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 LOCK_KEY = 0x50_52_41_5F_57_4B  # any constant; identifies our migration lock
@@ -47,7 +48,9 @@ def load(directory: Path = SQL_DIR) -> list[Migration]:
     return found
 
 
-async def migrate(conn: asyncpg.Connection, directory: Path = SQL_DIR) -> list[str]:
+async def migrate(
+    conn: asyncpg.Connection | PoolConnectionProxy, directory: Path = SQL_DIR
+) -> list[str]:
     """Apply pending migrations; returns the names applied now."""
     migrations = load(directory)
     applied_now: list[str] = []

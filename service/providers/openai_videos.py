@@ -239,7 +239,7 @@ class OpenAIVideos:
             async with _quiet(
                 lambda: streaming.download_content(job_id, variant=variant)
             ) as response:
-                yield response.iter_bytes(CHUNK_SIZE)
+                yield _read(response, job_id)
         except (openai.NotFoundError, openai.APIStatusError) as err:
             if err.status_code in (404, 410):
                 raise VideoGone(
@@ -281,6 +281,15 @@ class OpenAIVideos:
             size=str(video.size) if getattr(video, "size", None) else None,
             seconds=str(video.seconds) if getattr(video, "seconds", None) else None,
         )
+
+
+async def _read(response: Any, job_id: str) -> AsyncIterator[bytes]:
+    """The body in chunks; a transport error mid-stream becomes a retryable error."""
+    try:
+        async for chunk in response.iter_bytes(CHUNK_SIZE):
+            yield chunk
+    except Exception as err:  # the SDK's HTTP client raises its own transport errors
+        raise ProviderUnavailable(f"download of {job_id} broke off: {err!r}") from err
 
 
 def _message(err: openai.APIStatusError) -> str:

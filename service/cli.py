@@ -1,0 +1,174 @@
+"""``sora-worker``: run | migrate | demo | simulate | request | show.
+
+Every setting comes from the environment (listed by ``--help`` with its default), so
+the same command line works in a shell, a container and a systemd unit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from uuid import UUID
+
+import asyncpg
+import structlog
+from pydantic import ValidationError
+
+from service import logs
+from service.config import ENV_PREFIX, Settings, SettingsError, load_settings
+from service.migrations import MigrationError, migrate
+from service.repository import Repository, as_json
+from service.runtime import database_url, open_runtime
+
+log = structlog.get_logger("service.cli")
+
+
+def settings_help() -> str:
+    lines = ["settings (environment variables):"]
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        env = str(getattr(alias, "choices", [None])[0] or ENV_PREFIX + name.upper())
+        default = "" if field.is_required() else field.get_default(call_default_factory=False)
+        shown = "(host:pid)" if name == "worker_id" else default
+        lines.append(f"  {env:<28} {field.description or ''} [default: {shown}]")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sora-worker",
+        description="Insert a row into public.videos, get a video that never expires.",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the worker until SIGTERM/SIGINT")
+    run.add_argument("--no-migrate", action="store_true", help="do not apply migrations first")
+    run.add_argument(
+        "--no-listen", action="store_true", help="no LISTEN (poolers in transaction mode)"
+    )
+
+    commands.add_parser("migrate", help="apply the SQL migrations (safe to repeat)")
+
+    demo = commands.add_parser("demo", help="run the whole pipeline once on embedded defaults")
+    demo.add_argument("--fresh", action="store_true", help="start from an empty data directory")
+    demo.add_argument(
+        "--keep-serving", action="store_true", help="keep serving the video until Ctrl-C"
+    )
+
+    simulate = commands.add_parser("simulate", help="serve the local Sora API simulator")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=8089)
+    simulate.add_argument("--generation-seconds", type=float, default=8.0)
+    simulate.add_argument("--state-dir", type=Path, default=None)
+
+    request = commands.add_parser("request", help="insert a video request; prints its id")
+    request.add_argument("prompt")
+    request.add_argument("--image1", help="URL of the first photo")
+    request.add_argument("--image2", help="URL of the second photo")
+    request.add_argument("--model")
+    request.add_argument("--size", help="WIDTHxHEIGHT, e.g. 1280x720")
+    request.add_argument("--seconds")
+
+    show = commands.add_parser("show", help="print a row as JSON")
+    show.add_argument("id", type=UUID)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides: dict[str, object] = {}
+    if args.command == "demo" and f"{ENV_PREFIX}POLL_INTERVAL" not in os.environ:
+        overrides["poll_interval"] = 1.0  # the demo's simulated job takes seconds, not minutes
+    try:
+        settings = load_settings(**overrides)
+    except (SettingsError, ValidationError) as err:
+        print(f"sora-worker: bad settings: {err}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_format, settings.log_level)
+    try:
+        return asyncio.run(dispatch(args, settings))
+    except KeyboardInterrupt:
+        return 130
+    except (MigrationError, OSError, asyncpg.PostgresError) as err:
+        log.error("command.failed", command=args.command, error=str(err))
+        return 1
+
+
+async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    match args.command:
+        case "run":
+            return await run_worker(
+                settings, migrate_first=not args.no_migrate, listen=not args.no_listen
+            )
+        case "migrate":
+            return await run_migrate(settings)
+        case "demo":
+            from service.demo import run_demo
+
+            return await run_demo(settings, fresh=args.fresh, keep_serving=args.keep_serving)
+        case "simulate":
+            from service.simulator import SimulatorConfig, serve_forever
+
+            config = SimulatorConfig(
+                generation_seconds=args.generation_seconds, state_dir=args.state_dir
+            )
+            await serve_forever(args.host, args.port, config)
+            return 0
+        case "request":
+            return await run_request(settings, args)
+        case "show":
+            return await run_show(settings, args.id)
+    raise AssertionError(args.command)
+
+
+async def run_worker(settings: Settings, *, migrate_first: bool, listen: bool) -> int:
+    async with open_runtime(settings, apply_migrations=migrate_first) as runtime:
+        worker = runtime.worker(listen=listen)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        await worker.run()
+    return 0
+
+
+async def run_migrate(settings: Settings) -> int:
+    conn = await asyncpg.connect(await database_url(settings))
+    try:
+        applied = await migrate(conn)
+    finally:
+        await conn.close()
+    log.info("database.migrated", applied=applied or "nothing to do")
+    return 0
+
+
+async def run_request(settings: Settings, args: argparse.Namespace) -> int:
+    async with asyncpg.create_pool(await database_url(settings), min_size=1, max_size=1) as pool:
+        repo = Repository(pool, settings.worker_id, settings.lease)
+        row_id = await repo.insert_request(
+            args.prompt,
+            args.image1,
+            args.image2,
+            model=args.model,
+            size=args.size,
+            seconds=args.seconds,
+        )
+    print(row_id)
+    return 0
+
+
+async def run_show(settings: Settings, row_id: UUID) -> int:
+    async with asyncpg.create_pool(await database_url(settings), min_size=1, max_size=1) as pool:
+        row = await Repository(pool, settings.worker_id, settings.lease).fetch_row(row_id)
+    if row is None:
+        print(f"no row {row_id}", file=sys.stderr)
+        return 1
+    print(json.dumps(as_json(row), sort_keys=True))
+    return 0

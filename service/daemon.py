@@ -1,0 +1,259 @@
+"""The loop: wake -> claim -> run steps -> checkpoint. Nothing here decides; it runs.
+
+One worker process claims up to ``concurrency`` rows, and runs each one's steps in its
+own task for as long as the machine says "go straight on" (submit, then archive right
+after the provider finishes); a row that must wait (the next poll, a retry) is
+checkpointed with its due time and released, so any replica may pick it up then.
+
+Shutdown goes through an Event: signals only set it. Claiming stops, in-flight steps
+get ``shutdown_grace`` seconds to finish (an upload is never cut by default), and
+whatever is still running then is cancelled and its lease released for another worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from uuid import UUID
+
+import asyncpg
+import structlog
+
+from service.events.listen import Listener
+from service.events.sweep import wait_for_work
+from service.events.wakeup import Wakeup
+from service.machine import (
+    Action,
+    Event,
+    Job,
+    Policy,
+    Transient,
+    Transition,
+    apply,
+    next_action,
+)
+from service.providers.base import VideoRequest
+from service.repository import LeaseLost, Repository
+from service.steps import Steps
+
+log = structlog.get_logger("service.daemon")
+
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    concurrency: int
+    sweep_interval: float
+    lease_seconds: float
+    shutdown_grace: float
+    policy: Policy
+
+
+class Worker:
+    """Runs rows through the machine until told to stop."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        steps: Steps,
+        options: WorkerOptions,
+        *,
+        listener: Listener | None = None,
+        wakeup: Wakeup | None = None,
+    ) -> None:
+        self.repo = repo
+        self.steps = steps
+        self.options = options
+        self.listener = listener
+        self.wakeup = wakeup or (listener.wakeup if listener else Wakeup())
+        self.stopping = asyncio.Event()
+        self._inflight: dict[UUID, asyncio.Task[None]] = {}
+
+    # ------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        """Ask the worker to stop (signal handlers call this)."""
+        self.stopping.set()
+        self.wakeup.set("stop")
+
+    async def run(self) -> None:
+        """Serve until ``stop()``; then drain within the grace period and return."""
+        log.info(
+            "worker.started",
+            worker=self.repo.worker_id,
+            concurrency=self.options.concurrency,
+            listen=self.listener is not None,
+        )
+        side_tasks = [asyncio.create_task(self._supervise("heartbeat", self._heartbeat))]
+        if self.listener is not None:
+            side_tasks.append(asyncio.create_task(self._supervise("listen", self.listener.run)))
+        try:
+            await self._claim_loop()
+        finally:
+            await self._drain()
+            for task in side_tasks:
+                task.cancel()
+            await asyncio.gather(*side_tasks, return_exceptions=True)
+            log.info("worker.stopped", worker=self.repo.worker_id)
+
+    async def _claim_loop(self) -> None:
+        backoff = 0.5
+        while not self.stopping.is_set():
+            try:
+                free = self.options.concurrency - len(self._inflight)
+                if free > 0:
+                    for job in await self.repo.claim(free):
+                        self._start(job)
+                reasons = await wait_for_work(self.wakeup, self.repo, self.options.sweep_interval)
+                if "sweep" in reasons:
+                    log.debug("worker.sweep")
+                backoff = 0.5
+            except DB_ERRORS as err:
+                log.error("worker.database_unavailable", error=repr(err), retry_in=backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _start(self, job: Job) -> None:
+        task = asyncio.create_task(self._process(job), name=f"row-{job.id}")
+        self._inflight[job.id] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._inflight.pop(job.id, None)
+            self.wakeup.set("slot")
+
+        task.add_done_callback(done)
+
+    async def _drain(self) -> None:
+        if not self._inflight:
+            return
+        pending = set(self._inflight.values())
+        log.info("worker.draining", rows=len(pending), grace=self.options.shutdown_grace)
+        _, still_running = await asyncio.wait(pending, timeout=self.options.shutdown_grace)
+        if still_running:
+            ids = [job_id for job_id, task in self._inflight.items() if task in still_running]
+            log.warning("worker.cancelling", rows=[str(i) for i in ids])
+            for task in still_running:
+                task.cancel()
+            await asyncio.gather(*still_running, return_exceptions=True)
+            with contextlib.suppress(*DB_ERRORS):
+                await asyncio.shield(self.repo.release(ids))
+
+    async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Keep a side task alive: a dead listener or heartbeat is said loudly and restarted."""
+        while not self.stopping.is_set():
+            try:
+                await run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("worker.side_task_died", task=name, restart_in=1.0)
+                await asyncio.sleep(1.0)
+
+    async def _heartbeat(self) -> None:
+        interval = self.options.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.8, 1.0))
+            ids = list(self._inflight)
+            if not ids:
+                continue
+            try:
+                kept = await self.repo.heartbeat(ids)
+            except DB_ERRORS as err:
+                log.warning("worker.heartbeat_failed", error=repr(err))
+                continue
+            if kept < len(ids):
+                log.warning("worker.leases_lost", expected=len(ids), kept=kept)
+
+    # ------------------------------------------------------------ one row
+
+    async def _process(self, job: Job) -> None:
+        """Run a claimed row's steps until it must wait, finishes, or is no longer ours."""
+        request: VideoRequest | None = None
+        structlog.contextvars.bind_contextvars(row_id=str(job.id))
+        try:
+            while (action := next_action(job, inputs_in_hand=request is not None)) is not None:
+                started = time.monotonic()
+                event, request = await self._perform(action, job, request)
+                transition = apply(
+                    job,
+                    event,
+                    now=datetime.now(UTC),
+                    policy=self.options.policy,
+                    jitter=random.random(),
+                )
+                go_on = transition.delay.total_seconds() <= 0 and not transition.finished
+                go_on = go_on and not self.stopping.is_set()
+                # The write that records a paid-for effect must land even if we are
+                # being cancelled right now: shield it.
+                job_after = await asyncio.shield(
+                    self.repo.checkpoint(job, transition, keep_lease=go_on)
+                )
+                self._log(job, job_after, transition, event, action, time.monotonic() - started)
+                job = job_after
+                if not go_on:
+                    return
+        except LeaseLost as err:
+            log.warning("video.lease_lost", error=str(err))
+        except DB_ERRORS as err:
+            log.error("video.checkpoint_failed", error=repr(err), stage=job.stage.value)
+        finally:
+            structlog.contextvars.unbind_contextvars("row_id")
+
+    async def _perform(
+        self, action: Action, job: Job, request: VideoRequest | None
+    ) -> tuple[Event, VideoRequest | None]:
+        """Run one action; a bug in a step becomes a retryable event, never a dead loop."""
+        try:
+            match action:
+                case Action.SUBMIT:
+                    return await self.steps.prepare(job)
+                case Action.CREATE:
+                    assert request is not None
+                    return await self.steps.create(request), None
+                case Action.RECONCILE:
+                    return await self.steps.reconcile(job), None
+                case Action.POLL:
+                    return await self.steps.poll(job), None
+                case Action.ARCHIVE:
+                    return await self.steps.archive(job), None
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.exception("video.step_crashed", action=action.value)
+            return Transient(f"internal error in {action.value}: {err!r}"), None
+
+    def _log(
+        self,
+        before: Job,
+        after: Job,
+        transition: Transition,
+        event: Event,
+        action: Action,
+        seconds: float,
+    ) -> None:
+        fields: dict[str, object] = {
+            "video_id": after.video_id,
+            "stage": after.stage.value,
+            "from_stage": before.stage.value,
+            "action": action.value,
+            "attempt": transition.attempts,
+            "duration_ms": round(seconds * 1000, 1),
+        }
+        if "progress" in transition.changes:
+            fields["progress"] = transition.changes["progress"]
+        if transition.changes.get("error"):
+            fields["reason"] = transition.changes["error"]
+        if transition.delay.total_seconds() > 0 and not transition.finished:
+            fields["next_in_s"] = round(transition.delay.total_seconds(), 2)
+        level = log.warning if transition.log_event in ("video.failed", "video.retry") else log.info
+        if transition.log_event == "video.progress":
+            level = log.debug if after.progress == before.progress else log.info
+        level(transition.log_event, **fields, event_type=type(event).__name__)

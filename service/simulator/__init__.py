@@ -1,0 +1,10 @@
+"""A local stand-in for the OpenAI Videos API (Sora 2) that the official SDK can talk to.
+
+It renders real, playable MP4s, derives job status from an injectable clock, and can be
+told to fail (``FailureRule``), so the worker can be tested end to end without OpenAI.
+"""
+
+from .app import FailureRule, SimulatorConfig
+from .server import Simulator, serve_forever
+
+__all__ = ["FailureRule", "Simulator", "SimulatorConfig", "serve_forever"]

@@ -1,0 +1,92 @@
+"""Run the simulator on a real socket: ``async with Simulator(config) as sim: sim.base_url``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import TracebackType
+
+from aiohttp import web
+
+from .app import CreatedVideo, SimulatorConfig, VideoStore, create_app
+
+__all__ = ["Simulator", "serve_forever"]
+
+log = logging.getLogger(__name__)
+
+
+class Simulator:
+    """Owns a config, the video store and the aiohttp app, and serves them over HTTP.
+
+    Tests point ``openai.AsyncOpenAI(base_url=sim.base_url)`` at it and may change
+    ``sim.config`` (e.g. ``failure_rules``) while it runs.
+    """
+
+    def __init__(self, config: SimulatorConfig | None = None) -> None:
+        self.config = config if config is not None else SimulatorConfig()
+        self.store = VideoStore(self.config)
+        self.app = create_app(self.store)
+        self._runner: web.AppRunner | None = None
+        self._base_url: str | None = None
+
+    @property
+    def created(self) -> list[CreatedVideo]:
+        """Every accepted create request, in order (this process only)."""
+        return self.store.created
+
+    def reference_for(self, video_id: str) -> bytes | None:
+        """The image uploaded as ``input_reference`` for ``video_id``, if any."""
+        return self.store.reference_for(video_id)
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port/v1``, what the SDK takes as ``base_url``."""
+        if self._base_url is None:
+            raise RuntimeError("the simulator is not running; call start() first")
+        return self._base_url
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Listen on ``host:port``; port 0 picks a free port (see ``base_url``)."""
+        if self._runner is not None:
+            raise RuntimeError("the simulator is already running")
+        runner = web.AppRunner(self.app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        bound_port = runner.addresses[0][1]
+        reachable = "127.0.0.1" if host in ("", "0.0.0.0") else host
+        if ":" in reachable:  # an IPv6 literal
+            reachable = f"[{reachable}]"
+        self._runner, self._base_url = runner, f"http://{reachable}:{bound_port}/v1"
+
+    async def stop(self) -> None:
+        """Close the listening socket and open connections; the store stays as it is."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self._runner, self._base_url = None, None
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+async def serve_forever(host: str, port: int, config: SimulatorConfig | None = None) -> None:
+    """Serve a simulator until cancelled (the CLI's ``simulator`` command)."""
+    simulator = Simulator(config)
+    await simulator.start(host, port)
+    try:
+        log.info("OpenAI Videos simulator listening on %s", simulator.base_url)
+        await asyncio.Event().wait()
+    finally:
+        await simulator.stop()

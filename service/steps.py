@@ -1,0 +1,235 @@
+"""The imperative shell around the machine: each action's IO, turned into an event.
+
+Every function here catches what its IO can throw and answers with one of the
+machine's events, so the daemon never sees a raw exception from a provider, a photo
+host or the store: a bad row becomes ``Rejected`` with a readable reason, a hiccup
+becomes ``Transient``, and the machine decides what follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import httpx
+import structlog
+
+from service import images
+from service.machine import (
+    Accepted,
+    Archived,
+    Event,
+    Generated,
+    GenerationFailed,
+    IntentRecorded,
+    Job,
+    NotFoundAtProvider,
+    NotSubmitted,
+    OutcomeUnknown,
+    Progressed,
+    Rejected,
+    Transient,
+)
+from service.providers import base as providers
+from service.providers.base import VideoProvider, VideoRequest
+from service.storage.base import ObjectStore, StorageError
+
+log = structlog.get_logger("service.steps")
+
+KnownIds = Callable[[], Awaitable[frozenset[str]]]
+"""Returns the provider ids already recorded on rows (never adopt one twice)."""
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What a row that names no model, size or length gets."""
+
+    model: str
+    size: str
+    seconds: str
+
+
+@dataclass(frozen=True)
+class Buckets:
+    videos: str
+    images: str
+
+
+class Steps:
+    """Performs the machine's actions for one worker process."""
+
+    def __init__(
+        self,
+        provider: VideoProvider,
+        store: ObjectStore,
+        http: httpx.AsyncClient,
+        *,
+        defaults: Defaults,
+        buckets: Buckets,
+        image_limits: images.Limits,
+        known_video_ids: KnownIds,
+    ) -> None:
+        self.provider = provider
+        self.store = store
+        self.http = http
+        self.defaults = defaults
+        self.buckets = buckets
+        self.image_limits = image_limits
+        self.known_video_ids = known_video_ids
+
+    # ------------------------------------------------------------ submit
+
+    async def prepare(self, job: Job) -> tuple[Event, VideoRequest | None]:
+        """Validate the row and build the request; nothing is sent to the provider yet."""
+        if job.provider is not None and job.provider != self.provider.name:
+            return Rejected(
+                f"row was submitted through provider {job.provider!r}, "
+                f"but this worker runs {self.provider.name!r}"
+            ), None
+        model = job.model or self.defaults.model
+        size = job.size or self.defaults.size
+        seconds = job.seconds or self.defaults.seconds
+        prompt = (job.prompt or "").strip()
+        if not prompt:
+            return Rejected("the row has no prompt"), None
+        try:
+            self.provider.validate(model, size, seconds)
+        except providers.RequestRejected as err:
+            return Rejected(str(err)), None
+        try:
+            reference = await self._reference(job, size)
+        except images.ImageError as err:
+            if err.permanent:
+                return Rejected(str(err)), None
+            return NotSubmitted(str(err)), None
+        key = uuid.uuid4()
+        request = VideoRequest(
+            prompt=prompt,
+            model=model,
+            size=size,
+            seconds=seconds,
+            idempotency_key=str(key),
+            reference=reference,
+            reference_content_type=images.REFERENCE_MIME,
+        )
+        return IntentRecorded(key, self.provider.name, model, size, seconds), request
+
+    async def _reference(self, job: Job, size: str) -> bytes | None:
+        labelled = [
+            (label, url)
+            for label, url in (("image1_url", job.image1_url), ("image2_url", job.image2_url))
+            if url
+        ]
+        if not labelled:
+            return None
+        blobs = await asyncio.gather(
+            *(
+                images.fetch_image(self.http, label, url, self.image_limits)
+                for label, url in labelled
+            )
+        )
+        width, height = (int(n) for n in size.split("x"))
+
+        def compose() -> bytes:
+            photos = [
+                images.decode(label, blob) for (label, _), blob in zip(labelled, blobs, strict=True)
+            ]
+            return images.compose_reference(photos, width, height)
+
+        return await asyncio.to_thread(compose)
+
+    async def create(self, request: VideoRequest) -> Event:
+        """The one call that costs money. Its errors say whether a job may exist."""
+        try:
+            job = await self.provider.submit(request)
+        except providers.RequestRejected as err:
+            return Rejected(str(err))
+        except providers.ProviderUnavailable as err:
+            return NotSubmitted(str(err), err.retry_after)
+        except providers.OutcomeUnknown as err:
+            return OutcomeUnknown(str(err), err.retry_after)
+        return Accepted(job.id, job.progress)
+
+    async def reconcile(self, job: Job) -> Event:
+        """An earlier create's outcome is unknown: find its job before submitting again."""
+        if job.submitted_at is None or job.model is None or job.size is None or job.seconds is None:
+            return NotFoundAtProvider()
+        request = VideoRequest(
+            prompt=(job.prompt or "").strip(),
+            model=job.model,
+            size=job.size,
+            seconds=job.seconds,
+            idempotency_key=str(job.submit_key),
+        )
+        try:
+            exclude = await self.known_video_ids()
+            found = await self.provider.find_submitted(request, job.submitted_at, exclude)
+        except providers.ProviderError as err:
+            return Transient(f"could not reconcile with the provider: {err}")
+        if found is None:
+            return NotFoundAtProvider()
+        log.info("video.reconciled", row_id=str(job.id), video_id=found.id)
+        return Accepted(found.id, found.progress)
+
+    # ------------------------------------------------------------ poll
+
+    async def poll(self, job: Job) -> Event:
+        assert job.video_id is not None, "generating rows always hold a video_id"
+        try:
+            state = await self.provider.retrieve(job.video_id)
+        except providers.VideoGone as err:
+            return GenerationFailed(str(err))
+        except providers.ProviderError as err:
+            return Transient(str(err), getattr(err, "retry_after", None))
+        match state.status:
+            case "completed":
+                return Generated(self.provider.content_url(state.id), state.expires_at)
+            case "failed":
+                return GenerationFailed(state.error or "the provider failed the job")
+            case "queued" | "running":
+                return Progressed(state.progress, state.raw_status)
+
+    # ------------------------------------------------------------ archive
+
+    async def archive(self, job: Job) -> Event:
+        """Stream the video from the provider into the store; never whole in memory."""
+        assert job.video_id is not None, "archiving rows always hold a video_id"
+        key = f"{job.id}.mp4"
+        try:
+            async with self.provider.download(job.video_id, "video") as chunks:
+                stored = await self.store.put(self.buckets.videos, key, chunks, "video/mp4")
+        except providers.VideoGone as err:
+            return GenerationFailed(f"the video expired before it could be archived: {err}")
+        except providers.ProviderError as err:
+            return Transient(str(err), getattr(err, "retry_after", None))
+        except StorageError as err:
+            if err.permanent:
+                return Rejected(f"storage refused the video: {err}")
+            return Transient(f"storage failed: {err}")
+        except (httpx.HTTPError, OSError) as err:
+            return Transient(f"archive interrupted: {err!r}")
+        thumbnail_url = await self._archive_thumbnail(job, job.video_id)
+        return Archived(stored.url, stored.size, stored.sha256, thumbnail_url)
+
+    async def _archive_thumbnail(self, job: Job, video_id: str) -> str | None:
+        """Best effort: a missing thumbnail never costs a finished video."""
+        try:
+            async with self.provider.download(video_id, "thumbnail") as chunks:
+                stored = await self.store.put(
+                    self.buckets.videos, f"{job.id}.webp", _limit(chunks, 20_000_000), "image/webp"
+                )
+        except (providers.ProviderError, StorageError, httpx.HTTPError, OSError) as err:
+            log.warning("video.thumbnail_skipped", row_id=str(job.id), error=str(err))
+            return None
+        return stored.url
+
+
+async def _limit(chunks: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator[bytes]:
+    total = 0
+    async for chunk in chunks:
+        total += len(chunk)
+        if total > max_bytes:
+            raise StorageError(f"file is larger than {max_bytes:,} bytes", permanent=True)
+        yield chunk
