@@ -111,8 +111,7 @@ class Worker:
                     for job in await self.repo.claim(free):
                         self._start(job)
                 reasons = await wait_for_work(self.wakeup, self.repo, self.options.sweep_interval)
-                if "sweep" in reasons:
-                    log.debug("worker.sweep")
+                log.debug("worker.woken", reasons=sorted(reasons))
                 backoff = 0.5
             except DB_ERRORS as err:
                 log.error("worker.database_unavailable", error=repr(err), retry_in=backoff)

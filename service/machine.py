@@ -377,7 +377,9 @@ def apply(job: Job, event: Event, *, now: datetime, policy: Policy, jitter: floa
                     error=None,
                 ),
             )
-        case Rejected() | GenerationFailed() if stage in ACTIVE_STAGES:
+        case Rejected() if stage in ACTIVE_STAGES:
+            return _fail(job, event.reason)
+        case GenerationFailed() if stage in (Stage.GENERATING, Stage.ARCHIVING):
             return _fail(job, event.reason)
         case Transient() if stage in ACTIVE_STAGES:
             return _retry(job, event.reason, event.retry_after, policy, jitter, now)

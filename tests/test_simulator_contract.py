@@ -53,6 +53,10 @@ def _image(width: int, height: int, image_format: str = "PNG") -> bytes:
     return out.getvalue()
 
 
+def _sdk(simulator: Simulator, api_key: str = "test") -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=simulator.base_url, api_key=api_key, max_retries=0)
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -66,7 +70,7 @@ async def sim(clock: FakeClock) -> AsyncIterator[Simulator]:
 
 @pytest.fixture
 async def client(sim: Simulator) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(base_url=sim.base_url, api_key="test", max_retries=0) as sdk:
+    async with _sdk(sim) as sdk:
         yield sdk
 
 
@@ -172,17 +176,22 @@ async def test_download_all_variants(
     mp4 = b"".join(chunks)
     assert int(response.headers["content-length"]) == len(mp4)
     assert mp4.find(b"moov") < mp4.find(b"mdat")  # faststart: playable while downloading
-    with av.open(io.BytesIO(mp4)) as container:
+    with av.open(io.BytesIO(mp4), mode="r") as container:
         stream = container.streams.video[0]
         assert stream.codec_context.name == "h264"
         assert (stream.width, stream.height) == (720, 1280)
+        assert stream.duration is not None and stream.time_base is not None
         assert abs(float(stream.duration * stream.time_base) - 4.0) < 0.1
-        assert sum(1 for _ in container.decode(stream)) == 96
+        assert len(list(container.decode(stream))) == 96
 
     partial = await http.get(
         f"/videos/{video.id}/content", headers={**AUTH, "Range": "bytes=100-199"}
     )
     assert partial.status_code == 206 and partial.content == mp4[100:200]
+    head = await http.head(f"/videos/{video.id}/content", headers=AUTH)
+    assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["content-length"] == str(len(mp4))
+    assert (await http.get("/videos", headers=AUTH)).is_success  # no stray body after HEAD
 
     thumbnail = await client.videos.download_content(video.id, variant="thumbnail")
     with Image.open(io.BytesIO(thumbnail.content)) as image:
@@ -238,7 +247,7 @@ async def test_authentication(sim: Simulator, http: httpx.AsyncClient) -> None:
     assert missing.status_code == 401
     assert set(missing.json()["error"]) == {"message", "type", "param", "code"}
     sim.config.api_key = "secret"
-    async with openai.AsyncOpenAI(base_url=sim.base_url, api_key="wrong", max_retries=0) as sdk:
+    async with _sdk(sim, api_key="wrong") as sdk:
         with pytest.raises(openai.AuthenticationError):
             await sdk.videos.list()
     assert (await http.get("/videos", headers={"Authorization": "Bearer secret"})).is_success
@@ -254,7 +263,7 @@ async def test_unknown_route_and_video(client: openai.AsyncOpenAI, http: httpx.A
 
 async def test_failure_rule_at_create(sim: Simulator, client: openai.AsyncOpenAI) -> None:
     sim.config.failure_rules.append(FailureRule("forbidden", "create", message="Blocked."))
-    with pytest.raises(openai.BadRequestError, match="Blocked.") as caught:
+    with pytest.raises(openai.BadRequestError, match="Blocked") as caught:
         await client.videos.create(prompt="something FORBIDDEN")
     assert caught.value.code == "moderation_blocked"
     assert sim.created == []
@@ -293,23 +302,21 @@ async def test_expired_content(clock: FakeClock, client: openai.AsyncOpenAI) -> 
 
 async def test_state_dir_survives_restart(clock: FakeClock, tmp_path: Path) -> None:
     reference = _image(720, 1280)
-    async with Simulator(_config(clock, state_dir=tmp_path)) as first:
-        async with openai.AsyncOpenAI(base_url=first.base_url, api_key="t", max_retries=0) as sdk:
-            kept = await sdk.videos.create(
-                prompt="kept", input_reference=("r.png", reference, "image/png")
-            )
-            dropped = await sdk.videos.create(prompt="dropped")
-            await sdk.videos.delete(dropped.id)
-            clock.advance(DONE)
-            thumbnail = (await sdk.videos.download_content(kept.id, variant="thumbnail")).content
+    async with Simulator(_config(clock, state_dir=tmp_path)) as first, _sdk(first) as sdk:
+        kept = await sdk.videos.create(
+            prompt="kept", input_reference=("r.png", reference, "image/png")
+        )
+        dropped = await sdk.videos.create(prompt="dropped")
+        await sdk.videos.delete(dropped.id)
+        clock.advance(DONE)
+        thumbnail = (await sdk.videos.download_content(kept.id, variant="thumbnail")).content
 
-    async with Simulator(_config(clock, state_dir=tmp_path)) as second:
+    async with Simulator(_config(clock, state_dir=tmp_path)) as second, _sdk(second) as sdk:
         assert second.reference_for(kept.id) == reference
-        async with openai.AsyncOpenAI(base_url=second.base_url, api_key="t", max_retries=0) as sdk:
-            again = await sdk.videos.retrieve(kept.id)
-            assert (again.status, again.created_at, again.prompt) == ("completed", int(START), "kept")
-            with pytest.raises(openai.NotFoundError):
-                await sdk.videos.retrieve(dropped.id)
-            assert [v.id async for v in sdk.videos.list()] == [kept.id]
-            cached = await sdk.videos.download_content(kept.id, variant="thumbnail")
-            assert cached.content == thumbnail
+        again = await sdk.videos.retrieve(kept.id)
+        assert (again.status, again.created_at, again.prompt) == ("completed", int(START), "kept")
+        with pytest.raises(openai.NotFoundError):
+            await sdk.videos.retrieve(dropped.id)
+        assert [v.id async for v in sdk.videos.list()] == [kept.id]
+        cached = await sdk.videos.download_content(kept.id, variant="thumbnail")
+        assert cached.content == thumbnail

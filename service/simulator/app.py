@@ -1,8 +1,8 @@
 """An aiohttp application that speaks the OpenAI Videos API (``/v1/videos``) for tests and demos.
 
-Nothing runs in the background: a job's status is derived from its ``created_at`` and the
-timings it was created with, read from an injectable clock, so tests move time instead of
-sleeping and a restarted simulator (``state_dir``) needs only the job records.
+Nothing runs in the background: a job's status is derived from its ``created_at``, the
+configured timings and an injectable clock, so tests move time instead of sleeping and a
+restarted simulator (``state_dir``) needs only the job records.
 The official ``openai`` SDK is the arbiter of the wire format (see
 ``/work/shared/contracts/openai-videos.md``).
 """
@@ -79,7 +79,11 @@ def _sora_sizes() -> dict[str, tuple[str, ...]]:
 
 @dataclass
 class SimulatorConfig:
-    """Behaviour of a simulator; mutable at runtime (e.g. ``failure_rules.append``)."""
+    """Behaviour of a simulator; mutable at runtime (e.g. ``failure_rules.append``).
+
+    The timings are read on every request, so changing them moves existing jobs too
+    (lengthening ``generation_seconds`` can even send a completed job back to in_progress).
+    """
 
     queue_seconds: float = 1.0
     generation_seconds: float = 8.0
@@ -92,7 +96,7 @@ class SimulatorConfig:
     failure_rules: list[FailureRule] = field(default_factory=list)
     clock: Callable[[], float] = time.time
 
-    def rule_for(self, prompt: str, stage: str) -> FailureRule | None:
+    def rule_for(self, prompt: str, stage: Literal["create", "generate"]) -> FailureRule | None:
         """The first rule of ``stage`` whose text occurs in ``prompt``."""
         folded = prompt.casefold()
         matches = (r for r in self.failure_rules if r.prompt_contains.casefold() in folded)
@@ -129,7 +133,7 @@ def _invalid_value(param: str, value: str, allowed: tuple[str, ...]) -> ApiError
 
 @dataclass
 class Job:
-    """The persisted record of one video; everything else is derived from it and the clock."""
+    """The persisted record of one video; its status is derived from it, the config and clock."""
 
     id: str
     seq: int  # creation order; the clock may not move between two creates
@@ -138,9 +142,6 @@ class Job:
     size: str
     seconds: str
     created_at: float
-    queue_seconds: float
-    generation_seconds: float
-    expires_after_seconds: float
     has_reference: bool
     error: dict[str, str] | None = None  # set at create time by a "generate" FailureRule
     deleted: bool = False  # kept as a tombstone so list cursors pointing at it still work
@@ -150,19 +151,20 @@ class Job:
         width, height = self.size.split("x")
         return int(width), int(height)
 
-    def video(self, now: float) -> dict[str, Any]:
-        """The ``Video`` object as of ``now``."""
-        started = self.created_at + self.queue_seconds
-        finished = started + self.generation_seconds
+    def video(self, config: SimulatorConfig) -> dict[str, Any]:
+        """The ``Video`` object as of ``config.clock()``."""
+        now = config.clock()
+        started = self.created_at + config.queue_seconds
+        finished = started + config.generation_seconds
         status, progress, completed_at, expires_at = "queued", 0, None, None
         if now >= finished and self.error is not None:
             status = "failed"
         elif now >= finished:
             status, progress, completed_at = "completed", 100, int(finished)
-            expires_at = int(finished + self.expires_after_seconds)
+            expires_at = int(finished + config.expires_after_seconds)
         elif now >= started:
             status = "in_progress"
-            progress = min(99, int(100 * (now - started) / self.generation_seconds))
+            progress = min(99, int(100 * (now - started) / config.generation_seconds))
         return {
             "id": self.id,
             "object": "video",
@@ -235,8 +237,7 @@ class VideoStore:
         reference: bytes | None,
         idempotency_key: str | None,
     ) -> Job:
-        """Create a job as of now, with the timings configured now (later changes spare it)."""
-        config = self.config
+        """Create a job as of now."""
         job = Job(
             id=f"video_{uuid.uuid4().hex}",
             seq=len(self.jobs) + 1,  # tombstones are never removed, so this only grows
@@ -244,10 +245,7 @@ class VideoStore:
             prompt=prompt,
             size=size,
             seconds=seconds,
-            created_at=config.clock(),
-            queue_seconds=config.queue_seconds,
-            generation_seconds=config.generation_seconds,
-            expires_after_seconds=config.expires_after_seconds,
+            created_at=self.config.clock(),
             has_reference=reference is not None,
             error=error,
         )
@@ -423,7 +421,7 @@ async def create_video(request: web.Request) -> web.Response:
         reference=reference if isinstance(reference, bytes) else None,
         idempotency_key=request.headers.get("Idempotency-Key"),
     )
-    return web.json_response(job.video(config.clock()))
+    return web.json_response(job.video(config))
 
 
 # ---- the other endpoints -----------------------------------------------------------------
@@ -433,7 +431,7 @@ async def retrieve_video(request: web.Request) -> web.Response:
     store = request.app[STORE]
     job = store.get(request.match_info["video_id"])
     headers = {"openai-poll-after-ms": str(store.config.poll_after_ms)}
-    return web.json_response(job.video(store.config.clock()), headers=headers)
+    return web.json_response(job.video(store.config), headers=headers)
 
 
 async def list_videos(request: web.Request) -> web.Response:
@@ -460,7 +458,7 @@ async def list_videos(request: web.Request) -> web.Response:
             raise ApiError(400, f"Invalid 'after': no video with id '{after}'.", param="after")
         jobs = jobs[ids.index(after) + 1 :]
     visible = [job for job in jobs if not job.deleted]
-    page = [job.video(store.config.clock()) for job in visible[:limit]]
+    page = [job.video(store.config) for job in visible[:limit]]
     return web.json_response(
         {
             "object": "list",
@@ -485,8 +483,7 @@ async def download_content(request: web.Request) -> web.StreamResponse:
     if variant not in _VARIANTS:
         raise _invalid_value("variant", variant, tuple(_VARIANTS))
     job = store.get(request.match_info["video_id"])
-    now = store.config.clock()
-    video = job.video(now)
+    video = job.video(store.config)
     if video["status"] == "failed":
         raise ApiError(400, f"Video {job.id} failed; it has no content.", code="video_failed")
     if video["status"] != "completed":
@@ -494,7 +491,7 @@ async def download_content(request: web.Request) -> web.StreamResponse:
         # help here; the client has to poll GET /v1/videos/{id} until it is completed.
         message = f"Video {job.id} is {video['status']}; its content is not ready yet."
         raise ApiError(400, message, code="video_not_ready")
-    if now >= video["expires_at"]:
+    if store.config.clock() >= video["expires_at"]:
         # 404 (a typed SDK error, and what gateways document) with a code that tells
         # "expired" apart from "unknown id": the only remedy is to generate it again.
         message = (
@@ -524,9 +521,10 @@ async def _send(request: web.Request, data: bytes, content_type: str) -> web.Str
     if partial:
         response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"
     await response.prepare(request)
-    view = memoryview(data)
-    for offset in range(start, stop, _CHUNK):
-        await response.write(view[offset : min(offset + _CHUNK, stop)])
+    if request.method != "HEAD":  # unlike Response, StreamResponse would send a HEAD body
+        view = memoryview(data)
+        for offset in range(start, stop, _CHUNK):
+            await response.write(view[offset : min(offset + _CHUNK, stop)])
     await response.write_eof()
     return response
 

@@ -28,6 +28,7 @@ class Simulator:
         self.app = create_app(self.store)
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
+        self._port: int | None = None
 
     @property
     def created(self) -> list[CreatedVideo]:
@@ -37,6 +38,13 @@ class Simulator:
     def reference_for(self, video_id: str) -> bytes | None:
         """The image uploaded as ``input_reference`` for ``video_id``, if any."""
         return self.store.reference_for(video_id)
+
+    @property
+    def port(self) -> int:
+        """The TCP port actually bound (useful after ``start(port=0)``)."""
+        if self._port is None:
+            raise RuntimeError("the simulator is not running; call start() first")
+        return self._port
 
     @property
     def base_url(self) -> str:
@@ -56,17 +64,17 @@ class Simulator:
         except OSError:
             await runner.cleanup()
             raise
-        bound_port = runner.addresses[0][1]
-        reachable = "127.0.0.1" if host in ("", "0.0.0.0") else host
+        self._runner, self._port = runner, int(runner.addresses[0][1])
+        reachable = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host  # wildcards
         if ":" in reachable:  # an IPv6 literal
             reachable = f"[{reachable}]"
-        self._runner, self._base_url = runner, f"http://{reachable}:{bound_port}/v1"
+        self._base_url = f"http://{reachable}:{self._port}/v1"
 
     async def stop(self) -> None:
         """Close the listening socket and open connections; the store stays as it is."""
         if self._runner is not None:
             await self._runner.cleanup()
-        self._runner, self._base_url = None, None
+        self._runner, self._base_url, self._port = None, None, None
 
     async def __aenter__(self) -> Simulator:
         await self.start()
@@ -86,7 +94,12 @@ async def serve_forever(host: str, port: int, config: SimulatorConfig | None = N
     simulator = Simulator(config)
     await simulator.start(host, port)
     try:
-        log.info("OpenAI Videos simulator listening on %s", simulator.base_url)
+        log.info(
+            "OpenAI Videos simulator listening on %s:%d (base_url %s)",
+            host,
+            simulator.port,
+            simulator.base_url,
+        )
         await asyncio.Event().wait()
     finally:
         await simulator.stop()

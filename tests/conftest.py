@@ -1,0 +1,159 @@
+"""Test harness: one real PostgreSQL per session, one fresh database per test.
+
+The server is ``DATABASE_URL`` when set (any PostgreSQL >= 13 the tests may create
+databases on), else an embedded server in a temporary directory. Migrations run once
+into a template database; each test gets ``CREATE DATABASE ... TEMPLATE`` (a file
+copy, milliseconds) so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from service.config import Settings
+from service.embedded import start_embedded_postgres
+from service.migrations import migrate
+from service.runtime import Runtime, open_runtime
+from service.simulator import SimulatorConfig
+
+FAST_SIMULATOR = dict(queue_seconds=0.05, generation_seconds=0.3)
+
+
+def with_database(dsn: str, name: str) -> str:
+    """The same server URL pointing at another database (works for socket URLs too)."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> Iterator[str]:
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    with tempfile.TemporaryDirectory(prefix="sora-test-") as scratch:
+        yield start_embedded_postgres(Path(scratch))
+
+
+@pytest.fixture(scope="session")
+def template_db(server_dsn: str) -> str:
+    name = f"sora_template_{uuid.uuid4().hex[:8]}"
+
+    async def build() -> None:
+        admin = await asyncpg.connect(server_dsn)
+        try:
+            await admin.execute(f'create database "{name}"')
+        finally:
+            await admin.close()
+        conn = await asyncpg.connect(with_database(server_dsn, name))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(build())
+    return name
+
+
+@pytest.fixture
+async def db_url(server_dsn: str, template_db: str) -> AsyncIterator[str]:
+    name = f"sora_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'create database "{name}" template "{template_db}"')
+    finally:
+        await admin.close()
+    yield with_database(server_dsn, name)
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'drop database if exists "{name}" with (force)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def empty_db_url(server_dsn: str) -> AsyncIterator[str]:
+    """A database with no schema at all, for migration tests."""
+    name = f"sora_empty_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'create database "{name}"')
+    finally:
+        await admin.close()
+    yield with_database(server_dsn, name)
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'drop database if exists "{name}" with (force)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(db_url)
+    yield connection
+    await connection.close()
+
+
+def make_settings(db_url: str, data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        database_url=db_url,
+        openai_api_key=None,
+        supabase_url=None,
+        data_dir=data_dir,
+        storage_port=0,
+        simulator_port=0,
+        poll_interval=0.05,
+        sweep_interval=2.0,
+        lease_seconds=10.0,
+        retry_base=0.05,
+        retry_cap=0.2,
+        max_attempts=3,
+        shutdown_grace=5.0,
+        worker_id=f"test-{uuid.uuid4().hex[:6]}",
+        log_format="json",
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    return make_settings(db_url, tmp_path)
+
+
+@pytest.fixture
+async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    async with open_runtime(
+        settings, apply_migrations=False, simulator_config=SimulatorConfig(**FAST_SIMULATOR)
+    ) as opened:
+        yield opened
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[Any]], check: Callable[[Any], bool], *, timeout: float = 20.0
+) -> Any:
+    """Re-read state until ``check`` holds; fail with the last value seen after ``timeout``.
+
+    This waits on an observable condition (a row's state), not on time: it returns the
+    moment the condition holds.
+    """
+    last: Any = None
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                last = await probe()
+                if check(last):
+                    return last
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"condition never held in {timeout} s; last value: {last!r}") from None

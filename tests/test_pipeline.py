@@ -1,0 +1,337 @@
+"""End to end: a row inserted into PostgreSQL becomes a stored, permanent video.
+
+Real PostgreSQL, the real daemon, the official openai SDK talking to the simulator over
+HTTP, local storage served over HTTP. Only the provider's servers are simulated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import av
+import httpx
+from aiohttp import web
+from PIL import Image
+
+from service.daemon import Worker
+from service.runtime import Runtime
+from service.simulator import FailureRule
+from tests.conftest import eventually
+
+
+@asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await task
+
+
+async def row_of(runtime: Runtime, row_id: UUID) -> dict[str, Any]:
+    row = await runtime.repo.fetch_row(row_id)
+    assert row is not None
+    return row
+
+
+async def finished(runtime: Runtime, row_id: UUID, timeout: float = 20.0) -> dict[str, Any]:
+    return await eventually(
+        lambda: row_of(runtime, row_id),
+        lambda r: r["status"] in ("completed", "failed"),
+        timeout=timeout,
+    )
+
+
+def photo(color: tuple[int, int, int], size: tuple[int, int] = (300, 400)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, format="PNG")
+    return out.getvalue()
+
+
+@asynccontextmanager
+async def photo_host(routes: dict[str, tuple[int, bytes, str]]) -> AsyncIterator[str]:
+    """A tiny HTTP server serving fixed responses: path -> (status, body, content type)."""
+
+    async def handler(request: web.Request) -> web.Response:
+        status, body, ctype = routes.get(request.path, (404, b"not found", "text/plain"))
+        return web.Response(status=status, body=body, content_type=ctype)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_row_becomes_a_permanent_video_with_both_photos(runtime: Runtime) -> None:
+    async with photo_host(
+        {
+            "/a.png": (200, photo((220, 40, 40)), "image/png"),
+            "/b.png": (200, photo((40, 40, 220)), "image/png"),
+        }
+    ) as host:
+        row_id = await runtime.repo.insert_request(
+            "two friends hug", f"{host}/a.png", f"{host}/b.png"
+        )
+        async with running(runtime.worker()):
+            row = await finished(runtime, row_id)
+
+    assert row["status"] == "completed", row["error"]
+    assert row["stage"] == "completed" and row["progress"] == 100 and row["error"] is None
+    assert row["video_id"] and row["openai_url"].endswith(f"/videos/{row['video_id']}/content")
+    assert row["locked_by"] is None and row["completed_at"] is not None
+
+    # The permanent URL serves exactly the bytes the provider produced.
+    async with httpx.AsyncClient() as http:
+        served = (await http.get(row["video_url"])).content
+        original = (
+            await http.get(row["openai_url"], headers={"Authorization": "Bearer test"})
+        ).content
+    assert served == original
+    assert len(served) == row["video_bytes"]
+    assert hashlib.sha256(served).hexdigest() == row["video_sha256"]
+    with av.open(io.BytesIO(served)) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height) == (720, 1280)
+    assert row["thumbnail_url"] and row["thumbnail_url"].endswith(".webp")
+
+    # The provider got one reference image of the video's exact size, showing both photos.
+    assert runtime.simulator is not None
+    reference = runtime.simulator.reference_for(row["video_id"])
+    assert reference is not None
+    composed = Image.open(io.BytesIO(reference)).convert("RGB")
+    assert composed.size == (720, 1280)
+    top, bottom = composed.getpixel((360, 320)), composed.getpixel((360, 960))
+    assert top[0] > 180 and top[2] < 80, top  # red person on top
+    assert bottom[2] > 180 and bottom[0] < 80, bottom  # blue person below
+
+
+async def test_a_text_only_row_completes_without_a_reference(runtime: Runtime) -> None:
+    row_id = await runtime.repo.insert_request("a lighthouse at dawn", size="1280x720", seconds="8")
+    async with running(runtime.worker()):
+        row = await finished(runtime, row_id)
+    assert row["status"] == "completed", row["error"]
+    assert runtime.simulator is not None
+    assert runtime.simulator.reference_for(row["video_id"]) is None
+    async with httpx.AsyncClient() as http:
+        data = (await http.get(row["video_url"])).content
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height) == (1280, 720)
+        assert abs(float(container.duration) / 1e6 - 8.0) < 0.2
+
+
+async def test_a_failed_generation_is_recorded_with_its_reason(runtime: Runtime) -> None:
+    assert runtime.simulator is not None
+    runtime.simulator.config.failure_rules.append(
+        FailureRule(
+            prompt_contains="forbidden",
+            stage="generate",
+            code="moderation_blocked",
+            message="Your request was blocked by our moderation system.",
+        )
+    )
+    row_id = await runtime.repo.insert_request("something forbidden")
+    async with running(runtime.worker()):
+        row = await finished(runtime, row_id)
+    assert row["status"] == "failed" and row["stage"] == "failed"
+    assert "moderation_blocked" in row["error"] and "moderation system" in row["error"]
+    assert row["video_url"] is None
+
+
+async def test_a_refused_submission_fails_the_row_and_is_not_retried(runtime: Runtime) -> None:
+    assert runtime.simulator is not None
+    runtime.simulator.config.failure_rules.append(
+        FailureRule(
+            prompt_contains="celebrity",
+            stage="create",
+            status=400,
+            code="moderation_blocked",
+            message="This prompt is not allowed.",
+        )
+    )
+    row_id = await runtime.repo.insert_request("a celebrity")
+    async with running(runtime.worker()):
+        row = await finished(runtime, row_id)
+    assert row["status"] == "failed"
+    assert "not allowed" in row["error"]
+    assert row["attempts"] == 0
+
+
+async def test_a_model_the_provider_no_longer_serves_fails_with_what_to_change(
+    runtime: Runtime,
+) -> None:
+    row_id = await runtime.repo.insert_request("a cat", model="sora-3-retired")
+    async with running(runtime.worker()):
+        row = await finished(runtime, row_id)
+    assert row["status"] == "failed"
+    assert "sora-3-retired" in row["error"] and "SORA_MODEL" in row["error"]
+
+
+async def test_sizes_the_model_does_not_offer_fail_before_any_submission(runtime: Runtime) -> None:
+    row_id = await runtime.repo.insert_request("a dog", size="640x480")
+    async with running(runtime.worker()):
+        row = await finished(runtime, row_id)
+    assert row["status"] == "failed" and "640x480" in row["error"]
+    assert runtime.simulator is not None and runtime.simulator.created == []
+
+
+async def test_bad_photos_fail_their_row_and_the_worker_serves_the_others(runtime: Runtime) -> None:
+    async with photo_host(
+        {
+            "/text.png": (200, b"<html>not an image</html>", "image/png"),
+            "/good.png": (200, photo((10, 200, 10)), "image/png"),
+            "/huge.png": (200, b"\x89PNG" + b"0" * 16_000_000, "image/png"),
+        }
+    ) as host:
+        bad = {
+            "missing": await runtime.repo.insert_request("x", f"{host}/nope.png"),
+            "not_image": await runtime.repo.insert_request("x", f"{host}/text.png"),
+            "too_big": await runtime.repo.insert_request("x", f"{host}/huge.png"),
+            "scheme": await runtime.repo.insert_request("x", "file:///etc/passwd"),
+        }
+        good = await runtime.repo.insert_request("fine", f"{host}/good.png")
+        async with running(runtime.worker()):
+            rows = {name: await finished(runtime, rid) for name, rid in bad.items()}
+            good_row = await finished(runtime, good)
+
+    assert good_row["status"] == "completed", good_row["error"]
+    assert all(r["status"] == "failed" for r in rows.values())
+    assert "HTTP 404" in rows["missing"]["error"]
+    assert "not a readable image" in rows["not_image"]["error"]
+    assert "15,000,000" in rows["too_big"]["error"]  # the limit, stated
+    assert "http(s)" in rows["scheme"]["error"]
+    assert runtime.simulator is not None and len(runtime.simulator.created) == 1
+
+
+async def test_notify_wakes_an_idle_worker_without_waiting_for_a_sweep(runtime: Runtime) -> None:
+    worker = runtime.worker(listen=True)
+    worker.options = type(worker.options)(**{**worker.options.__dict__, "sweep_interval": 3600.0})
+    assert worker.listener is not None
+    async with running(worker):
+        await asyncio.wait_for(worker.listener.connected.wait(), 10)
+        row_id = await runtime.repo.insert_request("woken by notify")
+        row = await finished(runtime, row_id, timeout=15)
+    assert row["status"] == "completed", row["error"]
+
+
+async def test_a_lost_notification_is_recovered_by_the_sweep(runtime: Runtime) -> None:
+    # No LISTEN at all: every notification is "lost"; only the sweep can find the row.
+    worker = runtime.worker(listen=False)
+    worker.options = type(worker.options)(**{**worker.options.__dict__, "sweep_interval": 0.3})
+    async with running(worker):
+        row_id = await runtime.repo.insert_request("found by the sweep")
+        row = await finished(runtime, row_id)
+    assert row["status"] == "completed", row["error"]
+
+
+async def test_shutdown_mid_job_releases_the_row_and_a_restart_finishes_it(
+    runtime: Runtime,
+) -> None:
+    assert runtime.simulator is not None
+    runtime.simulator.config.generation_seconds = 1.5
+    row_id = await runtime.repo.insert_request("interrupted")
+    async with running(runtime.worker()):
+        await eventually(lambda: row_of(runtime, row_id), lambda r: r["stage"] == "generating")
+    row = await row_of(runtime, row_id)
+    assert row["stage"] == "generating" and row["locked_by"] is None
+
+    runtime.simulator.config.generation_seconds = 0.2
+    async with running(runtime.worker()):
+        row = await finished(runtime, row_id)
+    assert row["status"] == "completed", row["error"]
+    assert len(runtime.simulator.created) == 1  # never paid twice
+
+
+async def test_a_crash_after_submitting_is_reconciled_not_paid_twice(runtime: Runtime) -> None:
+    """A worker died between the provider's accept and recording the id."""
+    import openai
+
+    assert runtime.simulator is not None
+    client = openai.AsyncOpenAI(base_url=runtime.simulator.base_url, api_key="test")
+    row_id = await runtime.repo.insert_request("orphaned at the provider", seconds="4")
+    # What the dead worker left: intent recorded, and the job exists at the provider.
+    await runtime.pool.execute(
+        """update videos set stage = 'submitting', status = 'processing', model = 'sora-2',
+           size = '720x1280', seconds = '4', provider = 'openai', submit_key = gen_random_uuid(),
+           submitted_at = now() - interval '1 second', locked_by = 'dead-worker',
+           locked_until = now() - interval '1 second' where id = $1""",
+        row_id,
+    )
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        orphan = await client.videos.create(
+            prompt="orphaned at the provider", model="sora-2", size="720x1280", seconds="4"
+        )
+    await client.close()
+    async with running(runtime.worker()):
+        row = await finished(runtime, row_id)
+    assert row["status"] == "completed", row["error"]
+    assert row["video_id"] == orphan.id
+    assert len(runtime.simulator.created) == 1
+
+
+async def test_an_interrupted_submission_with_nothing_at_the_provider_is_submitted_once(
+    runtime: Runtime,
+) -> None:
+    row_id = await runtime.repo.insert_request("never reached the provider")
+    await runtime.pool.execute(
+        """update videos set stage = 'submitting', status = 'processing', model = 'sora-2',
+           size = '720x1280', seconds = '4', provider = 'openai', submit_key = gen_random_uuid(),
+           submitted_at = now(), locked_by = 'dead-worker',
+           locked_until = now() - interval '1 second' where id = $1""",
+        row_id,
+    )
+    async with running(runtime.worker()):
+        row = await finished(runtime, row_id)
+    assert row["status"] == "completed", row["error"]
+    assert runtime.simulator is not None and len(runtime.simulator.created) == 1
+
+
+async def test_a_row_whose_owner_died_is_taken_over_when_its_lease_lapses(runtime: Runtime) -> None:
+    row_id = await runtime.repo.insert_request("owner crashed")
+    await runtime.pool.execute(
+        "update videos set locked_by = 'dead', locked_until = now() + interval '300 ms' where id = $1",
+        row_id,
+    )
+    async with running(runtime.worker()):
+        row = await finished(runtime, row_id)
+    assert row["status"] == "completed", row["error"]
+
+
+async def test_many_rows_flow_through_two_workers_each_submitted_once(runtime: Runtime) -> None:
+    ids = [await runtime.repo.insert_request(f"video {n}") for n in range(12)]
+    first, second = runtime.worker(), runtime.worker()
+    second.repo = type(runtime.repo)(runtime.pool, "second-worker", runtime.repo.lease)
+    async with running(first), running(second):
+        rows = [await finished(runtime, rid, timeout=40) for rid in ids]
+    assert all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]
+    assert runtime.simulator is not None
+    assert len(runtime.simulator.created) == 12
+    assert len({r["video_id"] for r in rows}) == 12
+
+
+async def test_stored_files_are_on_disk_under_the_video_bucket(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    row_id = await runtime.repo.insert_request("on disk")
+    async with running(runtime.worker()):
+        row = await finished(runtime, row_id)
+    path = tmp_path / "storage" / "hug-videos" / f"{row_id}.mp4"
+    assert path.is_file()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == row["video_sha256"]
+    assert not list(path.parent.glob(".*.part"))
