@@ -11,8 +11,12 @@ begin
             new.stage := 'generating';
         elsif new.status in ('completed', 'failed') then
             new.stage := new.status;
-        else
+        elsif new.status = 'processing' then
+            -- Nothing to adopt: without a provider id it is a fresh request.
             new.status := 'queued';
+            new.stage := 'pending';
+        else
+            -- 'queued', or a value the CHECK constraint will refuse with a clear error.
             new.stage := 'pending';
         end if;
     elsif new.status = 'queued' and old.status is distinct from 'queued' then

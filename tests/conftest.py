@@ -140,20 +140,20 @@ async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[Any]], check: Callable[[Any], bool], *, timeout: float = 20.0
+    probe: Callable[[], Awaitable[Any]], check: Callable[[Any], bool], *, within: float = 20.0
 ) -> Any:
-    """Re-read state until ``check`` holds; fail with the last value seen after ``timeout``.
+    """Re-read state until ``check`` holds; fail with the last value seen after ``within`` seconds.
 
     This waits on an observable condition (a row's state), not on time: it returns the
     moment the condition holds.
     """
     last: Any = None
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             while True:
                 last = await probe()
                 if check(last):
                     return last
                 await asyncio.sleep(0.01)
     except TimeoutError:
-        raise AssertionError(f"condition never held in {timeout} s; last value: {last!r}") from None
+        raise AssertionError(f"condition never held in {within} s; last value: {last!r}") from None

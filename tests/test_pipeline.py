@@ -42,11 +42,11 @@ async def row_of(runtime: Runtime, row_id: UUID) -> dict[str, Any]:
     return row
 
 
-async def finished(runtime: Runtime, row_id: UUID, timeout: float = 20.0) -> dict[str, Any]:
+async def finished(runtime: Runtime, row_id: UUID, within: float = 20.0) -> dict[str, Any]:
     return await eventually(
         lambda: row_of(runtime, row_id),
         lambda r: r["status"] in ("completed", "failed"),
-        timeout=timeout,
+        within=within,
     )
 
 
@@ -223,7 +223,7 @@ async def test_notify_wakes_an_idle_worker_without_waiting_for_a_sweep(runtime: 
     async with running(worker):
         await asyncio.wait_for(worker.listener.connected.wait(), 10)
         row_id = await runtime.repo.insert_request("woken by notify")
-        row = await finished(runtime, row_id, timeout=15)
+        row = await finished(runtime, row_id, within=15)
     assert row["status"] == "completed", row["error"]
 
 
@@ -305,7 +305,8 @@ async def test_an_interrupted_submission_with_nothing_at_the_provider_is_submitt
 async def test_a_row_whose_owner_died_is_taken_over_when_its_lease_lapses(runtime: Runtime) -> None:
     row_id = await runtime.repo.insert_request("owner crashed")
     await runtime.pool.execute(
-        "update videos set locked_by = 'dead', locked_until = now() + interval '300 ms' where id = $1",
+        "update videos set locked_by = 'dead', locked_until = now() + interval '300 ms' "
+        "where id = $1",
         row_id,
     )
     async with running(runtime.worker()):
@@ -318,7 +319,7 @@ async def test_many_rows_flow_through_two_workers_each_submitted_once(runtime: R
     first, second = runtime.worker(), runtime.worker()
     second.repo = type(runtime.repo)(runtime.pool, "second-worker", runtime.repo.lease)
     async with running(first), running(second):
-        rows = [await finished(runtime, rid, timeout=40) for rid in ids]
+        rows = [await finished(runtime, rid, within=40) for rid in ids]
     assert all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]
     assert runtime.simulator is not None
     assert len(runtime.simulator.created) == 12

@@ -1,0 +1,192 @@
+"""The schema: migrations, constraints, triggers and row-level security."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from service.migrations import SQL_DIR, MigrationError, migrate
+
+
+async def test_migrations_apply_once_and_a_second_run_changes_nothing(empty_db_url: str) -> None:
+    conn = await asyncpg.connect(empty_db_url)
+    try:
+        first = await migrate(conn)
+        assert first == sorted(p.name for p in SQL_DIR.glob("*.sql"))
+        assert await migrate(conn) == []
+        recorded = await conn.fetchval("select count(*) from sora_worker_migrations")
+        assert recorded == len(first)
+    finally:
+        await conn.close()
+
+
+async def test_two_replicas_migrating_at_once_apply_each_file_exactly_once(
+    empty_db_url: str,
+) -> None:
+    conns = [await asyncpg.connect(empty_db_url) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(migrate(c) for c in conns))
+        applied = sorted(name for result in results for name in result)
+        assert applied == sorted(p.name for p in SQL_DIR.glob("*.sql"))
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def test_an_edited_applied_migration_is_refused(empty_db_url: str, tmp_path: Path) -> None:
+    for path in SQL_DIR.glob("*.sql"):
+        (tmp_path / path.name).write_text(path.read_text())
+    conn = await asyncpg.connect(empty_db_url)
+    try:
+        await migrate(conn, tmp_path)
+        first = sorted(tmp_path.glob("*.sql"))[0]
+        first.write_text(first.read_text() + "\n-- edited\n")
+        with pytest.raises(MigrationError, match="changed after it was applied"):
+            await migrate(conn, tmp_path)
+    finally:
+        await conn.close()
+
+
+async def test_a_seed_table_is_adopted_with_its_rows_kept(empty_db_url: str) -> None:
+    conn = await asyncpg.connect(empty_db_url)
+    try:
+        await conn.execute(
+            """create table public.videos (
+                 id uuid primary key default gen_random_uuid(), prompt text, image1_url text,
+                 image2_url text, status text not null default 'queued', video_id text,
+                 video_url text, openai_url text, created_at timestamptz default now(),
+                 updated_at timestamptz default now());
+               insert into videos (prompt, status, video_id, video_url) values
+                 ('done', 'completed', 'video_a', 'https://x/a.mp4'),
+                 ('running', 'processing', 'video_b', null),
+                 ('lost', 'processing', null, null),
+                 ('waiting', 'queued', null, null);"""
+        )
+        await migrate(conn)
+        rows = {r["prompt"]: r for r in await conn.fetch("select * from videos")}
+    finally:
+        await conn.close()
+    assert (rows["done"]["stage"], rows["done"]["video_url"]) == ("completed", "https://x/a.mp4")
+    assert rows["running"]["stage"] == "generating"  # paid for: keep polling it
+    assert rows["lost"]["status"] == "failed" and "queued" in rows["lost"]["error"]
+    assert rows["waiting"]["stage"] == "pending"
+
+
+async def test_the_public_can_read_but_not_write(conn: asyncpg.Connection) -> None:
+    row_id = await conn.fetchval("insert into videos (prompt) values ('hello') returning id")
+    for role in ("anon", "authenticated"):
+        async with conn.transaction():
+            await conn.execute(f"set local role {role}")
+            assert await conn.fetchval("select count(*) from videos") == 1
+            assert await conn.fetchval("select status from videos_public where id = $1", row_id)
+        for statement in (
+            "insert into videos (prompt) values ('x')",
+            f"update videos set status = 'failed' where id = '{row_id}'",
+            f"delete from videos where id = '{row_id}'",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                async with conn.transaction():
+                    await conn.execute(f"set local role {role}")
+                    await conn.execute(statement)
+    async with conn.transaction():
+        await conn.execute("set local role service_role")
+        await conn.execute("insert into videos (prompt) values ('from the backend')")
+    assert await conn.fetchval("select relrowsecurity from pg_class where relname = 'videos'")
+
+
+async def test_the_public_view_hides_the_workers_bookkeeping(conn: asyncpg.Connection) -> None:
+    columns = {
+        r["column_name"]
+        for r in await conn.fetch(
+            "select column_name from information_schema.columns where table_name = 'videos_public'"
+        )
+    }
+    assert {"status", "video_url", "progress", "error"} <= columns
+    assert not {"locked_by", "locked_until", "submit_key", "attempts"} & columns
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("prompt", ""),
+        ("prompt", "   "),
+        ("prompt", "x" * 4001),
+        ("status", "pending"),
+        ("size", "big"),
+        ("size", "720 x 1280"),
+        ("seconds", "four"),
+        ("seconds", "0"),
+    ],
+)
+async def test_malformed_requests_are_refused_at_insert(
+    conn: asyncpg.Connection, column: str, value: str
+) -> None:
+    values = {"prompt": "ok", column: value}
+    cols = ", ".join(values)
+    with pytest.raises(asyncpg.CheckViolationError):
+        await conn.execute(
+            f"insert into videos ({cols}) values ({', '.join(f'${i + 1}' for i in range(len(values)))})",
+            *values.values(),
+        )
+
+
+async def test_no_model_size_or_length_list_is_hard_coded(conn: asyncpg.Connection) -> None:
+    await conn.execute(
+        "insert into videos (prompt, model, size, seconds) values ('x', 'veo-3.1', '1920x1080', '6')"
+    )
+
+
+async def test_updated_at_moves_on_every_update(conn: asyncpg.Connection) -> None:
+    row_id = await conn.fetchval("insert into videos (prompt) values ('x') returning id")
+    before = await conn.fetchval("select updated_at from videos where id = $1", row_id)
+    await conn.execute("update videos set progress = 5 where id = $1", row_id)
+    after = await conn.fetchval("select updated_at from videos where id = $1", row_id)
+    assert after > before
+
+
+async def test_inserting_notifies_the_worker_channel(conn: asyncpg.Connection, db_url: str) -> None:
+    received: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(db_url)
+    await listener.add_listener("sora_worker", lambda *args: received.put_nowait(args[3]))
+    try:
+        row_id = await conn.fetchval("insert into videos (prompt) values ('x') returning id")
+        assert await asyncio.wait_for(received.get(), 5) == str(row_id)
+    finally:
+        await listener.close()
+
+
+async def test_setting_status_back_to_queued_asks_for_a_fresh_start(conn: asyncpg.Connection) -> None:
+    row_id = await conn.fetchval(
+        "insert into videos (prompt, status, error) values ('x', 'failed', 'boom') returning id"
+    )
+    await conn.execute("update videos set status = 'queued' where id = $1", row_id)
+    row = await conn.fetchrow("select * from videos where id = $1", row_id)
+    assert (row["stage"], row["error"], row["attempts"], row["video_id"]) == ("pending", None, 0, None)
+
+
+async def test_stage_and_status_can_never_disagree(conn: asyncpg.Connection) -> None:
+    row_id = await conn.fetchval("insert into videos (prompt) values ('x') returning id")
+    with pytest.raises(asyncpg.CheckViolationError):
+        await conn.execute("update videos set stage = 'generating' where id = $1", row_id)
+
+
+async def test_the_claim_query_uses_the_partial_index(conn: asyncpg.Connection) -> None:
+    await conn.execute(
+        "insert into videos (prompt, status, stage, video_url, video_sha256) "
+        "select 'x', 'completed', 'completed', 'u', repeat('a', 64) from generate_series(1, 5000)"
+    )
+    await conn.execute("insert into videos (prompt) select 'y' from generate_series(1, 20)")
+    await conn.execute("analyze videos")
+    plan = "\n".join(
+        r[0]
+        for r in await conn.fetch(
+            """explain select id from videos
+               where stage = any(array['pending','submitting','generating','archiving'])
+                 and next_attempt_at <= now()
+               order by next_attempt_at limit 10 for update skip locked"""
+        )
+    )
+    assert "videos_due_idx" in plan, plan
