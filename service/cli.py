@@ -172,3 +172,7 @@ async def run_show(settings: Settings, row_id: UUID) -> int:
         return 1
     print(json.dumps(as_json(row), sort_keys=True))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

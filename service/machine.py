@@ -293,7 +293,30 @@ def retry_delay(attempt: int, policy: Policy, jitter: float) -> timedelta:
 
 
 def apply(job: Job, event: Event, *, now: datetime, policy: Policy, jitter: float) -> Transition:
-    """Decide the checkpoint that follows ``event`` for ``job``. Pure and total."""
+    """Decide the checkpoint that follows ``event`` for ``job``. Pure and total.
+
+    Raises IllegalTransition for an event the row's stage cannot take.
+    """
+    match event:
+        case Rejected() if job.stage in ACTIVE_STAGES:
+            return _fail(job, event.reason)
+        case Transient() if job.stage in ACTIVE_STAGES:
+            return _retry(job, event.reason, event.retry_after, policy, jitter, now)
+        case (
+            IntentRecorded() | Accepted() | NotFoundAtProvider() | NotSubmitted() | OutcomeUnknown()
+        ):
+            transition = _on_submission(job, event, now=now, policy=policy, jitter=jitter)
+        case _:
+            transition = _on_generation(job, event, policy=policy)
+    if transition is None:
+        raise IllegalTransition(f"{type(event).__name__} cannot happen in stage {job.stage}")
+    return transition
+
+
+def _on_submission(
+    job: Job, event: Event, *, now: datetime, policy: Policy, jitter: float
+) -> Transition | None:
+    """Events of the submit step: intent, the provider's answer, reconciliation."""
     stage = job.stage
     match event:
         case IntentRecorded() if stage is Stage.PENDING or (
@@ -340,6 +363,13 @@ def apply(job: Job, event: Event, *, now: datetime, policy: Policy, jitter: floa
             return _forget_intent(_retry(job, event.reason, event.retry_after, policy, jitter, now))
         case OutcomeUnknown() if stage is Stage.SUBMITTING:
             return _retry(job, event.reason, event.retry_after, policy, jitter, now)
+    return None
+
+
+def _on_generation(job: Job, event: Event, *, policy: Policy) -> Transition | None:
+    """Events of polling and archiving."""
+    stage = job.stage
+    match event:
         case Progressed() if stage is Stage.GENERATING:
             return Transition(
                 Stage.GENERATING,
@@ -377,13 +407,9 @@ def apply(job: Job, event: Event, *, now: datetime, policy: Policy, jitter: floa
                     error=None,
                 ),
             )
-        case Rejected() if stage in ACTIVE_STAGES:
-            return _fail(job, event.reason)
         case GenerationFailed() if stage in (Stage.GENERATING, Stage.ARCHIVING):
             return _fail(job, event.reason)
-        case Transient() if stage in ACTIVE_STAGES:
-            return _retry(job, event.reason, event.retry_after, policy, jitter, now)
-    raise IllegalTransition(f"{type(event).__name__} cannot happen in stage {stage}")
+    return None
 
 
 def _forget_intent(transition: Transition) -> Transition:

@@ -126,16 +126,15 @@ async def test_malformed_requests_are_refused_at_insert(
 ) -> None:
     values = {"prompt": "ok", column: value}
     cols = ", ".join(values)
+    params = ", ".join(f"${i + 1}" for i in range(len(values)))
     with pytest.raises(asyncpg.CheckViolationError):
-        await conn.execute(
-            f"insert into videos ({cols}) values ({', '.join(f'${i + 1}' for i in range(len(values)))})",
-            *values.values(),
-        )
+        await conn.execute(f"insert into videos ({cols}) values ({params})", *values.values())
 
 
 async def test_no_model_size_or_length_list_is_hard_coded(conn: asyncpg.Connection) -> None:
     await conn.execute(
-        "insert into videos (prompt, model, size, seconds) values ('x', 'veo-3.1', '1920x1080', '6')"
+        "insert into videos (prompt, model, size, seconds) "
+        "values ('x', 'veo-3.1', '1920x1080', '6')"
     )
 
 
@@ -158,13 +157,20 @@ async def test_inserting_notifies_the_worker_channel(conn: asyncpg.Connection, d
         await listener.close()
 
 
-async def test_setting_status_back_to_queued_asks_for_a_fresh_start(conn: asyncpg.Connection) -> None:
+async def test_setting_status_back_to_queued_asks_for_a_fresh_start(
+    conn: asyncpg.Connection,
+) -> None:
     row_id = await conn.fetchval(
         "insert into videos (prompt, status, error) values ('x', 'failed', 'boom') returning id"
     )
     await conn.execute("update videos set status = 'queued' where id = $1", row_id)
     row = await conn.fetchrow("select * from videos where id = $1", row_id)
-    assert (row["stage"], row["error"], row["attempts"], row["video_id"]) == ("pending", None, 0, None)
+    assert (row["stage"], row["error"], row["attempts"], row["video_id"]) == (
+        "pending",
+        None,
+        0,
+        None,
+    )
 
 
 async def test_stage_and_status_can_never_disagree(conn: asyncpg.Connection) -> None:

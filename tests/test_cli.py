@@ -1,0 +1,119 @@
+"""The real CLI as a subprocess: what an operator and a container actually run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import asyncpg
+
+from tests.conftest import eventually
+
+CLI = [sys.executable, "-m", "service.cli"]
+
+
+def env_for(db_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SORA_", "OPENAI_", "SUPABASE_"))
+    }
+    env.update(
+        DATABASE_URL=db_url,
+        SORA_DATA_DIR=str(data_dir),
+        SORA_STORAGE_PORT="0",
+        SORA_SIMULATOR_PORT="0",
+        SORA_LOG_FORMAT="json",
+        **extra,
+    )
+    return env
+
+
+async def test_run_serves_rows_and_exits_cleanly_on_sigterm(db_url: str, tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "run",
+        env=env_for(db_url, tmp_path, SORA_POLL_INTERVAL="0.1"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(30):
+            while b"worker.started" not in await proc.stderr.readline():
+                pass
+        conn = await asyncpg.connect(db_url)
+        try:
+            row_id = await conn.fetchval("insert into videos (prompt) values ('cli') returning id")
+            # The default simulator takes ~9 s; SIGTERM while the row is in flight.
+            await eventually(
+                lambda: conn.fetchval("select stage from videos where id = $1", row_id),
+                lambda stage: stage == "generating",
+            )
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                stderr = (await proc.communicate())[1].decode()
+            assert proc.returncode == 0, stderr
+            row = await conn.fetchrow("select * from videos where id = $1", row_id)
+        finally:
+            await conn.close()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert row["stage"] == "generating" and row["locked_by"] is None
+    events = [json.loads(line)["event"] for line in stderr.splitlines() if line.startswith("{")]
+    assert "worker.stopped" in events
+
+
+async def test_demo_prints_the_completed_row_as_json_on_its_last_line(
+    db_url: str, tmp_path: Path
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "demo",
+        env=env_for(db_url, tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(120):
+        stdout, stderr = await proc.communicate()
+    assert proc.returncode == 0, stderr.decode()[-3000:]
+    row = json.loads(stdout.decode().strip().splitlines()[-1])
+    assert row["status"] == "completed"
+    assert row["video_url"].startswith("http://") and len(row["video_sha256"]) == 64
+    assert "sha256 matches" in stderr.decode()
+    assert (tmp_path / "storage" / "hug-videos" / f"{row['id']}.mp4").is_file()
+
+
+async def test_a_misspelt_setting_is_refused_with_a_suggestion(db_url: str, tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "migrate",
+        env=env_for(db_url, tmp_path, SORA_POLL_INTERVALL="3"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await proc.communicate()
+    assert proc.returncode == 2
+    assert b"SORA_POLL_INTERVALL (did you mean SORA_POLL_INTERVAL?)" in stderr
+
+
+async def test_help_lists_every_setting_with_its_environment_name() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "--help", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    stdout, _ = await proc.communicate()
+    text = stdout.decode()
+    for name in (
+        "DATABASE_URL",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "SUPABASE_URL",
+        "SORA_POLL_INTERVAL",
+        "SORA_MODEL",
+        "SORA_CONCURRENCY",
+    ):
+        assert name in text
