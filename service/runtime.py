@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import asyncpg
@@ -23,6 +23,7 @@ from service.daemon import Worker, WorkerOptions
 from service.embedded import start_embedded_postgres
 from service.events.listen import Listener
 from service.events.wakeup import Wakeup
+from service.local_servers import SharedServer, instance_id
 from service.machine import Policy
 from service.migrations import migrate
 from service.providers.base import VideoProvider
@@ -51,7 +52,6 @@ class Runtime:
     store: ObjectStore
     http: httpx.AsyncClient
     simulator: Simulator | None
-    storage_server: StorageServer | None
 
     def worker(self, *, listen: bool = True) -> Worker:
         s = self.settings
@@ -94,8 +94,14 @@ async def open_runtime(
     *,
     apply_migrations: bool = True,
     simulator_config: SimulatorConfig | None = None,
+    flexible_ports: bool = False,
 ) -> AsyncIterator[Runtime]:
-    """Open the database, the provider and the store that the settings call for."""
+    """Open the database, the provider and the store that the settings call for.
+
+    ``flexible_ports`` lets the local servers move to a free port when theirs is taken
+    (the demo, run beside a worker); a daemon must keep its configured ports instead,
+    because the URLs it writes into rows name them.
+    """
     async with AsyncExitStack() as stack:
         dsn = await database_url(settings)
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=settings.concurrency + 4)
@@ -108,39 +114,10 @@ async def open_runtime(
 
         http = httpx.AsyncClient(timeout=httpx.Timeout(settings.image_timeout, connect=5.0))
         stack.push_async_callback(http.aclose)
-
-        simulator: Simulator | None = None
-        provider: VideoProvider
-        if settings.uses_simulator:
-            config = simulator_config or SimulatorConfig(state_dir=settings.data_dir / "simulator")
-            simulator = Simulator(config)
-            await simulator.start(port=settings.simulator_port)
-            stack.push_async_callback(simulator.stop)
-            log.warning(
-                "provider.simulator",
-                message="OPENAI_API_KEY is unset: using the LOCAL SORA SIMULATOR. "
-                "Videos are synthetic test clips; set OPENAI_API_KEY (and OPENAI_BASE_URL) "
-                "to generate real ones.",
-                base_url=simulator.base_url,
-            )
-            provider = OpenAIVideos(SIMULATOR_KEY, simulator.base_url)
-        else:
-            assert settings.openai_api_key is not None
-            provider = OpenAIVideos(
-                settings.openai_api_key.get_secret_value(), settings.openai_base_url
-            )
-            log.info("provider.openai", base_url=provider.base_url, model=settings.model)
-        stack.push_async_callback(provider.aclose)
-
-        storage_server: StorageServer | None = None
-        root = settings.data_dir / "storage"
-        root.mkdir(parents=True, exist_ok=True)
-        storage_server = StorageServer(root, settings.storage_host, settings.storage_port)
-        await storage_server.start()
-        stack.push_async_callback(storage_server.stop)
-        store: ObjectStore = LocalStore(root, settings.public_url or storage_server.base_url)
-        log.info("storage.local", root=str(root.resolve()), url=storage_server.base_url)
-
+        simulator, provider = await _open_provider(
+            settings, stack, simulator_config, flexible_ports
+        )
+        store = await _open_store(settings, stack, flexible_ports)
         yield Runtime(
             settings=settings,
             dsn=dsn,
@@ -150,5 +127,60 @@ async def open_runtime(
             store=store,
             http=http,
             simulator=simulator,
-            storage_server=storage_server,
         )
+
+
+async def _open_provider(
+    settings: Settings,
+    stack: AsyncExitStack,
+    simulator_config: SimulatorConfig | None,
+    flexible_ports: bool,
+) -> tuple[Simulator | None, VideoProvider]:
+    provider: VideoProvider
+    if settings.openai_api_key is not None:
+        provider = OpenAIVideos(
+            settings.openai_api_key.get_secret_value(), settings.openai_base_url
+        )
+        stack.push_async_callback(provider.aclose)
+        log.info("provider.openai", base_url=provider.base_url, model=settings.model)
+        return None, provider
+    config = replace(
+        simulator_config or SimulatorConfig(), state_dir=settings.data_dir / "simulator"
+    )
+    shared = SharedServer(
+        "simulator",
+        lambda: Simulator(config),
+        identity=instance_id(settings.data_dir),
+        host="127.0.0.1",
+        port=settings.simulator_port,
+        suffix="/v1",
+    )
+    await shared.open(flexible=flexible_ports)
+    stack.push_async_callback(shared.close)
+    log.warning(
+        "provider.simulator",
+        message="OPENAI_API_KEY is unset: using the LOCAL SORA SIMULATOR. Videos are "
+        "synthetic test clips; set OPENAI_API_KEY (and OPENAI_BASE_URL) for real ones.",
+        base_url=shared.base_url,
+    )
+    provider = OpenAIVideos(SIMULATOR_KEY, shared.base_url)
+    stack.push_async_callback(provider.aclose)
+    return shared.hosted, provider
+
+
+async def _open_store(
+    settings: Settings, stack: AsyncExitStack, flexible_ports: bool
+) -> ObjectStore:
+    root = settings.data_dir / "storage"
+    root.mkdir(parents=True, exist_ok=True)
+    shared = SharedServer(
+        "storage",
+        lambda: StorageServer(root),
+        identity=instance_id(settings.data_dir),
+        host=settings.storage_host,
+        port=settings.storage_port,
+    )
+    await shared.open(flexible=flexible_ports)
+    stack.push_async_callback(shared.close)
+    log.info("storage.local", root=str(root.resolve()), url=shared.base_url)
+    return LocalStore(root, settings.public_url or shared.base_url)

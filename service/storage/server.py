@@ -40,22 +40,25 @@ def storage_app(root: Path) -> web.Application:
 
 
 class StorageServer:
-    """Runs ``storage_app`` on a port; ``base_url`` is what goes into public URLs."""
+    """Runs ``storage_app`` on a port."""
 
-    def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._runner = web.AppRunner(storage_app(root), access_log=None)
-        self.host = host
-        self.port = port
+    def __init__(self, root: Path) -> None:
+        self.app = storage_app(root)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
 
-    async def start(self) -> None:
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        self.port = int(self._runner.addresses[0][1])
-
-    @property
-    def base_url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"http://{host}:{self.port}"
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Listen on ``host:port``; port 0 picks a free one."""
+        runner = web.AppRunner(self.app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner, self.port = runner, int(runner.addresses[0][1])
 
     async def stop(self) -> None:
-        await self._runner.cleanup()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

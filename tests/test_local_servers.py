@@ -1,0 +1,96 @@
+"""Replicas on one machine share the local simulator and storage, and survive the host."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.config import Settings
+from service.local_servers import PortTaken, SharedServer, instance_id
+from service.providers.base import VideoRequest
+from service.runtime import open_runtime
+from service.storage.server import StorageServer
+from tests.conftest import eventually, make_settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def fixed_ports(db_url: str, data_dir: Path) -> Settings:
+    return make_settings(db_url, data_dir, simulator_port=free_port(), storage_port=free_port())
+
+
+async def test_a_second_replica_shares_the_hosts_simulator_and_storage(
+    db_url: str, tmp_path: Path
+) -> None:
+    settings = fixed_ports(db_url, tmp_path)
+    async with open_runtime(settings, apply_migrations=False) as first:
+        async with open_runtime(settings, apply_migrations=False) as second:
+            assert first.simulator is not None and second.simulator is None
+            job = await second.provider.submit(
+                VideoRequest(
+                    prompt="shared",
+                    model="sora-2",
+                    size="720x1280",
+                    seconds="4",
+                    idempotency_key="k",
+                )
+            )
+            # The job exists where the first replica can see it: one simulator.
+            assert (await first.provider.retrieve(job.id)).id == job.id
+            assert second.store.public_url("b", "k") == first.store.public_url("b", "k")
+        async with open_runtime(settings, apply_migrations=False) as third:
+            assert third.simulator is None  # still shared: the first one hosts
+
+
+async def test_a_sharer_takes_over_when_the_host_goes_away(tmp_path: Path) -> None:
+    port = free_port()
+    identity = instance_id(tmp_path)
+    host = SharedServer(
+        "storage", lambda: StorageServer(tmp_path), identity=identity, host="127.0.0.1", port=port
+    )
+    sharer = SharedServer(
+        "storage", lambda: StorageServer(tmp_path), identity=identity, host="127.0.0.1", port=port
+    )
+    await host.open(flexible=False)
+    await sharer.open(flexible=False)
+    assert host.hosted is not None and sharer.hosted is None
+    await host.close()
+    await eventually(_noop, lambda _: sharer.hosted is not None, within=10)
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"http://127.0.0.1:{port}/")
+    assert response.headers["X-Sora-Worker-Instance"] == identity
+    await sharer.close()
+
+
+async def test_a_port_held_by_a_stranger_is_a_clear_error_or_moves_when_flexible(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    stranger = StorageServer(tmp_path)
+    await stranger.start(port=port)
+    try:
+        ours = SharedServer(
+            "simulator",
+            lambda: StorageServer(tmp_path),
+            identity=instance_id(tmp_path / "other"),
+            host="127.0.0.1",
+            port=port,
+        )
+        with pytest.raises(PortTaken, match="SORA_SIMULATOR_PORT"):
+            await ours.open(flexible=False)
+        await ours.open(flexible=True)
+        assert ours.hosted is not None and ours.port != port
+        await ours.close()
+    finally:
+        await stranger.stop()
+
+
+async def _noop() -> None:
+    return None
