@@ -43,6 +43,7 @@ class Settings(BaseSettings):
         extra="forbid",
         frozen=True,
         populate_by_name=True,
+        env_ignore_empty=True,  # compose passes unset variables as empty strings
     )
 
     # Where the rows live. Unset: an embedded PostgreSQL under data_dir.
