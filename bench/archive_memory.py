@@ -1,0 +1,85 @@
+"""Does archiving stay flat in memory whatever the video size? (DESIGN principle 5)
+
+Streams a video of N MiB from a local server speaking the Videos API content endpoint,
+through the real OpenAI adapter (official SDK), into the local store, and reports the
+process's peak RSS. Each size runs in a fresh process so peaks do not mix.
+
+    .venv/bin/python bench/archive_memory.py            # 16, 128, 512 MiB
+    .venv/bin/python bench/archive_memory.py 64 1024
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+CHUNK = b"\x00\x00\x00\x18ftypmp42" + bytes(1024 * 1024 - 12)
+
+
+def peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def current_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def one(mib: int) -> None:
+    from service.providers.openai_videos import OpenAIVideos
+    from service.storage.local import LocalStore
+
+    async def content(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
+        response.content_length = mib * len(CHUNK)
+        await response.prepare(request)
+        for _ in range(mib):
+            await response.write(CHUNK)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/v1/videos/{id}/content", content)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    provider = OpenAIVideos("sk-bench", f"http://127.0.0.1:{port}/v1")
+    with tempfile.TemporaryDirectory() as root:
+        store = LocalStore(Path(root), "http://bench")
+        baseline = current_rss_mib()
+        started = time.perf_counter()
+        async with provider.download("video_bench") as chunks:
+            stored = await store.put("hug-videos", "bench.mp4", chunks, "video/mp4")
+        seconds = time.perf_counter() - started
+    await provider.aclose()
+    await runner.cleanup()
+    assert stored.size == mib * len(CHUNK)
+    print(
+        f"{mib:>6} MiB  {seconds:6.2f} s  {mib / seconds:7.1f} MiB/s  "
+        f"rss before {baseline:6.1f} MiB  peak {peak_rss_mib():6.1f} MiB"
+    )
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--one":
+        asyncio.run(one(int(sys.argv[2])))
+        return
+    sizes = [int(a) for a in sys.argv[1:]] or [16, 128, 512]
+    print("  size      time   throughput   memory (server and client in one process)")
+    for mib in sizes:
+        subprocess.run([sys.executable, __file__, "--one", str(mib)], check=True)
+
+
+if __name__ == "__main__":
+    main()
