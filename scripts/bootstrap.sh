@@ -32,5 +32,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 
 "$venv/bin/python" -m pip install --quiet --upgrade pip
-"$venv/bin/python" -m pip install --quiet -c constraints.txt -e '.[dev]'
+# The editable install lets the worker read sql/ beside the package; setuptools warns
+# about exactly that layout on every install, so that one warning is silenced.
+PYTHONWARNINGS="ignore:Editable installation" \
+    "$venv/bin/python" -m pip install --quiet -c constraints.txt -e '.[dev]'
 echo "installed sora-worker into $venv"
