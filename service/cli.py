@@ -25,6 +25,7 @@ from service.config import ENV_PREFIX, Settings, SettingsError, load_settings
 from service.migrations import MigrationError, migrate
 from service.repository import Repository, as_json
 from service.runtime import database_url, open_runtime
+from service.storage.base import StorageError
 
 log = structlog.get_logger("service.cli")
 
@@ -97,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(dispatch(args, settings))
     except KeyboardInterrupt:
         return 130
-    except (MigrationError, OSError, asyncpg.PostgresError) as err:
+    except (MigrationError, StorageError, OSError, asyncpg.PostgresError) as err:
         log.error("command.failed", command=args.command, error=str(err))
         return 1
 

@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "SORA_"
@@ -135,6 +135,12 @@ class Settings(BaseSettings):
         if not value.isdigit() or int(value) < 1:
             raise ValueError("must be a whole number of seconds, like 4")
         return value
+
+    @model_validator(mode="after")
+    def _supabase_pair(self) -> Settings:
+        if (self.supabase_url is None) != (self.supabase_service_role_key is None):
+            raise ValueError("set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY together")
+        return self
 
     @property
     def poll_delay(self) -> timedelta:

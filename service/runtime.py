@@ -34,6 +34,7 @@ from service.steps import Buckets, Defaults, Steps
 from service.storage.base import ObjectStore
 from service.storage.local import LocalStore
 from service.storage.server import StorageServer
+from service.storage.supabase import SupabaseStore, default_bucket_specs
 
 log = structlog.get_logger("service.runtime")
 
@@ -171,6 +172,17 @@ async def _open_provider(
 async def _open_store(
     settings: Settings, stack: AsyncExitStack, flexible_ports: bool
 ) -> ObjectStore:
+    if settings.supabase_url is not None and settings.supabase_service_role_key is not None:
+        # Its own HTTP client: uploads need a longer read timeout than photo fetches.
+        supabase = SupabaseStore(
+            settings.supabase_url, settings.supabase_service_role_key.get_secret_value()
+        )
+        stack.push_async_callback(supabase.aclose)
+        await supabase.ensure_buckets(
+            default_bucket_specs(settings.video_bucket, settings.image_bucket)
+        )
+        log.info("storage.supabase", url=supabase.url, bucket=settings.video_bucket)
+        return supabase
     root = settings.data_dir / "storage"
     root.mkdir(parents=True, exist_ok=True)
     shared = SharedServer(

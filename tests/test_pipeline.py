@@ -336,3 +336,36 @@ async def test_stored_files_are_on_disk_under_the_video_bucket(
     assert path.is_file()
     assert hashlib.sha256(path.read_bytes()).hexdigest() == row["video_sha256"]
     assert not list(path.parent.glob(".*.part"))
+
+
+async def test_with_supabase_settings_videos_land_in_the_public_bucket(
+    db_url: str, tmp_path: Path
+) -> None:
+    from service.runtime import open_runtime
+    from service.simulator import SimulatorConfig
+    from tests.conftest import FAST_SIMULATOR, make_settings
+    from tests.fakes.supabase_storage import started
+
+    async with started() as supabase:
+        settings = make_settings(
+            db_url,
+            tmp_path,
+            supabase_url=supabase.url,
+            supabase_service_role_key=supabase.service_key,
+        )
+        async with open_runtime(
+            settings, apply_migrations=False, simulator_config=SimulatorConfig(**FAST_SIMULATOR)
+        ) as runtime:
+            assert supabase.buckets["hug-videos"].public
+            row_id = await runtime.repo.insert_request("to the cloud")
+            async with running(runtime.worker()):
+                row = await finished(runtime, row_id)
+            assert row["status"] == "completed", row["error"]
+            assert row["video_url"] == (
+                f"{supabase.url}/storage/v1/object/public/hug-videos/{row_id}.mp4"
+            )
+            async with httpx.AsyncClient() as http:
+                served = (await http.get(row["video_url"])).content
+            assert hashlib.sha256(served).hexdigest() == row["video_sha256"]
+            assert supabase.objects[f"hug-videos/{row_id}.mp4"].data == served
+            assert not (tmp_path / "storage").exists()  # nothing went to local disk
