@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         6, ge=1, description="Transient failures of one step before the row is failed."
     )
+    generation_timeout: float = Field(
+        10800.0, gt=0, description="Seconds a provider may take before the row is failed."
+    )
+    prepared_statements: bool = Field(
+        True, description="Set false behind a transaction pooler (Supavisor :6543, PgBouncer)."
+    )
     retry_base: float = Field(2.0, gt=0, description="First retry delay, doubled per attempt.")
     retry_cap: float = Field(300.0, gt=0, description="Longest retry delay.")
     shutdown_grace: float = Field(

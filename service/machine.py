@@ -86,6 +86,7 @@ class Policy:
     max_attempts: int
     retry_base: timedelta
     retry_cap: timedelta
+    generation_timeout: timedelta = timedelta(hours=3)
 
 
 # ---------------------------------------------------------------- actions
@@ -307,7 +308,7 @@ def apply(job: Job, event: Event, *, now: datetime, policy: Policy, jitter: floa
         ):
             transition = _on_submission(job, event, now=now, policy=policy, jitter=jitter)
         case _:
-            transition = _on_generation(job, event, policy=policy)
+            transition = _on_generation(job, event, now=now, policy=policy)
     if transition is None:
         raise IllegalTransition(f"{type(event).__name__} cannot happen in stage {job.stage}")
     return transition
@@ -366,10 +367,16 @@ def _on_submission(
     return None
 
 
-def _on_generation(job: Job, event: Event, *, policy: Policy) -> Transition | None:
+def _on_generation(job: Job, event: Event, *, now: datetime, policy: Policy) -> Transition | None:
     """Events of polling and archiving."""
     stage = job.stage
     match event:
+        case Progressed() if stage is Stage.GENERATING and _overdue(job, now, policy):
+            return _fail(
+                job,
+                f"the provider did not finish within {policy.generation_timeout} "
+                f"(last status {event.provider_status!r}, {event.progress}%)",
+            )
         case Progressed() if stage is Stage.GENERATING:
             return Transition(
                 Stage.GENERATING,
@@ -410,6 +417,11 @@ def _on_generation(job: Job, event: Event, *, policy: Policy) -> Transition | No
         case GenerationFailed() if stage in (Stage.GENERATING, Stage.ARCHIVING):
             return _fail(job, event.reason)
     return None
+
+
+def _overdue(job: Job, now: datetime, policy: Policy) -> bool:
+    """A job the provider keeps "running" for ever (a lost job, an odd gateway status)."""
+    return job.submitted_at is not None and now - job.submitted_at > policy.generation_timeout
 
 
 def _forget_intent(transition: Transition) -> Transition:

@@ -75,6 +75,7 @@ class Runtime:
                 max_attempts=s.max_attempts,
                 retry_base=timedelta(seconds=s.retry_base),
                 retry_cap=timedelta(seconds=s.retry_cap),
+                generation_timeout=timedelta(seconds=s.generation_timeout),
             ),
         )
         listener = Listener(self.dsn, Wakeup()) if listen else None
@@ -105,7 +106,12 @@ async def open_runtime(
     """
     async with AsyncExitStack() as stack:
         dsn = await database_url(settings)
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=settings.concurrency + 4)
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=1,
+            max_size=settings.concurrency + 4,
+            statement_cache_size=100 if settings.prepared_statements else 0,
+        )
         stack.push_async_callback(pool.close)
         if apply_migrations:
             async with pool.acquire() as conn:

@@ -131,6 +131,10 @@ class Steps:
             )
         )
         width, height = (int(n) for n in size.split("x"))
+        if width * height > images.MAX_PIXELS:
+            raise images.ImageError(
+                f"size {size} is too large to compose a reference image for", permanent=True
+            )
 
         def compose() -> bytes:
             photos = [

@@ -238,3 +238,14 @@ def test_retry_delay_is_exponential_capped_and_jittered(jitter: float) -> None:
         assert full * 0.5 <= delay <= full
     assert retry_delay(1, POLICY, 1.0) == POLICY.retry_base
     assert retry_delay(1000, POLICY, 1.0) == POLICY.retry_cap
+
+
+def test_a_job_the_provider_never_finishes_fails_after_the_generation_timeout() -> None:
+    submitted = NOW - POLICY.generation_timeout - timedelta(seconds=1)
+    t = run(job(Stage.GENERATING, submitted_at=submitted), Progressed(50, "NOT_START"))
+    assert t.stage is Stage.FAILED
+    assert "did not finish" in (t.changes["error"] or "") and "NOT_START" in (
+        t.changes["error"] or ""
+    )
+    fresh = job(Stage.GENERATING, submitted_at=NOW - timedelta(minutes=5))
+    assert run(fresh, Progressed(50, "in_progress")).stage is Stage.GENERATING

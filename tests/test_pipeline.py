@@ -216,6 +216,18 @@ async def test_bad_photos_fail_their_row_and_the_worker_serves_the_others(runtim
     assert runtime.simulator is not None and len(runtime.simulator.created) == 1
 
 
+async def test_a_huge_size_for_an_unchecked_model_fails_without_composing(
+    runtime: Runtime,
+) -> None:
+    async with photo_host({"/a.png": (200, photo((1, 2, 3)), "image/png")}) as host:
+        row_id = await runtime.repo.insert_request(
+            "x", f"{host}/a.png", model="some-gateway-model", size="99999x99999"
+        )
+        async with running(runtime.worker()):
+            row = await finished(runtime, row_id)
+    assert row["status"] == "failed" and "too large" in row["error"]
+
+
 async def test_notify_wakes_an_idle_worker_without_waiting_for_a_sweep(runtime: Runtime) -> None:
     worker = runtime.worker(listen=True)
     worker.options = type(worker.options)(**{**worker.options.__dict__, "sweep_interval": 3600.0})
