@@ -13,6 +13,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -64,37 +65,37 @@ def template_db(server_dsn: str) -> str:
     return name
 
 
+@asynccontextmanager
+async def scratch_database(server_dsn: str, template: str | None = None) -> AsyncIterator[str]:
+    """A new database (a copy of ``template``, or empty), dropped afterwards."""
+    name = f"sora_test_{uuid.uuid4().hex[:12]}"
+    source = f' template "{template}"' if template else ""
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'create database "{name}"{source}')
+    finally:
+        await admin.close()
+    try:
+        yield with_database(server_dsn, name)
+    finally:
+        admin = await asyncpg.connect(server_dsn)
+        try:
+            await admin.execute(f'drop database if exists "{name}" with (force)')
+        finally:
+            await admin.close()
+
+
 @pytest.fixture
 async def db_url(server_dsn: str, template_db: str) -> AsyncIterator[str]:
-    name = f"sora_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'create database "{name}" template "{template_db}"')
-    finally:
-        await admin.close()
-    yield with_database(server_dsn, name)
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'drop database if exists "{name}" with (force)')
-    finally:
-        await admin.close()
+    async with scratch_database(server_dsn, template_db) as url:
+        yield url
 
 
 @pytest.fixture
 async def empty_db_url(server_dsn: str) -> AsyncIterator[str]:
     """A database with no schema at all, for migration tests."""
-    name = f"sora_empty_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'create database "{name}"')
-    finally:
-        await admin.close()
-    yield with_database(server_dsn, name)
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'drop database if exists "{name}" with (force)')
-    finally:
-        await admin.close()
+    async with scratch_database(server_dsn) as url:
+        yield url
 
 
 @pytest.fixture

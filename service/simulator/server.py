@@ -8,6 +8,8 @@ from types import TracebackType
 
 from aiohttp import web
 
+from service.serving import serve
+
 from .app import CreatedVideo, SimulatorConfig, VideoStore, create_app
 
 __all__ = ["Simulator", "serve_forever"]
@@ -57,14 +59,7 @@ class Simulator:
         """Listen on ``host:port``; port 0 picks a free port (see ``base_url``)."""
         if self._runner is not None:
             raise RuntimeError("the simulator is already running")
-        runner = web.AppRunner(self.app, access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner, self._port = runner, int(runner.addresses[0][1])
+        self._runner, self._port = await serve(self.app, host, port)
         reachable = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host  # wildcards
         if ":" in reachable:  # an IPv6 literal
             reachable = f"[{reachable}]"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from service.serving import serve
 from service.storage.base import StorageError
 from service.storage.local import PUBLIC_PREFIX, object_path
 
@@ -49,14 +50,7 @@ class StorageServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen on ``host:port``; port 0 picks a free one."""
-        runner = web.AppRunner(self.app, access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner, self.port = runner, int(runner.addresses[0][1])
+        self._runner, self.port = await serve(self.app, host, port)
 
     async def stop(self) -> None:
         if self._runner is not None:
