@@ -85,9 +85,12 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Seconds between sweeps for work that no notification announced."
     )
     lease_seconds: float = Field(
-        60.0, gt=0, description="How long a claim lasts without a heartbeat before others take it."
+        30.0, gt=0, description="How long a claim lasts without a heartbeat before others take it."
     )
-    concurrency: int = Field(8, ge=1, le=1000, description="Rows one worker handles at once.")
+    concurrency: int = Field(16, ge=1, le=1000, description="Rows one worker handles at once.")
+    pool_size: int = Field(
+        10, ge=2, le=200, description="Most database connections one worker opens."
+    )
     max_attempts: int = Field(
         6, ge=1, description="Transient failures of one step before the row is failed."
     )

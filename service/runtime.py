@@ -8,6 +8,7 @@ as its setting is given.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
@@ -32,7 +33,7 @@ from service.repository import Repository
 from service.simulator import Simulator, SimulatorConfig
 from service.steps import Buckets, Defaults, Steps
 from service.storage.base import ObjectStore
-from service.storage.local import LocalStore
+from service.storage.local import PARTIAL_MAX_AGE, LocalStore, remove_stale_partials
 from service.storage.server import StorageServer
 from service.storage.supabase import SupabaseStore, default_bucket_specs
 
@@ -109,7 +110,9 @@ async def open_runtime(
         pool = await asyncpg.create_pool(
             dsn,
             min_size=1,
-            max_size=settings.concurrency + 4,
+            # Rows hold no connection while they wait on the provider, so a few
+            # connections serve many rows (Supabase's free plan allows 60 in all).
+            max_size=settings.pool_size,
             statement_cache_size=100 if settings.prepared_statements else 0,
         )
         stack.push_async_callback(pool.close)
@@ -191,6 +194,9 @@ async def _open_store(
         return supabase
     root = settings.data_dir / "storage"
     root.mkdir(parents=True, exist_ok=True)
+    removed = await asyncio.to_thread(remove_stale_partials, root, PARTIAL_MAX_AGE)
+    if removed:
+        log.info("storage.partials_removed", count=removed)
     shared = SharedServer(
         "storage",
         lambda: StorageServer(root),

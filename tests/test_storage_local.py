@@ -81,3 +81,21 @@ async def test_paths_that_could_escape_are_not_served(tmp_path: Path) -> None:
             assert response.content != b"no"
     finally:
         await server.stop()
+
+
+def test_stale_partial_files_from_a_killed_worker_are_removed(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from service.storage.local import remove_stale_partials
+
+    bucket = tmp_path / "hug-videos"
+    bucket.mkdir()
+    stale, live, done = bucket / ".a.mp4.1.part", bucket / ".b.mp4.2.part", bucket / "c.mp4"
+    for path in (stale, live, done):
+        path.write_bytes(b"x")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    os.utime(done, (old, old))
+    assert remove_stale_partials(tmp_path, 3600) == 1
+    assert not stale.exists() and live.exists() and done.exists()

@@ -8,8 +8,10 @@ URLs have Supabase's public-object shape, so front ends treat both backends alik
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import time
 import uuid
 from collections.abc import AsyncIterable
 from pathlib import Path
@@ -65,6 +67,24 @@ class LocalStore:
 
     async def aclose(self) -> None:
         return None
+
+
+PARTIAL_MAX_AGE = 3600.0
+
+
+def remove_stale_partials(root: Path, max_age: float) -> int:
+    """Delete half-written files left by a killed worker (older than ``max_age`` s).
+
+    A live upload's partial file is younger than that; a sibling replica's is safe.
+    """
+    cutoff = time.time() - max_age
+    removed = 0
+    for path in root.rglob(".*.part"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+    return removed
 
 
 def _flush_and_close(handle: BinaryIO) -> None:
