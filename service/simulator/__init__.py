@@ -4,7 +4,7 @@ It renders real, playable MP4s, derives job status from an injectable clock, and
 told to fail (``FailureRule``), so the worker can be tested end to end without OpenAI.
 """
 
-from .app import FailureRule, SimulatorConfig
+from .config import FailureRule, SimulatorConfig
 from .server import Simulator, serve_forever
 
 __all__ = ["FailureRule", "Simulator", "SimulatorConfig", "serve_forever"]

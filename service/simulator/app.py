@@ -1,315 +1,28 @@
-"""An aiohttp application that speaks the OpenAI Videos API (``/v1/videos``) for tests and demos.
+"""An aiohttp application that speaks the OpenAI Videos API (``/v1/videos``).
 
-Nothing runs in the background: a job's status is derived from its ``created_at``, the
-configured timings and an injectable clock, so tests move time instead of sleeping and a
-restarted simulator (``state_dir``) needs only the job records.
-The official ``openai`` SDK is the arbiter of the wire format (see
-``/work/shared/contracts/openai-videos.md``).
+The official ``openai`` SDK is the arbiter of the wire format: the contract tests drive
+every route through it (see the team's ``contracts/openai-videos.md``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-import json
-import os
-import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any
 
 from aiohttp import BodyPartReader, web
 from PIL import Image
 
-from .media import render_mp4, render_spritesheet, render_thumbnail
+from .errors import ApiError, invalid_value
+from .store import VARIANTS, VideoStore
 
-__all__ = ["CreatedVideo", "FailureRule", "Job", "SimulatorConfig", "VideoStore", "create_app"]
+__all__ = ["create_app"]
 
 _CHUNK = 64 * 1024
 _MAX_BODY = 64 * 1024 * 1024  # aiohttp's 1 MiB default is too small for a reference image
 _REFERENCE_FORMATS = ("JPEG", "PNG", "WEBP")
-
-
-class _Renderer(Protocol):
-    def __call__(
-        self,
-        width: int,
-        height: int,
-        seconds: int,
-        *,
-        prompt: str,
-        reference: bytes | None,
-        seed: str,
-    ) -> bytes: ...
-
-
-# variant -> (content type, file suffix in state_dir, renderer)
-_VARIANTS: dict[str, tuple[str, str, _Renderer]] = {
-    "video": ("video/mp4", "mp4", render_mp4),
-    "thumbnail": ("image/webp", "webp", render_thumbnail),
-    "spritesheet": ("image/jpeg", "jpg", render_spritesheet),
-}
-
-
-@dataclass
-class FailureRule:
-    """Fail requests whose prompt contains ``prompt_contains`` (case-insensitive).
-
-    ``stage="create"``: ``POST /v1/videos`` answers HTTP ``status`` with ``code``/``message``.
-    ``stage="generate"``: the job is accepted, then ends ``failed`` with error {code, message}.
-    Rules are matched when a job is created, so appending one affects later jobs only.
-    """
-
-    prompt_contains: str
-    stage: Literal["create", "generate"]
-    status: int = 400
-    code: str = "moderation_blocked"
-    message: str = "Your request was blocked by our moderation system."
-
-
-def _sora_sizes() -> dict[str, tuple[str, ...]]:
-    portrait_and_landscape = ("720x1280", "1280x720")
-    return {
-        "sora-2": portrait_and_landscape,
-        "sora-2-pro": (*portrait_and_landscape, "1024x1792", "1792x1024"),
-    }
-
-
-@dataclass
-class SimulatorConfig:
-    """Behaviour of a simulator; mutable at runtime (e.g. ``failure_rules.append``).
-
-    The timings are read on every request, so changing them moves existing jobs too
-    (lengthening ``generation_seconds`` can even send a completed job back to in_progress).
-    """
-
-    queue_seconds: float = 1.0
-    generation_seconds: float = 8.0
-    expires_after_seconds: float = 86400.0
-    poll_after_ms: int = 1000
-    models: dict[str, tuple[str, ...]] = field(default_factory=_sora_sizes)  # model -> sizes
-    seconds: tuple[str, ...] = ("4", "8", "12")
-    api_key: str | None = None  # None: any non-empty bearer token is accepted
-    state_dir: Path | None = None  # jobs, references and rendered assets persist here
-    failure_rules: list[FailureRule] = field(default_factory=list)
-    clock: Callable[[], float] = time.time
-
-    def rule_for(self, prompt: str, stage: Literal["create", "generate"]) -> FailureRule | None:
-        """The first rule of ``stage`` whose text occurs in ``prompt``."""
-        folded = prompt.casefold()
-        matches = (r for r in self.failure_rules if r.prompt_contains.casefold() in folded)
-        return next((rule for rule in matches if rule.stage == stage), None)
-
-
-class ApiError(Exception):
-    """An error answered as OpenAI does: ``{"error": {message, type, param, code}}``."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-        self.headers = headers
-
-    def response(self) -> web.Response:
-        kind = "server_error" if self.status >= 500 else "invalid_request_error"
-        body = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
-        return web.json_response({"error": body}, status=self.status, headers=self.headers)
-
-
-def _invalid_value(param: str, value: str, allowed: tuple[str, ...]) -> ApiError:
-    supported = ", ".join(f"'{item}'" for item in allowed)
-    message = f"Invalid value: '{value}'. Supported values are: {supported}."
-    return ApiError(400, message, param=param, code="invalid_value")
-
-
-@dataclass
-class Job:
-    """The persisted record of one video; its status is derived from it, the config and clock."""
-
-    id: str
-    seq: int  # creation order; the clock may not move between two creates
-    model: str
-    prompt: str
-    size: str
-    seconds: str
-    created_at: float
-    has_reference: bool
-    error: dict[str, str] | None = None  # set at create time by a "generate" FailureRule
-    deleted: bool = False  # kept as a tombstone so list cursors pointing at it still work
-
-    @property
-    def dimensions(self) -> tuple[int, int]:
-        width, height = self.size.split("x")
-        return int(width), int(height)
-
-    def video(self, config: SimulatorConfig) -> dict[str, Any]:
-        """The ``Video`` object as of ``config.clock()``."""
-        now = config.clock()
-        started = self.created_at + config.queue_seconds
-        finished = started + config.generation_seconds
-        status, progress, completed_at, expires_at = "queued", 0, None, None
-        if now >= finished and self.error is not None:
-            status = "failed"
-        elif now >= finished:
-            status, progress, completed_at = "completed", 100, int(finished)
-            expires_at = int(finished + config.expires_after_seconds)
-        elif now >= started:
-            status = "in_progress"
-            progress = min(99, int(100 * (now - started) / config.generation_seconds))
-        return {
-            "id": self.id,
-            "object": "video",
-            "model": self.model,
-            "status": status,
-            "progress": progress,
-            "created_at": int(self.created_at),
-            "completed_at": completed_at,
-            "expires_at": expires_at,
-            "prompt": self.prompt,
-            "seconds": self.seconds,
-            "size": self.size,
-            "remixed_from_video_id": None,
-            "error": self.error if status == "failed" else None,
-        }
-
-
-class CreatedVideo(NamedTuple):
-    """What a test may assert about one accepted ``POST /v1/videos``."""
-
-    video_id: str
-    model: str
-    size: str
-    seconds: str
-    has_reference: bool  # an image file was uploaded (a URL/file_id reference is ignored)
-    idempotency_key: str | None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via rename so a crash never leaves a half-written record behind."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
-
-
-class VideoStore:
-    """Jobs, uploaded references and rendered assets, optionally persisted in ``state_dir``.
-
-    Layout: ``<id>.json`` (the Job), ``<id>.reference`` and ``<id>.<variant>.<suffix>``.
-    """
-
-    def __init__(self, config: SimulatorConfig) -> None:
-        self.config = config
-        self.jobs: dict[str, Job] = {}  # in creation order
-        self.created: list[CreatedVideo] = []
-        self._references: dict[str, bytes] = {}
-        self._assets: dict[tuple[str, str], bytes] = {}
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        if config.state_dir is not None:
-            config.state_dir.mkdir(parents=True, exist_ok=True)
-            records = [json.loads(p.read_text()) for p in config.state_dir.glob("*.json")]
-            for record in sorted(records, key=lambda r: int(r["seq"])):
-                self.jobs[record["id"]] = Job(**record)
-
-    def get(self, video_id: str) -> Job:
-        """The live job ``video_id``, else a 404."""
-        job = self.jobs.get(video_id)
-        if job is None or job.deleted:
-            raise ApiError(404, f"Video with id '{video_id}' not found.", param="video_id")
-        return job
-
-    async def add(
-        self,
-        *,
-        model: str,
-        prompt: str,
-        size: str,
-        seconds: str,
-        error: dict[str, str] | None,
-        reference: bytes | None,
-        idempotency_key: str | None,
-    ) -> Job:
-        """Create a job as of now."""
-        job = Job(
-            id=f"video_{uuid.uuid4().hex}",
-            seq=len(self.jobs) + 1,  # tombstones are never removed, so this only grows
-            model=model,
-            prompt=prompt,
-            size=size,
-            seconds=seconds,
-            created_at=self.config.clock(),
-            has_reference=reference is not None,
-            error=error,
-        )
-        self.jobs[job.id] = job
-        if reference is not None:
-            self._references[job.id] = reference
-        await asyncio.to_thread(self._persist, job, reference)
-        self.created.append(
-            CreatedVideo(job.id, model, size, seconds, job.has_reference, idempotency_key)
-        )
-        return job
-
-    async def delete(self, job: Job) -> None:
-        """Tombstone the job and drop its reference and assets, in memory and on disk."""
-        job.deleted = True
-        self._references.pop(job.id, None)
-        for variant in _VARIANTS:
-            self._assets.pop((job.id, variant), None)
-        await asyncio.to_thread(self._persist, job, None)
-
-    def reference_for(self, video_id: str) -> bytes | None:
-        """The image uploaded with a job, if any (also after a restart with ``state_dir``)."""
-        if video_id in self._references:
-            return self._references[video_id]
-        path = self._path(f"{video_id}.reference")
-        return path.read_bytes() if path is not None and path.exists() else None
-
-    async def asset(self, job: Job, variant: str) -> bytes:
-        """Render ``variant`` once per job, off the event loop, then serve it from the cache."""
-        key = (job.id, variant)
-        async with self._locks.setdefault(key, asyncio.Lock()):
-            if key not in self._assets:
-                self._assets[key] = await asyncio.to_thread(self._load_or_render, job, variant)
-        return self._assets[key]
-
-    def _load_or_render(self, job: Job, variant: str) -> bytes:
-        _, suffix, render = _VARIANTS[variant]
-        path = self._path(f"{job.id}.{variant}.{suffix}")
-        if path is not None and path.exists():
-            return path.read_bytes()
-        width, height = job.dimensions
-        reference = self.reference_for(job.id)
-        data = render(
-            width, height, int(job.seconds), prompt=job.prompt, reference=reference, seed=job.id
-        )
-        if path is not None:
-            _write_atomic(path, data)
-        return data
-
-    def _persist(self, job: Job, reference: bytes | None) -> None:
-        """Write the job record (and a new reference); a deleted job loses its other files."""
-        record = self._path(f"{job.id}.json")
-        if record is None:
-            return
-        if reference is not None:
-            _write_atomic(record.with_suffix(".reference"), reference)
-        if job.deleted:
-            for path in record.parent.glob(f"{job.id}.*"):
-                if path != record:
-                    path.unlink(missing_ok=True)
-        _write_atomic(record, json.dumps(asdict(job)).encode())
-
-    def _path(self, name: str) -> Path | None:
-        return None if self.config.state_dir is None else self.config.state_dir / name
 
 
 STORE = web.AppKey("store", VideoStore)
@@ -396,10 +109,10 @@ async def create_video(request: web.Request) -> web.Response:
         raise ApiError(404, message, code="model_not_found")
     size = _text(fields, "size", "720x1280")
     if size not in config.models[model]:
-        raise _invalid_value("size", size, config.models[model])
+        raise invalid_value("size", size, config.models[model])
     seconds = _text(fields, "seconds", "4")
     if seconds not in config.seconds:
-        raise _invalid_value("seconds", seconds, config.seconds)
+        raise invalid_value("seconds", seconds, config.seconds)
     reference = fields.get("input_reference")
     if isinstance(reference, bytes):
         await asyncio.to_thread(_check_reference, reference, size)
@@ -440,7 +153,7 @@ async def list_videos(request: web.Request) -> web.Response:
     query = request.query
     order = query.get("order", "desc")
     if order not in ("asc", "desc"):
-        raise _invalid_value("order", order, ("asc", "desc"))
+        raise invalid_value("order", order, ("asc", "desc"))
     try:
         limit = int(query.get("limit", "20"))
     except ValueError:
@@ -480,8 +193,8 @@ async def delete_video(request: web.Request) -> web.Response:
 async def download_content(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
     variant = request.query.get("variant", "video")
-    if variant not in _VARIANTS:
-        raise _invalid_value("variant", variant, tuple(_VARIANTS))
+    if variant not in VARIANTS:
+        raise invalid_value("variant", variant, tuple(VARIANTS))
     job = store.get(request.match_info["video_id"])
     video = job.video(store.config)
     if video["status"] == "failed":
@@ -500,7 +213,7 @@ async def download_content(request: web.Request) -> web.StreamResponse:
         )
         raise ApiError(404, message, code="video_expired")
     data = await store.asset(job, variant)
-    return await _send(request, data, _VARIANTS[variant][0])
+    return await _send(request, data, VARIANTS[variant][0])
 
 
 async def _send(request: web.Request, data: bytes, content_type: str) -> web.StreamResponse:

@@ -10,7 +10,9 @@ from aiohttp import web
 
 from service.serving import serve
 
-from .app import CreatedVideo, SimulatorConfig, VideoStore, create_app
+from .app import create_app
+from .config import SimulatorConfig
+from .store import CreatedVideo, VideoStore
 
 __all__ = ["Simulator", "serve_forever"]
 
