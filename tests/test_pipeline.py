@@ -11,6 +11,7 @@ import hashlib
 import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -381,3 +382,67 @@ async def test_with_supabase_settings_videos_land_in_the_public_bucket(
             assert hashlib.sha256(served).hexdigest() == row["video_sha256"]
             assert supabase.objects[f"hug-videos/{row_id}.mp4"].data == served
             assert not (tmp_path / "storage").exists()  # nothing went to local disk
+
+            # A storage outage during the archive is retried: the paid video is not lost.
+            supabase.fail_uploads(2, 503, message="storage is restarting")
+            second = await runtime.repo.insert_request("through an outage")
+            async with running(runtime.worker()):
+                row = await finished(runtime, second)
+            assert row["status"] == "completed", row["error"]
+            assert row["attempts"] == 0 and row["error"] is None
+            assert f"hug-videos/{second}.mp4" in supabase.objects
+
+
+async def test_a_video_that_expired_before_archiving_fails_with_that_reason(
+    runtime: Runtime,
+) -> None:
+    assert runtime.simulator is not None
+    runtime.simulator.config.expires_after_seconds = 0.0
+    row_id = await runtime.repo.insert_request("too late")
+    async with running(runtime.worker()):
+        row = await finished(runtime, row_id)
+    assert row["status"] == "failed" and "expired" in row["error"]
+
+
+async def test_a_long_step_keeps_its_lease_alive_with_heartbeats(
+    db_url: str, tmp_path: Path
+) -> None:
+    from service.runtime import open_runtime
+    from service.simulator import SimulatorConfig
+    from tests.conftest import FAST_SIMULATOR, make_settings
+
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_photo(_request: web.Request) -> web.Response:
+        entered.set()
+        await release.wait()
+        return web.Response(body=photo((5, 5, 5)), content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/slow.png", slow_photo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/slow.png"
+    settings = make_settings(db_url, tmp_path, lease_seconds=0.6)
+    try:
+        async with open_runtime(
+            settings, apply_migrations=False, simulator_config=SimulatorConfig(**FAST_SIMULATOR)
+        ) as runtime:
+            row_id = await runtime.repo.insert_request("slow photo", url)
+            worker = runtime.worker()
+            async with running(worker):
+                await asyncio.wait_for(entered.wait(), 10)
+                first = await row_of(runtime, row_id)
+                # Several leases pass while the photo hangs; the heartbeat keeps extending it.
+                later = await eventually(
+                    lambda: row_of(runtime, row_id),
+                    lambda r: r["locked_until"] > first["locked_until"] + timedelta(seconds=1.2),
+                )
+                assert later["locked_by"] == first["locked_by"] == runtime.repo.worker_id
+                release.set()
+                row = await finished(runtime, row_id)
+            assert row["status"] == "completed", row["error"]
+    finally:
+        release.set()
+        await runner.cleanup()
