@@ -36,7 +36,7 @@ def settings_help() -> str:
         alias = field.validation_alias
         env = str(getattr(alias, "choices", [None])[0] or ENV_PREFIX + name.upper())
         default = "" if field.is_required() else field.get_default(call_default_factory=False)
-        shown = "(host:pid)" if name == "worker_id" else default
+        shown = "host:pid" if name == "worker_id" else "unset" if default is None else default
         lines.append(f"  {env:<28} {field.description or ''} [default: {shown}]")
     return "\n".join(lines)
 
