@@ -54,10 +54,12 @@ class InstantProvider:
             id=f"video_{uuid.uuid4().hex}", status="queued", progress=0, raw_status="queued"
         )
 
+    submit_timeout = timedelta(seconds=60)
+
     async def find_submitted(
-        self, request: VideoRequest, submitted_after: datetime, exclude: frozenset[str]
-    ) -> ProviderJob | None:
-        return None
+        self, request: VideoRequest, submitted_after: datetime
+    ) -> list[ProviderJob]:
+        return []
 
     async def retrieve(self, job_id: str) -> ProviderJob:
         return ProviderJob(
@@ -104,7 +106,7 @@ async def main(rows: int, concurrency: int) -> None:
                 defaults=Defaults("sora-2", "720x1280", "4"),
                 buckets=Buckets("hug-videos", "hug-images"),
                 image_limits=Limits(1_000_000, 5.0),
-                known_video_ids=repo.known_video_ids,
+                ledger=repo,
             )
             policy = Policy(
                 timedelta(milliseconds=1), 3, timedelta(milliseconds=10), timedelta(seconds=1)

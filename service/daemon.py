@@ -107,9 +107,12 @@ class Worker:
         while not self.stopping.is_set():
             try:
                 free = self.options.concurrency - len(self._inflight)
-                if free > 0:
-                    for job in await self.repo.claim(free):
-                        self._start(job)
+                if free <= 0:
+                    # Every slot is busy: only a finished row (or stop) can change that.
+                    await self.wakeup.wait(self.options.sweep_interval)
+                    continue
+                for job in await self.repo.claim(free):
+                    self._start(job)
                 reasons = await wait_for_work(self.wakeup, self.repo, self.options.sweep_interval)
                 log.debug("worker.woken", reasons=sorted(reasons))
                 backoff = 0.5
@@ -201,6 +204,12 @@ class Worker:
                     return
         except LeaseLost as err:
             log.warning("video.lease_lost", error=str(err))
+        except asyncpg.UniqueViolationError as err:
+            # Another row recorded this provider job first (a reconciliation race): ours
+            # is unchanged; give it back so the next try reconciles without that job.
+            log.warning("video.job_taken", error=str(err), stage=job.stage.value)
+            with contextlib.suppress(*DB_ERRORS):
+                await asyncio.shield(self.repo.release([job.id]))
         except DB_ERRORS as err:
             log.error("video.checkpoint_failed", error=repr(err), stage=job.stage.value)
         finally:
@@ -218,7 +227,7 @@ class Worker:
                     assert request is not None
                     return await self.steps.create(request), None
                 case Action.RECONCILE:
-                    return await self.steps.reconcile(job), None
+                    return await self.steps.reconcile(job, datetime.now(UTC)), None
                 case Action.POLL:
                     return await self.steps.poll(job), None
                 case Action.ARCHIVE:

@@ -87,6 +87,9 @@ class Policy:
     retry_base: timedelta
     retry_cap: timedelta
     generation_timeout: timedelta = timedelta(hours=3)
+    archive_grace: timedelta = timedelta(hours=24)
+    """How long after the generation deadline an archive is tried when the provider
+    gave no ``expires_at`` (OpenAI documented about a day)."""
 
 
 # ---------------------------------------------------------------- actions
@@ -214,6 +217,13 @@ class Archived:
 
 
 @dataclass(frozen=True)
+class Vanished:
+    """The provider says the job or its file does not exist (deleted, expired, lost)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Transient:
     """A step failed in a way worth retrying (network, 429, 5xx, storage hiccup)."""
 
@@ -232,6 +242,7 @@ Event = (
     | Generated
     | GenerationFailed
     | Archived
+    | Vanished
     | Transient
 )
 
@@ -308,7 +319,7 @@ def apply(job: Job, event: Event, *, now: datetime, policy: Policy, jitter: floa
         ):
             transition = _on_submission(job, event, now=now, policy=policy, jitter=jitter)
         case _:
-            transition = _on_generation(job, event, now=now, policy=policy)
+            transition = _on_generation(job, event, now=now, policy=policy, jitter=jitter)
     if transition is None:
         raise IllegalTransition(f"{type(event).__name__} cannot happen in stage {job.stage}")
     return transition
@@ -367,7 +378,9 @@ def _on_submission(
     return None
 
 
-def _on_generation(job: Job, event: Event, *, now: datetime, policy: Policy) -> Transition | None:
+def _on_generation(
+    job: Job, event: Event, *, now: datetime, policy: Policy, jitter: float
+) -> Transition | None:
     """Events of polling and archiving."""
     stage = job.stage
     match event:
@@ -416,6 +429,10 @@ def _on_generation(job: Job, event: Event, *, now: datetime, policy: Policy) -> 
             )
         case GenerationFailed() if stage in (Stage.GENERATING, Stage.ARCHIVING):
             return _fail(job, event.reason)
+        case Vanished() if stage in (Stage.GENERATING, Stage.ARCHIVING):
+            # Gone is usually final, but a provider (or a replica's simulator) can answer
+            # 404 for a moment: give it max_attempts tries before failing the row.
+            return _retry(job, event.reason, None, policy, jitter, now, bounded=True)
     return None
 
 
@@ -437,8 +454,14 @@ def _forget_intent(transition: Transition) -> Transition:
     return replace(transition, changes=changes)
 
 
-def _fail(job: Job, reason: str) -> Transition:
-    return Transition(Stage.FAILED, job.attempts, NOW, "video.failed", Changes(error=reason))
+def _fail(job: Job, reason: str, attempts: int | None = None) -> Transition:
+    return Transition(
+        Stage.FAILED,
+        job.attempts if attempts is None else attempts,
+        NOW,
+        "video.failed",
+        Changes(error=reason),
+    )
 
 
 def _retry(
@@ -450,18 +473,25 @@ def _retry(
     now: datetime,
     *,
     immediate: bool = False,
+    bounded: bool = False,
 ) -> Transition:
-    """Count a failed try of the current step; fail the row once tries run out.
+    """Count a failed try of the current step; fail the row once it is hopeless.
 
-    An archive is the exception: the video is paid for, so it is retried for as long
-    as the provider still holds it, whatever the attempt count.
+    Before the provider may hold a job, ``max_attempts`` bounds the tries. Once it may
+    (a submission in doubt, a job generating, a video to archive) the job is paid for,
+    so an outage, however long, must not lose it: the worker keeps trying, with capped
+    backoff, until the provider can no longer deliver (``_paid_deadline``). ``bounded``
+    tries (the provider says the job is gone) count towards ``max_attempts`` anyway.
     """
     attempts = job.attempts + 1
-    still_downloadable = (
-        job.stage is Stage.ARCHIVING and job.expires_at is not None and now < job.expires_at
+    deadline = _paid_deadline(job, policy)
+    paid = job.stage in (Stage.GENERATING, Stage.ARCHIVING) or (
+        job.stage is Stage.SUBMITTING and job.submit_key is not None
     )
-    if attempts >= policy.max_attempts and not still_downloadable:
-        return _fail(job, f"gave up after {attempts} attempts: {reason}")
+    if (not paid or bounded) and attempts >= policy.max_attempts:
+        return _fail(job, f"gave up after {attempts} attempts: {reason}", attempts)
+    if paid and deadline is not None and now >= deadline:
+        return _fail(job, _too_late(job, policy, reason), attempts)
     delay = NOW if immediate else retry_delay(attempts, policy, jitter)
     if retry_after is not None and not immediate:
         delay = max(delay, min(retry_after, policy.retry_cap))
@@ -472,3 +502,28 @@ def _retry(
         "video.retry",
         Changes(error=f"attempt {attempts} failed, will retry: {reason}"),
     )
+
+
+def _paid_deadline(job: Job, policy: Policy) -> datetime | None:
+    """Until when a job the provider may hold is still worth trying for."""
+    if job.stage is Stage.ARCHIVING and job.expires_at is not None:
+        return job.expires_at
+    if job.submitted_at is None:
+        return None
+    if job.stage is Stage.ARCHIVING:
+        return job.submitted_at + policy.generation_timeout + policy.archive_grace
+    return job.submitted_at + policy.generation_timeout
+
+
+def _too_late(job: Job, policy: Policy, reason: str) -> str:
+    match job.stage:
+        case Stage.ARCHIVING:
+            return f"could not archive the video before the provider's link expired: {reason}"
+        case Stage.SUBMITTING:
+            return (
+                f"could not learn within {policy.generation_timeout} whether the provider "
+                f"accepted the job (idempotency key {job.submit_key}); check the provider's "
+                f"dashboard before asking again. Last error: {reason}"
+            )
+        case _:
+            return f"the provider did not finish within {policy.generation_timeout}: {reason}"

@@ -148,13 +148,31 @@ class Repository:
         value: timedelta | None = await self.pool.fetchval(NEXT_DUE, ACTIVE)
         return value
 
-    async def known_video_ids(self) -> frozenset[str]:
-        """Provider ids already recorded on rows: never adopt one twice when reconciling."""
+    async def recorded_video_ids(self, candidates: Iterable[str]) -> frozenset[str]:
+        """Which of these provider ids some row already holds (never adopt one twice)."""
         rows = await self.pool.fetch(
-            "select video_id from public.videos where video_id is not null "
-            "and created_at > now() - interval '7 days'"
+            "select video_id from public.videos where video_id = any($1::text[])", list(candidates)
         )
         return frozenset(r["video_id"] for r in rows)
+
+    async def twin_requests(self, job: Job) -> list[tuple[datetime, UUID]]:
+        """Other rows whose submission is in doubt with exactly the same request, oldest first.
+
+        Their jobs are indistinguishable from ours at the provider, so reconciliation
+        must not guess between them.
+        """
+        rows = await self.pool.fetch(
+            """select submitted_at, id from public.videos
+               where stage = 'submitting' and submit_key is not null and id <> $1
+                 and prompt = $2 and model = $3 and size = $4 and seconds = $5
+               order by submitted_at, id""",
+            job.id,
+            job.prompt,
+            job.model,
+            job.size,
+            job.seconds,
+        )
+        return [(r["submitted_at"], r["id"]) for r in rows]
 
     async def insert_request(
         self,

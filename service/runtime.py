@@ -64,7 +64,7 @@ class Runtime:
             defaults=Defaults(s.model, s.default_size, s.default_seconds),
             buckets=Buckets(videos=s.video_bucket, images=s.image_bucket),
             image_limits=images.Limits(max_bytes=s.image_max_bytes, timeout=s.image_timeout),
-            known_video_ids=self.repo.known_video_ids,
+            ledger=self.repo,
         )
         options = WorkerOptions(
             concurrency=s.concurrency,

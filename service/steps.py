@@ -9,9 +9,14 @@ becomes ``Transient``, and the machine decides what follows.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+from uuid import UUID
 
 import httpx
 import structlog
@@ -31,6 +36,7 @@ from service.machine import (
     Progressed,
     Rejected,
     Transient,
+    Vanished,
 )
 from service.providers import base as providers
 from service.providers.base import VideoProvider, VideoRequest
@@ -38,8 +44,13 @@ from service.storage.base import ObjectStore, StorageError
 
 log = structlog.get_logger("service.steps")
 
-KnownIds = Callable[[], Awaitable[frozenset[str]]]
-"""Returns the provider ids already recorded on rows (never adopt one twice)."""
+
+class Ledger(Protocol):
+    """What reconciliation needs to know about other rows (the repository)."""
+
+    async def recorded_video_ids(self, candidates: Iterable[str]) -> frozenset[str]: ...
+
+    async def twin_requests(self, job: Job) -> list[tuple[datetime, UUID]]: ...
 
 
 @dataclass(frozen=True)
@@ -69,7 +80,7 @@ class Steps:
         defaults: Defaults,
         buckets: Buckets,
         image_limits: images.Limits,
-        known_video_ids: KnownIds,
+        ledger: Ledger,
     ) -> None:
         self.provider = provider
         self.store = store
@@ -77,7 +88,7 @@ class Steps:
         self.defaults = defaults
         self.buckets = buckets
         self.image_limits = image_limits
-        self.known_video_ids = known_video_ids
+        self.ledger = ledger
 
     # ------------------------------------------------------------ submit
 
@@ -156,8 +167,15 @@ class Steps:
             return OutcomeUnknown(str(err), err.retry_after)
         return Accepted(job.id, job.progress)
 
-    async def reconcile(self, job: Job) -> Event:
-        """An earlier create's outcome is unknown: find its job before submitting again."""
+    async def reconcile(self, job: Job, now: datetime) -> Event:
+        """An earlier create's outcome is unknown: find its job before submitting again.
+
+        Adopt a job only when it is provably ours: the one unclaimed match, with no other
+        row in doubt over the same request. Identical text-only requests are
+        interchangeable, so those are paired oldest to oldest; requests with photos are
+        not, and stay in doubt rather than take another row's video. "Nothing there" is
+        believed only once an in-flight create would have timed out.
+        """
         if job.submitted_at is None or job.model is None or job.size is None or job.seconds is None:
             return NotFoundAtProvider()
         request = VideoRequest(
@@ -168,13 +186,37 @@ class Steps:
             idempotency_key=str(job.submit_key),
         )
         try:
-            exclude = await self.known_video_ids()
-            found = await self.provider.find_submitted(request, job.submitted_at, exclude)
+            matches = await self.provider.find_submitted(request, job.submitted_at)
+            taken = await self.ledger.recorded_video_ids(m.id for m in matches)
+            twins = await self.ledger.twin_requests(job)
         except providers.ProviderError as err:
             return Transient(f"could not reconcile with the provider: {err}")
-        if found is None:
+        free = sorted(
+            (m for m in matches if m.id not in taken),
+            key=lambda m: (m.created_at or job.submitted_at or now, m.id),
+        )
+        if not free:
+            settled_at = job.submitted_at + self.provider.submit_timeout
+            if now < settled_at:
+                return Transient(
+                    "the earlier submission may still be in flight; looking again shortly",
+                    settled_at - now,
+                )
             return NotFoundAtProvider()
-        log.info("video.reconciled", row_id=str(job.id), video_id=found.id)
+        text_only = not (job.image1_url or job.image2_url)
+        if len(free) == 1 and not twins:
+            found = free[0]
+        elif text_only:
+            ours = (job.submitted_at, job.id)
+            rank = sum(1 for twin in twins if twin < ours)
+            found = free[min(rank, len(free) - 1)]
+        else:
+            ids = ", ".join(m.id for m in free)
+            return Transient(
+                f"{len(free)} provider jobs ({ids}) match this request and {len(twins)} other "
+                "row(s) are in doubt over the same one; cannot tell which is ours"
+            )
+        log.info("video.reconciled", row_id=str(job.id), video_id=found.id, candidates=len(free))
         return Accepted(found.id, found.progress)
 
     # ------------------------------------------------------------ poll
@@ -184,7 +226,7 @@ class Steps:
         try:
             state = await self.provider.retrieve(job.video_id)
         except providers.VideoGone as err:
-            return GenerationFailed(str(err))
+            return Vanished(str(err))
         except providers.ProviderError as err:
             return Transient(str(err), getattr(err, "retry_after", None))
         match state.status:
@@ -200,18 +242,18 @@ class Steps:
     async def archive(self, job: Job) -> Event:
         """Stream the video from the provider into the store; never whole in memory."""
         assert job.video_id is not None, "archiving rows always hold a video_id"
-        key = f"{job.id}.mp4"
+        key = f"{job.id}/{_key_part(job.video_id)}.mp4"
         try:
             async with self.provider.download(job.video_id, "video") as chunks:
                 stored = await self.store.put(self.buckets.videos, key, chunks, "video/mp4")
         except providers.VideoGone as err:
-            return GenerationFailed(f"the video expired before it could be archived: {err}")
+            return Vanished(f"the video is gone from the provider before it was archived: {err}")
         except providers.ProviderError as err:
             return Transient(str(err), getattr(err, "retry_after", None))
         except StorageError as err:
-            if err.permanent:
-                return Rejected(f"storage refused the video: {err}")
-            return Transient(f"storage failed: {err}")
+            # Even a "permanent" refusal (bucket too small, wrong type) is a setting the
+            # operator can fix while the provider still holds the video: keep trying.
+            return Transient(f"storage refused the video: {err}")
         except (httpx.HTTPError, OSError) as err:
             return Transient(f"archive interrupted: {err!r}")
         thumbnail_url = await self._archive_thumbnail(job, job.video_id)
@@ -222,12 +264,29 @@ class Steps:
         try:
             async with self.provider.download(video_id, "thumbnail") as chunks:
                 stored = await self.store.put(
-                    self.buckets.videos, f"{job.id}.webp", _limit(chunks, 20_000_000), "image/webp"
+                    self.buckets.videos,
+                    f"{job.id}/{_key_part(video_id)}.webp",
+                    _limit(chunks, 20_000_000),
+                    "image/webp",
                 )
         except (providers.ProviderError, StorageError, httpx.HTTPError, OSError) as err:
             log.warning("video.thumbnail_skipped", row_id=str(job.id), error=str(err))
             return None
         return stored.url
+
+
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,100}$")
+
+
+def _key_part(video_id: str) -> str:
+    """The provider's id as an object name: each generation gets its own, never reused.
+
+    A remade row must not overwrite the old file, which caches may hold as immutable.
+    Ids that are not plain names (gateways mint odd ones) are hashed.
+    """
+    if _SAFE_KEY.match(video_id):
+        return video_id
+    return hashlib.sha256(video_id.encode()).hexdigest()[:32]
 
 
 async def _limit(chunks: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator[bytes]:

@@ -9,6 +9,7 @@ begin
     if tg_op = 'INSERT' then
         if new.status = 'processing' and new.video_id is not null then
             new.stage := 'generating';
+            new.submitted_at := coalesce(new.submitted_at, now());
         elsif new.status in ('completed', 'failed') then
             new.stage := new.status;
         elsif new.status = 'processing' then
@@ -35,6 +36,13 @@ begin
         new.submitted_at := null;
         new.video_id := null;
         new.completed_at := null;
+        -- A remake must not show the old video as if it were the new one.
+        new.video_url := null;
+        new.openai_url := null;
+        new.openai_expires_at := null;
+        new.video_bytes := null;
+        new.video_sha256 := null;
+        new.thumbnail_url := null;
     end if;
     return new;
 end
@@ -46,6 +54,8 @@ create trigger videos_prepare_request before insert or update of status on publi
 
 -- NOTIFY is only a wake-up hint (the worker's claim query decides what to do), so the
 -- payload is just the row id. Sent on commit, so the worker never sees an uncommitted row.
+-- No column list on the trigger: a re-queue changes stage inside the BEFORE trigger,
+-- which "update of stage" would not see.
 create or replace function public.videos_notify_worker() returns trigger
 language plpgsql as $$
 begin
@@ -57,5 +67,5 @@ end
 $$;
 
 drop trigger if exists videos_notify_worker on public.videos;
-create trigger videos_notify_worker after insert or update of stage on public.videos
+create trigger videos_notify_worker after insert or update on public.videos
     for each row execute function public.videos_notify_worker();

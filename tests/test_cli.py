@@ -85,7 +85,7 @@ async def test_demo_prints_the_completed_row_as_json_on_its_last_line(
     assert row["status"] == "completed"
     assert row["video_url"].startswith("http://") and len(row["video_sha256"]) == 64
     assert "sha256 matches" in stderr.decode()
-    assert (tmp_path / "storage" / "hug-videos" / f"{row['id']}.mp4").is_file()
+    assert (tmp_path / "storage" / "hug-videos" / row["id"] / f"{row['video_id']}.mp4").is_file()
 
 
 async def test_a_misspelt_setting_is_refused_with_a_suggestion(db_url: str, tmp_path: Path) -> None:

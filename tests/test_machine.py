@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -28,6 +29,7 @@ from service.machine import (
     Rejected,
     Stage,
     Transient,
+    Vanished,
     apply,
     next_action,
     retry_delay,
@@ -54,6 +56,7 @@ EVENTS: list[Event] = [
     GenerationFailed("moderation_blocked"),
     Archived("http://store/v.mp4", 1234, "ab" * 32, None),
     Transient("network"),
+    Vanished("gone"),
 ]
 
 # (stage, keyed?) -> event types the stage takes; everything else is illegal.
@@ -76,8 +79,15 @@ LEGAL: dict[tuple[Stage, bool], set[type]] = {
         NotFoundAtProvider,
         Transient,
     },
-    (Stage.GENERATING, False): {Progressed, Generated, GenerationFailed, Rejected, Transient},
-    (Stage.ARCHIVING, False): {Archived, GenerationFailed, Rejected, Transient},
+    (Stage.GENERATING, False): {
+        Progressed,
+        Generated,
+        GenerationFailed,
+        Vanished,
+        Rejected,
+        Transient,
+    },
+    (Stage.ARCHIVING, False): {Archived, GenerationFailed, Vanished, Rejected, Transient},
     (Stage.COMPLETED, False): set(),
     (Stage.FAILED, False): set(),
 }
@@ -206,20 +216,65 @@ def test_generation_failure_keeps_the_providers_reason() -> None:
     assert "moderation_blocked" in (t.changes["error"] or "")
 
 
-@pytest.mark.parametrize("stage", ACTIVE_STAGES)
-def test_transient_errors_retry_with_growing_delay_then_fail(stage: Stage) -> None:
+UNPAID = [job(Stage.PENDING), job(Stage.SUBMITTING)]  # the provider holds nothing yet
+
+
+@pytest.mark.parametrize("unpaid", UNPAID, ids=["pending", "submitting-without-key"])
+def test_before_submission_transient_errors_retry_with_growing_delay_then_fail(
+    unpaid: Job,
+) -> None:
     delays = []
     for attempts in range(POLICY.max_attempts - 1):
-        t = run(job(stage, attempts=attempts), Transient("connection reset"))
-        assert t.stage is stage and t.attempts == attempts + 1
+        t = run(replace(unpaid, attempts=attempts), Transient("connection reset"))
+        assert t.stage is unpaid.stage and t.attempts == attempts + 1
         assert "connection reset" in (t.changes["error"] or "")
         delays.append(t.delay)
     assert delays == sorted(delays) and delays[0] < delays[-1]
-    last = run(job(stage, attempts=POLICY.max_attempts - 1), Transient("connection reset"))
+    last = run(replace(unpaid, attempts=POLICY.max_attempts - 1), Transient("connection reset"))
     assert last.stage is Stage.FAILED
     assert (
         last.changes["error"] == f"gave up after {POLICY.max_attempts} attempts: connection reset"
     )
+    assert last.attempts == POLICY.max_attempts
+
+
+RECENT = NOW - timedelta(minutes=10)
+PAID = [
+    job(Stage.SUBMITTING, keyed=True, submitted_at=RECENT),
+    job(Stage.GENERATING, submitted_at=RECENT),
+    job(Stage.ARCHIVING, submitted_at=RECENT),
+    job(Stage.ARCHIVING, submitted_at=RECENT, expires_at=NOW + timedelta(minutes=30)),
+]
+
+
+@pytest.mark.parametrize("paid", PAID, ids=["in-doubt", "generating", "archiving", "expiring"])
+def test_an_outage_never_fails_a_job_the_provider_may_hold(paid: Job) -> None:
+    t = run(replace(paid, attempts=500), Transient("cannot reach the provider"))
+    assert t.stage is paid.stage and t.attempts == 501
+    assert t.delay <= POLICY.retry_cap
+
+
+@pytest.mark.parametrize(
+    ("paid", "message"),
+    [
+        (job(Stage.SUBMITTING, keyed=True), "idempotency key"),
+        (job(Stage.GENERATING), "did not finish"),
+        (job(Stage.ARCHIVING), "before the provider's link expired"),
+    ],
+)
+def test_a_paid_job_fails_once_the_provider_can_no_longer_deliver(paid: Job, message: str) -> None:
+    long_ago = NOW - POLICY.generation_timeout - POLICY.archive_grace - timedelta(seconds=1)
+    t = run(replace(paid, submitted_at=long_ago), Transient("still down"))
+    assert t.stage is Stage.FAILED
+    assert message in (t.changes["error"] or "") and "still down" in (t.changes["error"] or "")
+
+
+@pytest.mark.parametrize("stage", [Stage.GENERATING, Stage.ARCHIVING])
+def test_a_vanished_job_is_retried_a_few_times_then_failed(stage: Stage) -> None:
+    t = run(job(stage, submitted_at=RECENT), Vanished("job video_1 no longer exists"))
+    assert t.stage is stage and t.attempts == 1
+    last = run(job(stage, attempts=POLICY.max_attempts - 1, submitted_at=RECENT), Vanished("gone"))
+    assert last.stage is Stage.FAILED and "gone" in (last.changes["error"] or "")
 
 
 def test_an_archive_is_retried_past_max_attempts_while_the_video_is_still_downloadable() -> None:

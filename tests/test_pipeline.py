@@ -305,7 +305,7 @@ async def test_an_interrupted_submission_with_nothing_at_the_provider_is_submitt
     await runtime.pool.execute(
         """update videos set stage = 'submitting', status = 'processing', model = 'sora-2',
            size = '720x1280', seconds = '4', provider = 'openai', submit_key = gen_random_uuid(),
-           submitted_at = now(), locked_by = 'dead-worker',
+           submitted_at = now() - interval '10 minutes', locked_by = 'dead-worker',
            locked_until = now() - interval '1 second' where id = $1""",
         row_id,
     )
@@ -345,7 +345,7 @@ async def test_stored_files_are_on_disk_under_the_video_bucket(
     row_id = await runtime.repo.insert_request("on disk")
     async with running(runtime.worker()):
         row = await finished(runtime, row_id)
-    path = tmp_path / "storage" / "hug-videos" / f"{row_id}.mp4"
+    path = tmp_path / "storage" / "hug-videos" / str(row_id) / f"{row['video_id']}.mp4"
     assert path.is_file()
     assert hashlib.sha256(path.read_bytes()).hexdigest() == row["video_sha256"]
     assert not list(path.parent.glob(".*.part"))
@@ -375,12 +375,12 @@ async def test_with_supabase_settings_videos_land_in_the_public_bucket(
                 row = await finished(runtime, row_id)
             assert row["status"] == "completed", row["error"]
             assert row["video_url"] == (
-                f"{supabase.url}/storage/v1/object/public/hug-videos/{row_id}.mp4"
+                f"{supabase.url}/storage/v1/object/public/hug-videos/{row_id}/{row['video_id']}.mp4"
             )
             async with httpx.AsyncClient() as http:
                 served = (await http.get(row["video_url"])).content
             assert hashlib.sha256(served).hexdigest() == row["video_sha256"]
-            assert supabase.objects[f"hug-videos/{row_id}.mp4"].data == served
+            assert supabase.objects[f"hug-videos/{row_id}/{row['video_id']}.mp4"].data == served
             assert not (tmp_path / "storage").exists()  # nothing went to local disk
 
             # A storage outage during the archive is retried: the paid video is not lost.
@@ -390,7 +390,7 @@ async def test_with_supabase_settings_videos_land_in_the_public_bucket(
                 row = await finished(runtime, second)
             assert row["status"] == "completed", row["error"]
             assert row["attempts"] == 0 and row["error"] is None
-            assert f"hug-videos/{second}.mp4" in supabase.objects
+            assert f"hug-videos/{second}/{row['video_id']}.mp4" in supabase.objects
 
 
 async def test_a_video_that_expired_before_archiving_fails_with_that_reason(
@@ -446,3 +446,91 @@ async def test_a_long_step_keeps_its_lease_alive_with_heartbeats(
     finally:
         release.set()
         await runner.cleanup()
+
+
+async def leave_in_doubt(runtime: Runtime, row_id: UUID) -> None:
+    """What a worker killed mid-create leaves: intent recorded, outcome unknown."""
+    await runtime.pool.execute(
+        """update videos set stage = 'submitting', status = 'processing', model = 'sora-2',
+           size = '720x1280', seconds = '4', provider = 'openai', submit_key = gen_random_uuid(),
+           submitted_at = now() - interval '1 second', locked_by = 'dead-worker',
+           locked_until = now() - interval '1 second' where id = $1""",
+        row_id,
+    )
+
+
+async def create_at_provider(runtime: Runtime, prompt: str) -> str:
+    import warnings
+
+    import openai
+
+    assert runtime.simulator is not None
+    client = openai.AsyncOpenAI(base_url=runtime.simulator.base_url, api_key="test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        video = await client.videos.create(
+            prompt=prompt, model="sora-2", size="720x1280", seconds="4"
+        )
+    await client.close()
+    return video.id
+
+
+async def test_identical_rows_with_photos_in_doubt_never_take_each_others_video(
+    runtime: Runtime,
+) -> None:
+    async with photo_host(
+        {
+            "/a.png": (200, photo((200, 0, 0)), "image/png"),
+            "/b.png": (200, photo((0, 0, 200)), "image/png"),
+        }
+    ) as host:
+        first = await runtime.repo.insert_request("same words", f"{host}/a.png")
+        second = await runtime.repo.insert_request("same words", f"{host}/b.png")
+        for row_id in (first, second):
+            await leave_in_doubt(runtime, row_id)
+            await create_at_provider(runtime, "same words")
+        async with running(runtime.worker()):
+            rows = [
+                await eventually(
+                    lambda rid=rid: row_of(runtime, rid),
+                    lambda r: "cannot tell which is ours" in (r["error"] or ""),
+                )
+                for rid in (first, second)
+            ]
+    assert all(r["stage"] == "submitting" and r["video_id"] is None for r in rows)
+    assert runtime.simulator is not None and len(runtime.simulator.created) == 2  # no third
+
+
+async def test_identical_text_only_rows_in_doubt_each_adopt_one_job(runtime: Runtime) -> None:
+    ids = [await runtime.repo.insert_request("same words, no photos") for _ in range(2)]
+    jobs = set()
+    for row_id in ids:
+        await leave_in_doubt(runtime, row_id)
+        jobs.add(await create_at_provider(runtime, "same words, no photos"))
+    async with running(runtime.worker()):
+        rows = [await finished(runtime, rid) for rid in ids]
+    assert all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]
+    assert {r["video_id"] for r in rows} == jobs
+    assert runtime.simulator is not None and len(runtime.simulator.created) == 2
+
+
+async def test_requeueing_a_finished_row_wakes_the_worker_and_makes_a_new_video(
+    runtime: Runtime,
+) -> None:
+    worker = runtime.worker(listen=True)
+    worker.options = type(worker.options)(**{**worker.options.__dict__, "sweep_interval": 3600.0})
+    assert worker.listener is not None
+    async with running(worker):
+        await asyncio.wait_for(worker.listener.connected.wait(), 10)
+        row_id = await runtime.repo.insert_request("again, please")
+        first = await finished(runtime, row_id)
+        await runtime.pool.execute("update videos set status = 'queued' where id = $1", row_id)
+        requeued = await row_of(runtime, row_id)
+        assert requeued["video_url"] is None and requeued["video_sha256"] is None
+        second = await eventually(
+            lambda: row_of(runtime, row_id),
+            lambda r: r["status"] == "completed" and r["video_id"] != first["video_id"],
+        )
+    assert second["video_url"] != first["video_url"]
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(first["video_url"])).status_code == 200  # the old file survives

@@ -168,24 +168,65 @@ async def test_an_unknown_gateway_status_counts_as_still_running() -> None:
     assert job.status == "running" and job.raw_status == "NOT_START"
 
 
-async def test_reconcile_finds_our_job_and_never_one_already_taken(sim: Simulator) -> None:
+async def test_reconcile_lists_every_matching_job_since_the_submission(sim: Simulator) -> None:
     provider = OpenAIVideos("sk-test", sim.base_url)
     since = datetime.now(UTC) - timedelta(seconds=1)
-    other = await provider.submit(request(prompt="someone else's"))
+    await provider.submit(request(prompt="someone else's"))
     first = await provider.submit(request(prompt="ours"))
     second = await provider.submit(request(prompt="ours"))
-    found = await provider.find_submitted(request(prompt="ours"), since, frozenset())
-    assert found is not None and found.id in (first.id, second.id)
-    found_again = await provider.find_submitted(
-        request(prompt="ours"), since, frozenset({found.id})
-    )
-    assert found_again is not None and found_again.id not in {found.id, other.id}
-    none_left = await provider.find_submitted(
-        request(prompt="ours"), since, frozenset({first.id, second.id})
-    )
-    assert none_left is None
-    assert await provider.find_submitted(request(prompt="never sent"), since, frozenset()) is None
+    await provider.submit(request(prompt="ours", size="1280x720"))
+    found = await provider.find_submitted(request(prompt="ours"), since)
+    assert sorted(j.id for j in found) == sorted([first.id, second.id])
+    assert await provider.find_submitted(request(prompt="never sent"), since) == []
     await provider.aclose()
+
+
+def listing(prompt: str | None, created: int, has_more: bool) -> dict[str, Any]:
+    video = {
+        "id": f"video_{created}",
+        "object": "video",
+        "model": "sora-2",
+        "status": "queued",
+        "progress": 0,
+        "created_at": created,
+        "seconds": "4",
+        "size": "720x1280",
+        "prompt": prompt,
+    }
+    return {
+        "object": "list",
+        "data": [video],
+        "first_id": video["id"],
+        "last_id": video["id"],
+        "has_more": has_more,
+    }
+
+
+async def test_reconcile_refuses_to_answer_when_the_host_hides_prompts() -> None:
+    now = int(datetime.now(UTC).timestamp())
+
+    async def no_prompts(_req: web.Request) -> web.Response:
+        return web.json_response(listing(None, now, False))
+
+    async with fake_host(no_prompts) as (base_url, _):
+        provider = OpenAIVideos("sk-test", base_url)
+        with pytest.raises(ProviderUnavailable, match="does not echo prompts"):
+            await provider.find_submitted(request(), datetime.now(UTC) - timedelta(seconds=5))
+        await provider.aclose()
+
+
+async def test_reconcile_refuses_to_answer_when_the_list_does_not_reach_back() -> None:
+    now = int(datetime.now(UTC).timestamp())
+
+    async def endless(_req: web.Request) -> web.Response:
+        return web.json_response(listing("someone else's", now, True))
+
+    async with fake_host(endless) as (base_url, seen):
+        provider = OpenAIVideos("sk-test", base_url)
+        with pytest.raises(ProviderUnavailable, match="cannot reach back"):
+            await provider.find_submitted(request(), datetime.now(UTC) - timedelta(seconds=5))
+        await provider.aclose()
+    assert len(seen) == 50
 
 
 async def test_download_streams_and_a_deleted_video_is_gone(sim: Simulator) -> None:

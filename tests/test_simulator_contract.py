@@ -320,3 +320,34 @@ async def test_state_dir_survives_restart(clock: FakeClock, tmp_path: Path) -> N
         assert [v.id async for v in sdk.videos.list()] == [kept.id]
         cached = await sdk.videos.download_content(kept.id, variant="thumbnail")
         assert cached.content == thumbnail
+
+
+async def test_remix_of_a_completed_video(clock: FakeClock, client: openai.AsyncOpenAI) -> None:
+    source = await client.videos.create(prompt="a cat", size="1280x720", seconds="8")
+    with pytest.raises(openai.BadRequestError):
+        await client.videos.remix(source.id, prompt="a cat, now in the rain")
+    clock.advance(DONE)
+    remix = await client.videos.remix(source.id, prompt="a cat, now in the rain")
+    assert remix.remixed_from_video_id == source.id
+    assert (remix.size, remix.seconds, remix.status) == ("1280x720", "8", "queued")
+    clock.advance(DONE)
+    assert (await client.videos.retrieve(remix.id)).status == "completed"
+    with pytest.raises(openai.NotFoundError):
+        await client.videos.remix("video_missing", prompt="x")
+
+
+async def test_simulators_sharing_a_state_dir_know_each_others_jobs(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    async with (
+        Simulator(_config(clock, state_dir=tmp_path)) as first,
+        Simulator(_config(clock, state_dir=tmp_path)) as second,
+        _sdk(first) as one,
+        _sdk(second) as two,
+    ):
+        made = await one.videos.create(prompt="made by the first")
+        assert (await two.videos.retrieve(made.id)).prompt == "made by the first"
+        later = await two.videos.create(prompt="made by the second")
+        assert [v.id async for v in one.videos.list(order="asc")] == [made.id, later.id]
+        await two.videos.delete(made.id)
+        assert [v.id async for v in one.videos.list()] == [later.id]

@@ -91,10 +91,16 @@ class VideoProvider(Protocol):
     async def submit(self, request: VideoRequest) -> ProviderJob:
         """Create a job. Never retried blindly inside: ambiguity raises OutcomeUnknown."""
 
+    submit_timeout: timedelta
+    """How long a create may still be in flight; "not found" means nothing before that."""
+
     async def find_submitted(
-        self, request: VideoRequest, submitted_after: datetime, exclude: frozenset[str]
-    ) -> ProviderJob | None:
-        """Reconcile: the job this request created, if the provider has one, else None."""
+        self, request: VideoRequest, submitted_after: datetime
+    ) -> list[ProviderJob]:
+        """Reconcile: every job since ``submitted_after`` that matches ``request``.
+
+        Raises ProviderError when the provider cannot give a complete answer.
+        """
 
     async def retrieve(self, job_id: str) -> ProviderJob:
         """The job's current state."""

@@ -58,7 +58,7 @@ STATUS_MAP: dict[str, JobStatus] = {
 }
 CHUNK_SIZE = 256 * 1024
 RECONCILE_SLACK = timedelta(minutes=2)
-RECONCILE_MAX_PAGES = 10
+RECONCILE_MAX_PAGES = 50
 
 
 def _quiet(call: Callable[[], T]) -> T:
@@ -119,6 +119,7 @@ class OpenAIVideos:
         self._client = openai.AsyncOpenAI(
             api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
         )
+        self.submit_timeout = timedelta(seconds=timeout)
         # The POST that costs money is made exactly once per call; see module docstring.
         self._create_client = self._client.with_options(max_retries=0)
         self.base_url = str(self._client.base_url).rstrip("/")
@@ -185,28 +186,36 @@ class OpenAIVideos:
         return RequestRejected(f"the provider refused the request ({detail})")
 
     async def find_submitted(
-        self, request: VideoRequest, submitted_after: datetime, exclude: frozenset[str]
-    ) -> ProviderJob | None:
-        """Walk the newest jobs back to the submission time; match on what we sent.
+        self, request: VideoRequest, submitted_after: datetime
+    ) -> list[ProviderJob]:
+        """Every job created since our intent was recorded that matches what we sent.
 
-        The Videos API stores no client metadata, so a job is ours when its prompt,
-        model, size and seconds match and it was created after our intent was recorded
-        (less some clock slack). Jobs already recorded on other rows are excluded.
+        The Videos API stores no client metadata, so the best evidence is the echoed
+        prompt, model, size and seconds of jobs created after ``submitted_after`` (less
+        clock slack). When the answer cannot be complete (the list does not reach back
+        that far, or the host does not echo prompts) this raises instead of returning
+        too little: an incomplete "nothing found" would pay twice.
         """
         horizon = submitted_after - RECONCILE_SLACK
+        found: list[ProviderJob] = []
         try:
             page = await _quiet(lambda: self._client.videos.list(limit=100, order="desc"))
-            for _ in range(RECONCILE_MAX_PAGES):
-                candidates: list[ProviderJob] = []
+            for pages in range(1, RECONCILE_MAX_PAGES + 1):
                 for video in page.data:
                     job = self._job(video)
                     if job.created_at is not None and job.created_at < horizon:
-                        return _earliest(candidates)
-                    if job.id not in exclude and _matches(job, request):
-                        candidates.append(job)
-                if candidates or not page.has_next_page():
-                    return _earliest(candidates)
-                page = await page.get_next_page()
+                        return found
+                    if job.prompt is None:
+                        raise ProviderUnavailable(
+                            f"{self.base_url} does not echo prompts in its job list, so the "
+                            "earlier submission cannot be told apart from other jobs"
+                        )
+                    if _matches(job, request):
+                        found.append(job)
+                if not page.has_next_page():
+                    return found
+                if pages < RECONCILE_MAX_PAGES:
+                    page = await page.get_next_page()
         except openai.APIConnectionError as err:
             raise ProviderUnavailable(f"cannot list jobs at {self.base_url}: {err}") from err
         except openai.APIStatusError as err:
@@ -214,7 +223,10 @@ class OpenAIVideos:
                 f"cannot list jobs at {self.base_url} (HTTP {err.status_code}: {_message(err)})",
                 _retry_after(err),
             ) from err
-        return None
+        raise ProviderUnavailable(
+            f"more than {RECONCILE_MAX_PAGES * 100} jobs were created at {self.base_url} since "
+            "the earlier submission; cannot reach back to it"
+        )
 
     async def retrieve(self, job_id: str) -> ProviderJob:
         try:
@@ -321,10 +333,3 @@ def _matches(job: ProviderJob, request: VideoRequest) -> bool:
         (job.seconds, request.seconds),
     )
     return all(theirs is None or theirs == ours for theirs, ours in pairs)
-
-
-def _earliest(jobs: list[ProviderJob]) -> ProviderJob | None:
-    dated = [job for job in jobs if job.created_at is not None]
-    if not dated:
-        return jobs[0] if jobs else None
-    return min(dated, key=lambda job: job.created_at or datetime.min.replace(tzinfo=UTC))

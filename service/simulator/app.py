@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 from PIL import Image
 
+from .config import SimulatorConfig
 from .errors import ApiError, invalid_value
 from .store import VARIANTS, VideoStore
 
@@ -119,20 +120,51 @@ async def create_video(request: web.Request) -> web.Response:
     elif reference is not None and not isinstance(reference, dict):
         message = "Invalid 'input_reference': expected an image file or an object."
         raise ApiError(400, message, param="input_reference", code="invalid_type")
-    rule = config.rule_for(prompt, "create")
-    if rule is not None:
-        raise ApiError(rule.status, rule.message, code=rule.code)
-    generate_rule = config.rule_for(prompt, "generate")
+    error = _scripted_failure(config, prompt)
     job = await store.add(
         model=model,
         prompt=prompt,
         size=size,
         seconds=seconds,
-        error=None
-        if generate_rule is None
-        else {"code": generate_rule.code, "message": generate_rule.message},
+        error=error,
         reference=reference if isinstance(reference, bytes) else None,
         idempotency_key=request.headers.get("Idempotency-Key"),
+    )
+    return web.json_response(job.video(config))
+
+
+def _scripted_failure(config: SimulatorConfig, prompt: str) -> dict[str, str] | None:
+    """Apply the FailureRules: refuse now ("create"), or the error the job will end with."""
+    rule = config.rule_for(prompt, "create")
+    if rule is not None:
+        raise ApiError(rule.status, rule.message, code=rule.code)
+    rule = config.rule_for(prompt, "generate")
+    return None if rule is None else {"code": rule.code, "message": rule.message}
+
+
+async def remix_video(request: web.Request) -> web.Response:
+    """``POST /v1/videos/{id}/remix``: a new job from a completed one and a new prompt."""
+    store = request.app[STORE]
+    config = store.config
+    source = store.get(request.match_info["video_id"])
+    if source.video(config)["status"] != "completed":
+        message = f"Video {source.id} is not completed; only completed videos can be remixed."
+        raise ApiError(400, message, code="video_not_ready")
+    fields = await _read_fields(request)
+    prompt = _text(fields, "prompt", "")
+    if not prompt.strip():
+        message = "Invalid 'prompt': expected a non-empty string."
+        raise ApiError(400, message, param="prompt", code="empty_string")
+    error = _scripted_failure(config, prompt)
+    job = await store.add(
+        model=source.model,
+        prompt=prompt,
+        size=source.size,
+        seconds=source.seconds,
+        error=error,
+        reference=None,
+        idempotency_key=request.headers.get("Idempotency-Key"),
+        remixed_from=source.id,
     )
     return web.json_response(job.video(config))
 
@@ -161,7 +193,8 @@ async def list_videos(request: web.Request) -> web.Response:
     if not 1 <= limit <= 100:
         message = "Invalid 'limit': expected an integer between 1 and 100."
         raise ApiError(400, message, param="limit", code="invalid_value")
-    jobs = list(store.jobs.values())
+    store.refresh()
+    jobs = store.ordered()
     if order == "desc":
         jobs.reverse()
     after = query.get("after")
@@ -289,4 +322,5 @@ def create_app(store: VideoStore) -> web.Application:
     app.router.add_get("/v1/videos/{video_id}", retrieve_video)
     app.router.add_delete("/v1/videos/{video_id}", delete_video)
     app.router.add_get("/v1/videos/{video_id}/content", download_content)
+    app.router.add_post("/v1/videos/{video_id}/remix", remix_video)
     return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,7 +49,7 @@ class Job:
     """The persisted record of one video; its status is derived from it, the config and clock."""
 
     id: str
-    seq: int  # creation order; the clock may not move between two creates
+    seq: int  # creation order (nanoseconds), comparable across processes
     model: str
     prompt: str
     size: str
@@ -57,6 +58,7 @@ class Job:
     has_reference: bool
     error: dict[str, str] | None = None  # set at create time by a "generate" FailureRule
     deleted: bool = False  # kept as a tombstone so list cursors pointing at it still work
+    remixed_from: str | None = None
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -89,7 +91,7 @@ class Job:
             "prompt": self.prompt,
             "seconds": self.seconds,
             "size": self.size,
-            "remixed_from_video_id": None,
+            "remixed_from_video_id": self.remixed_from,
             "error": self.error if status == "failed" else None,
         }
 
@@ -120,20 +122,44 @@ class VideoStore:
 
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
-        self.jobs: dict[str, Job] = {}  # in creation order
+        self.jobs: dict[str, Job] = {}
         self.created: list[CreatedVideo] = []
         self._references: dict[str, bytes] = {}
         self._assets: dict[tuple[str, str], bytes] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._last_seq = 0
         if config.state_dir is not None:
             config.state_dir.mkdir(parents=True, exist_ok=True)
-            records = [json.loads(p.read_text()) for p in config.state_dir.glob("*.json")]
-            for record in sorted(records, key=lambda r: int(r["seq"])):
-                self.jobs[record["id"]] = Job(**record)
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Pick up jobs that other simulators sharing ``state_dir`` created or deleted.
+
+        Several processes may serve one state directory (replicas that each host a
+        simulator): every one of them must know every job, or a poll of another's job
+        would answer 404.
+        """
+        if self.config.state_dir is None:
+            return
+        for path in self.config.state_dir.glob("*.json"):
+            try:
+                job = Job(**json.loads(path.read_text()))
+            except (OSError, ValueError, TypeError):
+                continue  # being replaced right now, or not ours
+            known = self.jobs.get(job.id)
+            if known is None or (job.deleted and not known.deleted):
+                self.jobs[job.id] = job
+
+    def ordered(self) -> list[Job]:
+        """Every job, oldest first."""
+        return sorted(self.jobs.values(), key=lambda job: (job.seq, job.id))
 
     def get(self, video_id: str) -> Job:
         """The live job ``video_id``, else a 404."""
         job = self.jobs.get(video_id)
+        if job is None and self.config.state_dir is not None:
+            self.refresh()
+            job = self.jobs.get(video_id)
         if job is None or job.deleted:
             raise ApiError(404, f"Video with id '{video_id}' not found.", param="video_id")
         return job
@@ -148,11 +174,12 @@ class VideoStore:
         error: dict[str, str] | None,
         reference: bytes | None,
         idempotency_key: str | None,
+        remixed_from: str | None = None,
     ) -> Job:
         """Create a job as of now."""
         job = Job(
             id=f"video_{uuid.uuid4().hex}",
-            seq=len(self.jobs) + 1,  # tombstones are never removed, so this only grows
+            seq=self._next_seq(),
             model=model,
             prompt=prompt,
             size=size,
@@ -160,6 +187,7 @@ class VideoStore:
             created_at=self.config.clock(),
             has_reference=reference is not None,
             error=error,
+            remixed_from=remixed_from,
         )
         self.jobs[job.id] = job
         if reference is not None:
@@ -169,6 +197,11 @@ class VideoStore:
             CreatedVideo(job.id, model, size, seconds, job.has_reference, idempotency_key)
         )
         return job
+
+    def _next_seq(self) -> int:
+        """Creation order across processes: nanoseconds, strictly rising within one."""
+        self._last_seq = max(self._last_seq + 1, time.time_ns())
+        return self._last_seq
 
     async def delete(self, job: Job) -> None:
         """Tombstone the job and drop its reference and assets, in memory and on disk."""
