@@ -32,7 +32,7 @@ from service.daemon import Worker, WorkerOptions
 from service.embedded import start_embedded_postgres
 from service.events.listen import Listener
 from service.events.wakeup import Wakeup
-from service.images import Limits
+from service.fetch import Limits
 from service.machine import Policy
 from service.migrations import migrate
 from service.providers.base import ProviderJob, VideoRequest
@@ -105,7 +105,7 @@ async def main(rows: int, concurrency: int) -> None:
                 http,
                 defaults=Defaults("sora-2", "720x1280", "4"),
                 buckets=Buckets("hug-videos", "hug-images"),
-                image_limits=Limits(1_000_000, 5.0),
+                photo_limits=Limits(1_000_000, 5.0),
                 ledger=repo,
             )
             policy = Policy(

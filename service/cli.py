@@ -24,7 +24,7 @@ from service import logs
 from service.config import ENV_PREFIX, Settings, SettingsError, load_settings
 from service.migrations import MigrationError, migrate
 from service.repository import Repository, as_json
-from service.runtime import database_url, open_runtime
+from service.runtime import create_pool, database_url, open_runtime
 from service.storage.base import StorageError
 
 log = structlog.get_logger("service.cli")
@@ -141,17 +141,17 @@ async def run_worker(settings: Settings, *, migrate_first: bool, listen: bool) -
 
 
 async def run_migrate(settings: Settings) -> int:
-    conn = await asyncpg.connect(await database_url(settings))
-    try:
+    async with (
+        create_pool(settings, await database_url(settings), 1) as pool,
+        pool.acquire() as conn,
+    ):
         applied = await migrate(conn)
-    finally:
-        await conn.close()
     log.info("database.migrated", applied=applied or "nothing to do")
     return 0
 
 
 async def run_request(settings: Settings, args: argparse.Namespace) -> int:
-    async with asyncpg.create_pool(await database_url(settings), min_size=1, max_size=1) as pool:
+    async with create_pool(settings, await database_url(settings), 1) as pool:
         repo = Repository(pool, settings.worker_id, settings.lease)
         row_id = await repo.insert_request(
             args.prompt,
@@ -166,7 +166,7 @@ async def run_request(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def run_show(settings: Settings, row_id: UUID) -> int:
-    async with asyncpg.create_pool(await database_url(settings), min_size=1, max_size=1) as pool:
+    async with create_pool(settings, await database_url(settings), 1) as pool:
         row = await Repository(pool, settings.worker_id, settings.lease).fetch_row(row_id)
     if row is None:
         print(f"no row {row_id}", file=sys.stderr)

@@ -112,6 +112,11 @@ class Settings(BaseSettings):
 
     image_max_bytes: int = Field(15_000_000, gt=0, description="Largest input photo accepted.")
     image_timeout: float = Field(20.0, gt=0, description="Seconds allowed to fetch one photo.")
+    image_private_hosts: bool = Field(
+        True,
+        description="Allow photo URLs on loopback/private networks (the embedded default "
+        "serves photos on 127.0.0.1). Set false in production to block SSRF.",
+    )
 
     data_dir: Path = Field(
         Path(".sora-worker"),

@@ -25,6 +25,8 @@ from aiohttp import web
 
 INSTANCE_HEADER = "X-Sora-Worker-Instance"
 KEEPER_INTERVAL = 2.0
+OPEN_TRIES = 20
+OPEN_RETRY_DELAY = 0.25
 
 log = structlog.get_logger("service.local_servers")
 
@@ -93,13 +95,18 @@ class SharedServer(Generic[S]):
 
     async def open(self, *, flexible: bool) -> None:
         """Host on the configured port, share a sibling's, or (if flexible) move."""
-        if await self._try_host(self.port):
-            return
-        answer = await probe(self.base_url)
-        if answer == self.identity:
-            log.info(f"{self.what}.shared", url=self.base_url)
-            self._keeper = asyncio.create_task(self._keep())
-            return
+        for _ in range(OPEN_TRIES):
+            if await self._try_host(self.port):
+                return
+            answer = await probe(self.base_url)
+            if answer == self.identity:
+                log.info(f"{self.what}.shared", url=self.base_url)
+                self._keeper = asyncio.create_task(self._keep())
+                return
+            if answer is not None:
+                break  # a stranger answers: no point waiting
+            # Bound but silent: a sibling starting up or dying. Look again shortly.
+            await asyncio.sleep(OPEN_RETRY_DELAY)
         if not flexible:
             raise PortTaken(
                 errno.EADDRINUSE,

@@ -1,6 +1,6 @@
 """Applies ``sql/NNNN_*.sql`` once each, in order, recording what ran.
 
-Safe to run twice and from many replicas at once: a session advisory lock serialises
+Safe to run twice and from many replicas at once: an advisory lock serialises
 runners, each file runs in its own transaction together with its record, and a file
 that changed after it was applied is refused (its checksum no longer matches) rather
 than silently skipped.
@@ -51,11 +51,15 @@ def load(directory: Path = SQL_DIR) -> list[Migration]:
 async def migrate(
     conn: asyncpg.Connection | PoolConnectionProxy, directory: Path = SQL_DIR
 ) -> list[str]:
-    """Apply pending migrations; returns the names applied now."""
+    """Apply pending migrations; returns the names applied now.
+
+    The lock is transaction-scoped and taken in every transaction, so this also works
+    through a transaction-mode pooler, where a session lock could stay held on some
+    other server connection.
+    """
     migrations = load(directory)
-    applied_now: list[str] = []
-    await conn.execute("select pg_advisory_lock($1)", LOCK_KEY)
-    try:
+    async with conn.transaction():
+        await conn.execute("select pg_advisory_xact_lock($1)", LOCK_KEY)
         await conn.execute(
             """create table if not exists public.sora_worker_migrations (
                    version text primary key,
@@ -63,14 +67,14 @@ async def migrate(
                    checksum text not null,
                    applied_at timestamptz not null default now())"""
         )
-        recorded = {
-            r["version"]: r
-            for r in await conn.fetch(
-                "select version, name, checksum from public.sora_worker_migrations"
+    applied_now: list[str] = []
+    for migration in migrations:
+        async with conn.transaction():
+            await conn.execute("select pg_advisory_xact_lock($1)", LOCK_KEY)
+            done = await conn.fetchrow(
+                "select name, checksum from public.sora_worker_migrations where version = $1",
+                migration.version,
             )
-        }
-        for migration in migrations:
-            done = recorded.get(migration.version)
             if done is not None:
                 if done["checksum"] != migration.checksum:
                     raise MigrationError(
@@ -78,16 +82,13 @@ async def migrate(
                         "add a new migration instead of editing an applied one"
                     )
                 continue
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "insert into public.sora_worker_migrations (version, name, checksum) "
-                    "values ($1, $2, $3)",
-                    migration.version,
-                    migration.name,
-                    migration.checksum,
-                )
-            applied_now.append(migration.name)
-    finally:
-        await conn.execute("select pg_advisory_unlock($1)", LOCK_KEY)
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "insert into public.sora_worker_migrations (version, name, checksum) "
+                "values ($1, $2, $3)",
+                migration.version,
+                migration.name,
+                migration.checksum,
+            )
+        applied_now.append(migration.name)
     return applied_now

@@ -18,7 +18,7 @@ import asyncpg
 import httpx
 import structlog
 
-from service import images
+from service import fetch
 from service.config import Settings
 from service.daemon import Worker, WorkerOptions
 from service.embedded import start_embedded_postgres
@@ -63,7 +63,11 @@ class Runtime:
             self.http,
             defaults=Defaults(s.model, s.default_size, s.default_seconds),
             buckets=Buckets(videos=s.video_bucket, images=s.image_bucket),
-            image_limits=images.Limits(max_bytes=s.image_max_bytes, timeout=s.image_timeout),
+            photo_limits=fetch.Limits(
+                max_bytes=s.image_max_bytes,
+                timeout=s.image_timeout,
+                allow_private=s.image_private_hosts,
+            ),
             ledger=self.repo,
         )
         options = WorkerOptions(
@@ -91,6 +95,16 @@ async def database_url(settings: Settings) -> str:
     return dsn
 
 
+def create_pool(settings: Settings, dsn: str, max_size: int) -> asyncpg.Pool:
+    """A pool as the settings ask (no prepared statements behind a transaction pooler)."""
+    return asyncpg.create_pool(
+        dsn,
+        min_size=1,
+        max_size=max_size,
+        statement_cache_size=100 if settings.prepared_statements else 0,
+    )
+
+
 @asynccontextmanager
 async def open_runtime(
     settings: Settings,
@@ -107,14 +121,9 @@ async def open_runtime(
     """
     async with AsyncExitStack() as stack:
         dsn = await database_url(settings)
-        pool = await asyncpg.create_pool(
-            dsn,
-            min_size=1,
-            # Rows hold no connection while they wait on the provider, so a few
-            # connections serve many rows (Supabase's free plan allows 60 in all).
-            max_size=settings.pool_size,
-            statement_cache_size=100 if settings.prepared_statements else 0,
-        )
+        # Rows hold no connection while they wait on the provider, so a few
+        # connections serve many rows (Supabase's free plan allows 60 in all).
+        pool = await create_pool(settings, dsn, settings.pool_size)
         stack.push_async_callback(pool.close)
         if apply_migrations:
             async with pool.acquire() as conn:

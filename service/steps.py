@@ -21,7 +21,7 @@ from uuid import UUID
 import httpx
 import structlog
 
-from service import images
+from service import fetch, images
 from service.machine import (
     Accepted,
     Archived,
@@ -79,7 +79,7 @@ class Steps:
         *,
         defaults: Defaults,
         buckets: Buckets,
-        image_limits: images.Limits,
+        photo_limits: fetch.Limits,
         ledger: Ledger,
     ) -> None:
         self.provider = provider
@@ -87,7 +87,8 @@ class Steps:
         self.http = http
         self.defaults = defaults
         self.buckets = buckets
-        self.image_limits = image_limits
+        self.photo_limits = photo_limits
+        self._compose_slot = asyncio.Semaphore(1)
         self.ledger = ledger
 
     # ------------------------------------------------------------ submit
@@ -135,25 +136,31 @@ class Steps:
         ]
         if not labelled:
             return None
-        blobs = await asyncio.gather(
-            *(
-                images.fetch_image(self.http, label, url, self.image_limits)
-                for label, url in labelled
-            )
-        )
         width, height = (int(n) for n in size.split("x"))
         if width * height > images.MAX_PIXELS:
             raise images.ImageError(
                 f"size {size} is too large to compose a reference image for", permanent=True
             )
+        try:
+            blobs = await asyncio.gather(
+                *(
+                    fetch.fetch_photo(self.http, label, url, self.photo_limits)
+                    for label, url in labelled
+                )
+            )
+        except fetch.FetchError as err:
+            raise images.ImageError(str(err), permanent=err.permanent) from err
 
         def compose() -> bytes:
             photos = [
-                images.decode(label, blob) for (label, _), blob in zip(labelled, blobs, strict=True)
+                images.decode(label, blob, fit=(width, height))
+                for (label, _), blob in zip(labelled, blobs, strict=True)
             ]
             return images.compose_reference(photos, width, height)
 
-        return await asyncio.to_thread(compose)
+        # Decoding is the one step whose memory grows with the input: one at a time.
+        async with self._compose_slot:
+            return await asyncio.to_thread(compose)
 
     async def create(self, request: VideoRequest) -> Event:
         """The one call that costs money. Its errors say whether a job may exist."""

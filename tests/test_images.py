@@ -94,3 +94,10 @@ def test_decompression_bombs_are_refused() -> None:
 def _is(pixel: object, color: tuple[int, int, int]) -> bool:
     assert isinstance(pixel, tuple)
     return all(abs(int(a) - b) < 40 for a, b in zip(pixel, color, strict=False))
+
+
+def test_a_large_jpeg_is_decoded_at_the_size_needed() -> None:
+    big = io.BytesIO()
+    Image.new("RGB", (6000, 8000), RED).save(big, format="JPEG", quality=80)
+    decoded = decode("image1_url", big.getvalue(), fit=(720, 1280))
+    assert decoded.width < 6000 and decoded.height >= 1280
