@@ -131,6 +131,12 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def run_worker(settings: Settings, *, migrate_first: bool, listen: bool) -> int:
+    if not settings.uses_supabase and settings.storage_port == 0 and not settings.public_url:
+        log.warning(
+            "storage.ephemeral_port",
+            message="SORA_STORAGE_PORT=0: video_url will name a port that dies with this "
+            "process; set a fixed port or SORA_PUBLIC_URL for URLs that last",
+        )
     async with open_runtime(settings, apply_migrations=migrate_first) as runtime:
         worker = runtime.worker(listen=listen)
         loop = asyncio.get_running_loop()
