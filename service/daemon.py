@@ -205,11 +205,12 @@ class Worker:
         except LeaseLost as err:
             log.warning("video.lease_lost", error=str(err))
         except asyncpg.UniqueViolationError as err:
-            # Another row recorded this provider job first (a reconciliation race): ours
-            # is unchanged; give it back so the next try reconciles without that job.
-            log.warning("video.job_taken", error=str(err), stage=job.stage.value)
+            # The row is unchanged and nothing was sent: either an identical request is
+            # in doubt right now (they take turns, see videos_one_in_doubt_per_request),
+            # or another row recorded this provider job first. Look again shortly.
+            log.info("video.deferred", constraint=err.constraint_name, stage=job.stage.value)
             with contextlib.suppress(*DB_ERRORS):
-                await asyncio.shield(self.repo.release([job.id]))
+                await asyncio.shield(self.repo.defer(job, self.options.policy.retry_base))
         except DB_ERRORS as err:
             log.error("video.checkpoint_failed", error=repr(err), stage=job.stage.value)
         finally:

@@ -155,24 +155,16 @@ class Repository:
         )
         return frozenset(r["video_id"] for r in rows)
 
-    async def twin_requests(self, job: Job) -> list[tuple[datetime, UUID]]:
-        """Other rows whose submission is in doubt with exactly the same request, oldest first.
-
-        Their jobs are indistinguishable from ours at the provider, so reconciliation
-        must not guess between them.
-        """
-        rows = await self.pool.fetch(
-            """select submitted_at, id from public.videos
-               where stage = 'submitting' and submit_key is not null and id <> $1
-                 and prompt = $2 and model = $3 and size = $4 and seconds = $5
-               order by submitted_at, id""",
+    async def defer(self, job: Job, delay: timedelta) -> None:
+        """Give a row back untouched, to be looked at again after ``delay``."""
+        await self.pool.execute(
+            """update public.videos
+               set locked_by = null, locked_until = null, next_attempt_at = now() + $3::interval
+               where id = $1 and locked_by = $2""",
             job.id,
-            job.prompt,
-            job.model,
-            job.size,
-            job.seconds,
+            self.worker_id,
+            delay,
         )
-        return [(r["submitted_at"], r["id"]) for r in rows]
 
     async def insert_request(
         self,

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
-from uuid import UUID
 
 import httpx
 import structlog
@@ -49,8 +48,6 @@ class Ledger(Protocol):
     """What reconciliation needs to know about other rows (the repository)."""
 
     async def recorded_video_ids(self, candidates: Iterable[str]) -> frozenset[str]: ...
-
-    async def twin_requests(self, job: Job) -> list[tuple[datetime, UUID]]: ...
 
 
 @dataclass(frozen=True)
@@ -177,11 +174,12 @@ class Steps:
     async def reconcile(self, job: Job, now: datetime) -> Event:
         """An earlier create's outcome is unknown: find its job before submitting again.
 
-        Adopt a job only when it is provably ours: the one unclaimed match, with no other
-        row in doubt over the same request. Identical text-only requests are
-        interchangeable, so those are paired oldest to oldest; requests with photos are
-        not, and stay in doubt rather than take another row's video. "Nothing there" is
-        believed only once an in-flight create would have timed out.
+        Identical requests take turns (a unique index allows one in doubt at a time), so
+        our job is the match created after our intent that no row has recorded. If
+        there are several (someone else sent the same request), text-only ones are
+        interchangeable and the oldest is taken; ones made from photos are not, and
+        the row stays in doubt rather than take a video of other people. "Nothing
+        there" is believed only once an in-flight create would have timed out.
         """
         if job.submitted_at is None or job.model is None or job.size is None or job.seconds is None:
             return NotFoundAtProvider()
@@ -195,12 +193,13 @@ class Steps:
         try:
             matches = await self.provider.find_submitted(request, job.submitted_at)
             taken = await self.ledger.recorded_video_ids(m.id for m in matches)
-            twins = await self.ledger.twin_requests(job)
         except providers.ProviderError as err:
             return Transient(f"could not reconcile with the provider: {err}")
+        # Oldest first: the listing is newest first and created_at has 1 s resolution,
+        # so reverse it and let a stable sort keep that order within a second.
         free = sorted(
-            (m for m in matches if m.id not in taken),
-            key=lambda m: (m.created_at or job.submitted_at or now, m.id),
+            (m for m in reversed(matches) if m.id not in taken),
+            key=lambda m: m.created_at or now,
         )
         if not free:
             settled_at = job.submitted_at + self.provider.submit_timeout
@@ -210,21 +209,14 @@ class Steps:
                     settled_at - now,
                 )
             return NotFoundAtProvider()
-        text_only = not (job.image1_url or job.image2_url)
-        if len(free) == 1 and not twins:
-            found = free[0]
-        elif text_only:
-            ours = (job.submitted_at, job.id)
-            rank = sum(1 for twin in twins if twin < ours)
-            found = free[min(rank, len(free) - 1)]
-        else:
+        if len(free) > 1 and (job.image1_url or job.image2_url):
             ids = ", ".join(m.id for m in free)
             return Transient(
-                f"{len(free)} provider jobs ({ids}) match this request and {len(twins)} other "
-                "row(s) are in doubt over the same one; cannot tell which is ours"
+                f"{len(free)} provider jobs ({ids}) match this request; "
+                "cannot tell which one was made from this row's photos"
             )
-        log.info("video.reconciled", row_id=str(job.id), video_id=found.id, candidates=len(free))
-        return Accepted(found.id, found.progress)
+        log.info("video.reconciled", row_id=str(job.id), video_id=free[0].id, candidates=len(free))
+        return Accepted(free[0].id, free[0].progress)
 
     # ------------------------------------------------------------ poll
 

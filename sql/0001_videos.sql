@@ -97,6 +97,13 @@ create index if not exists videos_due_idx on public.videos (next_attempt_at)
 create index if not exists videos_created_at_idx on public.videos (created_at desc);
 create unique index if not exists videos_video_id_key on public.videos (video_id)
     where video_id is not null;
+-- At most one row may be in doubt (intent recorded, outcome unknown) per identical
+-- request. The provider echoes only the request, not our key, so two identical
+-- submissions in doubt at once could not be told apart when reconciling; this makes
+-- identical requests take turns instead. md5: prompts can exceed a btree entry.
+create unique index if not exists videos_one_in_doubt_per_request
+    on public.videos (md5(prompt), model, size, seconds)
+    where stage = 'submitting' and submit_key is not null;
 
 -- A hot, small queue table bloats its partial index between autovacuum passes
 -- (DESIGN.md, measured): vacuum it early and often.

@@ -475,42 +475,55 @@ async def create_at_provider(runtime: Runtime, prompt: str) -> str:
     return video.id
 
 
-async def test_identical_rows_with_photos_in_doubt_never_take_each_others_video(
+async def test_identical_requests_take_turns_and_each_gets_its_own_photos(
     runtime: Runtime,
 ) -> None:
-    async with photo_host(
-        {
-            "/a.png": (200, photo((200, 0, 0)), "image/png"),
-            "/b.png": (200, photo((0, 0, 200)), "image/png"),
-        }
-    ) as host:
-        first = await runtime.repo.insert_request("same words", f"{host}/a.png")
-        second = await runtime.repo.insert_request("same words", f"{host}/b.png")
-        for row_id in (first, second):
-            await leave_in_doubt(runtime, row_id)
+    colors = [(200, 0, 0), (0, 200, 0), (0, 0, 200), (200, 200, 0)]
+    routes = {f"/{i}.png": (200, photo(c), "image/png") for i, c in enumerate(colors)}
+    async with photo_host(routes) as host:
+        ids = [
+            await runtime.repo.insert_request("the same words", f"{host}/{i}.png")
+            for i in range(len(colors))
+        ]
+        second = runtime.worker()
+        second.repo = type(runtime.repo)(runtime.pool, "second-worker", runtime.repo.lease)
+        async with running(runtime.worker()), running(second):
+            rows = [await finished(runtime, rid) for rid in ids]
+    assert all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]
+    assert runtime.simulator is not None and len(runtime.simulator.created) == len(colors)
+    for row, color in zip(rows, colors, strict=True):
+        reference = runtime.simulator.reference_for(row["video_id"])
+        assert reference is not None
+        pixel = Image.open(io.BytesIO(reference)).convert("RGB").getpixel((360, 640))
+        assert all(abs(a - b) < 40 for a, b in zip(pixel, color, strict=True)), (pixel, color)
+
+
+async def test_a_row_in_doubt_with_photos_never_takes_a_strangers_identical_job(
+    runtime: Runtime,
+) -> None:
+    async with photo_host({"/a.png": (200, photo((200, 0, 0)), "image/png")}) as host:
+        row_id = await runtime.repo.insert_request("same words", f"{host}/a.png")
+        await leave_in_doubt(runtime, row_id)
+        for _ in range(2):
             await create_at_provider(runtime, "same words")
         async with running(runtime.worker()):
-            rows = [
-                await eventually(
-                    lambda rid=rid: row_of(runtime, rid),
-                    lambda r: "cannot tell which is ours" in (r["error"] or ""),
-                )
-                for rid in (first, second)
-            ]
-    assert all(r["stage"] == "submitting" and r["video_id"] is None for r in rows)
+            row = await eventually(
+                lambda: row_of(runtime, row_id),
+                lambda r: "cannot tell which one" in (r["error"] or ""),
+            )
+    assert row["stage"] == "submitting" and row["video_id"] is None
     assert runtime.simulator is not None and len(runtime.simulator.created) == 2  # no third
 
 
-async def test_identical_text_only_rows_in_doubt_each_adopt_one_job(runtime: Runtime) -> None:
-    ids = [await runtime.repo.insert_request("same words, no photos") for _ in range(2)]
-    jobs = set()
-    for row_id in ids:
-        await leave_in_doubt(runtime, row_id)
-        jobs.add(await create_at_provider(runtime, "same words, no photos"))
+async def test_a_text_only_row_in_doubt_adopts_the_oldest_identical_job(runtime: Runtime) -> None:
+    row_id = await runtime.repo.insert_request("same words, no photos")
+    await leave_in_doubt(runtime, row_id)
+    oldest = await create_at_provider(runtime, "same words, no photos")
+    await create_at_provider(runtime, "same words, no photos")
     async with running(runtime.worker()):
-        rows = [await finished(runtime, rid) for rid in ids]
-    assert all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]
-    assert {r["video_id"] for r in rows} == jobs
+        row = await finished(runtime, row_id)
+    assert row["status"] == "completed", row["error"]
+    assert row["video_id"] == oldest
     assert runtime.simulator is not None and len(runtime.simulator.created) == 2
 
 

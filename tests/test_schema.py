@@ -196,3 +196,19 @@ async def test_the_claim_query_uses_the_partial_index(conn: asyncpg.Connection) 
         )
     )
     assert "videos_due_idx" in plan, plan
+
+
+async def test_only_one_identical_request_may_be_in_doubt_at_a_time(
+    conn: asyncpg.Connection,
+) -> None:
+    doubt = """update videos set stage = 'submitting', status = 'processing', model = 'sora-2',
+               size = '720x1280', seconds = '4', submit_key = gen_random_uuid(),
+               submitted_at = now() where id = $1"""
+    first, second, other = [
+        await conn.fetchval("insert into videos (prompt) values ($1) returning id", prompt)
+        for prompt in ("same", "same", "different")
+    ]
+    await conn.execute(doubt, first)
+    await conn.execute(doubt, other)
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await conn.execute(doubt, second)

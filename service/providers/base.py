@@ -99,6 +99,8 @@ class VideoProvider(Protocol):
     ) -> list[ProviderJob]:
         """Reconcile: every job since ``submitted_after`` that matches ``request``.
 
+        Newest first, as the provider lists them.
+
         Raises ProviderError when the provider cannot give a complete answer.
         """
 
