@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         6, ge=1, description="Transient failures of one step before the row is failed."
     )
+    provider_timeout: float = Field(
+        120.0, gt=0, description="Seconds one call to the provider may take (create included)."
+    )
     generation_timeout: float = Field(
         10800.0, gt=0, description="Seconds a provider may take before the row is failed."
     )

@@ -158,7 +158,9 @@ async def _open_provider(
     provider: VideoProvider
     if settings.openai_api_key is not None:
         provider = OpenAIVideos(
-            settings.openai_api_key.get_secret_value(), settings.openai_base_url
+            settings.openai_api_key.get_secret_value(),
+            settings.openai_base_url,
+            timeout=settings.provider_timeout,
         )
         stack.push_async_callback(provider.aclose)
         log.info("provider.openai", base_url=provider.base_url, model=settings.model)
@@ -182,7 +184,7 @@ async def _open_provider(
         "synthetic test clips; set OPENAI_API_KEY (and OPENAI_BASE_URL) for real ones.",
         base_url=shared.base_url,
     )
-    provider = OpenAIVideos(SIMULATOR_KEY, shared.base_url)
+    provider = OpenAIVideos(SIMULATOR_KEY, shared.base_url, timeout=settings.provider_timeout)
     stack.push_async_callback(provider.aclose)
     return shared.hosted, provider
 

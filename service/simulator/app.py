@@ -267,11 +267,14 @@ async def _send(request: web.Request, data: bytes, content_type: str) -> web.Str
     if partial:
         response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"
     await response.prepare(request)
-    if request.method != "HEAD":  # unlike Response, StreamResponse would send a HEAD body
-        view = memoryview(data)
-        for offset in range(start, stop, _CHUNK):
-            await response.write(view[offset : min(offset + _CHUNK, stop)])
-    await response.write_eof()
+    try:
+        if request.method != "HEAD":  # unlike Response, StreamResponse would send a HEAD body
+            view = memoryview(data)
+            for offset in range(start, stop, _CHUNK):
+                await response.write(view[offset : min(offset + _CHUNK, stop)])
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client went away mid-download (a worker killed or cancelled): its loss
     return response
 
 
