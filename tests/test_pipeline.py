@@ -76,6 +76,36 @@ async def photo_host(routes: dict[str, tuple[int, bytes, str]]) -> AsyncIterator
         await runner.cleanup()
 
 
+async def leave_in_doubt(
+    runtime: Runtime, row_id: UUID, submitted_ago: timedelta = timedelta(seconds=1)
+) -> None:
+    """What a worker killed mid-create leaves: intent recorded, outcome unknown."""
+    await runtime.pool.execute(
+        """update videos set stage = 'submitting', status = 'processing', model = 'sora-2',
+           size = '720x1280', seconds = '4', provider = 'openai', submit_key = gen_random_uuid(),
+           submitted_at = now() - $2::interval, locked_by = 'dead-worker',
+           locked_until = now() - interval '1 second' where id = $1""",
+        row_id,
+        submitted_ago,
+    )
+
+
+async def create_at_provider(runtime: Runtime, prompt: str) -> str:
+    import warnings
+
+    import openai
+
+    assert runtime.simulator is not None
+    client = openai.AsyncOpenAI(base_url=runtime.simulator.base_url, api_key="test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        video = await client.videos.create(
+            prompt=prompt, model="sora-2", size="720x1280", seconds="4"
+        )
+    await client.close()
+    return video.id
+
+
 async def test_a_row_becomes_a_permanent_video_with_both_photos(runtime: Runtime) -> None:
     async with photo_host(
         {
@@ -270,45 +300,21 @@ async def test_shutdown_mid_job_releases_the_row_and_a_restart_finishes_it(
 
 async def test_a_crash_after_submitting_is_reconciled_not_paid_twice(runtime: Runtime) -> None:
     """A worker died between the provider's accept and recording the id."""
-    import openai
-
-    assert runtime.simulator is not None
-    client = openai.AsyncOpenAI(base_url=runtime.simulator.base_url, api_key="test")
-    row_id = await runtime.repo.insert_request("orphaned at the provider", seconds="4")
-    # What the dead worker left: intent recorded, and the job exists at the provider.
-    await runtime.pool.execute(
-        """update videos set stage = 'submitting', status = 'processing', model = 'sora-2',
-           size = '720x1280', seconds = '4', provider = 'openai', submit_key = gen_random_uuid(),
-           submitted_at = now() - interval '1 second', locked_by = 'dead-worker',
-           locked_until = now() - interval '1 second' where id = $1""",
-        row_id,
-    )
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        orphan = await client.videos.create(
-            prompt="orphaned at the provider", model="sora-2", size="720x1280", seconds="4"
-        )
-    await client.close()
+    row_id = await runtime.repo.insert_request("orphaned at the provider")
+    await leave_in_doubt(runtime, row_id)
+    orphan = await create_at_provider(runtime, "orphaned at the provider")
     async with running(runtime.worker()):
         row = await finished(runtime, row_id)
     assert row["status"] == "completed", row["error"]
-    assert row["video_id"] == orphan.id
-    assert len(runtime.simulator.created) == 1
+    assert row["video_id"] == orphan
+    assert runtime.simulator is not None and len(runtime.simulator.created) == 1
 
 
 async def test_an_interrupted_submission_with_nothing_at_the_provider_is_submitted_once(
     runtime: Runtime,
 ) -> None:
     row_id = await runtime.repo.insert_request("never reached the provider")
-    await runtime.pool.execute(
-        """update videos set stage = 'submitting', status = 'processing', model = 'sora-2',
-           size = '720x1280', seconds = '4', provider = 'openai', submit_key = gen_random_uuid(),
-           submitted_at = now() - interval '10 minutes', locked_by = 'dead-worker',
-           locked_until = now() - interval '1 second' where id = $1""",
-        row_id,
-    )
+    await leave_in_doubt(runtime, row_id, submitted_ago=timedelta(minutes=10))
     async with running(runtime.worker()):
         row = await finished(runtime, row_id)
     assert row["status"] == "completed", row["error"]
@@ -446,33 +452,6 @@ async def test_a_long_step_keeps_its_lease_alive_with_heartbeats(
     finally:
         release.set()
         await runner.cleanup()
-
-
-async def leave_in_doubt(runtime: Runtime, row_id: UUID) -> None:
-    """What a worker killed mid-create leaves: intent recorded, outcome unknown."""
-    await runtime.pool.execute(
-        """update videos set stage = 'submitting', status = 'processing', model = 'sora-2',
-           size = '720x1280', seconds = '4', provider = 'openai', submit_key = gen_random_uuid(),
-           submitted_at = now() - interval '1 second', locked_by = 'dead-worker',
-           locked_until = now() - interval '1 second' where id = $1""",
-        row_id,
-    )
-
-
-async def create_at_provider(runtime: Runtime, prompt: str) -> str:
-    import warnings
-
-    import openai
-
-    assert runtime.simulator is not None
-    client = openai.AsyncOpenAI(base_url=runtime.simulator.base_url, api_key="test")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        video = await client.videos.create(
-            prompt=prompt, model="sora-2", size="720x1280", seconds="4"
-        )
-    await client.close()
-    return video.id
 
 
 async def test_identical_requests_take_turns_and_each_gets_its_own_photos(
