@@ -12,7 +12,8 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from uuid import UUID
 
@@ -80,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = commands.add_parser("show", help="print a row as JSON")
     show.add_argument("id", type=UUID)
+
+    listing = commands.add_parser("list", help="the newest rows, one line each")
+    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--status", choices=["queued", "processing", "completed", "failed"])
+
+    commands.add_parser("stats", help="rows per stage, as JSON")
     return parser
 
 
@@ -98,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(dispatch(args, settings))
     except KeyboardInterrupt:
         return 130
+    except asyncpg.UndefinedTableError as err:
+        log.error("command.failed", command=args.command, error=f"{err}: run `sora-worker migrate`")
+        return 1
     except (MigrationError, StorageError, OSError, asyncpg.PostgresError) as err:
         log.error("command.failed", command=args.command, error=str(err))
         return 1
@@ -127,6 +137,10 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await run_request(settings, args)
         case "show":
             return await run_show(settings, args.id)
+        case "list":
+            return await run_list(settings, args.limit, args.status)
+        case "stats":
+            return await run_stats(settings)
     raise AssertionError(args.command)
 
 
@@ -156,9 +170,15 @@ async def run_migrate(settings: Settings) -> int:
     return 0
 
 
-async def run_request(settings: Settings, args: argparse.Namespace) -> int:
+@asynccontextmanager
+async def repository(settings: Settings) -> AsyncIterator[Repository]:
+    """A repository on a one-connection pool, for the short commands."""
     async with create_pool(settings, await database_url(settings), 1) as pool:
-        repo = Repository(pool, settings.worker_id, settings.lease)
+        yield Repository(pool, settings.worker_id, settings.lease)
+
+
+async def run_request(settings: Settings, args: argparse.Namespace) -> int:
+    async with repository(settings) as repo:
         row_id = await repo.insert_request(
             args.prompt,
             args.image1,
@@ -172,12 +192,30 @@ async def run_request(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def run_show(settings: Settings, row_id: UUID) -> int:
-    async with create_pool(settings, await database_url(settings), 1) as pool:
-        row = await Repository(pool, settings.worker_id, settings.lease).fetch_row(row_id)
+    async with repository(settings) as repo:
+        row = await repo.fetch_row(row_id)
     if row is None:
         print(f"no row {row_id}", file=sys.stderr)
         return 1
     print(json.dumps(as_json(row), sort_keys=True))
+    return 0
+
+
+async def run_list(settings: Settings, limit: int, status: str | None) -> int:
+    async with repository(settings) as repo:
+        rows = await repo.recent(limit, status)
+    for row in rows:
+        detail = row["video_url"] or row["error"] or ""
+        print(
+            f"{row['id']}  {row['created_at']:%Y-%m-%d %H:%M:%S}  {row['stage']:<10} "
+            f"{row['progress']:3d}%  {detail}"
+        )
+    return 0
+
+
+async def run_stats(settings: Settings) -> int:
+    async with repository(settings) as repo:
+        print(json.dumps(await repo.stats(), sort_keys=True))
     return 0
 
 

@@ -188,6 +188,30 @@ class Repository:
         )
         return row_id
 
+    async def recent(self, limit: int, status: str | None = None) -> list[dict[str, Any]]:
+        """The newest rows, optionally of one status (for ``sora-worker list``)."""
+        rows = await self.pool.fetch(
+            """select id, status, stage, progress, attempts, created_at, video_url, error
+               from public.videos where $2::text is null or status = $2
+               order by created_at desc limit $1""",
+            limit,
+            status,
+        )
+        return [dict(r) for r in rows]
+
+    async def stats(self) -> dict[str, Any]:
+        """Rows per stage and how long the oldest unfinished one has waited."""
+        counts = await self.pool.fetch("select stage, count(*) as n from public.videos group by 1")
+        oldest = await self.pool.fetchval(
+            "select extract(epoch from now() - min(created_at)) from public.videos "
+            "where stage = any($1::text[])",
+            ACTIVE,
+        )
+        return {
+            "stages": {r["stage"]: r["n"] for r in counts},
+            "oldest_unfinished_seconds": None if oldest is None else round(float(oldest), 1),
+        }
+
     async def fetch_row(self, row_id: UUID) -> dict[str, Any] | None:
         record = await self.pool.fetchrow("select * from public.videos where id = $1", row_id)
         return None if record is None else dict(record)

@@ -117,3 +117,21 @@ async def test_help_lists_every_setting_with_its_environment_name() -> None:
         "SORA_CONCURRENCY",
     ):
         assert name in text
+
+
+async def test_request_list_show_and_stats(db_url: str, tmp_path: Path) -> None:
+    env = env_for(db_url, tmp_path)
+
+    async def cli(*args: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        stdout, stderr = await proc.communicate()
+        assert proc.returncode == 0, stderr.decode()
+        return stdout.decode()
+
+    row_id = (await cli("request", "a red fox", "--size", "1280x720")).strip()
+    shown = json.loads(await cli("show", row_id))
+    assert (shown["prompt"], shown["size"], shown["status"]) == ("a red fox", "1280x720", "queued")
+    assert row_id in await cli("list", "--status", "queued")
+    assert json.loads(await cli("stats"))["stages"] == {"pending": 1}
