@@ -37,7 +37,7 @@ from service.machine import Policy
 from service.migrations import migrate
 from service.providers.base import ProviderJob, VideoRequest
 from service.repository import Repository
-from service.steps import Buckets, Defaults, Steps
+from service.steps import Defaults, Steps
 from service.storage.local import LocalStore
 
 PAYLOAD = b"\x00" * (64 * 1024)
@@ -104,7 +104,7 @@ async def main(rows: int, concurrency: int) -> None:
                 LocalStore(Path(scratch) / "store", "http://bench"),
                 http,
                 defaults=Defaults("sora-2", "720x1280", "4"),
-                buckets=Buckets("hug-videos", "hug-images"),
+                video_bucket="hug-videos",
                 photo_limits=Limits(1_000_000, 5.0),
                 ledger=repo,
             )

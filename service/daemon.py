@@ -65,13 +65,12 @@ class Worker:
         options: WorkerOptions,
         *,
         listener: Listener | None = None,
-        wakeup: Wakeup | None = None,
     ) -> None:
         self.repo = repo
         self.steps = steps
         self.options = options
         self.listener = listener
-        self.wakeup = wakeup or (listener.wakeup if listener else Wakeup())
+        self.wakeup = listener.wakeup if listener else Wakeup()
         self.stopping = asyncio.Event()
         self._inflight: dict[UUID, asyncio.Task[None]] = {}
 

@@ -31,7 +31,7 @@ from service.providers.base import VideoProvider
 from service.providers.openai_videos import OpenAIVideos
 from service.repository import Repository
 from service.simulator import Simulator, SimulatorConfig
-from service.steps import Buckets, Defaults, Steps
+from service.steps import Defaults, Steps
 from service.storage.base import ObjectStore
 from service.storage.local import PARTIAL_MAX_AGE, LocalStore, remove_stale_partials
 from service.storage.server import StorageServer
@@ -62,7 +62,7 @@ class Runtime:
             self.store,
             self.http,
             defaults=Defaults(s.model, s.default_size, s.default_seconds),
-            buckets=Buckets(videos=s.video_bucket, images=s.image_bucket),
+            video_bucket=s.video_bucket,
             photo_limits=fetch.Limits(
                 max_bytes=s.image_max_bytes,
                 timeout=s.image_timeout,

@@ -59,12 +59,6 @@ class Defaults:
     seconds: str
 
 
-@dataclass(frozen=True)
-class Buckets:
-    videos: str
-    images: str
-
-
 class Steps:
     """Performs the machine's actions for one worker process."""
 
@@ -75,7 +69,7 @@ class Steps:
         http: httpx.AsyncClient,
         *,
         defaults: Defaults,
-        buckets: Buckets,
+        video_bucket: str,
         photo_limits: fetch.Limits,
         ledger: Ledger,
     ) -> None:
@@ -83,7 +77,7 @@ class Steps:
         self.store = store
         self.http = http
         self.defaults = defaults
-        self.buckets = buckets
+        self.video_bucket = video_bucket
         self.photo_limits = photo_limits
         self._compose_slot = asyncio.Semaphore(1)
         self.ledger = ledger
@@ -244,7 +238,7 @@ class Steps:
         key = f"{job.id}/{_key_part(job.video_id)}.mp4"
         try:
             async with self.provider.download(job.video_id, "video") as chunks:
-                stored = await self.store.put(self.buckets.videos, key, chunks, "video/mp4")
+                stored = await self.store.put(self.video_bucket, key, chunks, "video/mp4")
         except providers.VideoGone as err:
             return Vanished(f"the video is gone from the provider before it was archived: {err}")
         except providers.ProviderError as err:
@@ -263,7 +257,7 @@ class Steps:
         try:
             async with self.provider.download(video_id, "thumbnail") as chunks:
                 stored = await self.store.put(
-                    self.buckets.videos,
+                    self.video_bucket,
                     f"{job.id}/{_key_part(video_id)}.webp",
                     _limit(chunks, 20_000_000),
                     "image/webp",
