@@ -10,11 +10,11 @@ and decode it. The row is printed as one JSON object on the last line of stdout.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import io
 import json
 import shutil
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -178,10 +178,22 @@ async def run_demo(settings: Settings, *, fresh: bool, keep_serving: bool) -> in
             say(f"demo: the video failed: {row['error']}")
         if keep_serving and ok:
             say(f"demo: serving {row['video_url']} until Ctrl-C")
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.Event().wait()
+            await _until_signalled()
     print(json.dumps(as_json(row), sort_keys=True))
     return 0 if ok else 1
+
+
+async def _until_signalled() -> None:
+    """Wait for Ctrl-C or SIGTERM (handled here, so the row is still printed after)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def _say(text: str) -> None:
