@@ -30,6 +30,7 @@ from service.events.wakeup import Wakeup
 from service.machine import (
     Action,
     Event,
+    IntentRecorded,
     Job,
     Policy,
     Transient,
@@ -110,9 +111,12 @@ class Worker:
                     # Every slot is busy: only a finished row (or stop) can change that.
                     await self.wakeup.wait(self.options.sweep_interval)
                     continue
-                for job in await self.repo.claim(free):
+                claimed = await self.repo.claim(free, exclude=self._inflight.keys())
+                for job in claimed:
                     self._start(job)
-                reasons = await wait_for_work(self.wakeup, self.repo, self.options.sweep_interval)
+                reasons = await wait_for_work(
+                    self.wakeup, self.repo, self.options.sweep_interval, claimed=len(claimed)
+                )
                 log.debug("worker.woken", reasons=sorted(reasons))
                 backoff = 0.5
             except DB_ERRORS as err:
@@ -183,6 +187,11 @@ class Worker:
             while (action := next_action(job, inputs_in_hand=request is not None)) is not None:
                 started = time.monotonic()
                 event, request = await self._perform(action, job, request)
+                if isinstance(event, IntentRecorded) and self.stopping.is_set():
+                    # Stopping before the create: record no intent (it would read as "in
+                    # doubt" to the next worker); the row is simply handed back.
+                    await asyncio.shield(self.repo.release([job.id]))
+                    return
                 transition = apply(
                     job,
                     event,

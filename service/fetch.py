@@ -57,7 +57,16 @@ async def fetch_photo(client: httpx.AsyncClient, label: str, url: str, limits: L
 async def _follow(client: httpx.AsyncClient, label: str, url: str, limits: Limits) -> bytes:
     for _ in range(MAX_REDIRECTS + 1):
         await _check_destination(label, url, limits.allow_private)
-        async with client.stream("GET", url, follow_redirects=False) as response:
+        # identity: a compressed body would be inflated before the byte limit sees it.
+        async with client.stream(
+            "GET", url, follow_redirects=False, headers={"Accept-Encoding": "identity"}
+        ) as response:
+            encoding = response.headers.get("content-encoding", "identity").lower()
+            if encoding not in ("identity", ""):
+                raise FetchError(
+                    f"{label} was sent {encoding}-compressed although we asked for none",
+                    permanent=True,
+                )
             if response.is_redirect:
                 url = urljoin(url, response.headers.get("location", ""))
                 continue

@@ -217,6 +217,15 @@ class Archived:
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """Nothing failed; the step cannot go on yet (an identical request is in doubt, an
+    earlier create may still be in flight). Look again after ``retry_after``."""
+
+    reason: str
+    retry_after: timedelta
+
+
+@dataclass(frozen=True)
 class Vanished:
     """The provider says the job or its file does not exist (deleted, expired, lost)."""
 
@@ -243,6 +252,7 @@ Event = (
     | GenerationFailed
     | Archived
     | Vanished
+    | Waiting
     | Transient
 )
 
@@ -314,6 +324,14 @@ def apply(job: Job, event: Event, *, now: datetime, policy: Policy, jitter: floa
             return _fail(job, event.reason)
         case Transient() if job.stage in ACTIVE_STAGES:
             return _retry(job, event.reason, event.retry_after, policy, jitter, now)
+        case Waiting() if job.stage in (Stage.PENDING, Stage.SUBMITTING):
+            return Transition(
+                job.stage,
+                job.attempts,  # not a failure: the attempt budget is untouched
+                event.retry_after,
+                "video.waiting",
+                Changes(error=f"waiting: {event.reason}"),
+            )
         case (
             IntentRecorded() | Accepted() | NotFoundAtProvider() | NotSubmitted() | OutcomeUnknown()
         ):
@@ -360,7 +378,7 @@ def _on_submission(
         case NotFoundAtProvider() if stage is Stage.SUBMITTING:
             return _forget_intent(
                 _retry(
-                    job,
+                    replace(job, submit_key=None),
                     "no job found at the provider for the earlier submission; submitting again",
                     None,
                     policy,
@@ -372,7 +390,11 @@ def _on_submission(
         case NotSubmitted() if stage is Stage.PENDING:
             return _retry(job, event.reason, event.retry_after, policy, jitter, now)
         case NotSubmitted() if stage is Stage.SUBMITTING:
-            return _forget_intent(_retry(job, event.reason, event.retry_after, policy, jitter, now))
+            # Certainly nothing at the provider: an unpaid retry, bounded by max_attempts.
+            unpaid = replace(job, submit_key=None)
+            return _forget_intent(
+                _retry(unpaid, event.reason, event.retry_after, policy, jitter, now)
+            )
         case OutcomeUnknown() if stage is Stage.SUBMITTING:
             return _retry(job, event.reason, event.retry_after, policy, jitter, now)
     return None

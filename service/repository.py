@@ -30,6 +30,7 @@ with due as (
     where stage = any($4::text[])          -- matches videos_due_idx's predicate
       and next_attempt_at <= now()         -- due: new, retry time reached, or next poll
       and (locked_until is null or locked_until < now())  -- free, or its lease lapsed
+      and id <> all($5::uuid[])            -- not one this worker is still running
     order by next_attempt_at               -- oldest debt first
     limit $2
     for update skip locked                 -- replicas never block on or share a row
@@ -80,8 +81,12 @@ class Repository:
         self.worker_id = worker_id
         self.lease = lease
 
-    async def claim(self, limit: int) -> list[Job]:
-        records = await self.pool.fetch(CLAIM, self.worker_id, limit, self.lease, ACTIVE)
+    async def claim(self, limit: int, exclude: Iterable[UUID] = ()) -> list[Job]:
+        """Lease up to ``limit`` due rows; ``exclude``: rows whose task is still running here
+        (re-queued under it), which must not get a second task."""
+        records = await self.pool.fetch(
+            CLAIM, self.worker_id, limit, self.lease, ACTIVE, list(exclude)
+        )
         return [job_from_record(r) for r in records]
 
     async def checkpoint(self, job: Job, transition: Transition, *, keep_lease: bool) -> Job:
@@ -116,8 +121,10 @@ class Repository:
         record = await self.pool.fetchrow(
             f"""update public.videos set {", ".join(assignments)}
                 where id = $1 and stage = $2 and locked_by = $3
+                  and submit_key is not distinct from ${len(values) + 1}
                 returning {JOB_COLUMNS}""",
             *values,
+            job.submit_key,  # a re-queue mints a new key: a stale task's write must miss
         )
         if record is None:
             raise LeaseLost(f"row {job.id} is no longer ours in stage {job.stage}")
@@ -154,6 +161,23 @@ class Repository:
             "select video_id from public.videos where video_id = any($1::text[])", list(candidates)
         )
         return frozenset(r["video_id"] for r in rows)
+
+    async def identical_in_doubt(
+        self, row_id: UUID, prompt: str, model: str, size: str, seconds: str
+    ) -> UUID | None:
+        """Another row whose identical request is being submitted (or is in doubt)."""
+        found: UUID | None = await self.pool.fetchval(
+            """select id from public.videos
+               where stage = 'submitting' and submit_key is not null and id <> $1
+                 and md5(prompt) = md5($2) and model = $3 and size = $4 and seconds = $5
+               limit 1""",
+            row_id,
+            prompt,
+            model,
+            size,
+            seconds,
+        )
+        return found
 
     async def defer(self, job: Job, delay: timedelta) -> None:
         """Give a row back untouched, to be looked at again after ``delay``."""

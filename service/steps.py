@@ -14,8 +14,9 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
+from uuid import UUID
 
 import httpx
 import structlog
@@ -36,6 +37,7 @@ from service.machine import (
     Rejected,
     Transient,
     Vanished,
+    Waiting,
 )
 from service.providers import base as providers
 from service.providers.base import VideoProvider, VideoRequest
@@ -45,9 +47,17 @@ log = structlog.get_logger("service.steps")
 
 
 class Ledger(Protocol):
-    """What reconciliation needs to know about other rows (the repository)."""
+    """What submission and reconciliation need to know about other rows (the repository)."""
 
     async def recorded_video_ids(self, candidates: Iterable[str]) -> frozenset[str]: ...
+
+    async def identical_in_doubt(
+        self, row_id: UUID, prompt: str, model: str, size: str, seconds: str
+    ) -> UUID | None: ...
+
+
+TURN_WAIT = timedelta(milliseconds=500)
+"""How soon a request whose identical twin is being submitted looks again."""
 
 
 @dataclass(frozen=True)
@@ -94,13 +104,20 @@ class Steps:
         model = job.model or self.defaults.model
         size = job.size or self.defaults.size
         seconds = job.seconds or self.defaults.seconds
-        prompt = (job.prompt or "").strip()
-        if not prompt:
+        # Sent exactly as stored: reconciliation and the one-in-doubt index compare the
+        # stored text, so two prompts differing in whitespace must stay two requests.
+        prompt = job.prompt or ""
+        if not prompt.strip():
             return Rejected("the row has no prompt"), None
         try:
             self.provider.validate(model, size, seconds)
         except providers.RequestRejected as err:
             return Rejected(str(err)), None
+        twin = await self.ledger.identical_in_doubt(job.id, prompt, model, size, seconds)
+        if twin is not None:
+            # Identical requests take turns (see videos_one_in_doubt_per_request); ask
+            # before fetching any photo, so waiting costs nothing.
+            return Waiting(f"an identical request (row {twin}) is being submitted", TURN_WAIT), None
         try:
             reference = await self._reference(job, size)
         except images.ImageError as err:
@@ -178,7 +195,7 @@ class Steps:
         if job.submitted_at is None or job.model is None or job.size is None or job.seconds is None:
             return NotFoundAtProvider()
         request = VideoRequest(
-            prompt=(job.prompt or "").strip(),
+            prompt=job.prompt or "",
             model=job.model,
             size=job.size,
             seconds=job.seconds,
@@ -198,10 +215,7 @@ class Steps:
         if not free:
             settled_at = job.submitted_at + self.provider.submit_timeout
             if now < settled_at:
-                return Transient(
-                    "the earlier submission may still be in flight; looking again shortly",
-                    settled_at - now,
-                )
+                return Waiting("the earlier submission may still be in flight", settled_at - now)
             return NotFoundAtProvider()
         if len(free) > 1 and (job.image1_url or job.image2_url):
             ids = ", ".join(m.id for m in free)

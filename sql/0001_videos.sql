@@ -49,10 +49,26 @@ update public.videos set stage = case
         else 'pending'
     end,
     status = case when status = 'processing' and video_id is null then 'failed' else status end,
-    error = case when status = 'processing' and video_id is null
-        then 'found processing without a provider id when the worker was installed; '
-             || 'set status to queued to generate it again' else error end
+    error = case
+        when status = 'processing' and video_id is null
+            then 'found processing without a provider id when the worker was installed; '
+                 || 'set status to queued to generate it again'
+        when status = 'failed' then coalesce(error, 'failed before the worker was installed')
+        else error end,
+    -- The generation deadline counts from here for jobs adopted mid-flight.
+    submitted_at = case when status = 'processing' and video_id is not null
+        then coalesce(updated_at, created_at, now()) end
 where stage is null;
+
+-- An old request that could never be generated as it is fails now, with the reason,
+-- rather than being claimed (and refused by the constraints below) over and over.
+update public.videos set stage = 'failed', status = 'failed',
+    error = 'cannot be generated as it is: the prompt must be 1 to 4000 characters and '
+            || 'photo URLs at most 2048; fix the row and set status to queued'
+where stage = 'pending' and not (
+    prompt is not null and char_length(btrim(prompt)) between 1 and 4000
+    and coalesce(char_length(image1_url), 0) <= 2048
+    and coalesce(char_length(image2_url), 0) <= 2048);
 
 alter table public.videos alter column stage set default 'pending';
 alter table public.videos alter column stage set not null;
@@ -70,8 +86,9 @@ alter table public.videos
         or (stage in ('submitting', 'generating', 'archiving') and status = 'processing')
         or (stage = 'completed' and status = 'completed')
         or (stage = 'failed' and status = 'failed')),
-    add constraint videos_prompt_length
-        check (prompt is not null and char_length(btrim(prompt)) between 1 and 4000) not valid,
+    -- Checked for requests (stage pending): a finished or in-flight row is past its prompt.
+    add constraint videos_prompt_length check (stage <> 'pending'
+        or (prompt is not null and char_length(btrim(prompt)) between 1 and 4000)),
     -- Shapes only: which sizes, lengths and models exist is the provider adapter's call.
     add constraint videos_size_format
         check (size is null or size ~ '^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$'),
@@ -79,16 +96,17 @@ alter table public.videos
         check (seconds is null or seconds ~ '^[1-9][0-9]{0,3}$'),
     add constraint videos_model_format
         check (model is null or char_length(model) between 1 and 200),
-    add constraint videos_image_urls_format check (
-        (image1_url is null or char_length(image1_url) <= 2048)
-        and (image2_url is null or char_length(image2_url) <= 2048)),
+    add constraint videos_image_urls_format check (stage <> 'pending' or (
+        coalesce(char_length(image1_url), 0) <= 2048
+        and coalesce(char_length(image2_url), 0) <= 2048)),
     add constraint videos_progress_range check (progress between 0 and 100),
     add constraint videos_attempts_nonnegative check (attempts >= 0),
     add constraint videos_sha256_format check (video_sha256 is null or video_sha256 ~ '^[0-9a-f]{64}$'),
     add constraint videos_bytes_positive check (video_bytes is null or video_bytes > 0),
-    add constraint videos_completed_has_video check (
-        status <> 'completed' or (video_url is not null and video_sha256 is not null)) not valid,
-    add constraint videos_failed_has_error check (status <> 'failed' or error is not null) not valid;
+    -- completed_at is set only by the worker: seed rows finished elsewhere are exempt.
+    add constraint videos_completed_has_video check (status <> 'completed' or completed_at is null
+        or (video_url is not null and video_sha256 is not null)),
+    add constraint videos_failed_has_error check (status <> 'failed' or error is not null);
 
 -- The claim query's index: only rows the worker still owes work, ordered by when they
 -- are due. Finished rows never enter it, so it stays small however large the table grows.

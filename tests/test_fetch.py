@@ -143,3 +143,15 @@ async def test_a_host_that_trickles_times_out(host: Callable[..., Awaitable[str]
         assert not caught.value.permanent
     finally:
         release.set()
+
+
+async def test_a_compressed_body_is_refused_before_it_can_inflate(
+    host: Callable[..., Awaitable[str]],
+) -> None:
+    import gzip
+
+    bomb = gzip.compress(b"\0" * 10_000_000)
+    base = await host({"/a": fixed(200, bomb, {"Content-Encoding": "gzip"})})
+    with pytest.raises(FetchError, match="gzip-compressed") as caught:
+        await fetch(f"{base}/a", Limits(max_bytes=1_000_000, timeout=2.0))
+    assert caught.value.permanent

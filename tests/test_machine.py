@@ -30,6 +30,7 @@ from service.machine import (
     Stage,
     Transient,
     Vanished,
+    Waiting,
     apply,
     next_action,
     retry_delay,
@@ -57,11 +58,12 @@ EVENTS: list[Event] = [
     Archived("http://store/v.mp4", 1234, "ab" * 32, None),
     Transient("network"),
     Vanished("gone"),
+    Waiting("an identical request is in doubt", timedelta(seconds=1)),
 ]
 
 # (stage, keyed?) -> event types the stage takes; everything else is illegal.
 LEGAL: dict[tuple[Stage, bool], set[type]] = {
-    (Stage.PENDING, False): {IntentRecorded, Rejected, NotSubmitted, Transient},
+    (Stage.PENDING, False): {IntentRecorded, Rejected, NotSubmitted, Transient, Waiting},
     (Stage.SUBMITTING, False): {
         IntentRecorded,
         Accepted,
@@ -70,6 +72,7 @@ LEGAL: dict[tuple[Stage, bool], set[type]] = {
         OutcomeUnknown,
         NotFoundAtProvider,
         Transient,
+        Waiting,
     },
     (Stage.SUBMITTING, True): {
         Accepted,
@@ -78,6 +81,7 @@ LEGAL: dict[tuple[Stage, bool], set[type]] = {
         OutcomeUnknown,
         NotFoundAtProvider,
         Transient,
+        Waiting,
     },
     (Stage.GENERATING, False): {
         Progressed,
@@ -304,3 +308,19 @@ def test_a_job_the_provider_never_finishes_fails_after_the_generation_timeout() 
     )
     fresh = job(Stage.GENERATING, submitted_at=NOW - timedelta(minutes=5))
     assert run(fresh, Progressed(50, "in_progress")).stage is Stage.GENERATING
+
+
+def test_a_create_the_provider_certainly_refused_is_an_unpaid_retry() -> None:
+    refused = job(
+        Stage.SUBMITTING, keyed=True, attempts=POLICY.max_attempts - 1, submitted_at=RECENT
+    )
+    t = run(refused, NotSubmitted("HTTP 401: check OPENAI_API_KEY"))
+    assert t.stage is Stage.FAILED and "gave up after" in (t.changes["error"] or "")
+
+
+def test_waiting_is_not_a_failed_attempt() -> None:
+    t = run(
+        job(Stage.SUBMITTING, keyed=True, attempts=3), Waiting("in flight", timedelta(seconds=7))
+    )
+    assert t.stage is Stage.SUBMITTING and t.attempts == 3
+    assert t.delay == timedelta(seconds=7) and t.changes["error"] == "waiting: in flight"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from service.migrations import SQL_DIR, MigrationError, migrate
+from service.repository import Repository
 
 
 async def test_migrations_apply_once_and_a_second_run_changes_nothing(empty_db_url: str) -> None:
@@ -63,12 +65,24 @@ async def test_a_seed_table_is_adopted_with_its_rows_kept(empty_db_url: str) -> 
                  ('done', 'completed', 'video_a', 'https://x/a.mp4'),
                  ('running', 'processing', 'video_b', null),
                  ('lost', 'processing', null, null),
-                 ('waiting', 'queued', null, null);"""
+                 ('waiting', 'queued', null, null),
+                 (null, 'queued', null, null),
+                 ('broken', 'failed', null, null);
+               insert into videos (prompt, image1_url) values ('long url', repeat('x', 3000));"""
         )
         await migrate(conn)
         rows = {r["prompt"]: r for r in await conn.fetch("select * from videos")}
+        # No old row stops the claim: a new request is claimable alongside them.
+        await conn.execute("insert into videos (prompt) values ('new')")
+        repo = Repository(conn, "w", timedelta(seconds=30))  # type: ignore[arg-type]
+        claimed = await repo.claim(10)
     finally:
         await conn.close()
+    assert sorted(j.prompt or "" for j in claimed) == ["new", "running", "waiting"]
+    assert rows[None]["status"] == "failed" and "prompt" in rows[None]["error"]
+    assert rows["long url"]["status"] == "failed"
+    assert rows["broken"]["error"]
+    assert rows["running"]["submitted_at"] is not None  # its generation deadline runs
     assert (rows["done"]["stage"], rows["done"]["video_url"]) == ("completed", "https://x/a.mp4")
     assert rows["running"]["stage"] == "generating"  # paid for: keep polling it
     assert rows["lost"]["status"] == "failed" and "queued" in rows["lost"]["error"]

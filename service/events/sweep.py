@@ -14,14 +14,24 @@ from service.events.wakeup import Wakeup
 from service.repository import Repository
 
 MIN_WAIT = 0.01
+LOCKED_ROW_WAIT = 0.5
 
 
-async def wait_for_work(wakeup: Wakeup, repo: Repository, sweep_interval: float) -> frozenset[str]:
-    """Sleep until a hint, the next due row, or the sweep interval, whichever is first."""
+async def wait_for_work(
+    wakeup: Wakeup, repo: Repository, sweep_interval: float, *, claimed: int
+) -> frozenset[str]:
+    """Sleep until a hint, the next due row, or the sweep interval, whichever is first.
+
+    A row can be due yet unclaimable (another session holds a row lock on it, e.g. an
+    open transaction in an admin console): if the last claim got nothing, wait a
+    little even for a row that is already due, instead of spinning on it.
+    """
     due_in: timedelta | None = await repo.next_due_in()
     wait = sweep_interval
     if due_in is not None:
-        wait = min(wait, max(due_in.total_seconds(), MIN_WAIT))
+        due = due_in.total_seconds()
+        stuck = due <= 0 and not claimed  # due already, yet the claim got nothing
+        wait = min(wait, LOCKED_ROW_WAIT if stuck else max(due, MIN_WAIT))
     reasons = await wakeup.wait(wait)
     if reasons == {"timer"} and (due_in is None or due_in.total_seconds() > wait):
         return frozenset({"sweep"})
