@@ -126,13 +126,7 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
             return await run_demo(settings, fresh=args.fresh, keep_serving=args.keep_serving)
         case "simulate":
-            from service.simulator import SimulatorConfig, serve_forever
-
-            config = SimulatorConfig(
-                generation_seconds=args.generation_seconds, state_dir=args.state_dir
-            )
-            await serve_forever(args.host, args.port, config)
-            return 0
+            return await run_simulator(args)
         case "request":
             return await run_request(settings, args)
         case "show":
@@ -142,6 +136,24 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         case "stats":
             return await run_stats(settings)
     raise AssertionError(args.command)
+
+
+async def run_simulator(args: argparse.Namespace) -> int:
+    from service.simulator import Simulator, SimulatorConfig
+
+    config = SimulatorConfig(generation_seconds=args.generation_seconds, state_dir=args.state_dir)
+    simulator = Simulator(config)
+    await simulator.start(args.host, args.port)
+    log.info("simulator.listening", base_url=simulator.base_url, host=args.host, port=args.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await simulator.stop()
+    return 0
 
 
 async def run_worker(settings: Settings, *, migrate_first: bool, listen: bool) -> int:

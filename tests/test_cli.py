@@ -135,3 +135,43 @@ async def test_request_list_show_and_stats(db_url: str, tmp_path: Path) -> None:
     assert (shown["prompt"], shown["size"], shown["status"]) == ("a red fox", "1280x720", "queued")
     assert row_id in await cli("list", "--status", "queued")
     assert json.loads(await cli("stats"))["stages"] == {"pending": 1}
+
+
+async def test_simulate_serves_the_sdk_and_stops_cleanly_on_sigterm() -> None:
+    import warnings
+
+    import openai
+
+    from tests.test_local_servers import free_port
+
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "simulate",
+        "--port",
+        str(port),
+        "--generation-seconds",
+        "0.1",
+        env={k: v for k, v in os.environ.items() if not k.startswith("SORA_")},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(30):
+            line = await proc.stderr.readline()
+        assert json.loads(line)["event"] == "simulator.listening"
+        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-any")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            video = await client.videos.create(prompt="a lighthouse")
+            assert (await client.videos.retrieve(video.id)).id == video.id
+        await client.close()
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            await proc.wait()
+        assert proc.returncode == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

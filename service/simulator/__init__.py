@@ -5,6 +5,6 @@ told to fail (``FailureRule``), so the worker can be tested end to end without O
 """
 
 from .config import FailureRule, SimulatorConfig
-from .server import Simulator, serve_forever
+from .server import Simulator
 
-__all__ = ["FailureRule", "Simulator", "SimulatorConfig", "serve_forever"]
+__all__ = ["FailureRule", "Simulator", "SimulatorConfig"]

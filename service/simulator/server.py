@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from types import TracebackType
 
 from aiohttp import web
@@ -14,9 +12,7 @@ from .app import create_app
 from .config import SimulatorConfig
 from .store import CreatedVideo, VideoStore
 
-__all__ = ["Simulator", "serve_forever"]
-
-log = logging.getLogger(__name__)
+__all__ = ["Simulator"]
 
 
 class Simulator:
@@ -84,19 +80,3 @@ class Simulator:
         traceback: TracebackType | None,
     ) -> None:
         await self.stop()
-
-
-async def serve_forever(host: str, port: int, config: SimulatorConfig | None = None) -> None:
-    """Serve a simulator until cancelled (the CLI's ``simulator`` command)."""
-    simulator = Simulator(config)
-    await simulator.start(host, port)
-    try:
-        log.info(
-            "OpenAI Videos simulator listening on %s:%d (base_url %s)",
-            host,
-            simulator.port,
-            simulator.base_url,
-        )
-        await asyncio.Event().wait()
-    finally:
-        await simulator.stop()
