@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -26,6 +25,7 @@ from service.config import ENV_PREFIX, Settings, SettingsError, load_settings
 from service.migrations import MigrationError, migrate
 from service.repository import Repository, as_json
 from service.runtime import create_pool, database_url, open_runtime
+from service.signals import STOP_SIGNALS, until_signalled
 from service.storage.base import StorageError
 
 log = structlog.get_logger("service.cli")
@@ -145,12 +145,8 @@ async def run_simulator(args: argparse.Namespace) -> int:
     simulator = Simulator(config)
     await simulator.start(args.host, args.port)
     log.info("simulator.listening", base_url=simulator.base_url, host=args.host, port=args.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_signalled()
     finally:
         await simulator.stop()
     return 0
@@ -166,7 +162,7 @@ async def run_worker(settings: Settings, *, migrate_first: bool, listen: bool) -
     async with open_runtime(settings, apply_migrations=migrate_first) as runtime:
         worker = runtime.worker(listen=listen)
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, worker.stop)
         await worker.run()
     return 0

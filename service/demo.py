@@ -14,7 +14,6 @@ import hashlib
 import io
 import json
 import shutil
-import signal
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from PIL import Image, ImageDraw
 from service.config import Settings
 from service.repository import as_json
 from service.runtime import Runtime, open_runtime
+from service.signals import until_signalled
 from service.simulator import SimulatorConfig
 
 DEMO_PROMPT = (
@@ -178,22 +178,9 @@ async def run_demo(settings: Settings, *, fresh: bool, keep_serving: bool) -> in
             say(f"demo: the video failed: {row['error']}")
         if keep_serving and ok:
             say(f"demo: serving {row['video_url']} until Ctrl-C")
-            await _until_signalled()
+            await until_signalled()
     print(json.dumps(as_json(row), sort_keys=True))
     return 0 if ok else 1
-
-
-async def _until_signalled() -> None:
-    """Wait for Ctrl-C or SIGTERM (handled here, so the row is still printed after)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
 
 
 def _say(text: str) -> None:
