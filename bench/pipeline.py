@@ -6,6 +6,7 @@ poll with a 64 KiB file, so what is measured is the worker itself: claims, check
 
     .venv/bin/python bench/pipeline.py                 # 1000 rows, concurrency 32
     .venv/bin/python bench/pipeline.py 5000 64
+    .venv/bin/python bench/pipeline.py 200 32 same   # every row the same prompt
 Uses DATABASE_URL if set (creates and drops a database there), else embedded PostgreSQL.
 """
 
@@ -86,7 +87,7 @@ class InstantProvider:
         return None
 
 
-async def main(rows: int, concurrency: int) -> None:
+async def main(rows: int, concurrency: int, same_prompt: bool) -> None:
     logs.configure("console", "warning")
     with tempfile.TemporaryDirectory() as scratch:
         server = os.environ.get("DATABASE_URL") or start_embedded_postgres(Path(scratch))
@@ -121,7 +122,8 @@ async def main(rows: int, concurrency: int) -> None:
             await asyncio.wait_for(worker.listener.connected.wait(), 10)  # type: ignore[union-attr]
             started = time.perf_counter()
             await pool.executemany(
-                "insert into videos (prompt) values ($1)", [(f"row {i}",) for i in range(rows)]
+                "insert into videos (prompt) values ($1)",
+                [("two people hug" if same_prompt else f"row {i}",) for i in range(rows)],
             )
             while await pool.fetchval("select count(*) from videos where status <> 'completed'"):
                 await asyncio.sleep(0.05)
@@ -139,7 +141,8 @@ async def main(rows: int, concurrency: int) -> None:
         await admin.close()
     q = statistics.quantiles(latencies, n=100)
     print(
-        f"rows={rows} concurrency={concurrency}: {rows / elapsed:,.0f} rows/s "
+        f"rows={rows} concurrency={concurrency} same_prompt={same_prompt}: "
+        f"{rows / elapsed:,.0f} rows/s "
         f"({5 * rows / elapsed:,.0f} checkpoints/s), insert->completed "
         f"p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms, total {elapsed:.1f} s"
     )
@@ -148,4 +151,4 @@ async def main(rows: int, concurrency: int) -> None:
 if __name__ == "__main__":
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
     width = int(sys.argv[2]) if len(sys.argv) > 2 else 32
-    asyncio.run(main(count, width))
+    asyncio.run(main(count, width, len(sys.argv) > 3 and sys.argv[3] == "same"))
