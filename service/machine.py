@@ -376,25 +376,19 @@ def _on_submission(
                 Changes(video_id=event.video_id, progress=event.progress, error=None),
             )
         case NotFoundAtProvider() if stage is Stage.SUBMITTING:
-            return _forget_intent(
-                _retry(
-                    replace(job, submit_key=None),
-                    "no job found at the provider for the earlier submission; submitting again",
-                    None,
-                    policy,
-                    jitter,
-                    now,
-                    immediate=True,
-                )
+            return _retry_afresh(
+                job,
+                "no job found at the provider for the earlier submission; submitting again",
+                None,
+                policy,
+                jitter,
+                now,
+                immediate=True,
             )
         case NotSubmitted() if stage is Stage.PENDING:
             return _retry(job, event.reason, event.retry_after, policy, jitter, now)
         case NotSubmitted() if stage is Stage.SUBMITTING:
-            # Certainly nothing at the provider: an unpaid retry, bounded by max_attempts.
-            unpaid = replace(job, submit_key=None)
-            return _forget_intent(
-                _retry(unpaid, event.reason, event.retry_after, policy, jitter, now)
-            )
+            return _retry_afresh(job, event.reason, event.retry_after, policy, jitter, now)
         case OutcomeUnknown() if stage is Stage.SUBMITTING:
             return _retry(job, event.reason, event.retry_after, policy, jitter, now)
     return None
@@ -463,12 +457,24 @@ def _overdue(job: Job, now: datetime, policy: Policy) -> bool:
     return job.submitted_at is not None and now - job.submitted_at > policy.generation_timeout
 
 
-def _forget_intent(transition: Transition) -> Transition:
-    """The provider holds no job for this row: drop the key so the next try submits.
+def _retry_afresh(
+    job: Job,
+    reason: str,
+    retry_after: timedelta | None,
+    policy: Policy,
+    jitter: float,
+    now: datetime,
+    *,
+    immediate: bool = False,
+) -> Transition:
+    """The provider certainly holds no job for this row: an unpaid retry (bounded by
+    max_attempts) that drops the key, so the next try submits afresh.
 
     The row stays ``submitting`` rather than going back to ``pending`` because going
     back to status ``queued`` is how a person asks for a fresh start (attempts reset).
     """
+    unpaid = replace(job, submit_key=None)
+    transition = _retry(unpaid, reason, retry_after, policy, jitter, now, immediate=immediate)
     if transition.finished:
         return transition
     changes = Changes(**transition.changes)

@@ -120,7 +120,7 @@ class Steps:
             return Waiting(f"an identical request (row {twin}) is being submitted", TURN_WAIT), None
         try:
             reference = await self._reference(job, size)
-        except images.ImageError as err:
+        except (fetch.FetchError, images.ImageError) as err:
             if err.permanent:
                 return Rejected(str(err)), None
             return NotSubmitted(str(err)), None
@@ -149,15 +149,12 @@ class Steps:
             raise images.ImageError(
                 f"size {size} is too large to compose a reference image for", permanent=True
             )
-        try:
-            blobs = await asyncio.gather(
-                *(
-                    fetch.fetch_photo(self.http, label, url, self.photo_limits)
-                    for label, url in labelled
-                )
+        blobs = await asyncio.gather(
+            *(
+                fetch.fetch_photo(self.http, label, url, self.photo_limits)
+                for label, url in labelled
             )
-        except fetch.FetchError as err:
-            raise images.ImageError(str(err), permanent=err.permanent) from err
+        )
 
         def compose() -> bytes:
             photos = [
@@ -235,7 +232,7 @@ class Steps:
         except providers.VideoGone as err:
             return Vanished(str(err))
         except providers.ProviderError as err:
-            return Transient(str(err), getattr(err, "retry_after", None))
+            return Transient(str(err), err.retry_after)
         match state.status:
             case "completed":
                 return Generated(self.provider.content_url(state.id), state.expires_at)
@@ -256,7 +253,7 @@ class Steps:
         except providers.VideoGone as err:
             return Vanished(f"the video is gone from the provider before it was archived: {err}")
         except providers.ProviderError as err:
-            return Transient(str(err), getattr(err, "retry_after", None))
+            return Transient(str(err), err.retry_after)
         except StorageError as err:
             # Even a "permanent" refusal (bucket too small, wrong type) is a setting the
             # operator can fix while the provider still holds the video: keep trying.

@@ -50,7 +50,14 @@ class ProviderJob:
 
 
 class ProviderError(Exception):
-    """Base of the port's errors; ``str()`` is a sentence a person can act on."""
+    """Base of the port's errors; ``str()`` is a sentence a person can act on.
+
+    ``retry_after`` is the provider's own word on when to try again, if it gave one.
+    """
+
+    def __init__(self, message: str, retry_after: timedelta | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RequestRejected(ProviderError):
@@ -60,17 +67,9 @@ class RequestRejected(ProviderError):
 class ProviderUnavailable(ProviderError):
     """Transient, and certainly nothing was created (refused before any work, unreachable)."""
 
-    def __init__(self, message: str, retry_after: timedelta | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
 
 class OutcomeUnknown(ProviderError):
     """Transient, and the provider may have created a job (timeout, 5xx, dropped reply)."""
-
-    def __init__(self, message: str, retry_after: timedelta | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class VideoGone(ProviderError):
