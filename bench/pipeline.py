@@ -31,15 +31,15 @@ import httpx
 from service import logs
 from service.daemon import Worker, WorkerOptions
 from service.embedded import start_embedded_postgres
-from service.events.listen import Listener
-from service.events.wakeup import Wakeup
 from service.fetch import Limits
 from service.machine import Policy
 from service.migrations import migrate
 from service.providers.base import ProviderJob, VideoRequest
-from service.repository import Repository
+from service.repository import PostgresRepository
 from service.steps import Defaults, Steps
 from service.storage.local import LocalStore
+from service.wakeups.listen import Listener
+from service.wakeups.wakeup import Wakeup
 
 PAYLOAD = b"\x00" * (64 * 1024)
 
@@ -98,7 +98,7 @@ async def main(rows: int, concurrency: int, same_prompt: bool) -> None:
         pool = await asyncpg.create_pool(dsn, min_size=2, max_size=concurrency + 4)
         async with pool.acquire() as conn:
             await migrate(conn)
-        repo = Repository(pool, "bench", timedelta(seconds=30))
+        repo = PostgresRepository(pool, "bench", timedelta(seconds=30))
         async with httpx.AsyncClient() as http:
             steps = Steps(
                 InstantProvider(),

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from service import logs
 from service.config import ENV_PREFIX, Settings, SettingsError, load_settings
 from service.migrations import MigrationError, migrate
-from service.repository import Repository, as_json
+from service.repository import PostgresRepository, RepositoryError, as_json
 from service.runtime import create_pool, database_url, open_runtime
 from service.signals import STOP_SIGNALS, until_signalled
 from service.storage.base import StorageError
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except asyncpg.UndefinedTableError as err:
         log.error("command.failed", command=args.command, error=f"{err}: run `sora-worker migrate`")
         return 1
-    except (MigrationError, StorageError, OSError, asyncpg.PostgresError) as err:
+    except (MigrationError, StorageError, RepositoryError, OSError, asyncpg.PostgresError) as err:
         log.error("command.failed", command=args.command, error=str(err))
         return 1
 
@@ -179,10 +179,10 @@ async def run_migrate(settings: Settings) -> int:
 
 
 @asynccontextmanager
-async def repository(settings: Settings) -> AsyncIterator[Repository]:
+async def repository(settings: Settings) -> AsyncIterator[PostgresRepository]:
     """A repository on a one-connection pool, for the short commands."""
     async with create_pool(settings, await database_url(settings), 1) as pool:
-        yield Repository(pool, settings.worker_id, settings.lease)
+        yield PostgresRepository(pool, settings.worker_id, settings.lease)
 
 
 async def run_request(settings: Settings, args: argparse.Namespace) -> int:

@@ -18,33 +18,29 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from uuid import UUID
 
-import asyncpg
 import structlog
 
-from service.events.listen import Listener
-from service.events.sweep import wait_for_work
-from service.events.wakeup import Wakeup
 from service.machine import (
     Action,
     Event,
     IntentRecorded,
     Job,
     Policy,
+    RecordProgress,
+    RowId,
     Transient,
     Transition,
     apply,
     next_action,
 )
-from service.providers.base import VideoRequest
-from service.repository import LeaseLost, Repository
+from service.repository import Conflict, LeaseLost, Repository, RepositoryError
 from service.steps import Steps
+from service.wakeups.listen import Listener
+from service.wakeups.sweep import wait_for_work
+from service.wakeups.wakeup import Wakeup
 
 log = structlog.get_logger("service.daemon")
-
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -54,6 +50,10 @@ class WorkerOptions:
     lease_seconds: float
     shutdown_grace: float
     policy: Policy
+    restart_delay: float = 1.0
+    """How long a side task (listener, heartbeat) that died waits before it restarts."""
+    max_backoff: float = 30.0
+    """The longest wait between claims while the database is failing."""
 
 
 class Worker:
@@ -73,7 +73,7 @@ class Worker:
         self.listener = listener
         self.wakeup = listener.wakeup if listener else Wakeup()
         self.stopping = asyncio.Event()
-        self._inflight: dict[UUID, asyncio.Task[None]] = {}
+        self._inflight: dict[RowId, asyncio.Task[None]] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -119,11 +119,11 @@ class Worker:
                 )
                 log.debug("worker.woken", reasons=sorted(reasons))
                 backoff = 0.5
-            except DB_ERRORS as err:
-                log.error("worker.database_unavailable", error=repr(err), retry_in=backoff)
+            except RepositoryError as err:
+                log.error("worker.database_unavailable", error=str(err), retry_in=backoff)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, self.options.max_backoff)
 
     def _start(self, job: Job) -> None:
         task = asyncio.create_task(self._process(job), name=f"row-{job.id}")
@@ -147,7 +147,7 @@ class Worker:
             for task in still_running:
                 task.cancel()
             await asyncio.gather(*still_running, return_exceptions=True)
-            with contextlib.suppress(*DB_ERRORS):
+            with contextlib.suppress(RepositoryError):
                 await asyncio.shield(self.repo.release(ids))
 
     async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
@@ -159,8 +159,9 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("worker.side_task_died", task=name, restart_in=1.0)
-                await asyncio.sleep(1.0)
+                delay = self.options.restart_delay
+                log.exception("worker.side_task_died", task=name, restart_in=delay)
+                await asyncio.sleep(delay)
 
     async def _heartbeat(self) -> None:
         interval = self.options.lease_seconds / 3
@@ -171,8 +172,8 @@ class Worker:
                 continue
             try:
                 kept = await self.repo.heartbeat(ids)
-            except DB_ERRORS as err:
-                log.warning("worker.heartbeat_failed", error=repr(err))
+            except RepositoryError as err:
+                log.warning("worker.heartbeat_failed", error=str(err))
                 continue
             if kept < len(ids):
                 log.warning("worker.leases_lost", expected=len(ids), kept=kept)
@@ -181,24 +182,19 @@ class Worker:
 
     async def _process(self, job: Job) -> None:
         """Run a claimed row's steps until it must wait, finishes, or is no longer ours."""
-        request: VideoRequest | None = None
+        intent: IntentRecorded | None = None
         structlog.contextvars.bind_contextvars(row_id=str(job.id))
         try:
-            while (action := next_action(job, inputs_in_hand=request is not None)) is not None:
+            while (action := next_action(job, intent=intent)) is not None:
                 started = time.monotonic()
-                event, request = await self._perform(action, job, request)
-                if isinstance(event, IntentRecorded) and self.stopping.is_set():
+                event = await self._perform(action, job, intent)
+                intent = event if isinstance(event, IntentRecorded) else None
+                if intent is not None and self.stopping.is_set():
                     # Stopping before the create: record no intent (it would read as "in
                     # doubt" to the next worker); the row is simply handed back.
                     await asyncio.shield(self.repo.release([job.id]))
                     return
-                transition = apply(
-                    job,
-                    event,
-                    now=datetime.now(UTC),
-                    policy=self.options.policy,
-                    jitter=random.random(),
-                )
+                transition = apply(job, event, policy=self.options.policy, jitter=random.random())
                 go_on = transition.delay.total_seconds() <= 0 and not transition.finished
                 go_on = go_on and not self.stopping.is_set()
                 # The write that records a paid-for effect must land even if we are
@@ -212,40 +208,38 @@ class Worker:
                     return
         except LeaseLost as err:
             log.warning("video.lease_lost", error=str(err))
-        except asyncpg.UniqueViolationError as err:
+        except Conflict as err:
             # The row is unchanged and nothing was sent: either an identical request is
-            # in doubt right now (they take turns, see videos_one_in_doubt_per_request),
-            # or another row recorded this provider job first. Look again shortly.
-            log.info("video.deferred", constraint=err.constraint_name, stage=job.stage.value)
-            with contextlib.suppress(*DB_ERRORS):
+            # in doubt right now (they take turns: Rule.ONE_IN_DOUBT_PER_REQUEST), or
+            # another row recorded this provider job first. Look again shortly.
+            log.info("video.deferred", rule=err.rule, stage=job.stage.value)
+            with contextlib.suppress(RepositoryError):
                 await asyncio.shield(self.repo.defer(job, self.options.policy.retry_base))
-        except DB_ERRORS as err:
-            log.error("video.checkpoint_failed", error=repr(err), stage=job.stage.value)
+        except RepositoryError as err:
+            log.error("video.checkpoint_failed", error=str(err), stage=job.stage.value)
         finally:
             structlog.contextvars.unbind_contextvars("row_id")
 
-    async def _perform(
-        self, action: Action, job: Job, request: VideoRequest | None
-    ) -> tuple[Event, VideoRequest | None]:
+    async def _perform(self, action: Action, job: Job, intent: IntentRecorded | None) -> Event:
         """Run one action; a bug in a step becomes a retryable event, never a dead loop."""
         try:
             match action:
-                case Action.SUBMIT:
+                case Action.PREPARE:
                     return await self.steps.prepare(job)
                 case Action.CREATE:
-                    assert request is not None
-                    return await self.steps.create(request), None
+                    assert intent is not None, "next_action gives CREATE only with the intent"
+                    return await self.steps.create(intent.request)
                 case Action.RECONCILE:
-                    return await self.steps.reconcile(job, datetime.now(UTC)), None
+                    return await self.steps.reconcile(job)
                 case Action.POLL:
-                    return await self.steps.poll(job), None
+                    return await self.steps.poll(job)
                 case Action.ARCHIVE:
-                    return await self.steps.archive(job), None
+                    return await self.steps.archive(job)
         except asyncio.CancelledError:
             raise
         except Exception as err:
             log.exception("video.step_crashed", action=action.value)
-            return Transient(f"internal error in {action.value}: {err!r}"), None
+            return Transient(f"internal error in {action.value}: {type(err).__name__}")
 
     def _log(
         self,
@@ -264,10 +258,10 @@ class Worker:
             "attempt": transition.attempts,
             "duration_ms": round(seconds * 1000, 1),
         }
-        if "progress" in transition.changes:
-            fields["progress"] = transition.changes["progress"]
-        if transition.changes.get("error"):
-            fields["reason"] = transition.changes["error"]
+        if isinstance(transition.change, RecordProgress):
+            fields["progress"] = transition.change.progress
+        if transition.error:
+            fields["reason"] = transition.error
         if transition.delay.total_seconds() > 0 and not transition.finished:
             fields["next_in_s"] = round(transition.delay.total_seconds(), 2)
         level = log.warning if transition.log_event in ("video.failed", "video.retry") else log.info

@@ -1,8 +1,14 @@
 """The pure state machine: a row's state plus what just happened gives its next state.
 
 Nothing here does IO, reads a clock or draws a random number: the caller passes the
-time and the jitter in. That is what lets every transition be tested exhaustively and
-what makes a crash harmless: the row holds the state, this module only decides.
+jitter in, and the only "now" is the database's, carried by the row itself
+(``Job.as_of``). That is what lets every transition be tested exhaustively, what makes
+a crash harmless (the row holds the state, this module only decides), and what keeps a
+worker whose clock is wrong from deciding anything on it.
+
+The machine speaks the domain: it returns a ``Transition`` whose ``change`` is one of a
+few typed records (``RecordIntent``, ``RecordJob``, ...). Which columns those land in is
+the repository's business alone.
 
 Stages (mirrored by a CHECK constraint in ``sql/0001_videos.sql``)::
 
@@ -18,11 +24,19 @@ paying twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import TypedDict
+from typing import NewType
 from uuid import UUID
+
+from service.providers.base import VideoRequest
+
+RowId = NewType("RowId", UUID)
+"""The ``id`` of a ``videos`` row."""
+
+SubmitKey = NewType("SubmitKey", UUID)
+"""The idempotency key recorded before a create: the intent to pay for one job."""
 
 
 class Stage(StrEnum):
@@ -47,22 +61,16 @@ ACTIVE_STAGES: tuple[Stage, ...] = (
     Stage.ARCHIVING,
 )
 
-STATUS_OF: dict[Stage, str] = {
-    Stage.PENDING: "queued",
-    Stage.SUBMITTING: "processing",
-    Stage.GENERATING: "processing",
-    Stage.ARCHIVING: "processing",
-    Stage.COMPLETED: "completed",
-    Stage.FAILED: "failed",
-}
-
 
 @dataclass(frozen=True)
 class Job:
-    """The part of a ``videos`` row the machine decides on."""
+    """The part of a ``videos`` row the machine decides on, as read at ``as_of``."""
 
-    id: UUID
+    id: RowId
     stage: Stage
+    as_of: datetime
+    """The database's clock when the row was read: the machine's only "now". Every time
+    it compares with (``submitted_at``, lease ends) was written by the same clock."""
     attempts: int = 0
     prompt: str | None = None
     image1_url: str | None = None
@@ -72,7 +80,7 @@ class Job:
     seconds: str | None = None
     provider: str | None = None
     video_id: str | None = None
-    submit_key: UUID | None = None
+    submit_key: SubmitKey | None = None
     submitted_at: datetime | None = None
     progress: int = 0
     expires_at: datetime | None = None
@@ -98,31 +106,33 @@ class Policy:
 class Action(StrEnum):
     """The effect the shell must perform next for a row."""
 
-    SUBMIT = "submit"
-    """Fetch inputs, record the intent, call the provider's create."""
+    PREPARE = "prepare"
+    """Check the row, fetch and compose its photos, build the request. Nothing is sent:
+    the outcome (``IntentRecorded``) is checkpointed before any create."""
     CREATE = "create"
-    """Intent just recorded in this claim: call the provider's create."""
+    """The intent was just checkpointed in this claim: call the provider's create once."""
     RECONCILE = "reconcile"
     """A previous submission's outcome is unknown: look for it at the provider."""
     POLL = "poll"
     ARCHIVE = "archive"
 
 
-def next_action(job: Job, *, inputs_in_hand: bool) -> Action | None:
+def next_action(job: Job, *, intent: IntentRecorded | None) -> Action | None:
     """What to do with a claimed row; None for a finished one.
 
-    ``inputs_in_hand`` is true only right after this worker recorded the intent in the
-    same claim: then it may call create. A ``submitting`` row found any other way with a
-    key was left by a crash or an ambiguous error, and must be reconciled first; one
-    without a key is known to hold no job at the provider and is submitted afresh.
+    ``intent`` is the intent this worker checkpointed for the row in the same claim
+    (the request in hand): only then may it call create. A ``submitting`` row found any
+    other way with a key was left by a crash or an ambiguous error, and must be
+    reconciled first; one without a key is known to hold no job at the provider and is
+    prepared afresh.
     """
     match job.stage:
         case Stage.PENDING:
-            return Action.SUBMIT
-        case Stage.SUBMITTING if inputs_in_hand:
+            return Action.PREPARE
+        case Stage.SUBMITTING if intent is not None and intent.submit_key == job.submit_key:
             return Action.CREATE
         case Stage.SUBMITTING if job.submit_key is None:
-            return Action.SUBMIT
+            return Action.PREPARE
         case Stage.SUBMITTING:
             return Action.RECONCILE
         case Stage.GENERATING:
@@ -138,13 +148,12 @@ def next_action(job: Job, *, inputs_in_hand: bool) -> Action | None:
 
 @dataclass(frozen=True)
 class IntentRecorded:
-    """Inputs are ready and valid; this key and these parameters go to the provider."""
+    """Inputs are ready and valid; ``request`` (keyed by ``submit_key``) goes to
+    ``provider`` once the intent is checkpointed."""
 
-    submit_key: UUID
+    submit_key: SubmitKey
     provider: str
-    model: str
-    size: str
-    seconds: str
+    request: VideoRequest
 
 
 @dataclass(frozen=True)
@@ -171,8 +180,8 @@ class NotSubmitted:
 
 
 @dataclass(frozen=True)
-class OutcomeUnknown:
-    """Transient, and the provider may have created the job (timeout, 5xx, reset)."""
+class InDoubt:
+    """A create failed in a way that may still have made the job (timeout, 5xx, reset)."""
 
     reason: str
     retry_after: timedelta | None = None
@@ -245,7 +254,7 @@ Event = (
     | Accepted
     | Rejected
     | NotSubmitted
-    | OutcomeUnknown
+    | InDoubt
     | NotFoundAtProvider
     | Progressed
     | Generated
@@ -260,40 +269,70 @@ Event = (
 # ---------------------------------------------------------------- transitions
 
 
-class Changes(TypedDict, total=False):
-    """Columns a transition writes, besides stage/status/attempts/next_attempt_at."""
+@dataclass(frozen=True)
+class RecordIntent:
+    """Remember the key and parameters before the create (and when, by the DB's clock)."""
 
-    error: str | None
-    progress: int
+    submit_key: SubmitKey
     provider: str
     model: str
     size: str
     seconds: str
-    submit_key: UUID | None
+
+
+@dataclass(frozen=True)
+class ForgetIntent:
+    """The provider certainly holds no job for the key: drop it, so the next try is fresh."""
+
+
+@dataclass(frozen=True)
+class RecordJob:
+    """The provider's job that this row now owns."""
+
     video_id: str
-    openai_url: str
-    openai_expires_at: datetime | None
+    progress: int
+
+
+@dataclass(frozen=True)
+class RecordProgress:
+    progress: int
+
+
+@dataclass(frozen=True)
+class RecordDownload:
+    """Where the provider's finished video can be fetched, and until when."""
+
+    content_url: str
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RecordArchive:
+    """The permanent copy (and the moment of completion, by the DB's clock)."""
+
     video_url: str
     video_bytes: int
     video_sha256: str
     thumbnail_url: str | None
-    mark_submitted: bool
-    mark_completed: bool
+
+
+Change = RecordIntent | ForgetIntent | RecordJob | RecordProgress | RecordDownload | RecordArchive
 
 
 @dataclass(frozen=True)
 class Transition:
-    """The checkpoint to write: the new stage, when the row is next due, what changed."""
+    """The checkpoint to write: the new stage, when the row is next due, what changed.
+
+    ``error`` is always written: the reason a person reads for a failed, retried or
+    waiting row, or None once a step succeeded.
+    """
 
     stage: Stage
     attempts: int
     delay: timedelta
     log_event: str
-    changes: Changes = field(default_factory=Changes)
-
-    @property
-    def status(self) -> str:
-        return STATUS_OF[self.stage]
+    error: str | None = None
+    change: Change | None = None
 
     @property
     def finished(self) -> bool:
@@ -314,38 +353,35 @@ def retry_delay(attempt: int, policy: Policy, jitter: float) -> timedelta:
     return raw * (0.5 + 0.5 * min(max(jitter, 0.0), 1.0))
 
 
-def apply(job: Job, event: Event, *, now: datetime, policy: Policy, jitter: float) -> Transition:
+def apply(job: Job, event: Event, *, policy: Policy, jitter: float) -> Transition:
     """Decide the checkpoint that follows ``event`` for ``job``. Pure and total.
 
+    Time is ``job.as_of``, the database's clock: never the worker's.
     Raises IllegalTransition for an event the row's stage cannot take.
     """
     match event:
         case Rejected() if job.stage in ACTIVE_STAGES:
             return _fail(job, event.reason)
         case Transient() if job.stage in ACTIVE_STAGES:
-            return _retry(job, event.reason, event.retry_after, policy, jitter, now)
+            return _retry(job, event.reason, event.retry_after, policy, jitter)
         case Waiting() if job.stage in (Stage.PENDING, Stage.SUBMITTING):
             return Transition(
                 job.stage,
                 job.attempts,  # not a failure: the attempt budget is untouched
                 event.retry_after,
                 "video.waiting",
-                Changes(error=f"waiting: {event.reason}"),
+                error=f"waiting: {event.reason}",
             )
-        case (
-            IntentRecorded() | Accepted() | NotFoundAtProvider() | NotSubmitted() | OutcomeUnknown()
-        ):
-            transition = _on_submission(job, event, now=now, policy=policy, jitter=jitter)
+        case IntentRecorded() | Accepted() | NotFoundAtProvider() | NotSubmitted() | InDoubt():
+            transition = _on_submission(job, event, policy=policy, jitter=jitter)
         case _:
-            transition = _on_generation(job, event, now=now, policy=policy, jitter=jitter)
+            transition = _on_generation(job, event, policy=policy, jitter=jitter)
     if transition is None:
         raise IllegalTransition(f"{type(event).__name__} cannot happen in stage {job.stage}")
     return transition
 
 
-def _on_submission(
-    job: Job, event: Event, *, now: datetime, policy: Policy, jitter: float
-) -> Transition | None:
+def _on_submission(job: Job, event: Event, *, policy: Policy, jitter: float) -> Transition | None:
     """Events of the submit step: intent, the provider's answer, reconciliation."""
     stage = job.stage
     match event:
@@ -357,14 +393,12 @@ def _on_submission(
                 job.attempts,
                 NOW,
                 "video.submitting",
-                Changes(
-                    submit_key=event.submit_key,
-                    provider=event.provider,
-                    model=event.model,
-                    size=event.size,
-                    seconds=event.seconds,
-                    mark_submitted=True,
-                    error=None,
+                change=RecordIntent(
+                    event.submit_key,
+                    event.provider,
+                    event.request.model,
+                    event.request.size,
+                    event.request.seconds,
                 ),
             )
         case Accepted() if stage is Stage.SUBMITTING:
@@ -373,7 +407,7 @@ def _on_submission(
                 0,
                 policy.poll_interval,
                 "video.submitted",
-                Changes(video_id=event.video_id, progress=event.progress, error=None),
+                change=RecordJob(event.video_id, event.progress),
             )
         case NotFoundAtProvider() if stage is Stage.SUBMITTING:
             return _retry_afresh(
@@ -382,25 +416,22 @@ def _on_submission(
                 None,
                 policy,
                 jitter,
-                now,
                 immediate=True,
             )
         case NotSubmitted() if stage is Stage.PENDING:
-            return _retry(job, event.reason, event.retry_after, policy, jitter, now)
+            return _retry(job, event.reason, event.retry_after, policy, jitter)
         case NotSubmitted() if stage is Stage.SUBMITTING:
-            return _retry_afresh(job, event.reason, event.retry_after, policy, jitter, now)
-        case OutcomeUnknown() if stage is Stage.SUBMITTING:
-            return _retry(job, event.reason, event.retry_after, policy, jitter, now)
+            return _retry_afresh(job, event.reason, event.retry_after, policy, jitter)
+        case InDoubt() if stage is Stage.SUBMITTING:
+            return _retry(job, event.reason, event.retry_after, policy, jitter)
     return None
 
 
-def _on_generation(
-    job: Job, event: Event, *, now: datetime, policy: Policy, jitter: float
-) -> Transition | None:
+def _on_generation(job: Job, event: Event, *, policy: Policy, jitter: float) -> Transition | None:
     """Events of polling and archiving."""
     stage = job.stage
     match event:
-        case Progressed() if stage is Stage.GENERATING and _overdue(job, now, policy):
+        case Progressed() if stage is Stage.GENERATING and _overdue(job, policy):
             return _fail(
                 job,
                 f"the provider did not finish within {policy.generation_timeout} "
@@ -412,7 +443,7 @@ def _on_generation(
                 0,
                 policy.poll_interval,
                 "video.progress",
-                Changes(progress=max(0, min(event.progress, 99)), error=None),
+                change=RecordProgress(max(0, min(event.progress, 99))),
             )
         case Generated() if stage is Stage.GENERATING:
             return Transition(
@@ -420,12 +451,7 @@ def _on_generation(
                 0,
                 NOW,
                 "video.generated",
-                Changes(
-                    progress=100,
-                    openai_url=event.content_url,
-                    openai_expires_at=event.expires_at,
-                    error=None,
-                ),
+                change=RecordDownload(event.content_url, event.expires_at),
             )
         case Archived() if stage is Stage.ARCHIVING:
             return Transition(
@@ -433,14 +459,8 @@ def _on_generation(
                 0,
                 NOW,
                 "video.completed",
-                Changes(
-                    video_url=event.video_url,
-                    video_bytes=event.video_bytes,
-                    video_sha256=event.video_sha256,
-                    thumbnail_url=event.thumbnail_url,
-                    progress=100,
-                    mark_completed=True,
-                    error=None,
+                change=RecordArchive(
+                    event.video_url, event.video_bytes, event.video_sha256, event.thumbnail_url
                 ),
             )
         case GenerationFailed() if stage in (Stage.GENERATING, Stage.ARCHIVING):
@@ -448,13 +468,13 @@ def _on_generation(
         case Vanished() if stage in (Stage.GENERATING, Stage.ARCHIVING):
             # Gone is usually final, but a provider (or a replica's simulator) can answer
             # 404 for a moment: give it max_attempts tries before failing the row.
-            return _retry(job, event.reason, None, policy, jitter, now, bounded=True)
+            return _retry(job, event.reason, None, policy, jitter, bounded=True)
     return None
 
 
-def _overdue(job: Job, now: datetime, policy: Policy) -> bool:
+def _overdue(job: Job, policy: Policy) -> bool:
     """A job the provider keeps "running" for ever (a lost job, an odd gateway status)."""
-    return job.submitted_at is not None and now - job.submitted_at > policy.generation_timeout
+    return job.submitted_at is not None and job.as_of - job.submitted_at > policy.generation_timeout
 
 
 def _retry_afresh(
@@ -463,7 +483,6 @@ def _retry_afresh(
     retry_after: timedelta | None,
     policy: Policy,
     jitter: float,
-    now: datetime,
     *,
     immediate: bool = False,
 ) -> Transition:
@@ -474,12 +493,10 @@ def _retry_afresh(
     back to status ``queued`` is how a person asks for a fresh start (attempts reset).
     """
     unpaid = replace(job, submit_key=None)
-    transition = _retry(unpaid, reason, retry_after, policy, jitter, now, immediate=immediate)
+    transition = _retry(unpaid, reason, retry_after, policy, jitter, immediate=immediate)
     if transition.finished:
         return transition
-    changes = Changes(**transition.changes)
-    changes["submit_key"] = None
-    return replace(transition, changes=changes)
+    return replace(transition, change=ForgetIntent())
 
 
 def _fail(job: Job, reason: str, attempts: int | None = None) -> Transition:
@@ -488,7 +505,7 @@ def _fail(job: Job, reason: str, attempts: int | None = None) -> Transition:
         job.attempts if attempts is None else attempts,
         NOW,
         "video.failed",
-        Changes(error=reason),
+        error=reason,
     )
 
 
@@ -498,7 +515,6 @@ def _retry(
     retry_after: timedelta | None,
     policy: Policy,
     jitter: float,
-    now: datetime,
     *,
     immediate: bool = False,
     bounded: bool = False,
@@ -518,7 +534,7 @@ def _retry(
     )
     if (not paid or bounded) and attempts >= policy.max_attempts:
         return _fail(job, f"gave up after {attempts} attempts: {reason}", attempts)
-    if paid and deadline is not None and now >= deadline:
+    if paid and deadline is not None and job.as_of >= deadline:
         return _fail(job, _too_late(job, policy, reason), attempts)
     delay = NOW if immediate else retry_delay(attempts, policy, jitter)
     if retry_after is not None and not immediate:
@@ -528,7 +544,7 @@ def _retry(
         attempts,
         delay,
         "video.retry",
-        Changes(error=f"attempt {attempts} failed, will retry: {reason}"),
+        error=f"attempt {attempts} failed, will retry: {reason}",
     )
 
 

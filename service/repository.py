@@ -1,26 +1,171 @@
-"""SQL on asyncpg: claim, checkpoint, heartbeat, release. The table is the truth.
+"""The database port, and its PostgreSQL adapter: all SQL the worker runs lives here.
 
-Every write that follows a claim is guarded by the stage it expects and by the lease
-owner (``WHERE id = $1 AND stage = $2 AND locked_by = $3``): if another replica took
-the row over (our lease lapsed), zero rows change and ``LeaseLost`` says so, instead
-of two workers silently overwriting each other.
+The daemon and the sweep talk to ``Repository`` (a Protocol) and see only domain types
+(``Job``, ``Transition``) and this module's errors; no layer above names asyncpg or a
+column. The machine's typed changes are mapped to columns here, with fixed statements.
+
+Every write that follows a claim is guarded by the stage it expects, the lease owner and
+the idempotency key (``WHERE id = $1 AND stage = $2 AND locked_by = $3 AND submit_key IS
+NOT DISTINCT FROM $4``): if another replica took the row over (our lease lapsed) or a
+person re-queued it, zero rows change and ``LeaseLost`` says so, instead of two workers
+silently overwriting each other.
+
+Time: every statement that hands a row to the machine also returns the database's
+``now()`` (``Job.as_of``), so deadlines are compared on one clock, the one that wrote
+``submitted_at`` and the leases, whatever the worker's own clock says.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
-from typing import Any
+from enum import StrEnum
+from typing import Any, Protocol
 from uuid import UUID
 
 import asyncpg
 
-from service.machine import ACTIVE_STAGES, Job, Stage, Transition
+from service.machine import (
+    ACTIVE_STAGES,
+    Change,
+    ForgetIntent,
+    Job,
+    RecordArchive,
+    RecordDownload,
+    RecordIntent,
+    RecordJob,
+    RecordProgress,
+    RowId,
+    Stage,
+    SubmitKey,
+    Transition,
+)
+
+# ---------------------------------------------------------------- errors
+
+
+class RepositoryError(Exception):
+    """Base of the port's errors; ``str()`` says what failed without driver internals."""
+
+
+class DatabaseUnavailable(RepositoryError):
+    """The database could not be reached or could not run the statement: try again later."""
+
+
+class SchemaMissing(RepositoryError):
+    """The table or a column is missing: the migrations have not run."""
+
+
+class LeaseLost(RepositoryError):
+    """The row is no longer ours (another worker claimed it, it was re-queued, or its
+    stage moved on): the write changed nothing."""
+
+
+class Rule(StrEnum):
+    """The uniqueness rules a checkpoint can run into."""
+
+    ONE_IN_DOUBT_PER_REQUEST = "videos_one_in_doubt_per_request"
+    """Identical requests take turns: one may be in doubt at a time."""
+    ONE_ROW_PER_VIDEO = "videos_video_id_key"
+    """A provider job belongs to one row."""
+
+
+class Conflict(RepositoryError):
+    """The write would break a uniqueness rule; nothing changed. ``rule`` names it."""
+
+    def __init__(self, rule: Rule | None, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+# ---------------------------------------------------------------- the port
+
+
+class Repository(Protocol):
+    """What the worker needs from the table. Two adapters: PostgreSQL and in-memory."""
+
+    worker_id: str
+
+    async def claim(self, limit: int, exclude: Iterable[RowId] = ()) -> list[Job]:
+        """Lease up to ``limit`` due rows, oldest debt first, skipping rows locked elsewhere
+        and ``exclude`` (rows whose task still runs here); a lapsed lease is claimable."""
+
+    async def checkpoint(self, job: Job, transition: Transition, *, keep_lease: bool) -> Job:
+        """Write ``transition`` if ``job`` is still ours as read; return the row after it.
+
+        Raises LeaseLost when it is not, Conflict when a uniqueness rule refuses it.
+        """
+
+    async def heartbeat(self, ids: Iterable[RowId]) -> int:
+        """Extend the leases of rows still ours; return how many are."""
+
+    async def release(self, ids: Iterable[RowId]) -> None:
+        """Give rows back untouched at once (shutdown), so nobody waits the lease out."""
+
+    async def defer(self, job: Job, delay: timedelta) -> None:
+        """Give a row back untouched, due again after ``delay``."""
+
+    async def next_due_in(self) -> timedelta | None:
+        """How long until some active row can be claimed; None when none is active."""
+
+    async def recorded_video_ids(self, candidates: Iterable[str]) -> frozenset[str]:
+        """Which of these provider ids some row already holds (never adopt one twice)."""
+
+    async def identical_in_doubt(
+        self, row_id: RowId, prompt: str, model: str, size: str, seconds: str
+    ) -> RowId | None:
+        """Another row whose identical request is being submitted (or is in doubt)."""
+
+    async def insert_request(
+        self,
+        prompt: str,
+        image1_url: str | None = None,
+        image2_url: str | None = None,
+        *,
+        model: str | None = None,
+        size: str | None = None,
+        seconds: str | None = None,
+    ) -> RowId:
+        """Ask for a video, as an app would."""
+
+    async def load(self, row_id: RowId) -> Job | None:
+        """The row as the machine sees it (unleased), or None."""
+
+
+# ---------------------------------------------------------------- PostgreSQL
 
 ACTIVE = [stage.value for stage in ACTIVE_STAGES]
 
-JOB_COLUMNS = """id, stage, attempts, prompt, image1_url, image2_url, model, size, seconds,
-    provider, video_id, submit_key, submitted_at, progress, openai_expires_at"""
+STATUS_OF: dict[Stage, str] = {
+    Stage.PENDING: "queued",
+    Stage.SUBMITTING: "processing",
+    Stage.GENERATING: "processing",
+    Stage.ARCHIVING: "processing",
+    Stage.COMPLETED: "completed",
+    Stage.FAILED: "failed",
+}
+"""The seed's coarse ``status`` that front ends read, kept in step with ``stage``."""
+
+ROW_COLUMNS = (
+    "id",
+    "stage",
+    "attempts",
+    "prompt",
+    "image1_url",
+    "image2_url",
+    "model",
+    "size",
+    "seconds",
+    "provider",
+    "video_id",
+    "submit_key",
+    "submitted_at",
+    "progress",
+    "openai_expires_at",
+)
+JOB_COLUMNS = ", ".join(ROW_COLUMNS) + ", now() as as_of"
+"""What the machine reads of a row, and the database's clock as it was read."""
 
 # One statement claims fresh rows and takes back rows whose owner died, so a crash
 # needs no rescue job: a lapsed lease simply makes the row claimable again.
@@ -39,7 +184,7 @@ update public.videos v
 set locked_by = $1, locked_until = now() + $3::interval
 from due
 where v.id = due.id
-returning {", ".join("v." + c.strip() for c in JOB_COLUMNS.split(","))}
+returning {", ".join("v." + c for c in ROW_COLUMNS)}, now() as as_of
 """
 
 NEXT_DUE = """
@@ -48,15 +193,60 @@ from public.videos
 where stage = any($1::text[])
 """
 
+# The checkpoint: one fixed statement per kind of change. $1-$4 guard the row, $5-$11
+# are what every transition writes, $12... the change's own columns.
+_GUARD = "where id = $1 and stage = $2 and locked_by = $3 and submit_key is not distinct from $4"
+_COMMON = """stage = $5, status = $6, attempts = $7, next_attempt_at = now() + $8::interval,
+    locked_by = case when $9 then locked_by end,
+    locked_until = case when $9 then now() + $10::interval end,
+    error = $11"""
 
-class LeaseLost(Exception):
-    """The row is no longer ours (another worker claimed it, or its stage moved on)."""
+
+def _checkpoint_sql(change_columns: str = "") -> str:
+    extra = f",\n    {change_columns}" if change_columns else ""
+    return f"update public.videos set {_COMMON}{extra}\n{_GUARD}\nreturning {JOB_COLUMNS}"
+
+
+CHECKPOINT: dict[type[Change] | None, str] = {
+    None: _checkpoint_sql(),
+    RecordIntent: _checkpoint_sql(
+        "submit_key = $12, provider = $13, model = $14, size = $15, seconds = $16, "
+        "submitted_at = now()"
+    ),
+    ForgetIntent: _checkpoint_sql("submit_key = null"),
+    RecordJob: _checkpoint_sql("video_id = $12, progress = $13"),
+    RecordProgress: _checkpoint_sql("progress = $12"),
+    RecordDownload: _checkpoint_sql("openai_url = $12, openai_expires_at = $13, progress = 100"),
+    RecordArchive: _checkpoint_sql(
+        "video_url = $12, video_bytes = $13, video_sha256 = $14, thumbnail_url = $15, "
+        "progress = 100, completed_at = now()"
+    ),
+}
+
+
+def _change_values(change: Change | None) -> list[Any]:
+    """The parameters ``CHECKPOINT[type(change)]`` takes after the common ones."""
+    match change:
+        case RecordIntent():
+            return [change.submit_key, change.provider, change.model, change.size, change.seconds]
+        case RecordJob():
+            return [change.video_id, change.progress]
+        case RecordProgress():
+            return [change.progress]
+        case RecordDownload():
+            return [change.content_url, change.expires_at]
+        case RecordArchive():
+            return [change.video_url, change.video_bytes, change.video_sha256, change.thumbnail_url]
+        case ForgetIntent() | None:
+            return []
 
 
 def job_from_record(record: asyncpg.Record) -> Job:
+    submit_key = record["submit_key"]
     return Job(
-        id=record["id"],
+        id=RowId(record["id"]),
         stage=Stage(record["stage"]),
+        as_of=record["as_of"],
         attempts=record["attempts"],
         prompt=record["prompt"],
         image1_url=record["image1_url"],
@@ -66,129 +256,131 @@ def job_from_record(record: asyncpg.Record) -> Job:
         seconds=record["seconds"],
         provider=record["provider"],
         video_id=record["video_id"],
-        submit_key=record["submit_key"],
+        submit_key=None if submit_key is None else SubmitKey(submit_key),
         submitted_at=record["submitted_at"],
         progress=record["progress"],
         expires_at=record["openai_expires_at"],
     )
 
 
-class Repository:
-    """All SQL the worker runs. One instance per pool."""
+@contextlib.contextmanager
+def driver_errors(doing: str) -> Iterator[None]:
+    """Turn every driver and socket failure into the port's own errors."""
+    try:
+        yield
+    except asyncpg.UniqueViolationError as err:
+        rule = next((r for r in Rule if r.value == err.constraint_name), None)
+        raise Conflict(rule, f"{doing}: {err.constraint_name or 'a uniqueness rule'}") from err
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as err:
+        raise SchemaMissing(f"{doing}: {err}; run `sora-worker migrate`") from err
+    except (
+        OSError,
+        TimeoutError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+    ) as err:
+        raise DatabaseUnavailable(f"{doing}: {err or type(err).__name__}") from err
+
+
+class PostgresRepository:
+    """``Repository`` on an asyncpg pool. One instance per pool."""
 
     def __init__(self, pool: asyncpg.Pool, worker_id: str, lease: timedelta) -> None:
         self.pool = pool
         self.worker_id = worker_id
         self.lease = lease
 
-    async def claim(self, limit: int, exclude: Iterable[UUID] = ()) -> list[Job]:
-        """Lease up to ``limit`` due rows; ``exclude``: rows whose task is still running here
-        (re-queued under it), which must not get a second task."""
-        records = await self.pool.fetch(
-            CLAIM, self.worker_id, limit, self.lease, ACTIVE, list(exclude)
-        )
+    async def claim(self, limit: int, exclude: Iterable[RowId] = ()) -> list[Job]:
+        with driver_errors("claiming rows"):
+            records = await self.pool.fetch(
+                CLAIM, self.worker_id, limit, self.lease, ACTIVE, list(exclude)
+            )
         return [job_from_record(r) for r in records]
 
     async def checkpoint(self, job: Job, transition: Transition, *, keep_lease: bool) -> Job:
-        """Write a transition; keep the lease only if this worker goes straight on."""
-        assignments = [
-            "stage = $4",
-            "status = $5",
-            "attempts = $6",
-            "next_attempt_at = now() + $7::interval",
-            "locked_by = case when $8 then locked_by end",
-            "locked_until = case when $8 then now() + $9::interval end",
-        ]
-        values: list[Any] = [
-            job.id,
-            job.stage.value,
-            self.worker_id,
-            transition.stage.value,
-            transition.status,
-            transition.attempts,
-            transition.delay,
-            keep_lease,
-            self.lease,
-        ]
-        for column, value in transition.changes.items():
-            if column == "mark_submitted":
-                assignments.append("submitted_at = now()")
-            elif column == "mark_completed":
-                assignments.append("completed_at = now()")
-            else:
-                values.append(value)
-                assignments.append(f"{column} = ${len(values)}")
-        record = await self.pool.fetchrow(
-            f"""update public.videos set {", ".join(assignments)}
-                where id = $1 and stage = $2 and locked_by = $3
-                  and submit_key is not distinct from ${len(values) + 1}
-                returning {JOB_COLUMNS}""",
-            *values,
-            job.submit_key,  # a re-queue mints a new key: a stale task's write must miss
-        )
+        change = transition.change
+        with driver_errors(f"checkpointing row {job.id}"):
+            record = await self.pool.fetchrow(
+                CHECKPOINT[type(change) if change is not None else None],
+                job.id,
+                job.stage.value,
+                self.worker_id,
+                job.submit_key,  # a re-queue mints a new key: a stale task's write must miss
+                transition.stage.value,
+                STATUS_OF[transition.stage],
+                transition.attempts,
+                transition.delay,
+                keep_lease,
+                self.lease,
+                transition.error,
+                *_change_values(change),
+            )
         if record is None:
             raise LeaseLost(f"row {job.id} is no longer ours in stage {job.stage}")
         return job_from_record(record)
 
-    async def heartbeat(self, ids: Iterable[UUID]) -> int:
-        """Extend the lease of rows still in flight; returns how many are still ours."""
-        result = await self.pool.execute(
-            """update public.videos set locked_until = now() + $3::interval
-               where id = any($1::uuid[]) and locked_by = $2""",
-            list(ids),
-            self.worker_id,
-            self.lease,
-        )
+    async def heartbeat(self, ids: Iterable[RowId]) -> int:
+        with driver_errors("extending leases"):
+            result = await self.pool.execute(
+                """update public.videos set locked_until = now() + $3::interval
+                   where id = any($1::uuid[]) and locked_by = $2""",
+                list(ids),
+                self.worker_id,
+                self.lease,
+            )
         return int(result.split()[-1])
 
-    async def release(self, ids: Iterable[UUID]) -> None:
-        """Give rows back at once (shutdown), so another worker need not wait the lease out."""
-        await self.pool.execute(
-            """update public.videos set locked_by = null, locked_until = null
-               where id = any($1::uuid[]) and locked_by = $2""",
-            list(ids),
-            self.worker_id,
-        )
+    async def release(self, ids: Iterable[RowId]) -> None:
+        with driver_errors("releasing rows"):
+            await self.pool.execute(
+                """update public.videos set locked_by = null, locked_until = null
+                   where id = any($1::uuid[]) and locked_by = $2""",
+                list(ids),
+                self.worker_id,
+            )
+
+    async def defer(self, job: Job, delay: timedelta) -> None:
+        with driver_errors(f"deferring row {job.id}"):
+            await self.pool.execute(
+                """update public.videos
+                   set locked_by = null, locked_until = null,
+                       next_attempt_at = now() + $3::interval
+                   where id = $1 and locked_by = $2""",
+                job.id,
+                self.worker_id,
+                delay,
+            )
 
     async def next_due_in(self) -> timedelta | None:
-        """How long until some active row can be claimed (None: no active rows)."""
-        value: timedelta | None = await self.pool.fetchval(NEXT_DUE, ACTIVE)
+        with driver_errors("looking for the next due row"):
+            value: timedelta | None = await self.pool.fetchval(NEXT_DUE, ACTIVE)
         return value
 
     async def recorded_video_ids(self, candidates: Iterable[str]) -> frozenset[str]:
-        """Which of these provider ids some row already holds (never adopt one twice)."""
-        rows = await self.pool.fetch(
-            "select video_id from public.videos where video_id = any($1::text[])", list(candidates)
-        )
+        with driver_errors("looking up provider ids"):
+            rows = await self.pool.fetch(
+                "select video_id from public.videos where video_id = any($1::text[])",
+                list(candidates),
+            )
         return frozenset(r["video_id"] for r in rows)
 
     async def identical_in_doubt(
-        self, row_id: UUID, prompt: str, model: str, size: str, seconds: str
-    ) -> UUID | None:
-        """Another row whose identical request is being submitted (or is in doubt)."""
-        found: UUID | None = await self.pool.fetchval(
-            """select id from public.videos
-               where stage = 'submitting' and submit_key is not null and id <> $1
-                 and md5(prompt) = md5($2) and model = $3 and size = $4 and seconds = $5
-               limit 1""",
-            row_id,
-            prompt,
-            model,
-            size,
-            seconds,
-        )
-        return found
-
-    async def defer(self, job: Job, delay: timedelta) -> None:
-        """Give a row back untouched, to be looked at again after ``delay``."""
-        await self.pool.execute(
-            """update public.videos
-               set locked_by = null, locked_until = null, next_attempt_at = now() + $3::interval
-               where id = $1 and locked_by = $2""",
-            job.id,
-            self.worker_id,
-            delay,
-        )
+        self, row_id: RowId, prompt: str, model: str, size: str, seconds: str
+    ) -> RowId | None:
+        with driver_errors("looking for an identical request in doubt"):
+            found: UUID | None = await self.pool.fetchval(
+                """select id from public.videos
+                   where stage = 'submitting' and submit_key is not null and id <> $1
+                     and md5(prompt) = md5($2) and model = $3 and size = $4 and seconds = $5
+                   limit 1""",
+                row_id,
+                prompt,
+                model,
+                size,
+                seconds,
+            )
+        return None if found is None else RowId(found)
 
     async def insert_request(
         self,
@@ -199,45 +391,62 @@ class Repository:
         model: str | None = None,
         size: str | None = None,
         seconds: str | None = None,
-    ) -> UUID:
-        row_id: UUID = await self.pool.fetchval(
-            """insert into public.videos (prompt, image1_url, image2_url, model, size, seconds)
-               values ($1, $2, $3, $4, $5, $6) returning id""",
-            prompt,
-            image1_url,
-            image2_url,
-            model,
-            size,
-            seconds,
-        )
-        return row_id
+    ) -> RowId:
+        with driver_errors("inserting a request"):
+            row_id: UUID = await self.pool.fetchval(
+                """insert into public.videos
+                       (prompt, image1_url, image2_url, model, size, seconds)
+                   values ($1, $2, $3, $4, $5, $6) returning id""",
+                prompt,
+                image1_url,
+                image2_url,
+                model,
+                size,
+                seconds,
+            )
+        return RowId(row_id)
+
+    async def load(self, row_id: RowId) -> Job | None:
+        with driver_errors(f"reading row {row_id}"):
+            record = await self.pool.fetchrow(
+                f"select {JOB_COLUMNS} from public.videos where id = $1", row_id
+            )
+        return None if record is None else job_from_record(record)
+
+    # ------------------------------------------------------------ operators' reads
 
     async def recent(self, limit: int, status: str | None = None) -> list[dict[str, Any]]:
         """The newest rows, optionally of one status (for ``sora-worker list``)."""
-        rows = await self.pool.fetch(
-            """select id, status, stage, progress, attempts, created_at, video_url, error
-               from public.videos where $2::text is null or status = $2
-               order by created_at desc limit $1""",
-            limit,
-            status,
-        )
+        with driver_errors("listing rows"):
+            rows = await self.pool.fetch(
+                """select id, status, stage, progress, attempts, created_at, video_url, error
+                   from public.videos where $2::text is null or status = $2
+                   order by created_at desc limit $1""",
+                limit,
+                status,
+            )
         return [dict(r) for r in rows]
 
     async def stats(self) -> dict[str, Any]:
         """Rows per stage and how long the oldest unfinished one has waited."""
-        counts = await self.pool.fetch("select stage, count(*) as n from public.videos group by 1")
-        oldest = await self.pool.fetchval(
-            "select extract(epoch from now() - min(created_at)) from public.videos "
-            "where stage = any($1::text[])",
-            ACTIVE,
-        )
+        with driver_errors("counting rows"):
+            counts = await self.pool.fetch(
+                "select stage, count(*) as n from public.videos group by 1"
+            )
+            oldest = await self.pool.fetchval(
+                "select extract(epoch from now() - min(created_at)) from public.videos "
+                "where stage = any($1::text[])",
+                ACTIVE,
+            )
         return {
             "stages": {r["stage"]: r["n"] for r in counts},
             "oldest_unfinished_seconds": None if oldest is None else round(float(oldest), 1),
         }
 
     async def fetch_row(self, row_id: UUID) -> dict[str, Any] | None:
-        record = await self.pool.fetchrow("select * from public.videos where id = $1", row_id)
+        """Every column of a row, as front ends see it (for ``show`` and the demo)."""
+        with driver_errors(f"reading row {row_id}"):
+            record = await self.pool.fetchrow("select * from public.videos where id = $1", row_id)
         return None if record is None else dict(record)
 
 

@@ -22,20 +22,20 @@ from service import fetch
 from service.config import Settings
 from service.daemon import Worker, WorkerOptions
 from service.embedded import start_embedded_postgres
-from service.events.listen import Listener
-from service.events.wakeup import Wakeup
 from service.local_servers import SharedServer, instance_id
 from service.machine import Policy
 from service.migrations import migrate
 from service.providers.base import VideoProvider
 from service.providers.openai_videos import OpenAIVideos
-from service.repository import Repository
+from service.repository import PostgresRepository
 from service.simulator import Simulator, SimulatorConfig
 from service.steps import Defaults, Steps
 from service.storage.base import ObjectStore
 from service.storage.local import PARTIAL_MAX_AGE, LocalStore, remove_stale_partials
 from service.storage.server import StorageServer
 from service.storage.supabase import SupabaseStore, default_bucket_specs
+from service.wakeups.listen import Listener
+from service.wakeups.wakeup import Wakeup
 
 log = structlog.get_logger("service.runtime")
 
@@ -49,7 +49,7 @@ class Runtime:
     settings: Settings
     dsn: str
     pool: asyncpg.Pool
-    repo: Repository
+    repo: PostgresRepository
     provider: VideoProvider
     store: ObjectStore
     http: httpx.AsyncClient
@@ -141,7 +141,7 @@ async def open_runtime(
             settings=settings,
             dsn=dsn,
             pool=pool,
-            repo=Repository(pool, settings.worker_id, settings.lease),
+            repo=PostgresRepository(pool, settings.worker_id, settings.lease),
             provider=provider,
             store=store,
             http=http,

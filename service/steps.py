@@ -14,9 +14,8 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Protocol
-from uuid import UUID
 
 import httpx
 import structlog
@@ -28,13 +27,15 @@ from service.machine import (
     Event,
     Generated,
     GenerationFailed,
+    InDoubt,
     IntentRecorded,
     Job,
     NotFoundAtProvider,
     NotSubmitted,
-    OutcomeUnknown,
     Progressed,
     Rejected,
+    RowId,
+    SubmitKey,
     Transient,
     Vanished,
     Waiting,
@@ -47,13 +48,14 @@ log = structlog.get_logger("service.steps")
 
 
 class Ledger(Protocol):
-    """What submission and reconciliation need to know about other rows (the repository)."""
+    """What submission and reconciliation ask about other rows (part of the Repository
+    port; named apart so that steps cannot claim, checkpoint or release)."""
 
     async def recorded_video_ids(self, candidates: Iterable[str]) -> frozenset[str]: ...
 
     async def identical_in_doubt(
-        self, row_id: UUID, prompt: str, model: str, size: str, seconds: str
-    ) -> UUID | None: ...
+        self, row_id: RowId, prompt: str, model: str, size: str, seconds: str
+    ) -> RowId | None: ...
 
 
 TURN_WAIT = timedelta(milliseconds=500)
@@ -94,13 +96,17 @@ class Steps:
 
     # ------------------------------------------------------------ submit
 
-    async def prepare(self, job: Job) -> tuple[Event, VideoRequest | None]:
-        """Validate the row and build the request; nothing is sent to the provider yet."""
+    async def prepare(self, job: Job) -> Event:
+        """Validate the row and build the request; nothing is sent to the provider yet.
+
+        The request travels in ``IntentRecorded``: the daemon checkpoints the intent,
+        then hands the same request to ``create``.
+        """
         if job.provider is not None and job.provider != self.provider.name:
             return Rejected(
                 f"row was submitted through provider {job.provider!r}, "
                 f"but this worker runs {self.provider.name!r}"
-            ), None
+            )
         model = job.model or self.defaults.model
         size = job.size or self.defaults.size
         seconds = job.seconds or self.defaults.seconds
@@ -108,23 +114,23 @@ class Steps:
         # stored text, so two prompts differing in whitespace must stay two requests.
         prompt = job.prompt or ""
         if not prompt.strip():
-            return Rejected("the row has no prompt"), None
+            return Rejected("the row has no prompt")
         try:
             self.provider.validate(model, size, seconds)
         except providers.RequestRejected as err:
-            return Rejected(str(err)), None
+            return Rejected(str(err))
         twin = await self.ledger.identical_in_doubt(job.id, prompt, model, size, seconds)
         if twin is not None:
             # Identical requests take turns (see videos_one_in_doubt_per_request); ask
             # before fetching any photo, so waiting costs nothing.
-            return Waiting(f"an identical request (row {twin}) is being submitted", TURN_WAIT), None
+            return Waiting(f"an identical request (row {twin}) is being submitted", TURN_WAIT)
         try:
             reference = await self._reference(job, size)
         except (fetch.FetchError, images.ImageError) as err:
             if err.permanent:
-                return Rejected(str(err)), None
-            return NotSubmitted(str(err)), None
-        key = uuid.uuid4()
+                return Rejected(str(err))
+            return NotSubmitted(str(err))
+        key = SubmitKey(uuid.uuid4())
         request = VideoRequest(
             prompt=prompt,
             model=model,
@@ -134,7 +140,7 @@ class Steps:
             reference=reference,
             reference_content_type=images.REFERENCE_MIME,
         )
-        return IntentRecorded(key, self.provider.name, model, size, seconds), request
+        return IntentRecorded(key, self.provider.name, request)
 
     async def _reference(self, job: Job, size: str) -> bytes | None:
         labelled = [
@@ -176,10 +182,10 @@ class Steps:
         except providers.ProviderUnavailable as err:
             return NotSubmitted(str(err), err.retry_after)
         except providers.OutcomeUnknown as err:
-            return OutcomeUnknown(str(err), err.retry_after)
+            return InDoubt(str(err), err.retry_after)
         return Accepted(job.id, job.progress)
 
-    async def reconcile(self, job: Job, now: datetime) -> Event:
+    async def reconcile(self, job: Job) -> Event:
         """An earlier create's outcome is unknown: find its job before submitting again.
 
         Identical requests take turns (a unique index allows one in doubt at a time), so
@@ -187,8 +193,10 @@ class Steps:
         there are several (someone else sent the same request), text-only ones are
         interchangeable and the oldest is taken; ones made from photos are not, and
         the row stays in doubt rather than take a video of other people. "Nothing
-        there" is believed only once an in-flight create would have timed out.
+        there" is believed only once an in-flight create would have timed out, judged
+        on the database's clock (``job.as_of`` against ``submitted_at``), never ours.
         """
+        now = job.as_of
         if job.submitted_at is None or job.model is None or job.size is None or job.seconds is None:
             return NotFoundAtProvider()
         request = VideoRequest(

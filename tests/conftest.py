@@ -140,6 +140,28 @@ async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
         yield opened
 
 
+@asynccontextmanager
+async def replica_of(runtime: Runtime, **overrides: Any) -> AsyncIterator[Runtime]:
+    """Another replica beside ``runtime``, wired the way ``sora-worker run`` wires one.
+
+    Same database and data directory; it shares the first one's local simulator and
+    storage server (as replicas on one machine do) and has its own pool and worker id.
+    ``overrides`` change its settings (``sweep_interval``, ``worker_id``, ...).
+    """
+    assert runtime.simulator is not None, "replicas share the first one's simulator"
+    storage_port = urlsplit(runtime.store.public_url("b", "k")).port
+    values: dict[str, Any] = {
+        "worker_id": f"{runtime.settings.worker_id}-replica",
+        "simulator_port": urlsplit(runtime.simulator.base_url).port,
+        "storage_port": storage_port,
+        **overrides,
+    }
+    async with open_runtime(
+        runtime.settings.model_copy(update=values), apply_migrations=False
+    ) as opened:
+        yield opened
+
+
 async def eventually(
     probe: Callable[[], Awaitable[Any]], check: Callable[[Any], bool], *, within: float = 20.0
 ) -> Any:

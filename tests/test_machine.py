@@ -11,30 +11,40 @@ import pytest
 
 from service.machine import (
     ACTIVE_STAGES,
-    STATUS_OF,
     Accepted,
     Action,
     Archived,
+    Change,
     Event,
+    ForgetIntent,
     Generated,
     GenerationFailed,
     IllegalTransition,
+    InDoubt,
     IntentRecorded,
     Job,
     NotFoundAtProvider,
     NotSubmitted,
-    OutcomeUnknown,
     Policy,
     Progressed,
+    RecordArchive,
+    RecordDownload,
+    RecordIntent,
+    RecordJob,
+    RecordProgress,
     Rejected,
+    RowId,
     Stage,
+    SubmitKey,
     Transient,
+    Transition,
     Vanished,
     Waiting,
     apply,
     next_action,
     retry_delay,
 )
+from service.providers.base import VideoRequest
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 POLICY = Policy(
@@ -43,14 +53,16 @@ POLICY = Policy(
     retry_base=timedelta(seconds=2),
     retry_cap=timedelta(seconds=60),
 )
-KEY = uuid.UUID(int=7)
+KEY = SubmitKey(uuid.UUID(int=7))
+REQUEST = VideoRequest("a hug", "sora-2", "720x1280", "4", str(KEY))
+INTENT = IntentRecorded(KEY, "openai", REQUEST)
 
 EVENTS: list[Event] = [
-    IntentRecorded(KEY, "openai", "sora-2", "720x1280", "4"),
+    INTENT,
     Accepted("video_1", 3),
     Rejected("bad input"),
     NotSubmitted("refused", timedelta(seconds=9)),
-    OutcomeUnknown("timeout"),
+    InDoubt("timeout"),
     NotFoundAtProvider(),
     Progressed(40, "in_progress"),
     Generated("http://provider/videos/video_1/content", NOW + timedelta(hours=1)),
@@ -61,46 +73,61 @@ EVENTS: list[Event] = [
     Waiting("an identical request is in doubt", timedelta(seconds=1)),
 ]
 
-# (stage, keyed?) -> event types the stage takes; everything else is illegal.
-LEGAL: dict[tuple[Stage, bool], set[type]] = {
-    (Stage.PENDING, False): {IntentRecorded, Rejected, NotSubmitted, Transient, Waiting},
-    (Stage.SUBMITTING, False): {
-        IntentRecorded,
-        Accepted,
-        Rejected,
-        NotSubmitted,
-        OutcomeUnknown,
-        NotFoundAtProvider,
-        Transient,
-        Waiting,
+S = Stage
+# (stage, keyed?) -> {event type: (the stage it leads to, the kind of change it records)}
+# for a fresh row (no attempts yet, no deadline near). Every pair not listed is illegal.
+EXPECTED: dict[tuple[Stage, bool], dict[type, tuple[Stage, type[Change] | None]]] = {
+    (S.PENDING, False): {
+        IntentRecorded: (S.SUBMITTING, RecordIntent),
+        Rejected: (S.FAILED, None),
+        NotSubmitted: (S.PENDING, None),
+        Transient: (S.PENDING, None),
+        Waiting: (S.PENDING, None),
     },
-    (Stage.SUBMITTING, True): {
-        Accepted,
-        Rejected,
-        NotSubmitted,
-        OutcomeUnknown,
-        NotFoundAtProvider,
-        Transient,
-        Waiting,
+    (S.SUBMITTING, False): {
+        IntentRecorded: (S.SUBMITTING, RecordIntent),
+        Accepted: (S.GENERATING, RecordJob),
+        Rejected: (S.FAILED, None),
+        NotSubmitted: (S.SUBMITTING, ForgetIntent),
+        InDoubt: (S.SUBMITTING, None),
+        NotFoundAtProvider: (S.SUBMITTING, ForgetIntent),
+        Transient: (S.SUBMITTING, None),
+        Waiting: (S.SUBMITTING, None),
     },
-    (Stage.GENERATING, False): {
-        Progressed,
-        Generated,
-        GenerationFailed,
-        Vanished,
-        Rejected,
-        Transient,
+    (S.SUBMITTING, True): {
+        Accepted: (S.GENERATING, RecordJob),
+        Rejected: (S.FAILED, None),
+        NotSubmitted: (S.SUBMITTING, ForgetIntent),
+        InDoubt: (S.SUBMITTING, None),
+        NotFoundAtProvider: (S.SUBMITTING, ForgetIntent),
+        Transient: (S.SUBMITTING, None),
+        Waiting: (S.SUBMITTING, None),
     },
-    (Stage.ARCHIVING, False): {Archived, GenerationFailed, Vanished, Rejected, Transient},
-    (Stage.COMPLETED, False): set(),
-    (Stage.FAILED, False): set(),
+    (S.GENERATING, False): {
+        Progressed: (S.GENERATING, RecordProgress),
+        Generated: (S.ARCHIVING, RecordDownload),
+        GenerationFailed: (S.FAILED, None),
+        Vanished: (S.GENERATING, None),
+        Rejected: (S.FAILED, None),
+        Transient: (S.GENERATING, None),
+    },
+    (S.ARCHIVING, False): {
+        Archived: (S.COMPLETED, RecordArchive),
+        GenerationFailed: (S.FAILED, None),
+        Vanished: (S.ARCHIVING, None),
+        Rejected: (S.FAILED, None),
+        Transient: (S.ARCHIVING, None),
+    },
+    (S.COMPLETED, False): {},
+    (S.FAILED, False): {},
 }
 
 
 def job(stage: Stage, *, keyed: bool = False, attempts: int = 0, **kw: object) -> Job:
     return Job(
-        id=uuid.UUID(int=1),
+        id=RowId(uuid.UUID(int=1)),
         stage=stage,
+        as_of=NOW,
         attempts=attempts,
         submit_key=KEY if keyed else None,
         video_id="video_1" if stage in (Stage.GENERATING, Stage.ARCHIVING) else None,
@@ -108,75 +135,77 @@ def job(stage: Stage, *, keyed: bool = False, attempts: int = 0, **kw: object) -
     )
 
 
-def run(j: Job, event: Event) -> object:
-    return apply(j, event, now=NOW, policy=POLICY, jitter=1.0)
+def run(j: Job, event: Event) -> Transition:
+    return apply(j, event, policy=POLICY, jitter=1.0)
 
 
-@pytest.mark.parametrize(("case", "event"), list(itertools.product(LEGAL, EVENTS)))
-def test_every_stage_event_pair_is_either_a_transition_or_refused(
+@pytest.mark.parametrize(("case", "event"), list(itertools.product(EXPECTED, EVENTS)))
+def test_every_stage_event_pair_leads_where_the_table_says_or_is_refused(
     case: tuple[Stage, bool], event: Event
 ) -> None:
     stage, keyed = case
     j = job(stage, keyed=keyed)
-    if type(event) in LEGAL[case]:
-        t = run(j, event)
-        assert t.status == STATUS_OF[t.stage]
-    else:
+    expected = EXPECTED[case].get(type(event))
+    if expected is None:
         with pytest.raises(IllegalTransition):
             run(j, event)
+        return
+    t = run(j, event)
+    assert (t.stage, type(t.change) if t.change is not None else None) == expected
+    assert (t.error is None) == (t.change is not None and not isinstance(t.change, ForgetIntent))
 
 
 def test_next_action_per_stage() -> None:
-    assert next_action(job(Stage.PENDING), inputs_in_hand=False) is Action.SUBMIT
-    assert next_action(job(Stage.SUBMITTING, keyed=True), inputs_in_hand=True) is Action.CREATE
-    assert next_action(job(Stage.SUBMITTING, keyed=True), inputs_in_hand=False) is Action.RECONCILE
-    assert next_action(job(Stage.SUBMITTING), inputs_in_hand=False) is Action.SUBMIT
-    assert next_action(job(Stage.GENERATING), inputs_in_hand=False) is Action.POLL
-    assert next_action(job(Stage.ARCHIVING), inputs_in_hand=False) is Action.ARCHIVE
-    assert next_action(job(Stage.COMPLETED), inputs_in_hand=False) is None
-    assert next_action(job(Stage.FAILED), inputs_in_hand=False) is None
+    assert next_action(job(Stage.PENDING), intent=None) is Action.PREPARE
+    assert next_action(job(Stage.SUBMITTING, keyed=True), intent=INTENT) is Action.CREATE
+    assert next_action(job(Stage.SUBMITTING, keyed=True), intent=None) is Action.RECONCILE
+    assert next_action(job(Stage.SUBMITTING), intent=None) is Action.PREPARE
+    assert next_action(job(Stage.GENERATING), intent=None) is Action.POLL
+    assert next_action(job(Stage.ARCHIVING), intent=None) is Action.ARCHIVE
+    assert next_action(job(Stage.COMPLETED), intent=None) is None
+    assert next_action(job(Stage.FAILED), intent=None) is None
+
+
+def test_an_intent_for_another_key_never_licenses_a_create() -> None:
+    """A row re-queued under a running task has a new key: the old request is not its."""
+    other = IntentRecorded(SubmitKey(uuid.UUID(int=8)), "openai", REQUEST)
+    assert next_action(job(Stage.SUBMITTING, keyed=True), intent=other) is Action.RECONCILE
 
 
 def test_intent_records_key_and_parameters_before_any_submission() -> None:
-    t = run(job(Stage.PENDING), EVENTS[0])
-    assert t.stage is Stage.SUBMITTING and t.status == "processing"
+    t = run(job(Stage.PENDING), INTENT)
+    assert t.stage is Stage.SUBMITTING
     assert t.delay == timedelta(0)
-    assert t.changes["submit_key"] == KEY
-    assert t.changes["mark_submitted"] is True
-    assert (t.changes["model"], t.changes["size"], t.changes["seconds"]) == (
-        "sora-2",
-        "720x1280",
-        "4",
-    )
+    assert t.change == RecordIntent(KEY, "openai", "sora-2", "720x1280", "4")
 
 
 def test_accepted_moves_to_generating_and_schedules_first_poll() -> None:
     t = run(job(Stage.SUBMITTING, keyed=True, attempts=2), Accepted("video_9", 5))
     assert t.stage is Stage.GENERATING
-    assert t.changes["video_id"] == "video_9"
+    assert t.change == RecordJob("video_9", 5)
     assert t.attempts == 0
     assert t.delay == POLICY.poll_interval
 
 
-def test_outcome_unknown_keeps_the_key_so_the_next_try_reconciles() -> None:
-    t = run(job(Stage.SUBMITTING, keyed=True), OutcomeUnknown("read timeout"))
+def test_a_create_in_doubt_keeps_the_key_so_the_next_try_reconciles() -> None:
+    t = run(job(Stage.SUBMITTING, keyed=True), InDoubt("read timeout"))
     assert t.stage is Stage.SUBMITTING
-    assert "submit_key" not in t.changes
+    assert t.change is None  # the key stays
     assert t.attempts == 1 and t.delay > timedelta(0)
-    assert next_action(job(Stage.SUBMITTING, keyed=True), inputs_in_hand=False) is Action.RECONCILE
+    assert next_action(job(Stage.SUBMITTING, keyed=True), intent=None) is Action.RECONCILE
 
 
 def test_not_submitted_drops_the_key_so_the_next_try_submits_afresh() -> None:
     t = run(job(Stage.SUBMITTING, keyed=True), NotSubmitted("429", timedelta(seconds=30)))
     assert t.stage is Stage.SUBMITTING
-    assert t.changes["submit_key"] is None
+    assert t.change == ForgetIntent()
     assert t.delay == timedelta(seconds=30)  # the provider's retry-after wins over backoff
 
 
 def test_not_found_at_provider_resubmits_immediately() -> None:
     t = run(job(Stage.SUBMITTING, keyed=True), NotFoundAtProvider())
     assert t.stage is Stage.SUBMITTING
-    assert t.changes["submit_key"] is None
+    assert t.change == ForgetIntent()
     assert t.delay == timedelta(0)
     assert t.attempts == 1
 
@@ -184,7 +213,7 @@ def test_not_found_at_provider_resubmits_immediately() -> None:
 def test_progress_is_clamped_and_polling_continues() -> None:
     t = run(job(Stage.GENERATING, attempts=2), Progressed(140, "in_progress"))
     assert t.stage is Stage.GENERATING
-    assert t.changes["progress"] == 99
+    assert t.change == RecordProgress(99)
     assert t.attempts == 0
     assert t.delay == POLICY.poll_interval
 
@@ -194,30 +223,27 @@ def test_generated_goes_straight_to_archiving_with_expiry() -> None:
     t = run(job(Stage.GENERATING), Generated("http://p/c", expires))
     assert t.stage is Stage.ARCHIVING
     assert t.delay == timedelta(0)
-    assert t.changes["openai_expires_at"] == expires
-    assert t.changes["openai_url"] == "http://p/c"
+    assert t.change == RecordDownload("http://p/c", expires)
 
 
 def test_archived_completes_with_permanent_url_and_checksum() -> None:
     t = run(job(Stage.ARCHIVING), Archived("http://s/v.mp4", 99, "f" * 64, "http://s/v.webp"))
-    assert t.stage is Stage.COMPLETED and t.status == "completed" and t.finished
-    assert t.changes["video_url"] == "http://s/v.mp4"
-    assert t.changes["video_sha256"] == "f" * 64
-    assert t.changes["mark_completed"] is True
-    assert t.changes["error"] is None
+    assert t.stage is Stage.COMPLETED and t.finished
+    assert t.change == RecordArchive("http://s/v.mp4", 99, "f" * 64, "http://s/v.webp")
+    assert t.error is None
 
 
 @pytest.mark.parametrize("stage", ACTIVE_STAGES)
 def test_permanent_errors_fail_with_the_reason(stage: Stage) -> None:
     t = run(job(stage), Rejected("image1_url answered HTTP 404"))
-    assert t.stage is Stage.FAILED and t.status == "failed"
-    assert t.changes["error"] == "image1_url answered HTTP 404"
+    assert t.stage is Stage.FAILED and t.finished
+    assert t.error == "image1_url answered HTTP 404"
 
 
 def test_generation_failure_keeps_the_providers_reason() -> None:
     t = run(job(Stage.GENERATING), GenerationFailed("moderation_blocked: no"))
     assert t.stage is Stage.FAILED
-    assert "moderation_blocked" in (t.changes["error"] or "")
+    assert "moderation_blocked" in (t.error or "")
 
 
 UNPAID = [job(Stage.PENDING), job(Stage.SUBMITTING)]  # the provider holds nothing yet
@@ -231,14 +257,12 @@ def test_before_submission_transient_errors_retry_with_growing_delay_then_fail(
     for attempts in range(POLICY.max_attempts - 1):
         t = run(replace(unpaid, attempts=attempts), Transient("connection reset"))
         assert t.stage is unpaid.stage and t.attempts == attempts + 1
-        assert "connection reset" in (t.changes["error"] or "")
+        assert "connection reset" in (t.error or "")
         delays.append(t.delay)
     assert delays == sorted(delays) and delays[0] < delays[-1]
     last = run(replace(unpaid, attempts=POLICY.max_attempts - 1), Transient("connection reset"))
     assert last.stage is Stage.FAILED
-    assert (
-        last.changes["error"] == f"gave up after {POLICY.max_attempts} attempts: connection reset"
-    )
+    assert last.error == f"gave up after {POLICY.max_attempts} attempts: connection reset"
     assert last.attempts == POLICY.max_attempts
 
 
@@ -270,7 +294,7 @@ def test_a_paid_job_fails_once_the_provider_can_no_longer_deliver(paid: Job, mes
     long_ago = NOW - POLICY.generation_timeout - POLICY.archive_grace - timedelta(seconds=1)
     t = run(replace(paid, submitted_at=long_ago), Transient("still down"))
     assert t.stage is Stage.FAILED
-    assert message in (t.changes["error"] or "") and "still down" in (t.changes["error"] or "")
+    assert message in (t.error or "") and "still down" in (t.error or "")
 
 
 @pytest.mark.parametrize("stage", [Stage.GENERATING, Stage.ARCHIVING])
@@ -278,7 +302,7 @@ def test_a_vanished_job_is_retried_a_few_times_then_failed(stage: Stage) -> None
     t = run(job(stage, submitted_at=RECENT), Vanished("job video_1 no longer exists"))
     assert t.stage is stage and t.attempts == 1
     last = run(job(stage, attempts=POLICY.max_attempts - 1, submitted_at=RECENT), Vanished("gone"))
-    assert last.stage is Stage.FAILED and "gone" in (last.changes["error"] or "")
+    assert last.stage is Stage.FAILED and "gone" in (last.error or "")
 
 
 def test_an_archive_is_retried_past_max_attempts_while_the_video_is_still_downloadable() -> None:
@@ -303,9 +327,7 @@ def test_a_job_the_provider_never_finishes_fails_after_the_generation_timeout() 
     submitted = NOW - POLICY.generation_timeout - timedelta(seconds=1)
     t = run(job(Stage.GENERATING, submitted_at=submitted), Progressed(50, "NOT_START"))
     assert t.stage is Stage.FAILED
-    assert "did not finish" in (t.changes["error"] or "") and "NOT_START" in (
-        t.changes["error"] or ""
-    )
+    assert "did not finish" in (t.error or "") and "NOT_START" in (t.error or "")
     fresh = job(Stage.GENERATING, submitted_at=NOW - timedelta(minutes=5))
     assert run(fresh, Progressed(50, "in_progress")).stage is Stage.GENERATING
 
@@ -315,7 +337,7 @@ def test_a_create_the_provider_certainly_refused_is_an_unpaid_retry() -> None:
         Stage.SUBMITTING, keyed=True, attempts=POLICY.max_attempts - 1, submitted_at=RECENT
     )
     t = run(refused, NotSubmitted("HTTP 401: check OPENAI_API_KEY"))
-    assert t.stage is Stage.FAILED and "gave up after" in (t.changes["error"] or "")
+    assert t.stage is Stage.FAILED and "gave up after" in (t.error or "")
 
 
 def test_waiting_is_not_a_failed_attempt() -> None:
@@ -323,4 +345,4 @@ def test_waiting_is_not_a_failed_attempt() -> None:
         job(Stage.SUBMITTING, keyed=True, attempts=3), Waiting("in flight", timedelta(seconds=7))
     )
     assert t.stage is Stage.SUBMITTING and t.attempts == 3
-    assert t.delay == timedelta(seconds=7) and t.changes["error"] == "waiting: in flight"
+    assert t.delay == timedelta(seconds=7) and t.error == "waiting: in flight"

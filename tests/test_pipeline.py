@@ -24,7 +24,7 @@ from PIL import Image
 from service.daemon import Worker
 from service.runtime import Runtime
 from service.simulator import FailureRule
-from tests.conftest import eventually
+from tests.conftest import eventually, replica_of
 
 
 @asynccontextmanager
@@ -260,21 +260,22 @@ async def test_a_huge_size_for_an_unchecked_model_fails_without_composing(
 
 
 async def test_notify_wakes_an_idle_worker_without_waiting_for_a_sweep(runtime: Runtime) -> None:
-    worker = runtime.worker(listen=True)
-    worker.options = type(worker.options)(**{**worker.options.__dict__, "sweep_interval": 3600.0})
-    assert worker.listener is not None
-    async with running(worker):
-        await asyncio.wait_for(worker.listener.connected.wait(), 10)
-        row_id = await runtime.repo.insert_request("woken by notify")
-        row = await finished(runtime, row_id, within=15)
+    async with replica_of(runtime, sweep_interval=3600.0) as quiet:
+        worker = quiet.worker(listen=True)
+        assert worker.listener is not None
+        async with running(worker):
+            await asyncio.wait_for(worker.listener.connected.wait(), 10)
+            row_id = await runtime.repo.insert_request("woken by notify")
+            row = await finished(runtime, row_id, within=15)
     assert row["status"] == "completed", row["error"]
 
 
 async def test_a_lost_notification_is_recovered_by_the_sweep(runtime: Runtime) -> None:
     # No LISTEN at all: every notification is "lost"; only the sweep can find the row.
-    worker = runtime.worker(listen=False)
-    worker.options = type(worker.options)(**{**worker.options.__dict__, "sweep_interval": 0.3})
-    async with running(worker):
+    async with (
+        replica_of(runtime, sweep_interval=0.3) as sweeping,
+        running(sweeping.worker(listen=False)),
+    ):
         row_id = await runtime.repo.insert_request("found by the sweep")
         row = await finished(runtime, row_id)
     assert row["status"] == "completed", row["error"]
@@ -335,9 +336,11 @@ async def test_a_row_whose_owner_died_is_taken_over_when_its_lease_lapses(runtim
 
 async def test_many_rows_flow_through_two_workers_each_submitted_once(runtime: Runtime) -> None:
     ids = [await runtime.repo.insert_request(f"video {n}") for n in range(12)]
-    first, second = runtime.worker(), runtime.worker()
-    second.repo = type(runtime.repo)(runtime.pool, "second-worker", runtime.repo.lease)
-    async with running(first), running(second):
+    async with (
+        replica_of(runtime) as other,
+        running(runtime.worker()),
+        running(other.worker()),
+    ):
         rows = [await finished(runtime, rid, within=40) for rid in ids]
     assert all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]
     assert runtime.simulator is not None
@@ -464,9 +467,11 @@ async def test_identical_requests_take_turns_and_each_gets_its_own_photos(
             await runtime.repo.insert_request("the same words", f"{host}/{i}.png")
             for i in range(len(colors))
         ]
-        second = runtime.worker()
-        second.repo = type(runtime.repo)(runtime.pool, "second-worker", runtime.repo.lease)
-        async with running(runtime.worker()), running(second):
+        async with (
+            replica_of(runtime) as other,
+            running(runtime.worker()),
+            running(other.worker()),
+        ):
             rows = [await finished(runtime, rid) for rid in ids]
     assert all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]
     assert runtime.simulator is not None and len(runtime.simulator.created) == len(colors)
@@ -509,20 +514,20 @@ async def test_a_text_only_row_in_doubt_adopts_the_oldest_identical_job(runtime:
 async def test_requeueing_a_finished_row_wakes_the_worker_and_makes_a_new_video(
     runtime: Runtime,
 ) -> None:
-    worker = runtime.worker(listen=True)
-    worker.options = type(worker.options)(**{**worker.options.__dict__, "sweep_interval": 3600.0})
-    assert worker.listener is not None
-    async with running(worker):
-        await asyncio.wait_for(worker.listener.connected.wait(), 10)
-        row_id = await runtime.repo.insert_request("again, please")
-        first = await finished(runtime, row_id)
-        await runtime.pool.execute("update videos set status = 'queued' where id = $1", row_id)
-        requeued = await row_of(runtime, row_id)
-        assert requeued["video_url"] is None and requeued["video_sha256"] is None
-        second = await eventually(
-            lambda: row_of(runtime, row_id),
-            lambda r: r["status"] == "completed" and r["video_id"] != first["video_id"],
-        )
+    async with replica_of(runtime, sweep_interval=3600.0) as quiet:
+        worker = quiet.worker(listen=True)
+        assert worker.listener is not None
+        async with running(worker):
+            await asyncio.wait_for(worker.listener.connected.wait(), 10)
+            row_id = await runtime.repo.insert_request("again, please")
+            first = await finished(runtime, row_id)
+            await runtime.pool.execute("update videos set status = 'queued' where id = $1", row_id)
+            requeued = await row_of(runtime, row_id)
+            assert requeued["video_url"] is None and requeued["video_sha256"] is None
+            second = await eventually(
+                lambda: row_of(runtime, row_id),
+                lambda r: r["status"] == "completed" and r["video_id"] != first["video_id"],
+            )
     assert second["video_url"] != first["video_url"]
     async with httpx.AsyncClient() as http:
         assert (await http.get(first["video_url"])).status_code == 200  # the old file survives

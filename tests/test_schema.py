@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from service.migrations import SQL_DIR, MigrationError, migrate
-from service.repository import Repository
+from service.repository import PostgresRepository
 
 
 async def test_migrations_apply_once_and_a_second_run_changes_nothing(empty_db_url: str) -> None:
@@ -74,7 +74,7 @@ async def test_a_seed_table_is_adopted_with_its_rows_kept(empty_db_url: str) -> 
         rows = {r["prompt"]: r for r in await conn.fetch("select * from videos")}
         # No old row stops the claim: a new request is claimable alongside them.
         await conn.execute("insert into videos (prompt) values ('new')")
-        repo = Repository(conn, "w", timedelta(seconds=30))  # type: ignore[arg-type]
+        repo = PostgresRepository(conn, "w", timedelta(seconds=30))  # type: ignore[arg-type]
         claimed = await repo.claim(10)
     finally:
         await conn.close()

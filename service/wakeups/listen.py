@@ -15,12 +15,12 @@ import uuid
 import asyncpg
 import structlog
 
-from service.events.wakeup import Wakeup
+from service.wakeups.wakeup import Wakeup
 
 CHANNEL = "sora_worker"  # the channel the trigger in sql/0002 notifies
 SELF_CHECK_PREFIX = "selfcheck:"
 
-log = structlog.get_logger("service.events.listen")
+log = structlog.get_logger("service.wakeups.listen")
 
 
 class Listener:

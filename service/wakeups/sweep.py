@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from service.events.wakeup import Wakeup
 from service.repository import Repository
+from service.wakeups.wakeup import Wakeup
 
 MIN_WAIT = 0.01
 LOCKED_ROW_WAIT = 0.5
