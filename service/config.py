@@ -170,10 +170,6 @@ class Settings(BaseSettings):
         return timedelta(seconds=self.lease_seconds)
 
     @property
-    def uses_simulator(self) -> bool:
-        return self.openai_api_key is None
-
-    @property
     def uses_supabase(self) -> bool:
         return self.supabase_url is not None
 

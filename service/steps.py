@@ -263,8 +263,8 @@ class Steps:
         except providers.ProviderError as err:
             return Transient(str(err), err.retry_after)
         except StorageError as err:
-            # Even a "permanent" refusal (bucket too small, wrong type) is a setting the
-            # operator can fix while the provider still holds the video: keep trying.
+            # Even a refusal (bucket too small, wrong type) is a setting the operator can
+            # fix while the provider still holds the video: keep trying (StorageError).
             return Transient(f"storage refused the video: {err}")
         except (httpx.HTTPError, OSError) as err:
             return Transient(f"archive interrupted: {err!r}")
@@ -306,5 +306,5 @@ async def _limit(chunks: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator[
     async for chunk in chunks:
         total += len(chunk)
         if total > max_bytes:
-            raise StorageError(f"file is larger than {max_bytes:,} bytes", permanent=True)
+            raise StorageError(f"file is larger than {max_bytes:,} bytes")
         yield chunk

@@ -9,6 +9,7 @@ the same key instead of piling up copies.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,11 +25,38 @@ class StoredObject:
 
 
 class StorageError(Exception):
-    """Writing failed. ``permanent`` errors (too large, refused) are not worth retrying."""
+    """Writing failed; ``str()`` says why and, for a refusal, which setting to change.
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.permanent = permanent
+    There is no "permanent" kind: a video is archived while the provider still holds
+    it, so even a refusal (a bucket too small, a wrong key) is retried until the link
+    expires, giving the operator that long to fix the setting the message names.
+    """
+
+
+PUBLIC_PREFIX = "/storage/v1/object/public"
+"""Where public objects live under a store's base URL (Supabase's shape, kept by both)."""
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+
+
+def check_bucket(bucket: str) -> None:
+    """Bucket names as Supabase allows them, and safe as a directory name."""
+    if not _BUCKET.match(bucket):
+        raise StorageError(f"invalid bucket name {bucket!r}")
+
+
+def key_parts(bucket: str, key: str) -> list[str]:
+    """The path segments of ``bucket/key``, after the one rule every store applies.
+
+    Plain names only (no ``..``, no empty or hidden segments, no spaces), so a key can
+    neither escape a directory on disk nor need escaping in a URL.
+    """
+    check_bucket(bucket)
+    parts = key.split("/")
+    if not all(_KEY_PART.match(part) for part in parts):
+        raise StorageError(f"invalid object key {key!r}")
+    return parts
 
 
 class ObjectStore(Protocol):

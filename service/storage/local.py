@@ -10,28 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import time
 import uuid
 from collections.abc import AsyncIterable
 from pathlib import Path
 from typing import BinaryIO
 
-from service.storage.base import Digest, StorageError, StoredObject
-
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
-PUBLIC_PREFIX = "/storage/v1/object/public"
+from service.storage.base import PUBLIC_PREFIX, Digest, StorageError, StoredObject, key_parts
 
 
 def object_path(root: Path, bucket: str, key: str) -> Path:
-    """The file for ``bucket/key``; refuses anything that could escape ``root``."""
-    if not _BUCKET.match(bucket):
-        raise StorageError(f"invalid bucket name {bucket!r}", permanent=True)
-    parts = key.split("/")
-    if not parts or not all(_KEY_PART.match(part) for part in parts):
-        raise StorageError(f"invalid object key {key!r}", permanent=True)
-    return root.joinpath(bucket, *parts)
+    """The file for ``bucket/key``; ``key_parts`` refuses anything that could escape ``root``."""
+    return root.joinpath(bucket, *key_parts(bucket, key))
 
 
 class LocalStore:

@@ -32,8 +32,14 @@ from storage3 import AsyncStorageClient
 from storage3.exceptions import StorageApiError
 from storage3.types import CreateOrUpdateBucketOptions
 
-from service.storage.base import Digest, StorageError, StoredObject
-from service.storage.local import _BUCKET, _KEY_PART, PUBLIC_PREFIX
+from service.storage.base import (
+    PUBLIC_PREFIX,
+    Digest,
+    StorageError,
+    StoredObject,
+    check_bucket,
+    key_parts,
+)
 
 KEY_SETTING = "SUPABASE_SERVICE_ROLE_KEY"
 DEFAULT_CACHE_CONTROL = "max-age=31536000"
@@ -111,7 +117,7 @@ class SupabaseStore:
         it accepts, is the owner's decision, so the error says what to change instead.
         """
         for bucket, spec in specs.items():
-            _check_bucket(bucket)
+            check_bucket(bucket)
             found = await self._get_bucket(bucket)
             if found is None:
                 found = await self._create_bucket(bucket, spec)
@@ -121,16 +127,14 @@ class SupabaseStore:
                     f"Supabase bucket {bucket!r} exists but is private, and videos need "
                     f"permanent public URLs. Make it public: Dashboard > Storage > {bucket} > "
                     f"Edit bucket > 'Public bucket' on, or SQL: update storage.buckets set "
-                    f"public = true where id = '{bucket}';",
-                    permanent=True,
+                    f"public = true where id = '{bucket}';"
                 )
             refused = [m for m in spec.allowed_mime_types if not _mime_allowed(m, allowed)]
             if refused:
                 raise StorageError(
                     f"Supabase bucket {bucket!r} does not accept {', '.join(refused)} "
                     f"(it allows {', '.join(allowed or [])}). Add them to its allowed MIME "
-                    f"types: Dashboard > Storage > {bucket} > Edit bucket.",
-                    permanent=True,
+                    f"types: Dashboard > Storage > {bucket} > Edit bucket."
                 )
             if limit is not None:
                 self._size_limits[bucket] = limit
@@ -167,8 +171,7 @@ class SupabaseStore:
                     f"cannot create Supabase bucket {bucket!r} with a file_size_limit of "
                     f"{spec.file_size_limit} bytes: that is above the project's global upload "
                     "limit (Dashboard > Project Settings > Storage). Lower the bucket limit "
-                    "or raise the project's.",
-                    permanent=True,
+                    "or raise the project's."
                 ) from err
             if status != 409:
                 raise self._api_error(err, f"creating bucket {bucket!r}", bucket) from err
@@ -241,7 +244,7 @@ class SupabaseStore:
         bucket: str,
         response: httpx.Response | None,
     ) -> StorageError:
-        """One readable, key-free StorageError; ``permanent`` only when retrying is futile."""
+        """One readable, key-free StorageError; "will retry" only where waiting alone can help."""
         detail = detail.replace(self._key, "[redacted]")
         shown = f"status {status}"
         if response is not None:
@@ -254,29 +257,23 @@ class SupabaseStore:
                 f"{said}. The object is larger than the file_size_limit of bucket {bucket!r}"
                 f"{known} or the project's global upload limit: raise the bucket's "
                 f"(Dashboard > Storage > {bucket} > Edit bucket) or the project's "
-                "(Dashboard > Project Settings > Storage > Upload file size limit).",
-                permanent=True,
+                "(Dashboard > Project Settings > Storage > Upload file size limit)."
             )
         if status in (401, 403):
             return StorageError(
                 f"{said}. Check {KEY_SETTING}: it must be this project's service_role "
-                "(secret) key, not the anon key; will retry.",
-                permanent=False,
+                "(secret) key, not the anon key; will retry."
             )
         if status == 404:
             return StorageError(
                 f"{said}. Bucket {bucket!r} does not exist (create it, or let ensure_buckets "
-                "do it at startup), or SUPABASE_URL is not the project URL.",
-                permanent=True,
+                "do it at startup), or SUPABASE_URL is not the project URL."
             )
         if status == 415:
-            return StorageError(
-                f"{said}. Add the type to bucket {bucket!r}'s allowed MIME types.",
-                permanent=True,
-            )
+            return StorageError(f"{said}. Add the type to bucket {bucket!r}'s allowed MIME types.")
         if 400 <= status < 500 and status not in _TRANSIENT:
-            return StorageError(said, permanent=True)
-        return StorageError(f"{said}; will retry.", permanent=False)
+            return StorageError(said)
+        return StorageError(f"{said}; will retry.")
 
 
 class _Feed:
@@ -318,8 +315,7 @@ class _Feed:
                     raise StorageError(
                         f"{self._bucket}/{self._key} is larger than the file_size_limit of "
                         f"bucket {self._bucket!r} ({self._limit:,} bytes): raise the limit "
-                        f"(Dashboard > Storage > {self._bucket} > Edit bucket).",
-                        permanent=True,
+                        f"(Dashboard > Storage > {self._bucket} > Edit bucket)."
                     )
         except BaseException as err:
             self.error = err
@@ -328,17 +324,8 @@ class _Feed:
 
 
 def _object_path(bucket: str, key: str) -> str:
-    """``bucket/key`` for a URL, validated like ``LocalStore`` and segment-quoted."""
-    _check_bucket(bucket)
-    parts = key.split("/")
-    if not all(_KEY_PART.match(part) for part in parts):
-        raise StorageError(f"invalid object key {key!r}", permanent=True)
-    return "/".join([bucket, *(quote(part, safe="") for part in parts)])
-
-
-def _check_bucket(bucket: str) -> None:
-    if not _BUCKET.match(bucket):
-        raise StorageError(f"invalid bucket name {bucket!r}", permanent=True)
+    """``bucket/key`` for a URL, after the stores' one key rule, segment-quoted."""
+    return "/".join([bucket, *(quote(part, safe="") for part in key_parts(bucket, key))])
 
 
 def _mime_allowed(mime: str, allowed: list[str] | None) -> bool:
@@ -374,6 +361,5 @@ def _read_error(response: httpx.Response) -> tuple[int, str]:
 
 def _unreachable(doing: str, err: httpx.TransportError) -> StorageError:
     return StorageError(
-        f"Supabase Storage unreachable while {doing}: {type(err).__name__}: {err}; will retry.",
-        permanent=False,
+        f"Supabase Storage unreachable while {doing}: {type(err).__name__}: {err}; will retry."
     )
