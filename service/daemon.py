@@ -121,9 +121,18 @@ class Worker:
                 backoff = 0.5
             except RepositoryError as err:
                 log.error("worker.database_unavailable", error=str(err), retry_in=backoff)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), backoff)
+                await self._pause(backoff)
                 backoff = min(backoff * 2, self.options.max_backoff)
+            except Exception:
+                # A bug of ours: said once with its traceback; the loop goes on.
+                log.exception("worker.claim_loop_failed", retry_in=backoff)
+                await self._pause(backoff)
+                backoff = min(backoff * 2, self.options.max_backoff)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait, but no longer than until ``stop()``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
 
     def _start(self, job: Job) -> None:
         task = asyncio.create_task(self._process(job), name=f"row-{job.id}")
@@ -197,11 +206,7 @@ class Worker:
                 transition = apply(job, event, policy=self.options.policy, jitter=random.random())
                 go_on = transition.delay.total_seconds() <= 0 and not transition.finished
                 go_on = go_on and not self.stopping.is_set()
-                # The write that records a paid-for effect must land even if we are
-                # being cancelled right now: shield it.
-                job_after = await asyncio.shield(
-                    self.repo.checkpoint(job, transition, keep_lease=go_on)
-                )
+                job_after = await _land(self.repo.checkpoint(job, transition, keep_lease=go_on))
                 self._log(job, job_after, transition, event, action, time.monotonic() - started)
                 job = job_after
                 if not go_on:
@@ -268,3 +273,18 @@ class Worker:
         if transition.log_event == "video.progress":
             level = log.debug if after.progress == before.progress else log.info
         level(transition.log_event, **fields, event_type=type(event).__name__)
+
+
+async def _land(write: Awaitable[Job]) -> Job:
+    """Finish a checkpoint even if the task is cancelled meanwhile, then let the cancel go on.
+
+    The write may record a paid-for effect (the provider's job id): it must land, and
+    land before shutdown hands the row back, or the release would make it miss.
+    """
+    task = asyncio.ensure_future(write)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise

@@ -407,7 +407,7 @@ def _on_submission(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
                 0,
                 policy.poll_interval,
                 "video.submitted",
-                change=RecordJob(event.video_id, event.progress),
+                change=RecordJob(event.video_id, _percent(event.progress)),
             )
         case NotFoundAtProvider() if stage is Stage.SUBMITTING:
             return _retry_afresh(
@@ -443,7 +443,7 @@ def _on_generation(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
                 0,
                 policy.poll_interval,
                 "video.progress",
-                change=RecordProgress(max(0, min(event.progress, 99))),
+                change=RecordProgress(_percent(event.progress)),
             )
         case Generated() if stage is Stage.GENERATING:
             return Transition(
@@ -470,6 +470,12 @@ def _on_generation(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
             # 404 for a moment: give it max_attempts tries before failing the row.
             return _retry(job, event.reason, None, policy, jitter, bounded=True)
     return None
+
+
+def _percent(progress: int) -> int:
+    """A provider's progress as a running job's: 0-99 (100 means archived), whatever it
+    reported (gateways send odd values)."""
+    return max(0, min(progress, 99))
 
 
 def _overdue(job: Job, policy: Policy) -> bool:

@@ -57,6 +57,11 @@ class SchemaMissing(RepositoryError):
     """The table or a column is missing: the migrations have not run."""
 
 
+class Refused(RepositoryError):
+    """The database refused the values (a CHECK or NOT NULL rule): retrying the same
+    write cannot help; it is a bug in the caller or a row the schema does not allow."""
+
+
 class LeaseLost(RepositoryError):
     """The row is no longer ours (another worker claimed it, it was re-queued, or its
     stage moved on): the write changed nothing."""
@@ -271,6 +276,8 @@ def driver_errors(doing: str) -> Iterator[None]:
     except asyncpg.UniqueViolationError as err:
         rule = next((r for r in Rule if r.value == err.constraint_name), None)
         raise Conflict(rule, f"{doing}: {err.constraint_name or 'a uniqueness rule'}") from err
+    except asyncpg.IntegrityConstraintViolationError as err:
+        raise Refused(f"{doing}: refused by {err.constraint_name or 'a rule'}: {err}") from err
     except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as err:
         raise SchemaMissing(f"{doing}: {err}; run `sora-worker migrate`") from err
     except (

@@ -58,7 +58,11 @@ class Listener:
                 backoff = min(backoff * 2, self.max_backoff)
 
     async def _session(self) -> None:
-        conn: asyncpg.Connection = await asyncpg.connect(self.dsn)
+        # Bounded like the self-check: a path that swallows packets must not hold a
+        # reconnect for asyncpg's default 60 s.
+        conn: asyncpg.Connection = await asyncpg.connect(
+            self.dsn, timeout=self.echo_timeout + self.check_every
+        )
         closed = asyncio.Event()
         conn.add_termination_listener(lambda _conn: closed.set())
         try:
@@ -79,11 +83,14 @@ class Listener:
                 conn.terminate()
 
     async def _self_check(self, conn: asyncpg.Connection) -> None:
+        """NOTIFY ourselves and expect the echo, all within ``echo_timeout``: a connection
+        that silently stops delivering blocks the NOTIFY itself, not just the echo."""
         self._token = SELF_CHECK_PREFIX + uuid.uuid4().hex
         self._echo = asyncio.get_running_loop().create_future()
-        await conn.execute("select pg_notify($1, $2)", CHANNEL, self._token)
         try:
-            await asyncio.wait_for(self._echo, self.echo_timeout)
+            async with asyncio.timeout(self.echo_timeout):
+                await conn.execute("select pg_notify($1, $2)", CHANNEL, self._token)
+                await self._echo
         except TimeoutError as err:
             raise TimeoutError("LISTEN self-check got no echo") from err
 

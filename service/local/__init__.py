@@ -1,0 +1,1 @@
+"""Local stand-ins: never imported by a production worker."""

@@ -1,0 +1,338 @@
+"""``Repository`` in memory: the PostgreSQL adapter's semantics without a server.
+
+Tests of the daemon need a database they can break on purpose (an outage, a bug in one
+call) and a clock they can move; a real server offers neither cheaply. This adapter
+mirrors ``PostgresRepository``'s SQL statement by statement (the same guards, the same
+columns per change, the two unique indexes), and ``tests/test_repository_contract.py``
+runs one suite against both so they cannot drift apart.
+
+Every method reads ``clock`` once, as a statement reads ``now()`` once, and none awaits
+anything: like a single statement, each call is atomic with respect to other tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+from service.machine import (
+    ACTIVE_STAGES,
+    ForgetIntent,
+    Job,
+    RecordArchive,
+    RecordDownload,
+    RecordIntent,
+    RecordJob,
+    RecordProgress,
+    RowId,
+    Stage,
+    SubmitKey,
+    Transition,
+)
+from service.repository import STATUS_OF, Conflict, LeaseLost, Rule
+
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+class ManualClock:
+    """A clock that moves only when told (plus ``tick`` per reading, if set).
+
+    ``tick`` imitates a server whose ``now()`` differs between statements, so that
+    "time moved on between two reads" holds without waiting for real time.
+    """
+
+    def __init__(self, start: datetime | None = None, tick: timedelta = timedelta(0)) -> None:
+        self.now = start or datetime(2025, 1, 1, tzinfo=UTC)
+        self.tick = tick
+
+    def __call__(self) -> datetime:
+        self.now += self.tick
+        return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
+
+
+@dataclass
+class Row:
+    """One ``videos`` row: the columns the worker reads or writes (sql/0001)."""
+
+    id: RowId
+    next_attempt_at: datetime
+    created_at: datetime
+    prompt: str | None = None
+    image1_url: str | None = None
+    image2_url: str | None = None
+    model: str | None = None
+    size: str | None = None
+    seconds: str | None = None
+    stage: Stage = Stage.PENDING
+    status: str = "queued"
+    attempts: int = 0
+    provider: str | None = None
+    video_id: str | None = None
+    submit_key: SubmitKey | None = None
+    submitted_at: datetime | None = None
+    progress: int = 0
+    locked_by: str | None = None
+    locked_until: datetime | None = None
+    error: str | None = None
+    openai_url: str | None = None
+    openai_expires_at: datetime | None = None
+    video_url: str | None = None
+    video_bytes: int | None = None
+    video_sha256: str | None = None
+    thumbnail_url: str | None = None
+    completed_at: datetime | None = None
+
+    def job(self, as_of: datetime) -> Job:
+        return Job(
+            id=self.id,
+            stage=self.stage,
+            as_of=as_of,
+            attempts=self.attempts,
+            prompt=self.prompt,
+            image1_url=self.image1_url,
+            image2_url=self.image2_url,
+            model=self.model,
+            size=self.size,
+            seconds=self.seconds,
+            provider=self.provider,
+            video_id=self.video_id,
+            submit_key=self.submit_key,
+            submitted_at=self.submitted_at,
+            progress=self.progress,
+            expires_at=self.openai_expires_at,
+        )
+
+
+def _in_doubt_key(row: Row) -> tuple[str, str, str, str] | None:
+    """The key of ``videos_one_in_doubt_per_request`` (None: not in the partial index, or
+    a NULL part, which a unique index never compares equal)."""
+    if row.stage is not Stage.SUBMITTING or row.submit_key is None:
+        return None
+    if row.prompt is None or row.model is None or row.size is None or row.seconds is None:
+        return None
+    return (hashlib.md5(row.prompt.encode()).hexdigest(), row.model, row.size, row.seconds)
+
+
+@dataclass
+class Table:
+    """The rows that several ``MemoryRepository`` instances (replicas) share."""
+
+    clock: Clock = system_clock
+    rows: dict[RowId, Row] = field(default_factory=dict)
+
+
+class MemoryRepository:
+    """``Repository`` over a dict, with a settable clock and injectable failures.
+
+    ``clock`` plays the server's ``now()``; replicas made with ``replica()`` share the
+    rows and the clock (``table``), as replicas share one database. ``fail_with``: while
+    set, every call (or only those named in ``fail_methods``) raises it and changes
+    nothing: an outage, or a bug, on demand.
+
+    Not mirrored: the CHECK constraints (a bad insert is stored as given) and row locks
+    (there are no transactions for a claim to skip over).
+    """
+
+    def __init__(
+        self,
+        worker_id: str = "memory",
+        lease: timedelta = timedelta(seconds=30),
+        *,
+        clock: Clock = system_clock,
+        table: Table | None = None,
+    ) -> None:
+        self.worker_id = worker_id
+        self.lease = lease
+        self.table = table if table is not None else Table(clock)
+        self.fail_with: Exception | None = None
+        self.fail_methods: frozenset[str] = frozenset()
+
+    def replica(self, worker_id: str, lease: timedelta | None = None) -> MemoryRepository:
+        """Another worker on the same rows and clock (its own faults)."""
+        return MemoryRepository(worker_id, self.lease if lease is None else lease, table=self.table)
+
+    @property
+    def rows(self) -> dict[RowId, Row]:
+        return self.table.rows
+
+    def _now(self, method: str) -> datetime:
+        """Raise the injected failure, if any, else read the clock once (``now()``)."""
+        if self.fail_with is not None and (not self.fail_methods or method in self.fail_methods):
+            raise self.fail_with
+        return self.table.clock()
+
+    # ------------------------------------------------------------ the port
+
+    async def claim(self, limit: int, exclude: Iterable[RowId] = ()) -> list[Job]:
+        now = self._now("claim")
+        skip = set(exclude)
+        due = sorted(
+            (
+                row
+                for row in self.rows.values()
+                if row.stage in ACTIVE_STAGES
+                and row.next_attempt_at <= now
+                and (row.locked_until is None or row.locked_until < now)
+                and row.id not in skip
+            ),
+            key=lambda row: row.next_attempt_at,
+        )[: max(limit, 0)]
+        for row in due:
+            row.locked_by = self.worker_id
+            row.locked_until = now + self.lease
+        return [row.job(now) for row in due]
+
+    async def checkpoint(self, job: Job, transition: Transition, *, keep_lease: bool) -> Job:
+        now = self._now("checkpoint")
+        row = self.rows.get(job.id)
+        if (
+            row is None
+            or row.stage is not job.stage
+            or row.locked_by != self.worker_id
+            or row.submit_key != job.submit_key
+        ):
+            raise LeaseLost(f"row {job.id} is no longer ours in stage {job.stage}")
+        after = replace(
+            row,
+            stage=transition.stage,
+            status=STATUS_OF[transition.stage],
+            attempts=transition.attempts,
+            next_attempt_at=now + transition.delay,
+            locked_by=row.locked_by if keep_lease else None,
+            locked_until=now + self.lease if keep_lease else None,
+            error=transition.error,
+        )
+        match transition.change:
+            case RecordIntent() as change:
+                after.submit_key = change.submit_key
+                after.provider = change.provider
+                after.model = change.model
+                after.size = change.size
+                after.seconds = change.seconds
+                after.submitted_at = now
+            case ForgetIntent():
+                after.submit_key = None
+            case RecordJob() as change:
+                after.video_id = change.video_id
+                after.progress = change.progress
+            case RecordProgress() as change:
+                after.progress = change.progress
+            case RecordDownload() as change:
+                after.openai_url = change.content_url
+                after.openai_expires_at = change.expires_at
+                after.progress = 100
+            case RecordArchive() as change:
+                after.video_url = change.video_url
+                after.video_bytes = change.video_bytes
+                after.video_sha256 = change.video_sha256
+                after.thumbnail_url = change.thumbnail_url
+                after.progress = 100
+                after.completed_at = now
+            case None:
+                pass
+        self._check_unique(after)
+        self.rows[row.id] = after
+        return after.job(now)
+
+    def _check_unique(self, after: Row) -> None:
+        """The two unique indexes of sql/0001: refuse the write, change nothing."""
+        others = [row for row in self.rows.values() if row.id != after.id]
+        rule: Rule | None = None
+        if after.video_id is not None and any(r.video_id == after.video_id for r in others):
+            rule = Rule.ONE_ROW_PER_VIDEO
+        key = _in_doubt_key(after)
+        if rule is None and key is not None and any(_in_doubt_key(r) == key for r in others):
+            rule = Rule.ONE_IN_DOUBT_PER_REQUEST
+        if rule is not None:
+            raise Conflict(rule, f"checkpointing row {after.id}: {rule.value}")
+
+    async def heartbeat(self, ids: Iterable[RowId]) -> int:
+        now = self._now("heartbeat")
+        ours = [
+            row for i in set(ids) if (row := self.rows.get(i)) and row.locked_by == self.worker_id
+        ]
+        for row in ours:
+            row.locked_until = now + self.lease
+        return len(ours)
+
+    async def release(self, ids: Iterable[RowId]) -> None:
+        self._now("release")
+        for i in set(ids):
+            row = self.rows.get(i)
+            if row is not None and row.locked_by == self.worker_id:
+                row.locked_by = row.locked_until = None
+
+    async def defer(self, job: Job, delay: timedelta) -> None:
+        now = self._now("defer")
+        row = self.rows.get(job.id)
+        if row is not None and row.locked_by == self.worker_id:
+            row.locked_by = row.locked_until = None
+            row.next_attempt_at = now + delay
+
+    async def next_due_in(self) -> timedelta | None:
+        now = self._now("next_due_in")
+        due = [
+            max(row.next_attempt_at, row.locked_until or row.next_attempt_at)
+            for row in self.rows.values()
+            if row.stage in ACTIVE_STAGES
+        ]
+        return min(due) - now if due else None
+
+    async def recorded_video_ids(self, candidates: Iterable[str]) -> frozenset[str]:
+        self._now("recorded_video_ids")
+        held = {row.video_id for row in self.rows.values() if row.video_id is not None}
+        return frozenset(held.intersection(candidates))
+
+    async def identical_in_doubt(
+        self, row_id: RowId, prompt: str, model: str, size: str, seconds: str
+    ) -> RowId | None:
+        self._now("identical_in_doubt")
+        wanted = (hashlib.md5(prompt.encode()).hexdigest(), model, size, seconds)
+        return next(
+            (
+                row.id
+                for row in self.rows.values()
+                if row.id != row_id and _in_doubt_key(row) == wanted
+            ),
+            None,
+        )
+
+    async def insert_request(
+        self,
+        prompt: str,
+        image1_url: str | None = None,
+        image2_url: str | None = None,
+        *,
+        model: str | None = None,
+        size: str | None = None,
+        seconds: str | None = None,
+    ) -> RowId:
+        now = self._now("insert_request")
+        row_id = RowId(uuid.uuid4())
+        self.rows[row_id] = Row(
+            id=row_id,
+            next_attempt_at=now,
+            created_at=now,
+            prompt=prompt,
+            image1_url=image1_url,
+            image2_url=image2_url,
+            model=model,
+            size=size,
+            seconds=seconds,
+        )
+        return row_id
+
+    async def load(self, row_id: RowId) -> Job | None:
+        now = self._now("load")
+        row = self.rows.get(row_id)
+        return None if row is None else row.job(now)

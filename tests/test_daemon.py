@@ -1,0 +1,500 @@
+"""The daemon's failure paths: what a user relies on when something goes wrong.
+
+The worker runs on ``MemoryRepository`` (the contract suite holds it to PostgreSQL's
+semantics), whose faults can be switched on and off, and on a scripted provider (a fake
+at the provider's edge). Nothing here sleeps to synchronise: tests wait on logged
+events, rows' states and asyncio Events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from structlog.testing import capture_logs
+
+from service import fetch
+from service.daemon import Worker, WorkerOptions
+from service.local.memory_repository import ManualClock, MemoryRepository, Row
+from service.machine import Job, Policy, RecordIntent, RowId, Stage, SubmitKey, Transition
+from service.providers.base import ProviderJob, Variant, VideoRequest
+from service.repository import DatabaseUnavailable, Rule
+from service.steps import Defaults, Steps
+from service.storage.local import LocalStore
+from service.wakeups.listen import Listener
+from service.wakeups.wakeup import Wakeup
+from tests.conftest import eventually
+
+Logs = list[dict[str, Any]]
+
+POLICY = Policy(
+    poll_interval=timedelta(milliseconds=50),
+    max_attempts=3,
+    retry_base=timedelta(milliseconds=50),
+    retry_cap=timedelta(milliseconds=200),
+)
+
+
+class ScriptedProvider:
+    """A provider whose answers the test decides: instant, hanging, or a bug."""
+
+    name = "scripted"
+    submit_timeout = timedelta(seconds=1)
+
+    def __init__(self) -> None:
+        self.submitted: list[VideoRequest] = []
+        self.submit_started = asyncio.Event()
+        self.submit_cancelled = asyncio.Event()
+        self.hang_submit = False
+        self.buggy_prompts: set[str] = set()
+
+    def validate(self, model: str, size: str, seconds: str) -> None:
+        pass
+
+    async def submit(self, request: VideoRequest) -> ProviderJob:
+        self.submitted.append(request)
+        self.submit_started.set()
+        if self.hang_submit:
+            try:
+                await asyncio.Event().wait()  # a create that never answers
+            except asyncio.CancelledError:
+                self.submit_cancelled.set()
+                raise
+        kind = "buggy" if request.prompt in self.buggy_prompts else "video"
+        return ProviderJob(f"{kind}_{len(self.submitted)}", "queued", 0, "queued")
+
+    async def find_submitted(
+        self, request: VideoRequest, submitted_after: datetime
+    ) -> list[ProviderJob]:
+        return []
+
+    async def retrieve(self, job_id: str) -> ProviderJob:
+        if job_id.startswith("buggy"):
+            raise ValueError("a bug in the provider adapter")
+        return ProviderJob(job_id, "completed", 100, "completed")
+
+    @asynccontextmanager
+    async def download(self, job_id: str, variant: Variant = "video") -> AsyncIterator[Any]:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield f"{variant} of {job_id}".encode()
+
+        yield chunks()
+
+    def content_url(self, job_id: str) -> str:
+        return f"https://provider.invalid/videos/{job_id}/content"
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.fixture
+def provider() -> ScriptedProvider:
+    return ScriptedProvider()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+@pytest.fixture
+def logs() -> Iterable[Logs]:
+    with capture_logs() as captured:
+        yield captured
+
+
+def make_worker(
+    repo: MemoryRepository,
+    provider: ScriptedProvider,
+    http: httpx.AsyncClient,
+    tmp_path: Path,
+    **options: Any,
+) -> Worker:
+    steps = Steps(
+        provider,
+        LocalStore(tmp_path / "store", "http://store.invalid"),
+        http,
+        defaults=Defaults("sora-2", "720x1280", "8"),
+        video_bucket="videos",
+        photo_limits=fetch.Limits(max_bytes=1_000_000, timeout=1.0),
+        ledger=repo,
+    )
+    values: dict[str, Any] = dict(
+        concurrency=4,
+        sweep_interval=0.5,
+        lease_seconds=repo.lease.total_seconds(),
+        shutdown_grace=1.0,
+        policy=POLICY,
+        restart_delay=0.05,
+    )
+    values.update(options)
+    return Worker(repo, steps, WorkerOptions(**values))
+
+
+@asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(worker.run())
+    try:
+        yield task
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 5)
+
+
+async def logged(
+    logs: Logs,
+    event: str,
+    where: Callable[[dict[str, Any]], bool] = lambda _: True,
+    *,
+    count: int = 1,
+    within: float = 4,
+) -> list[dict[str, Any]]:
+    """Wait until ``event`` was logged ``count`` times (matching ``where``); return them."""
+
+    async def matching() -> list[dict[str, Any]]:
+        return [e for e in logs if e["event"] == event and where(e)]
+
+    found: list[dict[str, Any]] = await eventually(
+        matching, lambda found: len(found) >= count, within=within
+    )
+    return found
+
+
+async def row_state(repo: MemoryRepository, row_id: RowId) -> Row:
+    return repo.rows[row_id]
+
+
+# ---------------------------------------------------------------- (a) shutdown
+
+
+async def test_a_hung_step_is_cancelled_after_the_grace_and_its_row_released_at_once(
+    provider: ScriptedProvider, http: httpx.AsyncClient, tmp_path: Path, logs: Logs
+) -> None:
+    repo = MemoryRepository("worker-a", timedelta(minutes=5))
+    provider.hang_submit = True
+    row = await repo.insert_request("a create that never answers")
+    worker = make_worker(repo, provider, http, tmp_path, shutdown_grace=0.2)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(provider.submit_started.wait(), 4)
+    assert repo.rows[row].locked_by == "worker-a"
+
+    worker.stop()
+    await asyncio.wait_for(task, 4)  # run() returns within the grace, not the lease
+
+    assert provider.submit_cancelled.is_set()
+    [cancelling] = await logged(logs, "worker.cancelling")
+    assert cancelling["rows"] == [str(row)]
+    assert (repo.rows[row].locked_by, repo.rows[row].locked_until) == (None, None)
+    # Another worker takes it over now, not five minutes from now; the intent was
+    # recorded before the create, so it will reconcile rather than pay twice.
+    [taken] = await repo.replica("worker-b").claim(5)
+    assert (taken.id, taken.stage) == (row, Stage.SUBMITTING)
+    assert taken.submit_key is not None
+
+
+# ---------------------------------------------------------------- (b) database outage
+
+
+async def test_a_database_outage_backs_off_then_work_resumes(
+    provider: ScriptedProvider, http: httpx.AsyncClient, tmp_path: Path, logs: Logs
+) -> None:
+    repo = MemoryRepository("worker-a")
+    row = await repo.insert_request("made after the outage")
+    repo.fail_with = DatabaseUnavailable("claiming rows: connection refused")
+    worker = make_worker(repo, provider, http, tmp_path, max_backoff=0.8)
+
+    async with running(worker) as task:
+        outage = await logged(logs, "worker.database_unavailable", count=3)
+        assert [e["retry_in"] for e in outage[:3]] == [0.5, 0.8, 0.8]  # grows, capped
+        assert outage[0]["error"] == "claiming rows: connection refused"
+        assert not task.done()  # the worker waits the outage out; it never exits
+        assert repo.rows[row].stage is Stage.PENDING
+
+        repo.fail_with = None
+        done = await eventually(
+            lambda: row_state(repo, row), lambda r: r.stage is Stage.COMPLETED, within=4
+        )
+        assert done.video_url is not None and done.error is None
+
+        # A successful pass reset the backoff: the next outage starts from the shortest wait.
+        before = len([e for e in logs if e["event"] == "worker.database_unavailable"])
+        repo.fail_with = DatabaseUnavailable("again")
+        again = await logged(logs, "worker.database_unavailable", count=before + 1)
+        assert again[before]["retry_in"] == 0.5
+        repo.fail_with = None
+
+
+# ---------------------------------------------------------------- (c) side tasks
+
+
+class HeartbeatCrashesOnce(MemoryRepository):
+    """A bug (not a database error) in the first heartbeat; later ones work."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.crashed = False
+        self.beats_after_crash = 0
+
+    async def heartbeat(self, ids: Iterable[RowId]) -> int:
+        if not self.crashed:
+            self.crashed = True
+            raise RuntimeError("a bug in heartbeat")
+        self.beats_after_crash += 1
+        return await super().heartbeat(ids)
+
+
+async def test_a_crashed_heartbeat_is_restarted_and_keeps_the_lease(
+    provider: ScriptedProvider, http: httpx.AsyncClient, tmp_path: Path, logs: Logs
+) -> None:
+    lease = timedelta(seconds=0.6)
+    repo = HeartbeatCrashesOnce("worker-a", lease)
+    provider.hang_submit = True  # keeps the row in flight, so heartbeats have work
+    row = await repo.insert_request("a long create")
+    worker = make_worker(repo, provider, http, tmp_path, shutdown_grace=0.1)
+
+    async with running(worker):
+        await asyncio.wait_for(provider.submit_started.wait(), 4)
+        first_lease_end = repo.rows[row].locked_until
+        assert first_lease_end is not None
+
+        [died] = await logged(logs, "worker.side_task_died")
+        assert (died["task"], died["restart_in"]) == ("heartbeat", 0.05)
+        assert died["log_level"] == "error"
+        extended = await eventually(
+            lambda: row_state(repo, row),
+            lambda r: r.locked_until is not None and r.locked_until > first_lease_end + lease,
+            within=4,
+        )
+        assert extended.locked_by == "worker-a"
+        assert repo.beats_after_crash >= 2
+        # The first lease is long over, yet nobody else may take the row.
+        assert datetime.now(UTC) > first_lease_end
+        assert await repo.replica("worker-b").claim(5) == []
+
+
+# ---------------------------------------------------------------- (d) a bug in a step
+
+
+async def test_a_crashing_step_retries_its_row_and_the_worker_serves_the_others(
+    provider: ScriptedProvider, http: httpx.AsyncClient, tmp_path: Path, logs: Logs
+) -> None:
+    repo = MemoryRepository("worker-a")
+    provider.buggy_prompts.add("polled by a buggy adapter")
+    buggy = await repo.insert_request("polled by a buggy adapter")
+    fine = await repo.insert_request("an ordinary video")
+    worker = make_worker(repo, provider, http, tmp_path)
+
+    async with running(worker):
+        crashed = await logged(logs, "video.step_crashed", count=2)
+        assert crashed[0]["action"] == "poll"
+        assert crashed[0]["exc_info"] is True  # logged with its traceback
+        kept = await eventually(lambda: row_state(repo, buggy), lambda r: r.attempts >= 2, within=4)
+        assert kept.stage is Stage.GENERATING  # the paid-for job is not lost
+        assert kept.video_id is not None and kept.video_id.startswith("buggy")
+        assert kept.error is not None
+        assert kept.error.endswith("will retry: internal error in poll: ValueError")
+        done = await eventually(
+            lambda: row_state(repo, fine), lambda r: r.stage is Stage.COMPLETED, within=4
+        )
+        assert done.video_url is not None
+
+
+# ---------------------------------------------------------------- (e) identical requests
+
+
+class RaceWithTwin(MemoryRepository):
+    """Another replica records the identical request's intent right after this worker
+    looked for one: the window the unique index closes."""
+
+    twin: tuple[MemoryRepository, Job] | None = None
+
+    async def identical_in_doubt(
+        self, row_id: RowId, prompt: str, model: str, size: str, seconds: str
+    ) -> RowId | None:
+        found = await super().identical_in_doubt(row_id, prompt, model, size, seconds)
+        if self.twin is not None:
+            other, twin_job = self.twin
+            self.twin = None
+            change = RecordIntent(SubmitKey(uuid.uuid4()), "scripted", model, size, seconds)
+            await other.checkpoint(
+                twin_job,
+                Transition(Stage.SUBMITTING, 0, timedelta(0), "test", change=change),
+                keep_lease=True,
+            )
+        return found
+
+
+async def test_an_identical_request_in_doubt_defers_the_row_without_sending_it(
+    provider: ScriptedProvider, http: httpx.AsyncClient, tmp_path: Path, logs: Logs
+) -> None:
+    clock = ManualClock()  # frozen: the deferred row stays not due while we look
+    repo = RaceWithTwin("worker-a", clock=clock)
+    other = repo.replica("worker-b")
+    twin = await repo.insert_request("the same cat twice")
+    clock.advance(timedelta(milliseconds=1))
+    row = await repo.insert_request("the same cat twice")
+    [twin_job] = await other.claim(1)
+    assert twin_job.id == twin
+    repo.twin = (other, twin_job)
+    worker = make_worker(repo, provider, http, tmp_path, policy=POLICY)
+
+    async with running(worker):
+        [deferred] = await logged(logs, "video.deferred")
+        assert deferred["rule"] is Rule.ONE_IN_DOUBT_PER_REQUEST
+        assert deferred["stage"] == "pending"
+        state = await eventually(
+            lambda: row_state(repo, row), lambda r: r.locked_by is None, within=4
+        )
+    assert (state.stage, state.submit_key, state.attempts) == (Stage.PENDING, None, 0)
+    assert state.next_attempt_at == clock.now + POLICY.retry_base
+    assert provider.submitted == []  # nothing was sent for it (nor for the twin)
+    assert repo.rows[twin].stage is Stage.SUBMITTING
+
+
+# ---------------------------------------------------------------- (f) LISTEN self-check
+
+
+class FlakyProxy:
+    """A TCP proxy to PostgreSQL whose server-to-client direction can fail silently.
+
+    ``frozen``: the server's bytes stop arriving, as on a connection a middlebox dropped
+    without a FIN or RST. ``deaf``: everything but notifications arrives, as when LISTEN
+    goes through a transaction-mode pooler. Only plain (``sslmode=disable``) protocol v3
+    is spoken, so the server's side is a stream of typed, length-prefixed messages.
+    """
+
+    def __init__(self, server_url: str) -> None:
+        parts = urlsplit(server_url)
+        query = parse_qs(parts.query)
+        self.host = query.get("host", [parts.hostname or "localhost"])[0]
+        self.port = parts.port or int(query.get("port", ["5432"])[0])
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.deaf = False
+        self.connections = 0
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+
+    def freeze(self) -> None:
+        self.flowing.clear()
+
+    def thaw(self) -> None:
+        self.flowing.set()
+
+    async def _upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.host.startswith("/"):
+            return await asyncio.open_unix_connection(f"{self.host}/.s.PGSQL.{self.port}")
+        return await asyncio.open_connection(self.host, self.port)
+
+    async def _to_server(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+
+    async def _to_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        pending = b""
+        while data := await reader.read(65536):
+            pending += data
+            out = bytearray()
+            while len(pending) >= 5:
+                end = 1 + int.from_bytes(pending[1:5], "big")
+                if len(pending) < end:
+                    break
+                message, pending = pending[:end], pending[end:]
+                if not (self.deaf and message[:1] == b"A"):  # A: NotificationResponse
+                    out += message
+            await self.flowing.wait()
+            writer.write(out)
+            await writer.drain()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        up_r, up_w = await self._upstream()
+        self._writers += [client_w, up_w]
+        pumps = [
+            asyncio.create_task(self._to_server(client_r, up_w)),
+            asyncio.create_task(self._to_client(up_r, client_w)),
+        ]
+        self._tasks.update(pumps)
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            for writer in (client_w, up_w):
+                writer.close()
+
+    async def __aenter__(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.thaw()
+        for writer in self._writers:
+            writer.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+
+@asynccontextmanager
+async def listening_through(proxy: FlakyProxy, db_url: str, logs: Logs) -> AsyncIterator[Wakeup]:
+    """A Listener with a fast self-check, connected through ``proxy`` and ready."""
+    parts = urlsplit(db_url)
+    async with proxy as port:
+        dsn = f"postgresql://{parts.username}@127.0.0.1:{port}{parts.path}?sslmode=disable"
+        wakeup = Wakeup()
+        listener = Listener(dsn, wakeup, check_every=0.1, echo_timeout=0.2, max_backoff=0.5)
+        task = asyncio.create_task(listener.run())
+        try:
+            await logged(logs, "listen.ready")
+            assert "listen.connected" in await wakeup.wait(4)
+            yield wakeup
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def test_the_listener_notices_notifications_stop_and_reconnects(
+    db_url: str, logs: Logs
+) -> None:
+    proxy = FlakyProxy(db_url)
+    async with listening_through(proxy, db_url, logs) as wakeup:
+        proxy.deaf = True  # queries still answer; the echo never comes
+        [lost] = await logged(logs, "listen.lost")
+        assert lost["error"] == "LISTEN self-check got no echo"
+        assert lost["log_level"] == "warning"
+        proxy.deaf = False
+        await logged(logs, "listen.ready", count=2)
+        # Notifications sent while deaf are gone for good: the reconnect says "look again".
+        assert "listen.connected" in await wakeup.wait(4)
+        assert proxy.connections == 2
+
+
+async def test_the_listener_notices_a_silent_connection_and_reconnects(
+    db_url: str, logs: Logs
+) -> None:
+    proxy = FlakyProxy(db_url)
+    async with listening_through(proxy, db_url, logs) as wakeup:
+        proxy.freeze()  # the server's bytes stop arriving at all
+        await logged(logs, "listen.lost", within=2)
+        proxy.thaw()
+        await logged(logs, "listen.ready", count=2)
+        assert "listen.connected" in await wakeup.wait(4)
