@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -21,11 +22,18 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+import service.local.simulator
 from service.config import Settings
-from service.embedded import start_embedded_postgres
+from service.local.embedded import start_embedded_postgres
+from service.local.simulator import SimulatorConfig
 from service.migrations import migrate
 from service.runtime import Runtime, open_runtime
-from service.simulator import SimulatorConfig
+
+# The simulator moved to service.local.simulator (the `local` extra). tests/test_pipeline.py
+# is being rewritten on another branch and still imports the old name; this alias lets it
+# run until it is merged. Delete it once no test imports `service.simulator`: the package
+# itself has one import path per name.
+sys.modules.setdefault("service.simulator", service.local.simulator)
 
 FAST_SIMULATOR = dict(queue_seconds=0.05, generation_seconds=0.3)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import asyncpg
 
-from service.simulator import Simulator, SimulatorConfig
+from service.local.simulator import Simulator, SimulatorConfig
 from tests.conftest import eventually
 from tests.test_local_servers import free_port
 

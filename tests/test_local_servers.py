@@ -9,10 +9,10 @@ import httpx
 import pytest
 
 from service.config import Settings
-from service.local_servers import PortTaken, SharedServer, instance_id
+from service.local.sharing import PortTaken, SharedServer, instance_id
+from service.local.storage_server import StorageServer
 from service.providers.base import VideoRequest
 from service.runtime import open_runtime
-from service.storage.server import StorageServer
 from tests.conftest import eventually, make_settings
 
 

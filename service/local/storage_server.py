@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from service.serving import serve
+from service.local.serving import serve
 from service.storage.base import StorageError
 from service.storage.local import PUBLIC_PREFIX, object_path
 
