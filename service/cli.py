@@ -168,8 +168,17 @@ async def run_worker(settings: Settings, *, migrate_first: bool, listen: bool) -
     async with open_runtime(settings, apply_migrations=migrate_first) as runtime:
         worker = runtime.worker(listen=listen)
         loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            # The first signal asks for a graceful stop; removing the handlers gives the
+            # next Ctrl-C Python's default (KeyboardInterrupt: exit 130 at once), so an
+            # operator who will not wait out SORA_SHUTDOWN_GRACE need not reach for kill.
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+            worker.stop()
+
         for sig in STOP_SIGNALS:
-            loop.add_signal_handler(sig, worker.stop)
+            loop.add_signal_handler(sig, stop)
         await worker.run()
     return 0
 

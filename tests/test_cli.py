@@ -68,6 +68,55 @@ async def test_run_serves_rows_and_exits_cleanly_on_sigterm(db_url: str, tmp_pat
     assert "worker.stopped" in events
 
 
+async def test_a_second_ctrl_c_during_the_grace_period_exits_at_once(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The first SIGINT drains (up to SORA_SHUTDOWN_GRACE); the second one does not wait."""
+    connected = asyncio.Event()
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connected.set()  # the row's photo fetch is in flight, and stays so
+        await reader.read()  # until the worker goes away
+        writer.close()
+
+    photos = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = photos.sockets[0].getsockname()[1]
+    env = env_for(db_url, tmp_path, SORA_SHUTDOWN_GRACE="120", SORA_IMAGE_TIMEOUT="120")
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "run", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(30):
+            while b"worker.started" not in await proc.stderr.readline():
+                pass
+        conn = await asyncpg.connect(db_url)
+        try:
+            await conn.execute(
+                "insert into videos (prompt, image1_url) values ('hang', $1)",
+                f"http://127.0.0.1:{port}/photo.jpg",
+            )
+        finally:
+            await conn.close()
+        async with asyncio.timeout(30):
+            await connected.wait()
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            while b"worker.draining" not in await proc.stderr.readline():
+                pass
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(15):  # far below the 120 s grace
+            stderr = (await proc.communicate())[1].decode()
+        assert proc.returncode == 130, stderr
+        assert "Traceback" not in stderr, stderr
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        photos.close()
+        await photos.wait_closed()
+
+
 async def test_demo_prints_the_completed_row_as_json_on_its_last_line(
     db_url: str, tmp_path: Path
 ) -> None:
