@@ -191,14 +191,11 @@ async def test_simulate_serves_the_sdk_and_stops_cleanly_on_sigterm() -> None:
 
     import openai
 
-    from tests.test_local_servers import free_port
-
-    port = free_port()
     proc = await asyncio.create_subprocess_exec(
         *CLI,
         "simulate",
         "--port",
-        str(port),
+        "0",
         "--generation-seconds",
         "0.1",
         env={k: v for k, v in os.environ.items() if not k.startswith("SORA_")},
@@ -209,8 +206,10 @@ async def test_simulate_serves_the_sdk_and_stops_cleanly_on_sigterm() -> None:
     try:
         async with asyncio.timeout(30):
             line = await proc.stderr.readline()
-        assert json.loads(line)["event"] == "simulator.listening"
-        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-any")
+        listening = json.loads(line)
+        assert listening["event"] == "simulator.listening"
+        # Port 0: the process binds a free port and says which; nothing to race for.
+        client = openai.AsyncOpenAI(base_url=listening["base_url"], api_key="sk-any")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             video = await client.videos.create(prompt="a lighthouse")
