@@ -1,4 +1,4 @@
-"""Does archiving stay flat in memory whatever the video size? (DESIGN principle 5)
+"""Does archiving stay flat in memory whatever the video size? (README: "Stream, never buffer")
 
 Streams a video of N MiB from a local server speaking the Videos API content endpoint,
 through the real OpenAI adapter (official SDK), into the local store, and reports the

@@ -30,8 +30,8 @@ import httpx
 
 from service import logs
 from service.daemon import Worker, WorkerOptions
-from service.embedded import start_embedded_postgres
 from service.fetch import Limits
+from service.local.embedded import start_embedded_postgres
 from service.machine import Policy
 from service.migrations import migrate
 from service.providers.base import ProviderJob, VideoRequest

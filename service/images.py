@@ -8,14 +8,19 @@ a blurred copy of itself, so no harsh black bars).
 Photos are untrusted bytes: only JPEG, PNG and WebP, a pixel limit checked before
 decoding, and JPEGs decoded straight at the size needed (``draft``) so a 48 MP phone
 photo costs a few MB, not 150. (Fetching them is ``fetch.py``.)
+
+Pillow is imported inside the functions that decode and compose: only rows with photos
+need it, and loading it with the worker would cost every start (and every command).
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from typing import TYPE_CHECKING
 
-from PIL import Image, ImageFilter, ImageOps
+if TYPE_CHECKING:
+    from PIL import Image
 
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
 MAX_PIXELS = 40_000_000
@@ -35,6 +40,8 @@ def decode(label: str, data: bytes, fit: tuple[int, int] | None = None) -> Image
 
     With ``fit``, a JPEG is decoded at the smallest scale still covering that size.
     """
+    from PIL import Image, ImageOps
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -63,6 +70,8 @@ def decode(label: str, data: bytes, fit: tuple[int, int] | None = None) -> Image
 
 def compose_reference(photos: list[Image.Image], width: int, height: int) -> bytes:
     """One JPEG of exactly ``width`` x ``height`` showing every photo whole."""
+    from PIL import Image
+
     canvas = Image.new("RGB", (width, height), (16, 16, 16))
     for photo, box in zip(photos, _cells(len(photos), width, height), strict=True):
         _place(canvas, photo, box)
@@ -87,6 +96,8 @@ def _cells(count: int, width: int, height: int) -> list[tuple[int, int, int, int
 
 
 def _place(canvas: Image.Image, photo: Image.Image, box: tuple[int, int, int, int]) -> None:
+    from PIL import Image, ImageFilter, ImageOps
+
     left, top, right, bottom = box
     cell = (right - left, bottom - top)
     backdrop = ImageOps.fit(photo, cell).filter(ImageFilter.GaussianBlur(radius=24))

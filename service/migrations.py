@@ -4,6 +4,10 @@ Safe to run twice and from many replicas at once: an advisory lock serialises
 runners, each file runs in its own transaction together with its record, and a file
 that changed after it was applied is refused (its checksum no longer matches) rather
 than silently skipped.
+
+The files ship inside the package (``service/sql``, a link to the top-level ``sql/`` in
+the repository, real files in the wheel) and are read through ``importlib.resources``,
+so an installed worker migrates just as a checkout does.
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR: Traversable = files("service") / "sql"
 LOCK_KEY = 0x50_52_41_5F_57_4B  # any constant; identifies our migration lock
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -36,9 +41,10 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def load(directory: Path = SQL_DIR) -> list[Migration]:
+def load(directory: Traversable = SQL_DIR) -> list[Migration]:
     found = []
-    for path in sorted(directory.glob("*.sql")):
+    paths = (path for path in directory.iterdir() if path.name.endswith(".sql"))
+    for path in sorted(paths, key=lambda path: path.name):
         match = _NAME.match(path.name)
         if match is None:
             raise MigrationError(f"{path.name}: migration files are named NNNN_words.sql")
@@ -49,7 +55,7 @@ def load(directory: Path = SQL_DIR) -> list[Migration]:
 
 
 async def migrate(
-    conn: asyncpg.Connection | PoolConnectionProxy, directory: Path = SQL_DIR
+    conn: asyncpg.Connection | PoolConnectionProxy, directory: Traversable = SQL_DIR
 ) -> list[str]:
     """Apply pending migrations; returns the names applied now.
 

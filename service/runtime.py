@@ -3,7 +3,8 @@
 With no settings at all it runs everything on this machine: an embedded PostgreSQL,
 the local Sora simulator (said loudly in the log: no real video is generated) and
 local-disk storage served over HTTP. Each real service replaces its stand-in as soon
-as its setting is given.
+as its setting is given. The stand-ins (``service.local``, the ``local`` extra) are
+imported only when one is needed, so a production worker never loads them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import asyncpg
 import httpx
@@ -21,21 +23,21 @@ import structlog
 from service import fetch
 from service.config import Settings
 from service.daemon import Worker, WorkerOptions
-from service.embedded import start_embedded_postgres
-from service.local_servers import SharedServer, instance_id
+from service.extras import local_extra
 from service.machine import Policy
 from service.migrations import migrate
 from service.providers.base import VideoProvider
 from service.providers.openai_videos import OpenAIVideos
 from service.repository import PostgresRepository
-from service.simulator import Simulator, SimulatorConfig
 from service.steps import Defaults, Steps
 from service.storage.base import ObjectStore
 from service.storage.local import PARTIAL_MAX_AGE, LocalStore, remove_stale_partials
-from service.storage.server import StorageServer
 from service.storage.supabase import SupabaseStore, default_bucket_specs
 from service.wakeups.listen import Listener
 from service.wakeups.wakeup import Wakeup
+
+if TYPE_CHECKING:
+    from service.local.simulator import Simulator, SimulatorConfig
 
 log = structlog.get_logger("service.runtime")
 
@@ -90,7 +92,13 @@ class Runtime:
 async def database_url(settings: Settings) -> str:
     if settings.database_url is not None:
         return settings.database_url.get_secret_value()
-    dsn = start_embedded_postgres(settings.data_dir)
+    with local_extra(
+        "DATABASE_URL is unset, so sora-worker would start an embedded PostgreSQL",
+        "set DATABASE_URL",
+    ):
+        from service.local.embedded import start_embedded_postgres
+
+        dsn = start_embedded_postgres(settings.data_dir)
     log.info("database.embedded", data_dir=str(settings.data_dir.resolve() / "pg"))
     return dsn
 
@@ -165,6 +173,13 @@ async def _open_provider(
         stack.push_async_callback(provider.aclose)
         log.info("provider.openai", base_url=provider.base_url, model=settings.model)
         return None, provider
+    with local_extra(
+        "OPENAI_API_KEY is unset, so sora-worker would start the local Sora simulator",
+        "set OPENAI_API_KEY (and OPENAI_BASE_URL)",
+    ):
+        from service.local.sharing import SharedServer, instance_id
+        from service.local.simulator import Simulator, SimulatorConfig
+
     config = replace(
         simulator_config or SimulatorConfig(), state_dir=settings.data_dir / "simulator"
     )
@@ -203,6 +218,13 @@ async def _open_store(
         )
         log.info("storage.supabase", url=supabase.url, bucket=settings.video_bucket)
         return supabase
+    with local_extra(
+        "SUPABASE_URL is unset, so sora-worker would serve videos from its local storage server",
+        "set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY",
+    ):
+        from service.local.sharing import SharedServer, instance_id
+        from service.local.storage_server import StorageServer
+
     root = settings.data_dir / "storage"
     root.mkdir(parents=True, exist_ok=True)
     removed = await asyncio.to_thread(remove_stale_partials, root, PARTIAL_MAX_AGE)

@@ -22,10 +22,10 @@ import asyncpg
 import pytest
 
 from service.config import Settings
-from service.embedded import start_embedded_postgres
+from service.local.embedded import start_embedded_postgres
+from service.local.simulator import SimulatorConfig
 from service.migrations import migrate
 from service.runtime import Runtime, open_runtime
-from service.simulator import SimulatorConfig
 
 FAST_SIMULATOR = dict(queue_seconds=0.05, generation_seconds=0.3)
 

@@ -8,17 +8,18 @@ changed stage), not on a timer, and the choice of victim is seeded.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 
-from service.simulator import Simulator, SimulatorConfig
+from service.local.simulator import Simulator, SimulatorConfig
 from tests.conftest import eventually
-from tests.test_local_servers import free_port
 
 ROWS = 12
 KILLS = 6
@@ -35,7 +36,7 @@ async def test_killing_replicas_at_random_loses_nothing_and_pays_once(
             OPENAI_API_KEY="sk-chaos",
             OPENAI_BASE_URL=sim.base_url,
             SORA_DATA_DIR=str(tmp_path),
-            SORA_STORAGE_PORT=str(free_port()),
+            SORA_STORAGE_PORT="0",  # the first replica binds a free port; see start()
             SORA_POLL_INTERVAL="0.1",
             SORA_LEASE_SECONDS="1",
             SORA_RETRY_BASE="0.1",
@@ -44,19 +45,38 @@ async def test_killing_replicas_at_random_loses_nothing_and_pays_once(
             SORA_LOG_FORMAT="json",
         )
         workers: list[asyncio.subprocess.Process] = []
+        drains: list[asyncio.Task[None]] = []
 
         async def start() -> None:
-            workers.append(
-                await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "service.cli",
-                    "run",
-                    env=env,
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.DEVNULL,
-                )
+            """Start a replica; the first one's storage port becomes everyone's.
+
+            Replicas share the local storage server on one fixed port. Rather than pick
+            a port in advance (another program could take it before the replica binds
+            it), the first replica binds port 0 and logs where it serves; the others,
+            and replacements of killed ones, are told that port.
+            """
+            first = not workers
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "service.cli",
+                "run",
+                env=env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE if first else asyncio.subprocess.DEVNULL,
             )
+            workers.append(proc)
+            if first:
+                assert proc.stderr is not None
+                async with asyncio.timeout(30):
+                    while True:
+                        line = await proc.stderr.readline()
+                        assert line, "the first replica exited before serving storage"
+                        if b'"storage.local"' in line:
+                            break
+                env["SORA_STORAGE_PORT"] = str(urlsplit(json.loads(line)["url"]).port)
+                # Keep reading, so a full pipe never blocks the replica's logging.
+                drains.append(asyncio.create_task(_drain(proc.stderr)))
 
         conn = await asyncpg.connect(db_url)
         try:
@@ -94,9 +114,15 @@ async def test_killing_replicas_at_random_loses_nothing_and_pays_once(
                     worker.send_signal(signal.SIGTERM)
             for worker in workers:
                 await worker.wait()
+            await asyncio.gather(*drains)
             await conn.close()
 
     assert len(ids) == ROWS
     assert all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]
     assert len({r["video_id"] for r in rows}) == ROWS
     assert len(sim.created) == ROWS  # nothing paid twice, no orphan job
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.read(65536):
+        pass

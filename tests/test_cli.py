@@ -68,6 +68,55 @@ async def test_run_serves_rows_and_exits_cleanly_on_sigterm(db_url: str, tmp_pat
     assert "worker.stopped" in events
 
 
+async def test_a_second_ctrl_c_during_the_grace_period_exits_at_once(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The first SIGINT drains (up to SORA_SHUTDOWN_GRACE); the second one does not wait."""
+    connected = asyncio.Event()
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connected.set()  # the row's photo fetch is in flight, and stays so
+        await reader.read()  # until the worker goes away
+        writer.close()
+
+    photos = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = photos.sockets[0].getsockname()[1]
+    env = env_for(db_url, tmp_path, SORA_SHUTDOWN_GRACE="120", SORA_IMAGE_TIMEOUT="120")
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "run", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(30):
+            while b"worker.started" not in await proc.stderr.readline():
+                pass
+        conn = await asyncpg.connect(db_url)
+        try:
+            await conn.execute(
+                "insert into videos (prompt, image1_url) values ('hang', $1)",
+                f"http://127.0.0.1:{port}/photo.jpg",
+            )
+        finally:
+            await conn.close()
+        async with asyncio.timeout(30):
+            await connected.wait()
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            while b"worker.draining" not in await proc.stderr.readline():
+                pass
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(15):  # far below the 120 s grace
+            stderr = (await proc.communicate())[1].decode()
+        assert proc.returncode == 130, stderr
+        assert "Traceback" not in stderr, stderr
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        photos.close()
+        await photos.wait_closed()
+
+
 async def test_demo_prints_the_completed_row_as_json_on_its_last_line(
     db_url: str, tmp_path: Path
 ) -> None:
@@ -142,14 +191,11 @@ async def test_simulate_serves_the_sdk_and_stops_cleanly_on_sigterm() -> None:
 
     import openai
 
-    from tests.test_local_servers import free_port
-
-    port = free_port()
     proc = await asyncio.create_subprocess_exec(
         *CLI,
         "simulate",
         "--port",
-        str(port),
+        "0",
         "--generation-seconds",
         "0.1",
         env={k: v for k, v in os.environ.items() if not k.startswith("SORA_")},
@@ -160,8 +206,10 @@ async def test_simulate_serves_the_sdk_and_stops_cleanly_on_sigterm() -> None:
     try:
         async with asyncio.timeout(30):
             line = await proc.stderr.readline()
-        assert json.loads(line)["event"] == "simulator.listening"
-        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-any")
+        listening = json.loads(line)
+        assert listening["event"] == "simulator.listening"
+        # Port 0: the process binds a free port and says which; nothing to race for.
+        client = openai.AsyncOpenAI(base_url=listening["base_url"], api_key="sk-any")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             video = await client.videos.create(prompt="a lighthouse")

@@ -22,8 +22,8 @@ from uuid import UUID
 import pytest
 import time_machine
 
+from service.local.simulator import SimulatorConfig
 from service.runtime import Runtime, open_runtime
-from service.simulator import SimulatorConfig
 from tests.conftest import FAST_SIMULATOR, eventually, make_settings
 from tests.test_pipeline import create_at_provider, finished, leave_in_doubt, row_of, running
 

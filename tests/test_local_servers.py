@@ -2,35 +2,39 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from service.config import Settings
-from service.local_servers import PortTaken, SharedServer, instance_id
+from service.local.sharing import PortTaken, SharedServer, instance_id
+from service.local.storage_server import StorageServer
 from service.providers.base import VideoRequest
-from service.runtime import open_runtime
-from service.storage.server import StorageServer
+from service.runtime import Runtime, open_runtime
 from tests.conftest import eventually, make_settings
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def ports_of(db_url: str, data_dir: Path, first: Runtime) -> Settings:
+    """Settings naming the ports ``first`` bound (it asked for 0), as a sibling's would.
 
-
-def fixed_ports(db_url: str, data_dir: Path) -> Settings:
-    return make_settings(db_url, data_dir, simulator_port=free_port(), storage_port=free_port())
+    Binding port 0 and passing on what was bound leaves no window in which another
+    program could take a port picked in advance.
+    """
+    assert first.simulator is not None
+    storage_port = urlsplit(first.store.public_url("b", "k")).port
+    assert storage_port is not None
+    return make_settings(
+        db_url, data_dir, simulator_port=first.simulator.port, storage_port=storage_port
+    )
 
 
 async def test_a_second_replica_shares_the_hosts_simulator_and_storage(
     db_url: str, tmp_path: Path
 ) -> None:
-    settings = fixed_ports(db_url, tmp_path)
-    async with open_runtime(settings, apply_migrations=False) as first:
+    async with open_runtime(make_settings(db_url, tmp_path), apply_migrations=False) as first:
+        settings = ports_of(db_url, tmp_path, first)
         async with open_runtime(settings, apply_migrations=False) as second:
             assert first.simulator is not None and second.simulator is None
             job = await second.provider.submit(
@@ -50,15 +54,15 @@ async def test_a_second_replica_shares_the_hosts_simulator_and_storage(
 
 
 async def test_a_sharer_takes_over_when_the_host_goes_away(tmp_path: Path) -> None:
-    port = free_port()
     identity = instance_id(tmp_path)
     host = SharedServer(
-        "storage", lambda: StorageServer(tmp_path), identity=identity, host="127.0.0.1", port=port
+        "storage", lambda: StorageServer(tmp_path), identity=identity, host="127.0.0.1", port=0
     )
+    await host.open(flexible=False)
+    port = host.port  # bound now; the sharer is told it, as a sibling's settings would
     sharer = SharedServer(
         "storage", lambda: StorageServer(tmp_path), identity=identity, host="127.0.0.1", port=port
     )
-    await host.open(flexible=False)
     await sharer.open(flexible=False)
     assert host.hosted is not None and sharer.hosted is None
     await host.close()
@@ -72,9 +76,9 @@ async def test_a_sharer_takes_over_when_the_host_goes_away(tmp_path: Path) -> No
 async def test_a_port_held_by_a_stranger_is_a_clear_error_or_moves_when_flexible(
     tmp_path: Path,
 ) -> None:
-    port = free_port()
     stranger = StorageServer(tmp_path)
-    await stranger.start(port=port)
+    await stranger.start(port=0)
+    port = stranger.port
     try:
         ours = SharedServer(
             "simulator",

@@ -22,8 +22,8 @@ from aiohttp import web
 from PIL import Image
 
 from service.daemon import Worker
+from service.local.simulator import FailureRule
 from service.runtime import Runtime
-from service.simulator import FailureRule
 from tests.conftest import eventually, replica_of
 
 
@@ -363,8 +363,8 @@ async def test_stored_files_are_on_disk_under_the_video_bucket(
 async def test_with_supabase_settings_videos_land_in_the_public_bucket(
     db_url: str, tmp_path: Path
 ) -> None:
+    from service.local.simulator import SimulatorConfig
     from service.runtime import open_runtime
-    from service.simulator import SimulatorConfig
     from tests.conftest import FAST_SIMULATOR, make_settings
     from tests.fakes.supabase_storage import started
 
@@ -416,8 +416,8 @@ async def test_a_video_that_expired_before_archiving_fails_with_that_reason(
 async def test_a_long_step_keeps_its_lease_alive_with_heartbeats(
     db_url: str, tmp_path: Path
 ) -> None:
+    from service.local.simulator import SimulatorConfig
     from service.runtime import open_runtime
-    from service.simulator import SimulatorConfig
     from tests.conftest import FAST_SIMULATOR, make_settings
 
     entered, release = asyncio.Event(), asyncio.Event()

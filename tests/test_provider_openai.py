@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from service.local.simulator import Simulator, SimulatorConfig
 from service.providers.base import (
     OutcomeUnknown,
     ProviderUnavailable,
@@ -21,7 +22,6 @@ from service.providers.base import (
     VideoRequest,
 )
 from service.providers.openai_videos import OpenAIVideos
-from service.simulator import Simulator, SimulatorConfig
 from tests.conftest import eventually
 
 

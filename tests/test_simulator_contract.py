@@ -17,7 +17,7 @@ import openai
 import pytest
 from PIL import Image
 
-from service.simulator import FailureRule, Simulator, SimulatorConfig
+from service.local.simulator import FailureRule, Simulator, SimulatorConfig
 
 # Every ``videos`` method is deprecated ("The Sora API is scheduled to permanently shut down").
 pytestmark = pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")

@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.local.storage_server import StorageServer
 from service.storage.base import StorageError
 from service.storage.local import LocalStore
-from service.storage.server import StorageServer
 
 
 async def chunks(*parts: bytes) -> AsyncIterator[bytes]:

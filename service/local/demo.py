@@ -26,10 +26,10 @@ import httpx
 from PIL import Image, ImageDraw
 
 from service.config import Settings
+from service.local.simulator import SimulatorConfig
 from service.repository import as_json
 from service.runtime import Runtime, open_runtime
 from service.signals import until_signalled
-from service.simulator import SimulatorConfig
 
 DEMO_PROMPT = (
     "The two people from the reference photo step toward each other and share a warm, "

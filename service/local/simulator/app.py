@@ -1,7 +1,7 @@
 """An aiohttp application that speaks the OpenAI Videos API (``/v1/videos``).
 
 The official ``openai`` SDK is the arbiter of the wire format: the contract tests drive
-every route through it (see the team's ``contracts/openai-videos.md``).
+every route through it (``tests/test_simulator_contract.py``).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ KEEPER_INTERVAL = 2.0
 OPEN_TRIES = 20
 OPEN_RETRY_DELAY = 0.25
 
-log = structlog.get_logger("service.local_servers")
+log = structlog.get_logger("service.local.sharing")
 
 
 class LocalServer(Protocol):

