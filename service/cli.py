@@ -165,7 +165,9 @@ async def run_worker(settings: Settings, *, migrate_first: bool, listen: bool) -
             message="SORA_STORAGE_PORT=0: video_url will name a port that dies with this "
             "process; set a fixed port or SORA_PUBLIC_URL for URLs that last",
         )
-    async with open_runtime(settings, apply_migrations=migrate_first) as runtime:
+    async with open_runtime(
+        settings, apply_migrations=migrate_first, wait_for_database=True
+    ) as runtime:
         worker = runtime.worker(listen=listen)
         loop = asyncio.get_running_loop()
 

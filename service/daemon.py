@@ -52,8 +52,9 @@ class WorkerOptions:
     policy: Policy
     restart_delay: float = 1.0
     """How long a side task (listener, heartbeat) that died waits before it restarts."""
-    max_backoff: float = 30.0
-    """The longest wait between claims while the database is failing."""
+    max_backoff: float = 2.0
+    """The longest pause between claims while the database is failing: also the longest
+    it takes to notice the database is back when no LISTEN reconnect says so."""
 
 
 class Worker:
@@ -74,6 +75,8 @@ class Worker:
         self.wakeup = listener.wakeup if listener else Wakeup()
         self.stopping = asyncio.Event()
         self._inflight: dict[RowId, asyncio.Task[None]] = {}
+        self._leased: set[RowId] = set()
+        """Rows whose lease this worker holds and keeps alive (a subset of _inflight)."""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -103,7 +106,7 @@ class Worker:
             log.info("worker.stopped", worker=self.repo.worker_id)
 
     async def _claim_loop(self) -> None:
-        backoff = 0.5
+        outage = Outage(self.options.max_backoff)
         while not self.stopping.is_set():
             try:
                 free = self.options.concurrency - len(self._inflight)
@@ -112,37 +115,38 @@ class Worker:
                     await self.wakeup.wait(self.options.sweep_interval)
                     continue
                 claimed = await self.repo.claim(free, exclude=self._inflight.keys())
+                outage.over()
                 for job in claimed:
                     self._start(job)
                 reasons = await wait_for_work(
                     self.wakeup, self.repo, self.options.sweep_interval, claimed=len(claimed)
                 )
                 log.debug("worker.woken", reasons=sorted(reasons))
-                backoff = 0.5
             except RepositoryError as err:
-                log.error("worker.database_unavailable", error=str(err), retry_in=backoff)
-                await self._pause(backoff)
-                backoff = min(backoff * 2, self.options.max_backoff)
+                # Any wake-up (the listener reconnected, a row finished, stop) ends the
+                # pause early: the next claim is the probe that tells the outage is over.
+                await self.wakeup.wait(outage.failed(err))
             except Exception:
                 # A bug of ours: said once with its traceback; the loop goes on.
-                log.exception("worker.claim_loop_failed", retry_in=backoff)
-                await self._pause(backoff)
-                backoff = min(backoff * 2, self.options.max_backoff)
-
-    async def _pause(self, seconds: float) -> None:
-        """Wait, but no longer than until ``stop()``."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), seconds)
+                log.exception("worker.claim_loop_failed")
+                await self.wakeup.wait(self.options.max_backoff)
 
     def _start(self, job: Job) -> None:
+        self._leased.add(job.id)
         task = asyncio.create_task(self._process(job), name=f"row-{job.id}")
         self._inflight[job.id] = task
 
         def done(_: asyncio.Task[None]) -> None:
             self._inflight.pop(job.id, None)
+            self._leased.discard(job.id)
             self.wakeup.set("slot")
 
         task.add_done_callback(done)
+
+    def _let_go(self, row_id: RowId) -> None:
+        """Say, before the write that gives a lease up, that it is no longer held, so a
+        heartbeat racing that write does not report it lost."""
+        self._leased.discard(row_id)
 
     async def _drain(self) -> None:
         if not self._inflight:
@@ -153,6 +157,8 @@ class Worker:
         if still_running:
             ids = [job_id for job_id, task in self._inflight.items() if task in still_running]
             log.warning("worker.cancelling", rows=[str(i) for i in ids])
+            for row_id in ids:
+                self._let_go(row_id)
             for task in still_running:
                 task.cancel()
             await asyncio.gather(*still_running, return_exceptions=True)
@@ -176,7 +182,7 @@ class Worker:
         interval = self.options.lease_seconds / 3
         while True:
             await asyncio.sleep(interval * random.uniform(0.8, 1.0))
-            ids = list(self._inflight)
+            ids = frozenset(self._leased)
             if not ids:
                 continue
             try:
@@ -184,8 +190,10 @@ class Worker:
             except RepositoryError as err:
                 log.warning("worker.heartbeat_failed", error=str(err))
                 continue
-            if kept < len(ids):
-                log.warning("worker.leases_lost", expected=len(ids), kept=kept)
+            # Only rows we still meant to hold count: one released meanwhile is not lost.
+            lost = (ids - kept) & self._leased
+            if lost:
+                log.warning("worker.leases_lost", rows=sorted(str(i) for i in lost))
 
     # ------------------------------------------------------------ one row
 
@@ -201,11 +209,14 @@ class Worker:
                 if intent is not None and self.stopping.is_set():
                     # Stopping before the create: record no intent (it would read as "in
                     # doubt" to the next worker); the row is simply handed back.
+                    self._let_go(job.id)
                     await asyncio.shield(self.repo.release([job.id]))
                     return
                 transition = apply(job, event, policy=self.options.policy, jitter=random.random())
                 go_on = transition.delay.total_seconds() <= 0 and not transition.finished
                 go_on = go_on and not self.stopping.is_set()
+                if not go_on:
+                    self._let_go(job.id)
                 job_after = await _land(self.repo.checkpoint(job, transition, keep_lease=go_on))
                 self._log(job, job_after, transition, event, action, time.monotonic() - started)
                 job = job_after
@@ -218,10 +229,15 @@ class Worker:
             # in doubt right now (they take turns: Rule.ONE_IN_DOUBT_PER_REQUEST), or
             # another row recorded this provider job first. Look again shortly.
             log.info("video.deferred", rule=err.rule, stage=job.stage.value)
+            self._let_go(job.id)
             with contextlib.suppress(RepositoryError):
                 await asyncio.shield(self.repo.defer(job, self.options.policy.retry_base))
         except RepositoryError as err:
+            # The row keeps its last checkpoint; its lease lapses and any worker retakes it.
             log.error("video.checkpoint_failed", error=str(err), stage=job.stage.value)
+        except Exception:
+            # A bug of ours outside the steps: said once; the lease lapses, the row is retaken.
+            log.exception("video.process_crashed", stage=job.stage.value)
         finally:
             structlog.contextvars.unbind_contextvars("row_id")
 
@@ -273,6 +289,49 @@ class Worker:
         if transition.log_event == "video.progress":
             level = log.debug if after.progress == before.progress else log.info
         level(transition.log_event, **fields, event_type=type(event).__name__)
+
+
+class Outage:
+    """The claim loop's view of a database outage: how long to pause, what to say.
+
+    The pause grows from a quarter second to ``max_backoff`` (2 s by default), so work
+    resumes within about that long after the database returns even when no LISTEN
+    reconnect announces it; the log says the outage once, reminds every
+    ``REMIND_EVERY`` seconds, and says when it is over and how long it lasted.
+    """
+
+    FIRST_PAUSE = 0.25
+    REMIND_EVERY = 30.0
+
+    def __init__(self, max_backoff: float) -> None:
+        self.max_backoff = max_backoff
+        self.pause = self.FIRST_PAUSE
+        self.since: float | None = None
+        self.reminded = 0.0
+
+    def failed(self, err: RepositoryError) -> float:
+        """Record a failed claim; return how long to pause before the next one."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since = self.reminded = now
+            log.error("worker.database_unavailable", error=str(err), retry_in=self.pause)
+        elif now - self.reminded >= self.REMIND_EVERY:
+            self.reminded = now
+            log.warning(
+                "worker.database_still_unavailable",
+                error=str(err),
+                down_for_s=round(now - self.since, 1),
+            )
+        pause = min(self.pause, self.max_backoff)
+        self.pause = min(self.pause * 2, self.max_backoff)
+        return pause
+
+    def over(self) -> None:
+        """A claim succeeded: if there was an outage, say it ended and reset the pause."""
+        if self.since is not None:
+            log.info("worker.database_back", down_for_s=round(time.monotonic() - self.since, 1))
+        self.since = None
+        self.pause = self.FIRST_PAUSE
 
 
 async def _land(write: Awaitable[Job]) -> Job:

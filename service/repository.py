@@ -102,8 +102,8 @@ class Repository(Protocol):
         Raises LeaseLost when it is not, Conflict when a uniqueness rule refuses it.
         """
 
-    async def heartbeat(self, ids: Iterable[RowId]) -> int:
-        """Extend the leases of rows still ours; return how many are."""
+    async def heartbeat(self, ids: Iterable[RowId]) -> frozenset[RowId]:
+        """Extend the leases of rows still ours; return which are."""
 
     async def release(self, ids: Iterable[RowId]) -> None:
         """Give rows back untouched at once (shutdown), so nobody waits the lease out."""
@@ -327,16 +327,17 @@ class PostgresRepository:
             raise LeaseLost(f"row {job.id} is no longer ours in stage {job.stage}")
         return job_from_record(record)
 
-    async def heartbeat(self, ids: Iterable[RowId]) -> int:
+    async def heartbeat(self, ids: Iterable[RowId]) -> frozenset[RowId]:
         with driver_errors("extending leases"):
-            result = await self.pool.execute(
+            rows = await self.pool.fetch(
                 """update public.videos set locked_until = now() + $3::interval
-                   where id = any($1::uuid[]) and locked_by = $2""",
+                   where id = any($1::uuid[]) and locked_by = $2
+                   returning id""",
                 list(ids),
                 self.worker_id,
                 self.lease,
             )
-        return int(result.split()[-1])
+        return frozenset(RowId(r["id"]) for r in rows)
 
     async def release(self, ids: Iterable[RowId]) -> None:
         with driver_errors("releasing rows"):

@@ -10,7 +10,7 @@ imported only when one is needed, so a production worker never loads them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -120,18 +120,23 @@ async def open_runtime(
     apply_migrations: bool = True,
     simulator_config: SimulatorConfig | None = None,
     flexible_ports: bool = False,
+    wait_for_database: bool = False,
 ) -> AsyncIterator[Runtime]:
     """Open the database, the provider and the store that the settings call for.
 
     ``flexible_ports`` lets the local servers move to a free port when theirs is taken
     (the demo, run beside a worker); a daemon must keep its configured ports instead,
-    because the URLs it writes into rows name them.
+    because the URLs it writes into rows name them. ``wait_for_database``: a daemon
+    started before its database (compose, a reboot) waits for it instead of exiting.
     """
     async with AsyncExitStack() as stack:
         dsn = await database_url(settings)
         # Rows hold no connection while they wait on the provider, so a few
         # connections serve many rows (Supabase's free plan allows 60 in all).
-        pool = await create_pool(settings, dsn, settings.pool_size)
+        if wait_for_database:
+            pool = await _patiently(lambda: create_pool(settings, dsn, settings.pool_size))
+        else:
+            pool = await create_pool(settings, dsn, settings.pool_size)
         stack.push_async_callback(pool.close)
         if apply_migrations:
             async with pool.acquire() as conn:
@@ -155,6 +160,36 @@ async def open_runtime(
             http=http,
             simulator=simulator,
         )
+
+
+NOT_UP_YET = (OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
+"""What a database that is starting, restarting or full answers; anything else (a wrong
+password, an unknown database) is a setting to fix, and is said at once."""
+
+
+async def _patiently(connect: Callable[[], Awaitable[asyncpg.Pool]]) -> asyncpg.Pool:
+    """Connect, waiting (with capped backoff, said once and then every 30 s) while the
+    database is not up yet."""
+    pause, waited, said_at = 0.25, 0.0, -1.0
+    while True:
+        try:
+            pool = await connect()
+        except NOT_UP_YET as err:
+            if said_at < 0 or waited - said_at >= 30:
+                said_at = waited
+                log.warning(
+                    "database.waiting",
+                    error=str(err) or type(err).__name__,
+                    waited_s=round(waited, 1),
+                    message="the database is not reachable yet; retrying until it is",
+                )
+            await asyncio.sleep(pause)
+            waited += pause
+            pause = min(pause * 2, 2.0)
+            continue
+        if waited:
+            log.info("database.ready", waited_s=round(waited, 1))
+        return pool
 
 
 async def _open_provider(

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -33,6 +33,7 @@ from service.storage.local import LocalStore
 from service.wakeups.listen import Listener
 from service.wakeups.wakeup import Wakeup
 from tests.conftest import eventually
+from tests.faultproxy import PostgresFaultProxy as FlakyProxy
 
 Logs = list[dict[str, Any]]
 
@@ -205,32 +206,38 @@ async def test_a_hung_step_is_cancelled_after_the_grace_and_its_row_released_at_
 # ---------------------------------------------------------------- (b) database outage
 
 
-async def test_a_database_outage_backs_off_then_work_resumes(
+async def test_a_database_outage_is_said_once_waited_out_and_its_end_reported(
     provider: ScriptedProvider, http: httpx.AsyncClient, tmp_path: Path, logs: Logs
 ) -> None:
     repo = MemoryRepository("worker-a")
     row = await repo.insert_request("made after the outage")
     repo.fail_with = DatabaseUnavailable("claiming rows: connection refused")
-    worker = make_worker(repo, provider, http, tmp_path, max_backoff=0.8)
+    worker = make_worker(repo, provider, http, tmp_path, max_backoff=0.4)
+
+    async def failures() -> int:
+        return repo.failures
 
     async with running(worker) as task:
-        outage = await logged(logs, "worker.database_unavailable", count=3)
-        assert [e["retry_in"] for e in outage[:3]] == [0.5, 0.8, 0.8]  # grows, capped
+        await eventually(failures, lambda n: n >= 5)  # it keeps probing, pauses capped
+        outage = [e for e in logs if e["event"] == "worker.database_unavailable"]
+        assert len(outage) == 1, outage  # said once, not once per failed claim
         assert outage[0]["error"] == "claiming rows: connection refused"
+        assert outage[0]["retry_in"] == 0.25
         assert not task.done()  # the worker waits the outage out; it never exits
         assert repo.rows[row].stage is Stage.PENDING
 
         repo.fail_with = None
+        back = await logged(logs, "worker.database_back")
+        assert back[0]["down_for_s"] >= 0
         done = await eventually(
             lambda: row_state(repo, row), lambda r: r.stage is Stage.COMPLETED, within=4
         )
         assert done.video_url is not None and done.error is None
 
-        # A successful pass reset the backoff: the next outage starts from the shortest wait.
-        before = len([e for e in logs if e["event"] == "worker.database_unavailable"])
+        # The outage ended: the next one is said again and starts from the shortest pause.
         repo.fail_with = DatabaseUnavailable("again")
-        again = await logged(logs, "worker.database_unavailable", count=before + 1)
-        assert again[before]["retry_in"] == 0.5
+        again = await logged(logs, "worker.database_unavailable", count=2)
+        assert (again[1]["error"], again[1]["retry_in"]) == ("again", 0.25)
         repo.fail_with = None
 
 
@@ -245,7 +252,7 @@ class HeartbeatCrashesOnce(MemoryRepository):
         self.crashed = False
         self.beats_after_crash = 0
 
-    async def heartbeat(self, ids: Iterable[RowId]) -> int:
+    async def heartbeat(self, ids: Iterable[RowId]) -> frozenset[RowId]:
         if not self.crashed:
             self.crashed = True
             raise RuntimeError("a bug in heartbeat")
@@ -364,95 +371,6 @@ async def test_an_identical_request_in_doubt_defers_the_row_without_sending_it(
 # ---------------------------------------------------------------- (f) LISTEN self-check
 
 
-class FlakyProxy:
-    """A TCP proxy to PostgreSQL whose server-to-client direction can fail silently.
-
-    ``frozen``: the server's bytes stop arriving, as on a connection a middlebox dropped
-    without a FIN or RST. ``deaf``: everything but notifications arrives, as when LISTEN
-    goes through a transaction-mode pooler. Only plain (``sslmode=disable``) protocol v3
-    is spoken, so the server's side is a stream of typed, length-prefixed messages.
-    """
-
-    def __init__(self, server_url: str) -> None:
-        parts = urlsplit(server_url)
-        query = parse_qs(parts.query)
-        self.host = query.get("host", [parts.hostname or "localhost"])[0]
-        self.port = parts.port or int(query.get("port", ["5432"])[0])
-        self.flowing = asyncio.Event()
-        self.flowing.set()
-        self.deaf = False
-        self.connections = 0
-        self._writers: list[asyncio.StreamWriter] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._server: asyncio.Server | None = None
-
-    def freeze(self) -> None:
-        self.flowing.clear()
-
-    def thaw(self) -> None:
-        self.flowing.set()
-
-    async def _upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self.host.startswith("/"):
-            return await asyncio.open_unix_connection(f"{self.host}/.s.PGSQL.{self.port}")
-        return await asyncio.open_connection(self.host, self.port)
-
-    async def _to_server(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-
-    async def _to_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        pending = b""
-        while data := await reader.read(65536):
-            pending += data
-            out = bytearray()
-            while len(pending) >= 5:
-                end = 1 + int.from_bytes(pending[1:5], "big")
-                if len(pending) < end:
-                    break
-                message, pending = pending[:end], pending[end:]
-                if not (self.deaf and message[:1] == b"A"):  # A: NotificationResponse
-                    out += message
-            await self.flowing.wait()
-            writer.write(out)
-            await writer.drain()
-
-    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        up_r, up_w = await self._upstream()
-        self._writers += [client_w, up_w]
-        pumps = [
-            asyncio.create_task(self._to_server(client_r, up_w)),
-            asyncio.create_task(self._to_client(up_r, client_w)),
-        ]
-        self._tasks.update(pumps)
-        try:
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for pump in pumps:
-                pump.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
-            for writer in (client_w, up_w):
-                writer.close()
-
-    async def __aenter__(self) -> int:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
-
-    async def __aexit__(self, *_: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        self.thaw()
-        for writer in self._writers:
-            writer.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-
 @asynccontextmanager
 async def listening_through(proxy: FlakyProxy, db_url: str, logs: Logs) -> AsyncIterator[Wakeup]:
     """A Listener with a fast self-check, connected through ``proxy`` and ready."""
@@ -498,3 +416,48 @@ async def test_the_listener_notices_a_silent_connection_and_reconnects(
         proxy.thaw()
         await logged(logs, "listen.ready", count=2)
         assert "listen.connected" in await wakeup.wait(4)
+
+
+# ---------------------------------------------------------------- leases
+
+
+class ReleaseReplyIsSlow(MemoryRepository):
+    """A checkpoint that gives its lease up is written, then its reply takes until the
+    next heartbeat has run: the race a real network opens between the two."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.released = asyncio.Event()
+        self.heartbeat_after_release = asyncio.Event()
+
+    async def checkpoint(self, job: Job, transition: Transition, *, keep_lease: bool) -> Job:
+        after = await super().checkpoint(job, transition, keep_lease=keep_lease)
+        if not keep_lease:
+            self.released.set()
+            async with asyncio.timeout(5):
+                await self.heartbeat_after_release.wait()
+        return after
+
+    async def heartbeat(self, ids: Iterable[RowId]) -> frozenset[RowId]:
+        kept = await super().heartbeat(ids)
+        if self.released.is_set():
+            self.heartbeat_after_release.set()
+        return kept
+
+
+async def test_a_lease_given_up_while_a_heartbeat_runs_is_not_reported_lost(
+    provider: ScriptedProvider, http: httpx.AsyncClient, tmp_path: Path, logs: Logs
+) -> None:
+    repo = ReleaseReplyIsSlow("worker-a", lease=timedelta(milliseconds=300))
+    provider.hang_submit = True  # this row stays in flight: heartbeats keep running
+    held = await repo.insert_request("held while its create hangs")
+    given_up = await repo.insert_request("")  # refused at once: failed, its lease given up
+    worker = make_worker(repo, provider, http, tmp_path)
+
+    async with running(worker):
+        await eventually(lambda: row_state(repo, given_up), lambda r: r.stage is Stage.FAILED)
+        async with asyncio.timeout(5):
+            await repo.heartbeat_after_release.wait()
+        await logged(logs, "video.failed")
+        assert repo.rows[held].locked_by == "worker-a"  # still ours, still extended
+    assert [e for e in logs if e["event"] == "worker.leases_lost"] == []

@@ -172,7 +172,7 @@ async def test_a_leased_row_is_claimable_by_another_worker_only_once_the_lease_l
 
     with pytest.raises(LeaseLost):
         await worker_a.checkpoint(job_a, step(Stage.SUBMITTING, intent()), keep_lease=True)
-    assert await worker_a.heartbeat([row]) == 0
+    assert await worker_a.heartbeat([row]) == frozenset()
     after = await worker_b.checkpoint(job_b, step(Stage.SUBMITTING, intent()), keep_lease=True)
     assert after.stage is Stage.SUBMITTING
 
@@ -358,11 +358,11 @@ async def test_heartbeat_counts_the_rows_still_ours(backend: Backend) -> None:
     two = await worker_a.insert_request("heartbeat two")
     assert len(await worker_a.claim(5)) == 2
 
-    assert await worker_a.heartbeat([one, two, RowId(uuid.uuid4())]) == 2
-    assert await worker_b.heartbeat([one, two]) == 0
+    assert await worker_a.heartbeat([one, two, RowId(uuid.uuid4())]) == {one, two}
+    assert await worker_b.heartbeat([one, two]) == frozenset()
     await worker_a.release([one])
-    assert await worker_a.heartbeat([one, two]) == 1
-    assert await worker_a.heartbeat([]) == 0
+    assert len(await worker_a.heartbeat([one, two])) == 1
+    assert await worker_a.heartbeat([]) == frozenset()
 
 
 async def test_release_and_defer_give_rows_back(backend: Backend) -> None:

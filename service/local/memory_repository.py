@@ -137,7 +137,7 @@ class MemoryRepository:
     ``clock`` plays the server's ``now()``; replicas made with ``replica()`` share the
     rows and the clock (``table``), as replicas share one database. ``fail_with``: while
     set, every call (or only those named in ``fail_methods``) raises it and changes
-    nothing: an outage, or a bug, on demand.
+    nothing: an outage, or a bug, on demand; ``failures`` counts them.
 
     Not mirrored: the CHECK constraints (a bad insert is stored as given) and row locks
     (there are no transactions for a claim to skip over).
@@ -156,6 +156,8 @@ class MemoryRepository:
         self.table = table if table is not None else Table(clock)
         self.fail_with: Exception | None = None
         self.fail_methods: frozenset[str] = frozenset()
+        self.failures = 0
+        """How many calls ``fail_with`` has failed so far."""
 
     def replica(self, worker_id: str, lease: timedelta | None = None) -> MemoryRepository:
         """Another worker on the same rows and clock (its own faults)."""
@@ -168,6 +170,7 @@ class MemoryRepository:
     def _now(self, method: str) -> datetime:
         """Raise the injected failure, if any, else read the clock once (``now()``)."""
         if self.fail_with is not None and (not self.fail_methods or method in self.fail_methods):
+            self.failures += 1
             raise self.fail_with
         return self.table.clock()
 
@@ -256,14 +259,14 @@ class MemoryRepository:
         if rule is not None:
             raise Conflict(rule, f"checkpointing row {after.id}: {rule.value}")
 
-    async def heartbeat(self, ids: Iterable[RowId]) -> int:
+    async def heartbeat(self, ids: Iterable[RowId]) -> frozenset[RowId]:
         now = self._now("heartbeat")
         ours = [
             row for i in set(ids) if (row := self.rows.get(i)) and row.locked_by == self.worker_id
         ]
         for row in ours:
             row.locked_until = now + self.lease
-        return len(ours)
+        return frozenset(row.id for row in ours)
 
     async def release(self, ids: Iterable[RowId]) -> None:
         self._now("release")
