@@ -162,7 +162,13 @@ async def open_runtime(
         )
 
 
-NOT_UP_YET = (OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
+NOT_UP_YET = (
+    OSError,
+    TimeoutError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
 """What a database that is starting, restarting or full answers; anything else (a wrong
 password, an unknown database) is a setting to fix, and is said at once."""
 
