@@ -29,6 +29,7 @@ from service.machine import (
     Policy,
     RecordProgress,
     RowId,
+    SubmitKey,
     Transient,
     Transition,
     apply,
@@ -235,11 +236,33 @@ class Worker:
         except RepositoryError as err:
             # The row keeps its last checkpoint; its lease lapses and any worker retakes it.
             log.error("video.checkpoint_failed", error=str(err), stage=job.stage.value)
+            if intent is not None and intent.submit_key != job.submit_key:
+                # The intent's own checkpoint failed: it may have landed, but the create
+                # was certainly never sent. Say so, or the row waits out a create
+                # timeout as "in doubt" for nothing.
+                await asyncio.shield(self._withdraw(job, intent.submit_key))
         except Exception:
             # A bug of ours outside the steps: said once; the lease lapses, the row is retaken.
             log.exception("video.process_crashed", stage=job.stage.value)
         finally:
             structlog.contextvars.unbind_contextvars("row_id")
+
+    async def _withdraw(self, job: Job, submit_key: SubmitKey) -> None:
+        """Withdraw an intent whose create was never sent, trying while the lease lasts."""
+        self._let_go(job.id)
+        pause = Outage.FIRST_PAUSE
+        deadline = time.monotonic() + self.options.lease_seconds / 2
+        while True:
+            try:
+                await self.repo.withdraw_intent(job.id, submit_key)
+            except RepositoryError:
+                if time.monotonic() + pause > deadline:
+                    return  # the row stays in doubt; reconciliation settles it
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, self.options.max_backoff)
+                continue
+            log.info("video.intent_withdrawn", submit_key=str(submit_key))
+            return
 
     async def _perform(self, action: Action, job: Job, intent: IntentRecorded | None) -> Event:
         """Run one action; a bug in a step becomes a retryable event, never a dead loop."""

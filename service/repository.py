@@ -111,6 +111,11 @@ class Repository(Protocol):
     async def defer(self, job: Job, delay: timedelta) -> None:
         """Give a row back untouched, due again after ``delay``."""
 
+    async def withdraw_intent(self, row_id: RowId, submit_key: SubmitKey) -> None:
+        """Undo an intent whose create was certainly never sent (the answer to its
+        checkpoint was lost, so whether it landed is unknown): drop the key if it landed,
+        and give the row back, due now. Rows no longer ours are left alone."""
+
     async def next_due_in(self) -> timedelta | None:
         """How long until some active row can be claimed; None when none is active."""
 
@@ -358,6 +363,19 @@ class PostgresRepository:
                 job.id,
                 self.worker_id,
                 delay,
+            )
+
+    async def withdraw_intent(self, row_id: RowId, submit_key: SubmitKey) -> None:
+        with driver_errors(f"withdrawing the intent of row {row_id}"):
+            await self.pool.execute(
+                """update public.videos
+                   set submit_key = null, locked_by = null, locked_until = null,
+                       next_attempt_at = now()
+                   where id = $1 and locked_by = $3
+                     and (submit_key = $2 or submit_key is null)""",
+                row_id,
+                submit_key,
+                self.worker_id,
             )
 
     async def next_due_in(self) -> timedelta | None:

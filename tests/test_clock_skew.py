@@ -54,6 +54,13 @@ def skewed(skew: timedelta) -> time_machine.travel:
     return time_machine.travel(datetime.now(UTC) + skew, tick=True)
 
 
+async def left_in_doubt(runtime: Runtime, prompt: str) -> UUID:
+    """A row whose create may be on the wire right now (its intent was just recorded)."""
+    row_id = await runtime.repo.insert_request(prompt)
+    await leave_in_doubt(runtime, row_id, submitted_ago=timedelta(0))
+    return row_id
+
+
 async def waiting_for_the_create_in_flight(runtime: Runtime, row_id: UUID) -> None:
     await eventually(
         lambda: row_of(runtime, row_id),
@@ -66,8 +73,7 @@ async def test_a_create_still_in_flight_is_waited_for_and_adopted_not_paid_twice
     provider_side: Runtime, skew: timedelta
 ) -> None:
     runtime = provider_side
-    row_id = await runtime.repo.insert_request("a create still on the wire")
-    await leave_in_doubt(runtime, row_id, submitted_ago=timedelta(0))
+    row_id = await left_in_doubt(runtime, "a create still on the wire")
     with skewed(skew):
         async with running(runtime.worker()):
             await waiting_for_the_create_in_flight(runtime, row_id)
@@ -83,8 +89,7 @@ async def test_a_create_that_never_arrived_is_submitted_once_after_its_timeout(
     provider_side: Runtime, skew: timedelta
 ) -> None:
     runtime = provider_side
-    row_id = await runtime.repo.insert_request("a create lost on the wire")
-    await leave_in_doubt(runtime, row_id, submitted_ago=timedelta(0))
+    row_id = await left_in_doubt(runtime, "a create lost on the wire")
     in_doubt_since = (await row_of(runtime, row_id))["submitted_at"]
     with skewed(skew):
         async with running(runtime.worker()):

@@ -461,3 +461,34 @@ async def test_a_lease_given_up_while_a_heartbeat_runs_is_not_reported_lost(
         await logged(logs, "video.failed")
         assert repo.rows[held].locked_by == "worker-a"  # still ours, still extended
     assert [e for e in logs if e["event"] == "worker.leases_lost"] == []
+
+
+# ---------------------------------------------------------------- an intent's answer lost
+
+
+class IntentAnswerLost(MemoryRepository):
+    """The intent's checkpoint lands, then the connection dies before its answer."""
+
+    async def checkpoint(self, job: Job, transition: Transition, *, keep_lease: bool) -> Job:
+        after = await super().checkpoint(job, transition, keep_lease=keep_lease)
+        if isinstance(transition.change, RecordIntent) and not getattr(self, "lost", False):
+            self.lost = True
+            raise DatabaseUnavailable("checkpointing: connection was closed")
+        return after
+
+
+async def test_an_intent_whose_answer_was_lost_is_withdrawn_not_left_in_doubt(
+    provider: ScriptedProvider, http: httpx.AsyncClient, tmp_path: Path, logs: Logs
+) -> None:
+    """The create was never sent, so the row must not wait out a create timeout (nor a
+    lease) as "in doubt": it is prepared again at once and submitted exactly once."""
+    repo = IntentAnswerLost("worker-a", lease=timedelta(minutes=5))
+    provider.submit_timeout = timedelta(hours=1)
+    row = await repo.insert_request("answer lost on the wire")
+    async with running(make_worker(repo, provider, http, tmp_path)):
+        await logged(logs, "video.intent_withdrawn")
+        done = await eventually(
+            lambda: row_state(repo, row), lambda r: r.stage is Stage.COMPLETED, within=4
+        )
+    assert done.error is None
+    assert len(provider.submitted) == 1

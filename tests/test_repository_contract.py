@@ -387,6 +387,30 @@ async def test_release_and_defer_give_rows_back(backend: Backend) -> None:
     assert (again.id, again.stage, again.attempts) == (row, Stage.PENDING, 0)
 
 
+async def test_withdrawing_an_intent_that_landed_or_not_gives_the_row_back_due_now(
+    backend: Backend,
+) -> None:
+    worker_a = backend.repo("worker-a")
+    worker_b = backend.repo("worker-b")
+    landed = await worker_a.insert_request("the intent landed, its answer was lost")
+    lost = await worker_a.insert_request("the intent never landed")
+    job, _ = await claim_all(worker_a, landed, lost)
+    recorded = intent()
+    await worker_a.checkpoint(job, step(Stage.SUBMITTING, recorded), keep_lease=True)
+
+    await worker_b.withdraw_intent(landed, recorded.submit_key)  # not b's row: untouched
+    assert (await loaded(worker_a, landed)).submit_key == recorded.submit_key
+    await worker_a.withdraw_intent(landed, SubmitKey(uuid.uuid4()))  # not that key: untouched
+    assert (await loaded(worker_a, landed)).submit_key == recorded.submit_key
+
+    await worker_a.withdraw_intent(landed, recorded.submit_key)
+    await worker_a.withdraw_intent(lost, recorded.submit_key)
+    again = await claim_all(worker_b, landed, lost)  # both due at once, for anyone
+    by_id = {j.id: j for j in again}
+    assert (by_id[landed].stage, by_id[landed].submit_key) == (Stage.SUBMITTING, None)
+    assert (by_id[lost].stage, by_id[lost].submit_key) == (Stage.PENDING, None)
+
+
 async def test_as_of_moves_forward_between_reads(backend: Backend) -> None:
     repo = backend.repo()
     row = await repo.insert_request("the passage of time")

@@ -282,6 +282,17 @@ class MemoryRepository:
             row.locked_by = row.locked_until = None
             row.next_attempt_at = now + delay
 
+    async def withdraw_intent(self, row_id: RowId, submit_key: SubmitKey) -> None:
+        now = self._now("withdraw_intent")
+        row = self.rows.get(row_id)
+        if row is None or row.locked_by != self.worker_id:
+            return
+        if row.submit_key not in (submit_key, None):
+            return
+        row.submit_key = None
+        row.locked_by = row.locked_until = None
+        row.next_attempt_at = now
+
     async def next_due_in(self) -> timedelta | None:
         now = self._now("next_due_in")
         due = [
