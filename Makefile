@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check clean install
+.PHONY: demo test chaos lint typecheck check clean install
 
 install: $(STAMP)
 
@@ -18,6 +18,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# An operator's worst night in a few minutes (bench/chaos.py): SIGKILLed replicas,
+# PostgreSQL restarts, cut connections, provider and storage faults. Exits 1 on any
+# violation. Another night: make chaos CHAOS_ARGS="--seed 7".
+CHAOS_ARGS ?=
+chaos: $(STAMP)
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check service tests bench

@@ -281,6 +281,11 @@ class Worker:
                     return await self.steps.archive(job)
         except asyncio.CancelledError:
             raise
+        except RepositoryError as err:
+            # Not a bug: a step asked the database (an identical request in doubt?) during
+            # an outage. A retry like any other transient failure.
+            log.warning("video.step_database_error", action=action.value, error=str(err))
+            return Transient(f"database unavailable during {action.value}")
         except Exception as err:
             log.exception("video.step_crashed", action=action.value)
             return Transient(f"internal error in {action.value}: {type(err).__name__}")

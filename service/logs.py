@@ -33,13 +33,13 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer(colors=True) if use_console else render_json_line
     )
-    shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
+    stamps: list[structlog.types.Processor] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if not use_console:
-        shared.append(structlog.processors.dict_tracebacks)
+        stamps.append(structlog.processors.dict_tracebacks)
+    shared = [structlog.contextvars.merge_contextvars, *stamps]
     numeric = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[*shared, renderer],
@@ -51,7 +51,9 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processor=renderer,
-            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            # Not merge_contextvars: a library's background task (asyncpg's pool refill)
+            # inherits whatever row was bound when it started, and would carry its id.
+            foreign_pre_chain=[*stamps, structlog.stdlib.add_logger_name],
         )
     )
     root = logging.getLogger()

@@ -492,3 +492,20 @@ async def test_an_intent_whose_answer_was_lost_is_withdrawn_not_left_in_doubt(
         )
     assert done.error is None
     assert len(provider.submitted) == 1
+
+
+async def test_a_database_outage_inside_a_step_is_a_retry_not_a_crash(
+    provider: ScriptedProvider, http: httpx.AsyncClient, tmp_path: Path, logs: Logs
+) -> None:
+    repo = MemoryRepository("worker-a")
+    row = await repo.insert_request("asked about its twins during an outage")
+    repo.fail_methods = frozenset({"identical_in_doubt"})
+    repo.fail_with = DatabaseUnavailable("looking for an identical request in doubt: reset")
+    async with running(make_worker(repo, provider, http, tmp_path)):
+        said = await logged(logs, "video.step_database_error")
+        assert said[0]["action"] == "prepare"
+        retried = await eventually(lambda: row_state(repo, row), lambda r: r.attempts >= 1)
+        assert "database unavailable during prepare" in (retried.error or "")
+        repo.fail_with = None
+        await eventually(lambda: row_state(repo, row), lambda r: r.stage is Stage.COMPLETED)
+    assert [e for e in logs if e["event"] == "video.step_crashed"] == []

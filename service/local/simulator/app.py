@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 from PIL import Image
 
-from .config import SimulatorConfig
+from .config import FailureRule, SimulatorConfig
 from .errors import ApiError, invalid_value
 from .store import VARIANTS, VideoStore
 
@@ -120,24 +120,37 @@ async def create_video(request: web.Request) -> web.Response:
     elif reference is not None and not isinstance(reference, dict):
         message = "Invalid 'input_reference': expected an image file or an object."
         raise ApiError(400, message, param="input_reference", code="invalid_type")
-    error = _scripted_failure(config, prompt)
+    refusal = config.rule_for(prompt, "create")
+    if refusal is not None and not refusal.after_create:
+        raise _refusal(refusal)
+    generate = config.rule_for(prompt, "generate")
     job = await store.add(
         model=model,
         prompt=prompt,
         size=size,
         seconds=seconds,
-        error=error,
+        error=None if generate is None else {"code": generate.code, "message": generate.message},
         reference=reference if isinstance(reference, bytes) else None,
         idempotency_key=request.headers.get("Idempotency-Key"),
     )
+    if refusal is not None:  # after_create: the job exists, the answer says otherwise
+        raise _refusal(refusal)
+    slow = config.rule_for(prompt, "slow_create")
+    if slow is not None:
+        await asyncio.sleep(slow.delay)
     return web.json_response(job.video(config))
+
+
+def _refusal(rule: FailureRule) -> ApiError:
+    headers = None if rule.retry_after is None else {"Retry-After": f"{rule.retry_after:g}"}
+    return ApiError(rule.status, rule.message, code=rule.code, headers=headers)
 
 
 def _scripted_failure(config: SimulatorConfig, prompt: str) -> dict[str, str] | None:
     """Apply the FailureRules: refuse now ("create"), or the error the job will end with."""
     rule = config.rule_for(prompt, "create")
     if rule is not None:
-        raise ApiError(rule.status, rule.message, code=rule.code)
+        raise _refusal(rule)
     rule = config.rule_for(prompt, "generate")
     return None if rule is None else {"code": rule.code, "message": rule.message}
 
@@ -246,11 +259,20 @@ async def download_content(request: web.Request) -> web.StreamResponse:
         )
         raise ApiError(404, message, code="video_expired")
     data = await store.asset(job, variant)
-    return await _send(request, data, VARIANTS[variant][0])
+    cut = store.config.rule_for(job.prompt, "download") if variant == "video" else None
+    return await _send(
+        request, data, VARIANTS[variant][0], None if cut is None else cut.truncate_at
+    )
 
 
-async def _send(request: web.Request, data: bytes, content_type: str) -> web.StreamResponse:
-    """Stream ``data`` in chunks, honouring a single ``Range: bytes=a-b`` request."""
+async def _send(
+    request: web.Request, data: bytes, content_type: str, truncate_at: float | None = None
+) -> web.StreamResponse:
+    """Stream ``data`` in chunks, honouring a single ``Range: bytes=a-b`` request.
+
+    ``truncate_at``: send only that fraction of the body promised, then drop the
+    connection (a download cut short).
+    """
     try:
         window = request.http_range
     except ValueError:  # malformed or multiple ranges: RFC 9110 lets us send everything
@@ -270,6 +292,11 @@ async def _send(request: web.Request, data: bytes, content_type: str) -> web.Str
     try:
         if request.method != "HEAD":  # unlike Response, StreamResponse would send a HEAD body
             view = memoryview(data)
+            if truncate_at is not None:
+                await response.write(view[start : start + int((stop - start) * truncate_at)])
+                assert request.transport is not None
+                request.transport.close()  # after the bytes written so far
+                return response
             for offset in range(start, stop, _CHUNK):
                 await response.write(view[offset : min(offset + _CHUNK, stop)])
         await response.write_eof()

@@ -10,21 +10,36 @@ from typing import Literal
 
 __all__ = ["FailureRule", "SimulatorConfig"]
 
+Stage = Literal["create", "generate", "slow_create", "download"]
+
 
 @dataclass
 class FailureRule:
     """Fail requests whose prompt contains ``prompt_contains`` (case-insensitive).
 
-    ``stage="create"``: ``POST /v1/videos`` answers HTTP ``status`` with ``code``/``message``.
+    ``stage="create"``: ``POST /v1/videos`` answers HTTP ``status`` with ``code``/``message``
+    (and ``Retry-After: retry_after`` when given, as a 429 does); with ``after_create``
+    the job is made first, as when a gateway times out after its upstream accepted.
     ``stage="generate"``: the job is accepted, then ends ``failed`` with error {code, message}.
-    Rules are matched when a job is created, so appending one affects later jobs only.
+    ``stage="slow_create"``: the job is made, then the answer waits ``delay`` seconds (a
+    client with a shorter timeout cannot know the outcome).
+    ``stage="download"``: the video's content stops after ``truncate_at`` (a fraction)
+    of its bytes and the connection is closed, as a dropped download does.
+    ``times``: the rule fires this many times, then stops matching (None: always).
+    Rules are matched when a request arrives, so appending one affects later ones only.
     """
 
     prompt_contains: str
-    stage: Literal["create", "generate"]
+    stage: Stage
     status: int = 400
     code: str = "moderation_blocked"
     message: str = "Your request was blocked by our moderation system."
+    times: int | None = None
+    retry_after: float | None = None
+    after_create: bool = False
+    delay: float = 0.0
+    truncate_at: float = 0.5
+    fired: int = 0  # how many times it fired
 
 
 def _sora_sizes() -> dict[str, tuple[str, ...]]:
@@ -54,8 +69,18 @@ class SimulatorConfig:
     failure_rules: list[FailureRule] = field(default_factory=list)
     clock: Callable[[], float] = time.time
 
-    def rule_for(self, prompt: str, stage: Literal["create", "generate"]) -> FailureRule | None:
-        """The first rule of ``stage`` whose text occurs in ``prompt``."""
+    def rule_for(self, prompt: str, stage: Stage) -> FailureRule | None:
+        """The first live rule of ``stage`` whose text occurs in ``prompt``; it fires.
+
+        A rule with ``times`` left fires once more (and counts it); an exhausted one is
+        skipped.
+        """
         folded = prompt.casefold()
-        matches = (r for r in self.failure_rules if r.prompt_contains.casefold() in folded)
-        return next((rule for rule in matches if rule.stage == stage), None)
+        for rule in self.failure_rules:
+            if rule.stage != stage or rule.prompt_contains.casefold() not in folded:
+                continue
+            if rule.times is not None and rule.fired >= rule.times:
+                continue
+            rule.fired += 1
+            return rule
+        return None
