@@ -28,6 +28,7 @@ from service.repository import PostgresRepository, RepositoryError, as_json
 from service.runtime import create_pool, database_url, open_runtime
 from service.signals import STOP_SIGNALS, until_signalled
 from service.storage.base import StorageError
+from service.wakeups.wakeup import Wakeup
 
 log = structlog.get_logger("service.cli")
 
@@ -168,7 +169,10 @@ async def run_worker(settings: Settings, *, migrate_first: bool, listen: bool) -
     async with open_runtime(
         settings, apply_migrations=migrate_first, wait_for_database=True
     ) as runtime:
-        worker = runtime.worker(listen=listen)
+        sources = await runtime.choose_wakeups(listen_allowed=listen)
+        wakeup = Wakeup()
+        realtime = runtime.realtime_source(wakeup) if sources.realtime else None
+        worker = runtime.worker(listen=sources.listen, realtime=realtime)
         loop = asyncio.get_running_loop()
 
         def stop() -> None:
