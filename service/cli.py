@@ -28,7 +28,6 @@ from service.repository import PostgresRepository, RepositoryError, as_json
 from service.runtime import create_pool, database_url, open_runtime
 from service.signals import STOP_SIGNALS, until_signalled
 from service.storage.base import StorageError
-from service.wakeups.wakeup import Wakeup
 
 log = structlog.get_logger("service.cli")
 
@@ -170,8 +169,7 @@ async def run_worker(settings: Settings, *, migrate_first: bool, listen: bool) -
         settings, apply_migrations=migrate_first, wait_for_database=True
     ) as runtime:
         sources = await runtime.choose_wakeups(listen_allowed=listen)
-        wakeup = Wakeup()
-        realtime = runtime.realtime_source(wakeup) if sources.realtime else None
+        realtime = runtime.realtime_source() if sources.realtime else None
         worker = runtime.worker(listen=sources.listen, realtime=realtime)
         loop = asyncio.get_running_loop()
 

@@ -71,11 +71,13 @@ class Runtime:
         log.info("wakeups.chosen", mode=s.wakeups, listen=sources.listen, realtime=sources.realtime)
         return sources
 
-    def realtime_source(self, wakeup: Wakeup) -> RealtimeSource:
+    def realtime_source(self) -> RealtimeSource:
+        """Realtime on the project's URL with its service-role key; ``worker()`` shares
+        its Wakeup with LISTEN."""
         s = self.settings
         assert s.supabase_url is not None and s.supabase_service_role_key is not None
         key = s.supabase_service_role_key.get_secret_value()
-        return RealtimeSource(s.supabase_url, key, wakeup)
+        return RealtimeSource(s.supabase_url, key, Wakeup())
 
     def worker(self, *, listen: bool = True, realtime: RealtimeSource | None = None) -> Worker:
         """A worker; ``realtime`` (built on its Wakeup) runs beside LISTEN when given."""

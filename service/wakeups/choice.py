@@ -61,7 +61,7 @@ async def listen_works(dsn: str, *, within: float = 3.0) -> bool:
             conn: asyncpg.Connection = await asyncpg.connect(dsn, statement_cache_size=0)
             try:
                 await conn.add_listener(CHANNEL, on_notify)
-                await conn.execute(f"select pg_notify('{CHANNEL}', '{token}')")
+                await conn.execute("select pg_notify($1, $2)", CHANNEL, token)
                 await heard.wait()
             finally:
                 with contextlib.suppress(Exception):
