@@ -168,7 +168,9 @@ async def run_worker(settings: Settings, *, migrate_first: bool, listen: bool) -
     async with open_runtime(
         settings, apply_migrations=migrate_first, wait_for_database=True
     ) as runtime:
-        worker = runtime.worker(listen=listen)
+        sources = await runtime.choose_wakeups(listen_allowed=listen)
+        realtime = runtime.realtime_source() if sources.realtime else None
+        worker = runtime.worker(listen=sources.listen, realtime=realtime)
         loop = asyncio.get_running_loop()
 
         def stop() -> None:

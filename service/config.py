@@ -74,6 +74,12 @@ class Settings(BaseSettings):
         description="Supabase service-role key (never logged).",
     )
 
+    wakeups: Literal["auto", "listen", "realtime", "both", "none"] = Field(
+        "auto",
+        description="Push wake-ups besides the sweep: LISTEN, Supabase Realtime, both or none; "
+        "auto: both when SUPABASE_URL is set and LISTEN works, else what works.",
+    )
+
     model: str = Field("sora-2", description="Default model for rows that name none.")
     default_size: str = Field(
         "720x1280", description="Default WIDTHxHEIGHT for rows that name none."
@@ -159,6 +165,8 @@ class Settings(BaseSettings):
     def _supabase_pair(self) -> Settings:
         if (self.supabase_url is None) != (self.supabase_service_role_key is None):
             raise ValueError("set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY together")
+        if self.wakeups in ("realtime", "both") and self.supabase_url is None:
+            raise ValueError(f"SORA_WAKEUPS={self.wakeups} needs SUPABASE_URL (Realtime)")
         return self
 
     @property

@@ -38,6 +38,7 @@ from service.machine import (
 from service.repository import Conflict, LeaseLost, Repository, RepositoryError
 from service.steps import Steps
 from service.wakeups.listen import Listener
+from service.wakeups.realtime import RealtimeSource
 from service.wakeups.sweep import wait_for_work
 from service.wakeups.wakeup import Wakeup
 
@@ -68,12 +69,17 @@ class Worker:
         options: WorkerOptions,
         *,
         listener: Listener | None = None,
+        realtime: RealtimeSource | None = None,
     ) -> None:
         self.repo = repo
         self.steps = steps
         self.options = options
         self.listener = listener
-        self.wakeup = listener.wakeup if listener else Wakeup()
+        self.realtime = realtime
+        sources = [s for s in (listener, realtime) if s is not None]
+        # Every event source must set the one Wakeup the claim loop waits on.
+        assert all(s.wakeup is sources[0].wakeup for s in sources), "sources share one Wakeup"
+        self.wakeup = sources[0].wakeup if sources else Wakeup()
         self.stopping = asyncio.Event()
         self._inflight: dict[RowId, asyncio.Task[None]] = {}
         self._leased: set[RowId] = set()
@@ -93,10 +99,13 @@ class Worker:
             worker=self.repo.worker_id,
             concurrency=self.options.concurrency,
             listen=self.listener is not None,
+            realtime=self.realtime is not None,
         )
         side_tasks = [asyncio.create_task(self._supervise("heartbeat", self._heartbeat))]
         if self.listener is not None:
             side_tasks.append(asyncio.create_task(self._supervise("listen", self.listener.run)))
+        if self.realtime is not None:
+            side_tasks.append(asyncio.create_task(self._supervise("realtime", self.realtime.run)))
         try:
             await self._claim_loop()
         finally:

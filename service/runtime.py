@@ -33,7 +33,9 @@ from service.steps import Defaults, Steps
 from service.storage.base import ObjectStore
 from service.storage.local import PARTIAL_MAX_AGE, LocalStore, remove_stale_partials
 from service.storage.supabase import SupabaseStore, default_bucket_specs
+from service.wakeups import choice
 from service.wakeups.listen import Listener
+from service.wakeups.realtime import RealtimeSource
 from service.wakeups.wakeup import Wakeup
 
 if TYPE_CHECKING:
@@ -57,7 +59,28 @@ class Runtime:
     http: httpx.AsyncClient
     simulator: Simulator | None
 
-    def worker(self, *, listen: bool = True) -> Worker:
+    async def choose_wakeups(self, *, listen_allowed: bool = True) -> choice.Sources:
+        """The push sources ``SORA_WAKEUPS`` asks for; ``auto`` probes LISTEN first."""
+        s = self.settings
+        works = False
+        if s.wakeups == "auto" and listen_allowed:
+            works = await choice.listen_works(self.dsn)
+        sources = choice.choose(
+            s.wakeups, supabase=s.uses_supabase, listen_allowed=listen_allowed, listen_works=works
+        )
+        log.info("wakeups.chosen", mode=s.wakeups, listen=sources.listen, realtime=sources.realtime)
+        return sources
+
+    def realtime_source(self) -> RealtimeSource:
+        """Realtime on the project's URL with its service-role key; ``worker()`` shares
+        its Wakeup with LISTEN."""
+        s = self.settings
+        assert s.supabase_url is not None and s.supabase_service_role_key is not None
+        key = s.supabase_service_role_key.get_secret_value()
+        return RealtimeSource(s.supabase_url, key, Wakeup())
+
+    def worker(self, *, listen: bool = True, realtime: RealtimeSource | None = None) -> Worker:
+        """A worker; ``realtime`` (built on its Wakeup) runs beside LISTEN when given."""
         s = self.settings
         steps = Steps(
             self.provider,
@@ -85,8 +108,9 @@ class Runtime:
                 generation_timeout=timedelta(seconds=s.generation_timeout),
             ),
         )
-        listener = Listener(self.dsn, Wakeup()) if listen else None
-        return Worker(self.repo, steps, options, listener=listener)
+        wakeup = realtime.wakeup if realtime is not None else Wakeup()
+        listener = Listener(self.dsn, wakeup) if listen else None
+        return Worker(self.repo, steps, options, listener=listener, realtime=realtime)
 
 
 async def database_url(settings: Settings) -> str:

@@ -1,0 +1,292 @@
+"""Supabase Realtime as a wake-up source, against a local Realtime server.
+
+First the official ``realtime`` client proves the fake (join reply ids, the system
+message, a change fed by a real INSERT); then the worker runs with Realtime as its only
+push source (LISTEN off, a sweep too slow to matter), through every fault the source
+must survive: a server killed and restarted, refused joins, a bad key, a table missing
+from the publication, a channel error, a slow join reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from uuid import UUID
+
+import pytest
+from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
+from realtime.types import RealtimePostgresChangesListenEvent
+from structlog.testing import capture_logs
+
+from service.runtime import Runtime
+from service.wakeups.choice import Sources, choose
+from service.wakeups.realtime import KEY_HINT, PUBLICATION_HINT, RealtimeSource
+from service.wakeups.wakeup import Wakeup
+from tests.conftest import eventually, replica_of
+from tests.fakes.realtime_server import FakeRealtime, started
+from tests.test_pipeline import finished, row_of, running
+
+Logs = list[dict[str, Any]]
+
+
+@pytest.fixture
+async def fake(db_url: str) -> AsyncIterator[FakeRealtime]:
+    async with started(db_url) as server:
+        yield server
+
+
+def fast_source(fake: FakeRealtime, *, key: str | None = None, **options: Any) -> RealtimeSource:
+    """A source with test-sized backoffs (the defaults are 0.5 s, capped at 30 s)."""
+    values: dict[str, Any] = dict(first_backoff=0.05, max_backoff=0.5, check_every=0.5)
+    values.update(options)
+    return RealtimeSource(fake.url, key or fake.service_key, Wakeup(), **values)
+
+
+@pytest.fixture
+async def source(fake: FakeRealtime) -> AsyncIterator[RealtimeSource]:
+    """A running source, not yet necessarily ready."""
+    src = fast_source(fake)
+    task = asyncio.create_task(src.run())
+    yield src
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def said(logs: Logs, event: str) -> list[dict[str, Any]]:
+    return [entry for entry in logs if entry["event"] == event]
+
+
+# ------------------------------------------------------- the fake, via the client
+
+
+async def test_official_client_subscribes_and_hears_a_real_insert(
+    fake: FakeRealtime, runtime: Runtime
+) -> None:
+    client = AsyncRealtimeClient(f"{fake.url}/realtime/v1", fake.service_key)
+    states: list[RealtimeSubscribeStates] = []
+    systems: list[str] = []
+    changes: asyncio.Queue[Any] = asyncio.Queue()
+    channel = client.channel("test")
+    channel.on_postgres_changes(
+        RealtimePostgresChangesListenEvent.Insert, changes.put_nowait, table="videos"
+    )
+    channel.on_system(lambda payload: systems.append(payload.message))
+    try:
+        await channel.subscribe(lambda state, _err: states.append(state))
+        assert states == [RealtimeSubscribeStates.SUBSCRIBED]
+        assert channel.postgres_changes_callbacks[0].id  # the id from the join reply
+        await eventually(lambda: asyncio.sleep(0, systems), lambda s: s, within=5)
+        assert systems == ["Subscribed to PostgreSQL"]
+
+        row_id = await runtime.repo.insert_request("heard through realtime")
+        change = await asyncio.wait_for(changes.get(), 5)
+        assert change["data"]["type"] == "INSERT"
+        assert change["data"]["table"] == "videos" and change["data"]["schema"] == "public"
+        assert change["data"]["record"]["id"] == str(row_id)
+        assert change["ids"] == [channel.postgres_changes_callbacks[0].id]
+    finally:
+        await client.close()
+
+
+async def test_a_bad_key_is_refused_at_the_handshake(fake: FakeRealtime) -> None:
+    client = AsyncRealtimeClient(f"{fake.url}/realtime/v1", "not-the-key", max_retries=1)
+    with pytest.raises(Exception) as refused:
+        await client.connect()
+    assert getattr(refused.value, "response").status_code == 401  # noqa: B009
+    assert fake.connects == 0
+
+
+# ------------------------------------------------------- choosing the sources
+
+
+@pytest.mark.parametrize(
+    ("mode", "supabase", "allowed", "works", "expected"),
+    [
+        ("auto", True, True, True, Sources(listen=True, realtime=True)),
+        ("auto", True, False, False, Sources(listen=False, realtime=True)),  # run --no-listen
+        ("auto", True, True, False, Sources(listen=False, realtime=True)),  # a txn pooler
+        ("auto", False, True, True, Sources(listen=True, realtime=False)),
+        ("auto", False, True, False, Sources(listen=False, realtime=False)),
+        ("listen", True, True, False, Sources(listen=True, realtime=False)),
+        ("realtime", True, True, True, Sources(listen=False, realtime=True)),
+        ("both", True, False, True, Sources(listen=False, realtime=True)),
+        ("none", True, True, True, Sources(listen=False, realtime=False)),
+    ],
+)
+def test_wakeup_sources_follow_the_setting(
+    mode: Any, supabase: bool, allowed: bool, works: bool, expected: Sources
+) -> None:
+    assert choose(mode, supabase=supabase, listen_allowed=allowed, listen_works=works) == expected
+
+
+async def test_auto_probes_listen_on_a_real_database(runtime: Runtime) -> None:
+    sources = await runtime.choose_wakeups(listen_allowed=True)
+    assert sources == Sources(listen=True, realtime=False)  # no SUPABASE_URL in tests
+
+
+# ------------------------------------------------------- the worker, woken by Realtime
+
+
+async def test_a_row_is_claimed_within_a_second_of_its_insert_through_realtime(
+    fake: FakeRealtime, runtime: Runtime
+) -> None:
+    src = fast_source(fake)
+    async with replica_of(runtime, sweep_interval=600.0) as quiet:
+        worker = quiet.worker(listen=False, realtime=src)
+        assert worker.listener is None
+        with capture_logs() as logs:
+            async with running(worker):
+                await asyncio.wait_for(src.ready.wait(), 10)
+                # The catch-up claim after "Subscribed to PostgreSQL" is done first.
+                await eventually(
+                    lambda: asyncio.sleep(0, logs),
+                    lambda entries: any("realtime.ready" in e.get("reasons", []) for e in entries),
+                    within=5,
+                )
+                started_at = time.monotonic()
+                row_id = await runtime.repo.insert_request("woken by realtime")
+                await eventually(
+                    lambda: row_of(runtime, row_id),
+                    lambda r: r["locked_by"] is not None or r["stage"] != "pending",
+                    within=5,
+                )
+                insert_to_claim = time.monotonic() - started_at
+                row = await finished(runtime, row_id, within=15)
+    print(f"\ninsert-to-claim through Realtime: {insert_to_claim * 1000:.1f} ms")
+    assert row["status"] == "completed", row["error"]
+    assert insert_to_claim < 1.0
+    woken = [e["reasons"] for e in said(logs, "worker.woken")]
+    assert ["realtime"] in woken, woken
+    assert not any("sweep" in reasons or "notify" in reasons for reasons in woken)
+
+
+async def test_fifty_rows_complete_while_the_realtime_server_dies_five_times(
+    fake: FakeRealtime, runtime: Runtime
+) -> None:
+    src = fast_source(fake)
+    # Small clips: the test is about waking, not about encoding 50 videos at 720p.
+    assert runtime.simulator is not None
+    runtime.simulator.config.models["tiny"] = ("160x96",)
+    ids = []
+    started_at = time.monotonic()
+    async with replica_of(runtime, sweep_interval=600.0) as quiet:
+        worker = quiet.worker(listen=False, realtime=src)
+        with capture_logs() as logs:
+            async with running(worker):
+                for outage in range(5):
+                    await asyncio.wait_for(src.ready.wait(), 10)
+                    for n in range(5):
+                        ids.append(await insert_tiny(runtime, f"before {outage}.{n}"))
+                    await fake.kill()
+                    await eventually(lambda: asyncio.sleep(0, src.ready.is_set()), lambda r: not r)
+                    # Inserted while the server is down: never sent, found at resubscribe.
+                    for n in range(5):
+                        ids.append(await insert_tiny(runtime, f"during {outage}.{n}"))
+                    await fake.start()
+                await asyncio.wait_for(src.ready.wait(), 10)
+                rows = [await finished(runtime, row_id, within=30) for row_id in ids]
+                connected_at_end = src.ready.is_set() and fake.subscribers == 1
+    elapsed = time.monotonic() - started_at
+    print(
+        f"\n50 rows, 5 Realtime outages: {src.attempts} connection attempts "
+        f"in {elapsed:.1f} s, {fake.connects} sockets accepted"
+    )
+    assert len(ids) == 50
+    assert all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]
+    assert connected_at_end
+    # Bounded: one attempt per outage plus a few backoff retries each, never a spin.
+    assert 6 <= src.attempts <= 6 + 5 * 8
+    assert not said(logs, "worker.side_task_died")
+    lost = [e for e in said(logs, "realtime.unavailable") if "reconnecting" in e["problem"]]
+    assert 1 <= len(lost) <= 5
+
+
+async def insert_tiny(runtime: Runtime, prompt: str) -> UUID:
+    return await runtime.repo.insert_request(prompt, model="tiny", size="160x96")
+
+
+# ------------------------------------------------------- faults, each said once
+
+
+async def test_a_refused_join_is_said_once_and_retried_until_it_works(
+    fake: FakeRealtime,
+) -> None:
+    fake.refuse_joins = "Unauthorized: You do not have permissions to read from this Channel"
+    src = fast_source(fake)
+    with capture_logs() as logs:
+        task = asyncio.create_task(src.run())
+        try:
+            await eventually(lambda: asyncio.sleep(0, fake.joins), lambda n: n >= 2, within=10)
+            fake.refuse_joins = None
+            await asyncio.wait_for(src.ready.wait(), 15)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    problems = [e["problem"] for e in said(logs, "realtime.unavailable")]
+    assert len(problems) == 1 and KEY_HINT in problems[0], problems
+    assert src.attempts == 1  # the client rejoined on its socket; no rebuild
+    assert said(logs, "realtime.back")
+
+
+async def test_a_bad_key_is_said_once_and_retried_with_capped_backoff(
+    fake: FakeRealtime,
+) -> None:
+    src = fast_source(fake, key="wrong-key", max_backoff=0.2)
+    with capture_logs() as logs:
+        task = asyncio.create_task(src.run())
+        try:
+            await eventually(lambda: asyncio.sleep(0, src.attempts), lambda n: n >= 6, within=10)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    problems = [e["problem"] for e in said(logs, "realtime.unavailable")]
+    assert len(problems) == 1 and "HTTP 401" in problems[0] and KEY_HINT in problems[0]
+    assert not src.ready.is_set()
+
+
+async def test_a_table_missing_from_the_publication_is_said_once_with_the_fix(
+    fake: FakeRealtime,
+) -> None:
+    fake.publication = set()
+    src = fast_source(fake)
+    with capture_logs() as logs:
+        task = asyncio.create_task(src.run())
+        try:
+            await eventually(lambda: asyncio.sleep(0, fake.joins), lambda n: n >= 2, within=10)
+            fake.publication = {("public", "videos")}
+            await asyncio.wait_for(src.ready.wait(), 15)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    problems = [e["problem"] for e in said(logs, "realtime.unavailable")]
+    assert len(problems) == 1 and PUBLICATION_HINT in problems[0], problems
+
+
+async def test_a_channel_error_and_a_slow_join_are_survived(
+    fake: FakeRealtime, source: RealtimeSource
+) -> None:
+    await asyncio.wait_for(source.ready.wait(), 10)
+    await source.wakeup.wait(0)  # take the connect-time hints
+    fake.send_error()
+    await eventually(lambda: asyncio.sleep(0, source.ready.is_set()), lambda r: not r)
+    await asyncio.wait_for(source.ready.wait(), 10)  # the client rejoined on its own
+    assert "realtime.subscribed" in await source.wakeup.wait(0)
+
+    fake.reply_delay = 1.5  # beyond the 1 s join timeout below
+    slow = fast_source(fake, join_timeout=1)
+    with capture_logs() as logs:
+        task = asyncio.create_task(slow.run())
+        try:
+            await eventually(
+                lambda: asyncio.sleep(0, logs),
+                lambda entries: bool(said(entries, "realtime.unavailable")),
+                within=10,
+            )
+            fake.reply_delay = 0.0
+            await asyncio.wait_for(slow.ready.wait(), 15)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert "no reply in time" in said(logs, "realtime.unavailable")[0]["problem"]
