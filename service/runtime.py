@@ -54,20 +54,19 @@ class Runtime:
     store: ObjectStore
     http: httpx.AsyncClient
     simulator: Simulator | None
+    own_photo_origins: frozenset[fetch.Origin] = frozenset()
+    """The local storage server's origins: the one non-public place photos may come
+    from without being listed (the demo's photos live there)."""
 
     def worker(self, *, listen: bool = True) -> Worker:
         s = self.settings
         steps = Steps(
             self.provider,
             self.store,
-            self.http,
             defaults=Defaults(s.model, s.default_size, s.default_seconds),
             video_bucket=s.video_bucket,
-            photo_limits=fetch.Limits(
-                max_bytes=s.image_max_bytes,
-                timeout=s.image_timeout,
-                allow_private=s.image_private_hosts,
-            ),
+            photo_limits=fetch.Limits(max_bytes=s.image_max_bytes, timeout=s.image_timeout),
+            photo_access=fetch.Access(s.image_allow_list, self.own_photo_origins),
             ledger=self.repo,
         )
         options = WorkerOptions(
@@ -136,7 +135,7 @@ async def open_runtime(
         simulator, provider = await _open_provider(
             settings, stack, simulator_config, flexible_ports
         )
-        store = await _open_store(settings, stack, flexible_ports)
+        store, own_origins = await _open_store(settings, stack, flexible_ports)
         yield Runtime(
             settings=settings,
             dsn=dsn,
@@ -146,6 +145,7 @@ async def open_runtime(
             store=store,
             http=http,
             simulator=simulator,
+            own_photo_origins=own_origins,
         )
 
 
@@ -191,7 +191,7 @@ async def _open_provider(
 
 async def _open_store(
     settings: Settings, stack: AsyncExitStack, flexible_ports: bool
-) -> ObjectStore:
+) -> tuple[ObjectStore, frozenset[fetch.Origin]]:
     if settings.supabase_url is not None and settings.supabase_service_role_key is not None:
         # Its own HTTP client: uploads need a longer read timeout than photo fetches.
         supabase = SupabaseStore(
@@ -202,7 +202,7 @@ async def _open_store(
             default_bucket_specs(settings.video_bucket, settings.image_bucket)
         )
         log.info("storage.supabase", url=supabase.url, bucket=settings.video_bucket)
-        return supabase
+        return supabase, frozenset()
     root = settings.data_dir / "storage"
     root.mkdir(parents=True, exist_ok=True)
     removed = await asyncio.to_thread(remove_stale_partials, root, PARTIAL_MAX_AGE)
@@ -218,4 +218,8 @@ async def _open_store(
     await shared.open(flexible=flexible_ports)
     stack.push_async_callback(shared.close)
     log.info("storage.local", root=str(root.resolve()), url=shared.base_url)
-    return LocalStore(root, settings.public_url or shared.base_url)
+    # Its exact origins (where it listens, and where its URLs point) and nothing else.
+    own = {fetch.origin_of(shared.base_url)}
+    if settings.public_url:
+        own.add(fetch.origin_of(settings.public_url))
+    return LocalStore(root, settings.public_url or shared.base_url), frozenset(own)
