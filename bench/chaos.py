@@ -557,7 +557,9 @@ async def _night(plan: Plan, workdir: Path, pg: Postgres, say: Callable[[str], N
         for proxy in proxies:
             await proxy.start()
         storage.url = f"http://127.0.0.1:{storage_proxy.port}"  # the URLs it hands out
-        night.env = _replica_env(plan, workdir, pg_proxy.port, provider_proxy.port, storage)
+        night.env = _replica_env(
+            plan, workdir, pg_proxy.port, provider_proxy.port, storage, photo_base
+        )
         try:
             drained = await _play(night, db, pg, specs, pg_proxy, provider_proxy, storage_proxy)
         finally:
@@ -579,7 +581,12 @@ async def _night(plan: Plan, workdir: Path, pg: Postgres, say: Callable[[str], N
 
 
 def _replica_env(
-    plan: Plan, workdir: Path, pg_port: int, provider_port: int, storage: FakeSupabaseStorage
+    plan: Plan,
+    workdir: Path,
+    pg_port: int,
+    provider_port: int,
+    storage: FakeSupabaseStorage,
+    photo_base: str,
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SORA_", "OPENAI_", "SUPA"))}
     env.update(
@@ -602,23 +609,12 @@ def _replica_env(
         SORA_IMAGE_TIMEOUT="5",
         SORA_SHUTDOWN_GRACE="5",
         SORA_LOG_FORMAT="json",
-        SORA_IMAGE_PRIVATE_HOSTS="true",  # photos are served on 127.0.0.1
+        # The photo host is on 127.0.0.1, refused by default: allowed by name, as a
+        # user would allow an internal photo service.
+        SORA_IMAGE_ALLOW_HOSTS=urlsplit(photo_base).netloc,
         PYTHONUNBUFFERED="1",
     )
-    if "SORA_IMAGE_ALLOW_HOSTS" in _cli_help():
-        env["SORA_IMAGE_ALLOW_HOSTS"] = "127.0.0.1"
     return env
-
-
-def _cli_help() -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "service.cli", "--help"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO,
-    )
-    return done.stdout
 
 
 class Feed:

@@ -26,7 +26,6 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import httpx
 
 from service import logs
 from service.daemon import Worker, WorkerOptions
@@ -99,43 +98,41 @@ async def main(rows: int, concurrency: int, same_prompt: bool) -> None:
         async with pool.acquire() as conn:
             await migrate(conn)
         repo = PostgresRepository(pool, "bench", timedelta(seconds=30))
-        async with httpx.AsyncClient() as http:
-            steps = Steps(
-                InstantProvider(),
-                LocalStore(Path(scratch) / "store", "http://bench"),
-                http,
-                defaults=Defaults("sora-2", "720x1280", "4"),
-                video_bucket="hug-videos",
-                photo_limits=Limits(1_000_000, 5.0),
-                ledger=repo,
+        steps = Steps(
+            InstantProvider(),
+            LocalStore(Path(scratch) / "store", "http://bench"),
+            defaults=Defaults("sora-2", "720x1280", "4"),
+            video_bucket="hug-videos",
+            photo_limits=Limits(1_000_000, 5.0),
+            ledger=repo,
+        )
+        policy = Policy(
+            timedelta(milliseconds=1), 3, timedelta(milliseconds=10), timedelta(seconds=1)
+        )
+        worker = Worker(
+            repo,
+            steps,
+            WorkerOptions(concurrency, 5.0, 30.0, 10.0, policy),
+            listener=Listener(dsn, Wakeup()),
+        )
+        task = asyncio.create_task(worker.run())
+        await asyncio.wait_for(worker.listener.connected.wait(), 10)  # type: ignore[union-attr]
+        started = time.perf_counter()
+        await pool.executemany(
+            "insert into videos (prompt) values ($1)",
+            [("two people hug" if same_prompt else f"row {i}",) for i in range(rows)],
+        )
+        while await pool.fetchval("select count(*) from videos where status <> 'completed'"):
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        worker.stop()
+        await task
+        latencies = [
+            r[0]
+            for r in await pool.fetch(
+                "select extract(epoch from completed_at - created_at) from videos"
             )
-            policy = Policy(
-                timedelta(milliseconds=1), 3, timedelta(milliseconds=10), timedelta(seconds=1)
-            )
-            worker = Worker(
-                repo,
-                steps,
-                WorkerOptions(concurrency, 5.0, 30.0, 10.0, policy),
-                listener=Listener(dsn, Wakeup()),
-            )
-            task = asyncio.create_task(worker.run())
-            await asyncio.wait_for(worker.listener.connected.wait(), 10)  # type: ignore[union-attr]
-            started = time.perf_counter()
-            await pool.executemany(
-                "insert into videos (prompt) values ($1)",
-                [("two people hug" if same_prompt else f"row {i}",) for i in range(rows)],
-            )
-            while await pool.fetchval("select count(*) from videos where status <> 'completed'"):
-                await asyncio.sleep(0.05)
-            elapsed = time.perf_counter() - started
-            worker.stop()
-            await task
-            latencies = [
-                r[0]
-                for r in await pool.fetch(
-                    "select extract(epoch from completed_at - created_at) from videos"
-                )
-            ]
+        ]
         await pool.close()
         await admin.execute(f'drop database "{name}" with (force)')
         await admin.close()

@@ -22,7 +22,14 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.fetch import parse_host_ports
+
 ENV_PREFIX = "SORA_"
+REMOVED_SETTINGS = {
+    "SORA_IMAGE_PRIVATE_HOSTS": "SORA_IMAGE_PRIVATE_HOSTS was removed: photos on loopback "
+    "and private networks are refused unless listed in SORA_IMAGE_ALLOW_HOSTS "
+    "(host:port,host:port); the local storage server needs no entry",
+}
 SIZE_PATTERN = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
 
 
@@ -121,10 +128,11 @@ class Settings(BaseSettings):
 
     image_max_bytes: int = Field(15_000_000, gt=0, description="Largest input photo accepted.")
     image_timeout: float = Field(20.0, gt=0, description="Seconds allowed to fetch one photo.")
-    image_private_hosts: bool = Field(
-        True,
-        description="Allow photo URLs on loopback/private networks (the embedded default "
-        "serves photos on 127.0.0.1). Set false in production to block SSRF.",
+    image_allow_hosts: str = Field(
+        "",
+        description="Photo hosts on loopback/private networks to allow, as host:port "
+        "entries separated by commas (e.g. photos.internal:8443,10.0.0.5:80). Every "
+        "other non-public address is refused; the local storage server is allowed itself.",
     )
 
     data_dir: Path = Field(
@@ -146,6 +154,12 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug shows every poll and wake-up."
     )
+
+    @field_validator("image_allow_hosts")
+    @classmethod
+    def _allow_hosts_shape(cls, value: str) -> str:
+        parse_host_ports(value)  # raises ValueError naming the bad entry
+        return value
 
     @field_validator("default_size")
     @classmethod
@@ -178,6 +192,10 @@ class Settings(BaseSettings):
         return timedelta(seconds=self.lease_seconds)
 
     @property
+    def image_allow_list(self) -> frozenset[tuple[str, int]]:
+        return parse_host_ports(self.image_allow_hosts)
+
+    @property
     def uses_supabase(self) -> bool:
         return self.supabase_url is not None
 
@@ -202,6 +220,11 @@ def check_environment(environ: Mapping[str, str]) -> None:
     )
     if not unknown:
         return
+    removed = [
+        REMOVED_SETTINGS[name.upper()] for name in unknown if name.upper() in REMOVED_SETTINGS
+    ]
+    if removed:
+        raise SettingsError("; ".join(removed))
     hints = []
     for name in unknown:
         close = difflib.get_close_matches(name.upper(), known, n=1)

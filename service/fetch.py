@@ -1,11 +1,26 @@
 """Fetching photos from URLs anyone can write into a row, defensively.
 
-http(s) only; every hop of a redirect chain is checked; the byte limit is enforced
-while streaming (a lying or missing Content-Length changes nothing); one total
-timeout covers the whole download. Addresses that are never a photo host (link-local
-such as cloud metadata at 169.254.169.254, multicast, unspecified) are refused always;
-loopback and private networks are refused unless allowed (the embedded default serves
-its demo photos on 127.0.0.1, so it allows them; production should not).
+Anyone who can insert a row can make the worker send a GET wherever they like, so
+every destination is checked before a byte moves, and the connection goes to exactly
+the address that was checked:
+
+- http(s) only; the host is resolved once and every address it resolves to must be
+  public (see ``is_public``: one rule for IPv4 and IPv6, every spelling, since the
+  check is made on the resolved address, never on the text of the URL);
+- the TCP connection is pinned to the checked address (a network backend that refuses
+  any other destination), while the URL, the Host header and TLS (SNI and certificate
+  verification) keep the hostname: DNS that answers differently a second time
+  (rebinding) cannot move the connection anywhere else;
+- every redirect hop is checked the same way, and both photos of a row are checked
+  before either is fetched;
+- the byte limit is enforced while streaming (a lying or missing Content-Length
+  changes nothing) and one total timeout covers the whole download.
+
+Non-public destinations are opened only by ``Access``: host:port pairs the operator
+lists (``SORA_IMAGE_ALLOW_HOSTS``) and the exact origin of the worker's own local
+storage server (so the embedded demo works with nothing set). Whatever goes wrong on
+such an internal host is reported without its status code or protocol details, so
+row errors cannot be used to map internal services.
 
 Each failure says whether retrying could help: a 404 cannot, a 503 might.
 """
@@ -15,13 +30,29 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+import ssl
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
+import httpcore
 import httpx
+import structlog
+
+log = structlog.get_logger("service.fetch")
 
 MAX_REDIRECTS = 5
 RETRYABLE_STATUS = frozenset({408, 425, 429})
+CONNECT_TIMEOUT = 5.0
+ALLOW_SETTING = "SORA_IMAGE_ALLOW_HOSTS"
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+"""``(host, port) -> addresses``: how a photo host's name becomes IP addresses."""
+
+Origin = tuple[str, str, int]
+"""``(scheme, host, port)`` with the host as ``normal_host`` spells it."""
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class FetchError(Exception):
@@ -36,96 +67,401 @@ class FetchError(Exception):
 class Limits:
     max_bytes: int
     timeout: float
-    allow_private: bool = True
 
 
-async def fetch_photo(client: httpx.AsyncClient, label: str, url: str, limits: Limits) -> bytes:
-    """Download one photo within ``limits``; raise FetchError saying what went wrong."""
-    try:
-        async with asyncio.timeout(limits.timeout):
-            return await _follow(client, label, url, limits)
-    except TimeoutError as err:
+@dataclass(frozen=True)
+class Access:
+    """The only non-public destinations photos may come from.
+
+    ``allow_hosts``: (host, port) pairs as the operator wrote them, matched against the
+    URL's host exactly as spelt (``localhost`` does not open ``127.0.0.1``), any scheme.
+    ``own_origins``: the worker's own local storage server, matched on scheme, host
+    and port.
+    """
+
+    allow_hosts: frozenset[tuple[str, int]] = frozenset()
+    own_origins: frozenset[Origin] = frozenset()
+
+    def opens(self, scheme: str, host: str, port: int) -> bool:
+        return (host, port) in self.allow_hosts or (scheme, host, port) in self.own_origins
+
+
+@dataclass(frozen=True)
+class Target:
+    """A destination that passed the check: connect to ``address`` and nowhere else."""
+
+    label: str
+    url: httpx.URL
+    host: str
+    port: int
+    address: str
+    internal: bool = field(default=False)
+    """Reached through ``Access``: its answers are not repeated in row errors."""
+
+
+# --------------------------------------------------------------------- address rules
+
+# Everything that is not the public internet, beyond what ``ipaddress.is_global``
+# already excludes (its tables vary between Python patch releases, so the ones that
+# matter for SSRF are spelt out here as well).
+_NOT_PUBLIC = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "0.0.0.0/8",  # "this network"; 0.0.0.0 reaches localhost on Linux
+        "10.0.0.0/8",
+        "100.64.0.0/10",  # carrier-grade NAT
+        "127.0.0.0/8",
+        "169.254.0.0/16",  # link-local, cloud metadata (169.254.169.254)
+        "172.16.0.0/12",
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.0.2.0/24",
+        "192.88.99.0/24",  # 6to4 relay anycast
+        "192.168.0.0/16",
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, broadcast
+        "::/96",  # unspecified, loopback, IPv4-compatible (deprecated)
+        "64:ff9b:1::/48",  # local-use NAT64
+        "100::/64",  # discard
+        "2001::/23",  # IETF protocol assignments, Teredo
+        "2001:db8::/32",
+        "3fff::/20",  # documentation
+        "5f00::/16",  # segment routing
+        "fc00::/7",  # unique local
+        "fe80::/10",  # link-local
+        "fec0::/10",  # site-local (deprecated)
+        "ff00::/8",  # multicast
+    )
+)
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries, for the forms that reach IPv4 hosts:
+    IPv4-mapped (``::ffff:a.b.c.d``), 6to4 (``2002::/16``) and NAT64 (``64:ff9b::/96``)."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
+    return None
+
+
+def is_public(address: IPAddress) -> bool:
+    """The one rule: an address on the public internet, whatever its family or spelling.
+
+    Refused: loopback, private, link-local, CGNAT, multicast, reserved, documentation
+    and unspecified addresses, and IPv6 addresses whose embedded IPv4 address is any of
+    those (so ``::ffff:127.0.0.1`` is judged as 127.0.0.1).
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        address = address.ipv4_mapped or address  # judged as the IPv4 it is
+    if not address.is_global or address.is_multicast:
+        return False
+    if any(address in net for net in _NOT_PUBLIC if net.version == address.version):
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = embedded_ipv4(address)
+        return inner is None or is_public(inner)
+    return True
+
+
+# ------------------------------------------------------------------- names and origins
+
+
+def normal_host(host: str) -> str:
+    """A host as httpx will connect to it: IDNA-encoded, lower case, IPv6 unbracketed."""
+    return httpx.URL(f"http://{_bracketed(host)}/").raw_host.decode("ascii").lower()
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def default_port(scheme: str) -> int:
+    return 443 if scheme == "https" else 80
+
+
+def origin_of(url: str) -> Origin:
+    """``(scheme, host, port)`` of a URL, normalised as the fetcher compares them."""
+    parsed = httpx.URL(url)
+    scheme = parsed.scheme.lower()
+    return scheme, normal_host(parsed.host), parsed.port or default_port(scheme)
+
+
+def parse_host_ports(text: str) -> frozenset[tuple[str, int]]:
+    """``"photos.internal:8443, [fd00::5]:80"`` -> {(host, port), ...}; ValueError if bad."""
+    pairs = set()
+    for raw in text.replace(";", ",").split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        host, sep, port = entry.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{entry!r} is not host:port (e.g. photos.internal:8443)")
+        if host.startswith("[") != host.endswith("]") or ("/" in host) or ("@" in host):
+            raise ValueError(f"{entry!r} is not host:port (e.g. [fd00::5]:443)")
+        try:
+            pairs.add((normal_host(host.strip("[]")), int(port)))
+        except (httpx.InvalidURL, UnicodeError) as err:
+            raise ValueError(f"{entry!r} does not name a valid host") from err
+    return frozenset(pairs)
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    """The operating system's resolver (it also reads ``2130706433`` and ``127.1``)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+# ------------------------------------------------------------------ pinned connections
+
+
+class _PinnedBackend(httpcore.AsyncNetworkBackend):
+    """Connects to the checked address for the checked (host, port), and to nothing else."""
+
+    def __init__(self, target: Target, inner: httpcore.AsyncNetworkBackend) -> None:
+        self._target = target
+        self._inner = inner
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        if (normal_host(host), port) != (self._target.host, self._target.port):
+            raise httpcore.ConnectError("refused: not the destination that was checked")
+        return await self._inner.connect_tcp(
+            self._target.address,
+            port,
+            timeout=timeout,
+            local_address=local_address,
+            socket_options=socket_options,
+        )
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("refused: photos never come from a Unix socket")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _PinnedTransport(httpx.AsyncHTTPTransport):
+    """httpx's own transport with its connection pool swapped for one whose network
+    backend is pinned (httpx does not take a network backend as a parameter). TLS is
+    untouched: httpcore still sends SNI for, and verifies the certificate against, the
+    URL's hostname. No proxy: ``trust_env`` is off, since a proxy would resolve the
+    name again itself."""
+
+    def __init__(
+        self, target: Target, inner: httpcore.AsyncNetworkBackend, context: ssl.SSLContext
+    ) -> None:
+        super().__init__(verify=context, trust_env=False, retries=0)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=context,
+            max_connections=1,
+            max_keepalive_connections=0,
+            network_backend=_PinnedBackend(target, inner),
+        )
+
+
+# ---------------------------------------------------------------------------- fetcher
+
+
+class PhotoFetcher:
+    """Checks and fetches the photos of rows: one policy, one resolver, one network.
+
+    ``resolver``, ``network`` and ``ssl_context`` exist so tests can stand in for DNS
+    and the internet; production uses the system's.
+    """
+
+    def __init__(
+        self,
+        limits: Limits,
+        access: Access | None = None,
+        *,
+        resolver: Resolver = system_resolver,
+        network: httpcore.AsyncNetworkBackend | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.limits = limits
+        self.access = access or Access()
+        self._resolve = resolver
+        self._network = network or httpcore.AnyIOBackend()
+        self._ssl = ssl_context or httpx.create_ssl_context()
+
+    async def check(self, label: str, url: str) -> Target:
+        """Refuse what a photo can never come from; say where the connection will go."""
+        try:
+            async with asyncio.timeout(self.limits.timeout):
+                return await self._check(label, url)
+        except TimeoutError as err:
+            raise FetchError(
+                f"{label}: its host name did not resolve in time", permanent=False
+            ) from err
+
+    async def fetch(self, target: Target) -> bytes:
+        """Download one checked photo within the limits; raise FetchError saying why not."""
+        limits = self.limits
+        try:
+            async with asyncio.timeout(limits.timeout):
+                return await self._follow(target)
+        except TimeoutError as err:
+            raise FetchError(
+                f"{target.label} did not download within {limits.timeout:g} s", permanent=False
+            ) from err
+        except httpx.HTTPError as err:
+            raise self._failure(
+                target, f"could not be fetched: {describe_http_error(err)}", permanent=False
+            ) from err
+
+    async def fetch_url(self, label: str, url: str) -> bytes:
+        """Check, then fetch: for one photo on its own."""
+        return await self.fetch(await self.check(label, url))
+
+    async def _check(self, label: str, url: str) -> Target:
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, ValueError, UnicodeError) as err:
+            raise FetchError(f"{label} is not a usable URL", permanent=True) from err
+        scheme = parsed.scheme.lower()
+        if scheme not in ("http", "https"):
+            raise FetchError(f"{label} must be an http(s) URL, got '{shown(url)}'", permanent=True)
+        if not parsed.host:
+            raise FetchError(f"{label} has no host: '{shown(url)}'", permanent=True)
+        host = parsed.raw_host.decode("ascii").lower()
+        port = parsed.port or default_port(scheme)
+        try:
+            answers = await self._resolve(host, port)
+        except (socket.gaierror, UnicodeError) as err:
+            raise FetchError(
+                f"{label} names a host that does not resolve: {host}", permanent=False
+            ) from err
+        if not answers:
+            raise FetchError(f"{label} names a host that does not resolve: {host}", permanent=False)
+        internal = self.access.opens(scheme, host, port)
+        if not internal and not all(_parses_public(answer) for answer in answers):
+            raise FetchError(
+                f"{label} points at an address that is not allowed: {_bracketed(host)}:{port} "
+                f"is not a public address (an operator can allow it with {ALLOW_SETTING})",
+                permanent=True,
+            )
+        return Target(label, parsed, host, port, answers[0], internal)
+
+    async def _follow(self, target: Target) -> bytes:
+        for _ in range(MAX_REDIRECTS + 1):
+            async with (
+                httpx.AsyncClient(
+                    transport=_PinnedTransport(target, self._network, self._ssl),
+                    timeout=httpx.Timeout(self.limits.timeout, connect=CONNECT_TIMEOUT),
+                    trust_env=False,
+                ) as client,
+                # identity: a compressed body would inflate before the byte limit sees it.
+                client.stream(
+                    "GET",
+                    target.url,
+                    follow_redirects=False,
+                    headers={"Accept-Encoding": "identity"},
+                ) as response,
+            ):
+                encoding = response.headers.get("content-encoding", "identity").lower()
+                if encoding not in ("identity", ""):
+                    raise self._failure(
+                        target,
+                        f"was sent {encoding}-compressed although we asked for none",
+                        permanent=True,
+                    )
+                if response.is_redirect:
+                    location = response.headers.get("location", "")
+                    try:
+                        following = str(target.url.join(location))
+                    except (httpx.InvalidURL, ValueError, UnicodeError):
+                        following = location
+                    target = await self._check(target.label, following)
+                    continue
+                if response.status_code >= 400:
+                    status = response.status_code
+                    retry = status in RETRYABLE_STATUS or status >= 500
+                    raise self._failure(target, f"answered HTTP {status}", permanent=not retry)
+                return await self._read_limited(response, target)
         raise FetchError(
-            f"{label} did not download within {limits.timeout:g} s", permanent=False
-        ) from err
-    except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as err:
-        raise FetchError(f"{label} is not a usable URL: {err}", permanent=True) from err
-    except httpx.HTTPError as err:
-        raise FetchError(f"{label} could not be fetched: {err!r}", permanent=False) from err
+            f"{target.label} redirects more than {MAX_REDIRECTS} times", permanent=True
+        )
 
-
-async def _follow(client: httpx.AsyncClient, label: str, url: str, limits: Limits) -> bytes:
-    for _ in range(MAX_REDIRECTS + 1):
-        await _check_destination(label, url, limits.allow_private)
-        # identity: a compressed body would be inflated before the byte limit sees it.
-        async with client.stream(
-            "GET", url, follow_redirects=False, headers={"Accept-Encoding": "identity"}
-        ) as response:
-            encoding = response.headers.get("content-encoding", "identity").lower()
-            if encoding not in ("identity", ""):
+    async def _read_limited(self, response: httpx.Response, target: Target) -> bytes:
+        max_bytes = self.limits.max_bytes
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_bytes:
+            raise FetchError(
+                f"{target.label} is {int(declared):,} bytes; the limit is {max_bytes:,}",
+                permanent=True,
+            )
+        buffer = bytearray()
+        async for chunk in response.aiter_bytes():
+            buffer.extend(chunk)
+            if len(buffer) > max_bytes:
                 raise FetchError(
-                    f"{label} was sent {encoding}-compressed although we asked for none",
+                    f"{target.label} is larger than {max_bytes:,} bytes (the limit)",
                     permanent=True,
                 )
-            if response.is_redirect:
-                url = urljoin(url, response.headers.get("location", ""))
-                continue
-            if response.status_code >= 400:
-                retry = response.status_code in RETRYABLE_STATUS or response.status_code >= 500
-                raise FetchError(
-                    f"{label} answered HTTP {response.status_code}", permanent=not retry
-                )
-            return await _read_limited(response, label, limits.max_bytes)
-    raise FetchError(f"{label} redirects more than {MAX_REDIRECTS} times", permanent=True)
+        return bytes(buffer)
 
-
-async def _read_limited(response: httpx.Response, label: str, max_bytes: int) -> bytes:
-    declared = response.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise FetchError(
-            f"{label} is {int(declared):,} bytes; the limit is {max_bytes:,}", permanent=True
+    def _failure(self, target: Target, what: str, *, permanent: bool) -> FetchError:
+        """What the host answered (a status, a protocol or connection failure): told
+        for public hosts, logged only for internal ones, so that rows cannot be used to
+        probe internal services. (Our own limits are stated either way.)"""
+        if not target.internal:
+            return FetchError(f"{target.label} {what}", permanent=permanent)
+        log.warning(
+            "photo.internal_host_failed",
+            label=target.label,
+            host=target.host,
+            port=target.port,
+            detail=what,
         )
-    buffer = bytearray()
-    async for chunk in response.aiter_bytes():
-        buffer.extend(chunk)
-        if len(buffer) > max_bytes:
-            raise FetchError(f"{label} is larger than {max_bytes:,} bytes", permanent=True)
-    return bytes(buffer)
+        return FetchError(
+            f"{target.label} could not be fetched from the internal host "
+            f"{_bracketed(target.host)}:{target.port} (details are in the worker's log)",
+            permanent=permanent,
+        )
 
 
-async def _check_destination(label: str, url: str, allow_private: bool) -> None:
-    """Refuse schemes and addresses a photo can never legitimately come from."""
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https"):
-        raise FetchError(f"{label} must be an http(s) URL, got {url[:100]!r}", permanent=True)
-    host = parts.hostname
-    if not host:
-        raise FetchError(f"{label} has no host: {url[:100]!r}", permanent=True)
-    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+def shown(text: str, limit: int = 100) -> str:
+    """Untrusted text fit for an error message: printable, and not too long."""
+    clean = "".join(c if c.isprintable() else "?" for c in text[:limit])
+    return clean + ("..." if len(text) > limit else "")
+
+
+def _parses_public(answer: str) -> bool:
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as err:
-        raise FetchError(
-            f"{label} names a host that does not resolve: {host}", permanent=False
-        ) from err
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        refusal = _refusal(address, allow_private)
-        if refusal:
-            raise FetchError(
-                f"{label} points at {refusal} address {address}; refused", permanent=True
-            )
+        return is_public(ipaddress.ip_address(answer))
+    except ValueError:
+        return False
 
 
-def _refusal(
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_private: bool
-) -> str | None:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if address.is_link_local:
-        return "a link-local (cloud metadata)"
-    if address.is_multicast or address.is_unspecified or address.is_reserved:
-        return "a non-routable"
-    if not allow_private and (address.is_loopback or address.is_private):
-        return "a private or loopback"
-    return None
+def describe_http_error(err: httpx.HTTPError) -> str:
+    """What went wrong on the wire, in words, without reprs or addresses."""
+    if isinstance(err, httpx.TimeoutException):
+        return "the host did not answer in time"
+    if isinstance(err, httpx.ConnectError):
+        return "could not connect to the host"
+    if isinstance(err, httpx.RemoteProtocolError):
+        return "the host broke the HTTP protocol"
+    if isinstance(err, httpx.ProtocolError):
+        return "the HTTP exchange failed"
+    if isinstance(err, httpx.NetworkError):
+        return "the connection broke off"
+    if isinstance(err, httpx.DecodingError):
+        return "the body could not be decoded"
+    return "a network error"

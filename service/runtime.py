@@ -58,6 +58,9 @@ class Runtime:
     store: ObjectStore
     http: httpx.AsyncClient
     simulator: Simulator | None
+    own_photo_origins: frozenset[fetch.Origin] = frozenset()
+    """The local storage server's origins: the one non-public place photos may come
+    from without being listed (the demo's photos live there)."""
 
     async def choose_wakeups(self, *, listen_allowed: bool = True) -> choice.Sources:
         """The push sources ``SORA_WAKEUPS`` asks for; ``auto`` probes LISTEN first."""
@@ -85,14 +88,10 @@ class Runtime:
         steps = Steps(
             self.provider,
             self.store,
-            self.http,
             defaults=Defaults(s.model, s.default_size, s.default_seconds),
             video_bucket=s.video_bucket,
-            photo_limits=fetch.Limits(
-                max_bytes=s.image_max_bytes,
-                timeout=s.image_timeout,
-                allow_private=s.image_private_hosts,
-            ),
+            photo_limits=fetch.Limits(max_bytes=s.image_max_bytes, timeout=s.image_timeout),
+            photo_access=fetch.Access(s.image_allow_list, self.own_photo_origins),
             ledger=self.repo,
         )
         options = WorkerOptions(
@@ -173,7 +172,7 @@ async def open_runtime(
         simulator, provider = await _open_provider(
             settings, stack, simulator_config, flexible_ports
         )
-        store = await _open_store(settings, stack, flexible_ports)
+        store, own_origins = await _open_store(settings, stack, flexible_ports)
         yield Runtime(
             settings=settings,
             dsn=dsn,
@@ -183,6 +182,7 @@ async def open_runtime(
             store=store,
             http=http,
             simulator=simulator,
+            own_photo_origins=own_origins,
         )
 
 
@@ -271,7 +271,7 @@ async def _open_provider(
 
 async def _open_store(
     settings: Settings, stack: AsyncExitStack, flexible_ports: bool
-) -> ObjectStore:
+) -> tuple[ObjectStore, frozenset[fetch.Origin]]:
     if settings.supabase_url is not None and settings.supabase_service_role_key is not None:
         # Its own HTTP client: uploads need a longer read timeout than photo fetches.
         supabase = SupabaseStore(
@@ -282,7 +282,7 @@ async def _open_store(
             default_bucket_specs(settings.video_bucket, settings.image_bucket)
         )
         log.info("storage.supabase", url=supabase.url, bucket=settings.video_bucket)
-        return supabase
+        return supabase, frozenset()
     with local_extra(
         "SUPABASE_URL is unset, so sora-worker would serve videos from its local storage server",
         "set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY",
@@ -305,4 +305,8 @@ async def _open_store(
     await shared.open(flexible=flexible_ports)
     stack.push_async_callback(shared.close)
     log.info("storage.local", root=str(root.resolve()), url=shared.base_url)
-    return LocalStore(root, settings.public_url or shared.base_url)
+    # Its exact origins (where it listens, and where its URLs point) and nothing else.
+    own = {fetch.origin_of(shared.base_url)}
+    if settings.public_url:
+        own.add(fetch.origin_of(settings.public_url))
+    return LocalStore(root, settings.public_url or shared.base_url), frozenset(own)

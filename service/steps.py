@@ -61,6 +61,10 @@ class Ledger(Protocol):
 TURN_WAIT = timedelta(milliseconds=500)
 """How soon a request whose identical twin is being submitted looks again."""
 
+PHOTO_ROWS_AT_ONCE = 4
+"""Rows that may hold downloaded photos at once: at most this many x 2 x
+SORA_IMAGE_MAX_BYTES of photo bytes in memory, whatever the concurrency."""
+
 
 @dataclass(frozen=True)
 class Defaults:
@@ -78,20 +82,20 @@ class Steps:
         self,
         provider: VideoProvider,
         store: ObjectStore,
-        http: httpx.AsyncClient,
         *,
         defaults: Defaults,
         video_bucket: str,
         photo_limits: fetch.Limits,
+        photo_access: fetch.Access | None = None,
         ledger: Ledger,
     ) -> None:
         self.provider = provider
         self.store = store
-        self.http = http
         self.defaults = defaults
         self.video_bucket = video_bucket
-        self.photo_limits = photo_limits
-        self._compose_slot = asyncio.Semaphore(1)
+        # Photos get their own pinned connections (fetch.py), never a shared client.
+        self.photos = fetch.PhotoFetcher(photo_limits, photo_access)
+        self._photo_slots = asyncio.Semaphore(PHOTO_ROWS_AT_ONCE)
         self.ledger = ledger
 
     # ------------------------------------------------------------ submit
@@ -104,8 +108,8 @@ class Steps:
         """
         if job.provider is not None and job.provider != self.provider.name:
             return Rejected(
-                f"row was submitted through provider {job.provider!r}, "
-                f"but this worker runs {self.provider.name!r}"
+                f"row was submitted through provider '{job.provider}', "
+                f"but this worker runs '{self.provider.name}'"
             )
         model = job.model or self.defaults.model
         size = job.size or self.defaults.size
@@ -155,23 +159,21 @@ class Steps:
             raise images.ImageError(
                 f"size {size} is too large to compose a reference image for", permanent=True
             )
-        blobs = await asyncio.gather(
-            *(
-                fetch.fetch_photo(self.http, label, url, self.photo_limits)
-                for label, url in labelled
-            )
-        )
+        # Both destinations are checked before a byte moves: a row whose second URL is
+        # refused must not make the worker contact the first one's host at all.
+        targets = [await self.photos.check(label, url) for label, url in labelled]
+        # Photo bytes wait in memory until composed: bound how many rows hold them.
+        async with self._photo_slots:
+            blobs = await asyncio.gather(*(self.photos.fetch(target) for target in targets))
 
-        def compose() -> bytes:
-            photos = [
-                images.decode(label, blob, fit=(width, height))
-                for (label, _), blob in zip(labelled, blobs, strict=True)
-            ]
-            return images.compose_reference(photos, width, height)
+            def compose() -> bytes:
+                photos = [
+                    images.decode(label, blob, fit=(width, height))
+                    for (label, _), blob in zip(labelled, blobs, strict=True)
+                ]
+                return images.compose_reference(photos, width, height)
 
-        # Decoding is the one step whose memory grows with the input: one at a time.
-        async with self._compose_slot:
-            return await asyncio.to_thread(compose)
+            return await images.in_photo_thread(compose)
 
     async def create(self, request: VideoRequest) -> Event:
         """The one call that costs money. Its errors say whether a job may exist."""
@@ -266,8 +268,10 @@ class Steps:
             # Even a refusal (bucket too small, wrong type) is a setting the operator can
             # fix while the provider still holds the video: keep trying (StorageError).
             return Transient(f"storage refused the video: {err}")
-        except (httpx.HTTPError, OSError) as err:
-            return Transient(f"archive interrupted: {err!r}")
+        except httpx.HTTPError as err:
+            return Transient(f"archive interrupted: {fetch.describe_http_error(err)}")
+        except OSError as err:
+            return Transient(f"archive interrupted: {err.strerror or 'an I/O error'}")
         thumbnail_url = await self._archive_thumbnail(job, job.video_id)
         return Archived(stored.url, stored.size, stored.sha256, thumbnail_url)
 

@@ -81,7 +81,13 @@ async def test_a_second_ctrl_c_during_the_grace_period_exits_at_once(
 
     photos = await asyncio.start_server(never_answer, "127.0.0.1", 0)
     port = photos.sockets[0].getsockname()[1]
-    env = env_for(db_url, tmp_path, SORA_SHUTDOWN_GRACE="120", SORA_IMAGE_TIMEOUT="120")
+    env = env_for(
+        db_url,
+        tmp_path,
+        SORA_SHUTDOWN_GRACE="120",
+        SORA_IMAGE_TIMEOUT="120",
+        SORA_IMAGE_ALLOW_HOSTS=f"127.0.0.1:{port}",  # loopback is refused unless named
+    )
     proc = await asyncio.create_subprocess_exec(
         *CLI, "run", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )

@@ -124,7 +124,6 @@ def make_worker(
     steps = Steps(
         provider,
         LocalStore(tmp_path / "store", "http://store.invalid"),
-        http,
         defaults=Defaults("sora-2", "720x1280", "8"),
         video_bucket="videos",
         photo_limits=fetch.Limits(max_bytes=1_000_000, timeout=1.0),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
+import threading
 
 import pytest
 from PIL import Image
 
-from service.images import ImageError, compose_reference, decode
+from service.images import ImageError, compose_reference, decode, in_photo_thread
 
 
 def solid(color: tuple[int, int, int], size: tuple[int, int], fmt: str = "PNG") -> bytes:
@@ -81,14 +82,40 @@ def test_non_photos_are_refused_permanently_with_a_reason(data: bytes, message: 
         decode("image1_url", data)
     assert caught.value.permanent
     assert "image1_url" in str(caught.value)
+    # Finding 4: Pillow's own text names the BytesIO object and its address.
+    assert "BytesIO" not in str(caught.value) and "0x" not in str(caught.value)
 
 
 def test_decompression_bombs_are_refused() -> None:
     bomb = io.BytesIO()
     Image.new("1", (10_000, 10_000)).save(bomb, format="PNG")
-    with pytest.raises(ImageError, match=r"pixels|too large") as caught:
+    with pytest.raises(ImageError, match=r"the limit is 40 MP") as caught:
         decode("image2_url", bomb.getvalue())
     assert caught.value.permanent
+
+
+def test_a_photo_over_the_pixel_limit_is_refused_with_its_size_and_the_limit() -> None:
+    big = io.BytesIO()
+    Image.new("L", (7000, 7000)).save(big, format="PNG")
+    with pytest.raises(ImageError) as caught:
+        decode("image1_url", big.getvalue(), fit=(720, 1280))
+    assert str(caught.value) == "image1_url is 7000x7000 (49.0 MP); the limit is 40 MP"
+
+
+def test_a_large_png_is_reduced_to_the_size_needed() -> None:
+    """Finding 3: PNG has no reduced decode, so it is reduced straight after decoding
+    (the full-size copy is dropped before the next photo is decoded)."""
+    big = io.BytesIO()
+    Image.new("RGBA", (5000, 4000), (*RED, 255)).save(big, format="PNG")
+    decoded = decode("image1_url", big.getvalue(), fit=(720, 1280))
+    assert decoded.mode == "RGB"
+    assert min(decoded.size) >= 1280 and decoded.size == (1667, 1334)  # reduced by 3
+
+
+async def test_photos_are_decoded_on_one_dedicated_thread() -> None:
+    """Finding 3: one thread (one malloc arena) for all decoding, not the default pool."""
+    names = {await in_photo_thread(lambda: threading.current_thread().name) for _ in range(8)}
+    assert len(names) == 1 and next(iter(names)).startswith("sora-photos")
 
 
 def _is(pixel: object, color: tuple[int, int, int]) -> bool:

@@ -7,6 +7,7 @@ HTTP, local storage served over HTTP. Only the provider's servers are simulated.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import av
@@ -76,6 +78,14 @@ async def photo_host(routes: dict[str, tuple[int, bytes, str]]) -> AsyncIterator
         await runner.cleanup()
 
 
+def allowing(runtime: Runtime, base: str) -> Runtime:
+    """The runtime with the photo host at ``base`` allowed, the way an operator allows
+    one (SORA_IMAGE_ALLOW_HOSTS): photo hosts on 127.0.0.1 are refused by default."""
+    entry = urlsplit(base).netloc
+    settings = runtime.settings.model_copy(update={"image_allow_hosts": entry})
+    return dataclasses.replace(runtime, settings=settings)
+
+
 async def leave_in_doubt(
     runtime: Runtime, row_id: UUID, submitted_ago: timedelta = timedelta(seconds=1)
 ) -> None:
@@ -116,7 +126,7 @@ async def test_a_row_becomes_a_permanent_video_with_both_photos(runtime: Runtime
         row_id = await runtime.repo.insert_request(
             "two friends hug", f"{host}/a.png", f"{host}/b.png"
         )
-        async with running(runtime.worker()):
+        async with running(allowing(runtime, host).worker()):
             row = await finished(runtime, row_id)
 
     assert row["status"] == "completed", row["error"]
@@ -234,13 +244,15 @@ async def test_bad_photos_fail_their_row_and_the_worker_serves_the_others(runtim
             "scheme": await runtime.repo.insert_request("x", "file:///etc/passwd"),
         }
         good = await runtime.repo.insert_request("fine", f"{host}/good.png")
-        async with running(runtime.worker()):
+        async with running(allowing(runtime, host).worker()):
             rows = {name: await finished(runtime, rid) for name, rid in bad.items()}
             good_row = await finished(runtime, good)
 
     assert good_row["status"] == "completed", good_row["error"]
     assert all(r["status"] == "failed" for r in rows.values())
-    assert "HTTP 404" in rows["missing"]["error"]
+    # An allowed host is still an internal one: what it answered is not repeated.
+    assert "could not be fetched from the internal host" in rows["missing"]["error"]
+    assert "HTTP" not in rows["missing"]["error"]
     assert "not a readable image" in rows["not_image"]["error"]
     assert "15,000,000" in rows["too_big"]["error"]  # the limit, stated
     assert "http(s)" in rows["scheme"]["error"]
@@ -254,7 +266,7 @@ async def test_a_huge_size_for_an_unchecked_model_fails_without_composing(
         row_id = await runtime.repo.insert_request(
             "x", f"{host}/a.png", model="some-gateway-model", size="99999x99999"
         )
-        async with running(runtime.worker()):
+        async with running(allowing(runtime, host).worker()):
             row = await finished(runtime, row_id)
     assert row["status"] == "failed" and "too large" in row["error"]
 
@@ -433,7 +445,9 @@ async def test_a_long_step_keeps_its_lease_alive_with_heartbeats(
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     url = f"http://127.0.0.1:{runner.addresses[0][1]}/slow.png"
-    settings = make_settings(db_url, tmp_path, lease_seconds=0.6)
+    settings = make_settings(
+        db_url, tmp_path, lease_seconds=0.6, image_allow_hosts=urlsplit(url).netloc
+    )
     try:
         async with open_runtime(
             settings, apply_migrations=False, simulator_config=SimulatorConfig(**FAST_SIMULATOR)
@@ -468,8 +482,8 @@ async def test_identical_requests_take_turns_and_each_gets_its_own_photos(
             for i in range(len(colors))
         ]
         async with (
-            replica_of(runtime) as other,
-            running(runtime.worker()),
+            replica_of(runtime, image_allow_hosts=urlsplit(host).netloc) as other,
+            running(allowing(runtime, host).worker()),
             running(other.worker()),
         ):
             rows = [await finished(runtime, rid) for rid in ids]

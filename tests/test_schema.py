@@ -226,3 +226,21 @@ async def test_only_one_identical_request_may_be_in_doubt_at_a_time(
     await conn.execute(doubt, other)
     with pytest.raises(asyncpg.UniqueViolationError):
         await conn.execute(doubt, second)
+
+
+@pytest.mark.parametrize("statement", ["insert", "update"])
+async def test_an_invalid_status_is_refused_with_the_allowed_values(
+    conn: asyncpg.Connection, statement: str
+) -> None:
+    """Finding 4: the refusal lists what is allowed, not an internal constraint's name."""
+    row_id = await conn.fetchval("insert into videos (prompt) values ('x') returning id")
+    with pytest.raises(asyncpg.CheckViolationError) as caught:
+        if statement == "insert":
+            await conn.execute("insert into videos (prompt, status) values ('x', 'done')")
+        else:
+            await conn.execute("update videos set status = 'Done' where id = $1", row_id)
+    value = "done" if statement == "insert" else "Done"
+    assert caught.value.message == (
+        f"invalid status '{value}': use one of queued, processing, completed, failed"
+    )
+    assert "videos_" not in str(caught.value)
