@@ -508,3 +508,50 @@ async def test_a_database_outage_inside_a_step_is_a_retry_not_a_crash(
         repo.fail_with = None
         await eventually(lambda: row_state(repo, row), lambda r: r.stage is Stage.COMPLETED)
     assert [e for e in logs if e["event"] == "video.step_crashed"] == []
+
+
+# ---------------------------------------------------------------- the claim loop
+
+
+class ClaimHitsABug(MemoryRepository):
+    """The first claim raises what no layer expected (as asyncpg's InternalClientError
+    once escaped the driver's error types during a restart)."""
+
+    async def claim(self, limit: int, exclude: Iterable[RowId] = ()) -> list[Job]:
+        if not getattr(self, "raised", False):
+            self.raised = True
+            raise RuntimeError("cannot switch to state 15; another operation is in progress")
+        return await super().claim(limit, exclude)
+
+
+async def test_a_bug_in_the_claim_loop_is_logged_and_the_worker_goes_on(
+    provider: ScriptedProvider, http: httpx.AsyncClient, tmp_path: Path, logs: Logs
+) -> None:
+    repo = ClaimHitsABug("worker-a")
+    row = await repo.insert_request("claimed after a bug")
+    async with running(make_worker(repo, provider, http, tmp_path, max_backoff=0.1)) as task:
+        await logged(logs, "worker.claim_loop_failed")
+        await eventually(lambda: row_state(repo, row), lambda r: r.stage is Stage.COMPLETED)
+        assert not task.done()
+
+
+async def test_the_listener_reconnecting_ends_an_outage_pause_at_once(
+    provider: ScriptedProvider, http: httpx.AsyncClient, tmp_path: Path, logs: Logs
+) -> None:
+    """A long outage grows the pause between claims; the database's return, announced by
+    any source reconnecting, must not wait that pause out."""
+    repo = MemoryRepository("worker-a")
+    row = await repo.insert_request("back as soon as the database is")
+    repo.fail_with = DatabaseUnavailable("claiming rows: connection refused")
+    worker = make_worker(repo, provider, http, tmp_path, max_backoff=30.0)
+
+    async def failures() -> int:
+        return repo.failures
+
+    async with running(worker):
+        # 0.25 + 0.5 + 1 + 2 s of pauses: the pause now under way is 4 s long.
+        await eventually(failures, lambda n: n >= 5, within=10)
+        repo.fail_with = None
+        worker.wakeup.set("listen.connected")
+        await logged(logs, "worker.database_back", within=1.0)
+        await eventually(lambda: row_state(repo, row), lambda r: r.stage is Stage.COMPLETED)
