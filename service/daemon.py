@@ -54,7 +54,7 @@ class WorkerOptions:
     policy: Policy
     restart_delay: float = 1.0
     """How long a side task (listener, heartbeat) that died waits before it restarts."""
-    max_backoff: float = 2.0
+    max_backoff: float = 1.0
     """The longest pause between claims while the database is failing: also the longest
     it takes to notice the database is back when no LISTEN reconnect says so."""
 
@@ -331,7 +331,7 @@ class Worker:
 class Outage:
     """The claim loop's view of a database outage: how long to pause, what to say.
 
-    The pause grows from a quarter second to ``max_backoff`` (2 s by default), so work
+    The pause grows from a quarter second to ``max_backoff`` (1 s by default), so work
     resumes within about that long after the database returns even when no LISTEN
     reconnect announces it; the log says the outage once, reminds every
     ``REMIND_EVERY`` seconds, and says when it is over and how long it lasted.
