@@ -1,11 +1,13 @@
-"""Supabase Storage: public buckets, videos streamed in as raw request bodies.
+"""Supabase Storage: public buckets; videos sent in 6 MiB chunks by resumable upload.
 
-Why a raw body sent by hand: ``storage3``'s ``upload`` takes bytes or a file on disk,
-so a video would have to be whole in memory or spooled to a temporary file first.
-Supabase Storage also accepts ``POST /object/{bucket}/{key}`` with the object itself
-as the body, so ``put`` hands httpx an async iterator and the video goes out in
-chunked transfer encoding as it arrives from the provider. Bucket management is rare
-and small, so it goes through the official ``storage3`` client.
+Why uploads are sent by hand: ``storage3``'s ``upload`` takes bytes or a file on disk,
+so a video would have to be whole in memory or spooled to a temporary file first, and
+it has no resumable (TUS) client. ``put`` reads the source into one 6 MiB buffer: an
+object that fits goes out as one raw body (``POST /object/{bucket}/{key}``); a larger
+one goes through TUS (``/upload/resumable``) chunk by chunk as it arrives from the
+provider, and a dropped connection is resumed from the server's offset instead of
+starting the video over. Bucket management is rare and small, so it goes through
+the official ``storage3`` client.
 
 Facts about the server this module relies on (supabase/storage, ``src/``):
 
@@ -15,12 +17,15 @@ Facts about the server this module relies on (supabase/storage, ``src/``):
   means something is the one in the body. The API gateway in front answers a bad
   ``apikey`` itself, with HTTP 401 and ``{"message": "Invalid API key"}``.
 - A raw body's size is checked against the bucket's limit only through its
-  ``Content-Length`` (``storage/uploader.ts``); a chunked body has none, so ``put``
-  enforces the bucket limit itself while streaming.
+  ``Content-Length`` (``storage/uploader.ts``), and a deferred-length TUS upload only
+  chunk by chunk, so ``put`` also enforces the bucket limit itself while reading.
+- TUS errors (``@tus/server``) are plain text with the real HTTP status, e.g. 409
+  "Upload-Offset conflict", 413 "Maximum size exceeded".
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
@@ -48,6 +53,13 @@ IMAGE_MIME_TYPES = ("image/jpeg", "image/png", "image/webp")
 # Connect fast, but give the server time to finish a large upload after the last byte.
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0, read=120.0)
 
+# Supabase asks for TUS above 6 MB and for exactly 6 MiB in every chunk but the last.
+TUS_CHUNK = 6 * 1024 * 1024
+TUS_VERSION = "1.0.0"
+# Cut connections survived per chunk before the upload is left to the next attempt.
+TUS_RESUMES = 5
+
+_MAX_AGE = re.compile(r"max-age=(\d+)")
 _TOO_LARGE = re.compile(r"payload too large|exceeded the maximum|entity ?too ?large", re.I)
 _TRANSIENT = frozenset({408, 409, 423, 425, 429})
 
@@ -104,6 +116,7 @@ class SupabaseStore:
             f"{self.storage_url}/", dict(self._auth), http_client=self._http
         )
         self._size_limits: dict[str, int] = {}
+        self.tus_chunk = TUS_CHUNK
 
     def __repr__(self) -> str:
         return f"SupabaseStore(url={self.url!r})"
@@ -188,12 +201,31 @@ class SupabaseStore:
     async def put(
         self, bucket: str, key: str, chunks: AsyncIterable[bytes], content_type: str
     ) -> StoredObject:
-        """Stream ``chunks`` as the request body; nothing is joined or spooled."""
+        """Store ``chunks``: one request if they fit in a chunk, else a resumable upload.
+
+        Up to ``TUS_CHUNK`` bytes are read first. A source that ends within them goes
+        out as one plain upload; a longer one goes through TUS, so a dropped connection
+        costs at most the chunk in flight instead of the whole video. Either way at
+        most about two chunks are in memory.
+        """
         path = _object_path(bucket, key)
         digest = Digest()
-        feed = _Feed(digest.tap(chunks), bucket, key, self._size_limits.get(bucket))
-        if not await feed.prime():
+        limited = _limited(digest.tap(chunks), bucket, key, self._size_limits.get(bucket))
+        blocks = _Blocks(limited, self.tus_chunk)
+        first = await blocks.next()
+        if first is None:
             raise StorageError(f"refusing to store an empty object at {bucket}/{key}")
+        body, last = first
+        if last:
+            await self._put_whole(bucket, key, path, body, content_type)
+        else:
+            await self._put_resumable(bucket, key, body, blocks, content_type)
+        return StoredObject(self.public_url(bucket, key), digest.size, digest.sha256)
+
+    async def _put_whole(
+        self, bucket: str, key: str, path: str, body: bytes, content_type: str
+    ) -> None:
+        """The standard upload: the object as a raw body, with its length."""
         headers = {
             **self._auth,
             "Content-Type": content_type,
@@ -202,21 +234,131 @@ class SupabaseStore:
         }
         try:
             response = await self._http.post(
-                f"{self.storage_url}/object/{path}", content=feed, headers=headers
+                f"{self.storage_url}/object/{path}", content=body, headers=headers
             )
-        except Exception as err:
-            if feed.error is not None:
-                # The chunks failed (the provider, or our own size guard): their error,
-                # not a storage one, so the caller can tell who is to blame.
-                if feed.error is err:
-                    raise
-                raise feed.error from err
-            if isinstance(err, httpx.TransportError):
-                raise _unreachable(f"uploading {bucket}/{key}", err) from err
-            raise
+        except httpx.TransportError as err:
+            raise _unreachable(f"uploading {bucket}/{key}", err) from err
         if response.status_code != 200:
             raise self._response_error(response, bucket, key)
-        return StoredObject(self.public_url(bucket, key), digest.size, digest.sha256)
+
+    # --------------------------------------------------------- resumable (TUS)
+
+    async def _put_resumable(
+        self, bucket: str, key: str, first: bytes, blocks: _Blocks, content_type: str
+    ) -> None:
+        """TUS 1.0.0 with a deferred length: the total is known only at the last chunk.
+
+        storage-api's tus server (``@tus/server`` on a store with the
+        ``creation-defer-length`` extension) accepts ``Upload-Defer-Length: 1`` at
+        creation and the real ``Upload-Length`` on a later PATCH, so the video never
+        has to be counted (or spooled) before it is sent.
+        """
+        url = await self._tus_create(bucket, key, content_type)
+        offset, block, last = 0, first, False
+        while True:
+            offset = await self._tus_send(url, block, offset, last, bucket, key)
+            if last:
+                return
+            following = await blocks.next()
+            if following is None:  # _Blocks flags the last block, so this cannot be
+                raise AssertionError("the source ended after a block that was not the last")
+            block, last = following
+
+    async def _tus_create(self, bucket: str, key: str, content_type: str) -> str:
+        """Create the upload; its URL (the reply's ``Location``)."""
+        metadata = {"bucketName": bucket, "objectName": key, "contentType": content_type}
+        # storage-api turns a number of seconds into "max-age=N", anything else into
+        # "no-cache", so only the number goes in the metadata.
+        if seconds := _MAX_AGE.search(self.cache_control):
+            metadata["cacheControl"] = seconds[1]
+        headers = {
+            **self._auth,
+            "Tus-Resumable": TUS_VERSION,
+            "Upload-Defer-Length": "1",
+            "Upload-Metadata": ",".join(
+                f"{name} {base64.b64encode(value.encode()).decode()}"
+                for name, value in metadata.items()
+            ),
+            "x-upsert": "true",
+        }
+        endpoint = f"{self.storage_url}/upload/resumable"
+        try:
+            response = await self._http.post(endpoint, headers=headers)
+        except httpx.TransportError as err:
+            raise _unreachable(f"uploading {bucket}/{key}", err) from err
+        location = response.headers.get("Location")
+        if response.status_code != 201 or not location:
+            raise self._tus_error(response, bucket, key)
+        return str(httpx.URL(f"{endpoint}/").join(location))
+
+    async def _tus_send(
+        self, url: str, block: bytes, start: int, last: bool, bucket: str, key: str
+    ) -> int:
+        """PATCH ``block`` (starting at ``start``); after a cut, resume at the server's offset.
+
+        Only this block is in memory, so a resume can re-send the part of it the
+        server lacks, never anything before it.
+        """
+        end = start + len(block)
+        offset, declared, cuts = start, False, 0
+        while offset < end:
+            headers = {
+                **self._auth,
+                "Tus-Resumable": TUS_VERSION,
+                "Upload-Offset": str(offset),
+                "Content-Type": "application/offset+octet-stream",
+            }
+            if last and not declared:
+                headers["Upload-Length"] = str(end)
+            body = memoryview(block)[offset - start :]
+            headers["Content-Length"] = str(len(body))
+            try:
+                # A one-shot iterator, not the bytes: httpx's request (kept alive by
+                # reference cycles until a GC pass) would otherwise pin every chunk sent.
+                response = await self._http.patch(url, content=_once(body), headers=headers)
+            except httpx.TransportError as err:
+                cuts += 1
+                if cuts > TUS_RESUMES:
+                    raise _unreachable(f"uploading {bucket}/{key}", err) from err
+                offset, declared = await self._tus_offset(url, start, end, bucket, key)
+                continue
+            if response.status_code != 204 or "Upload-Offset" not in response.headers:
+                raise self._tus_error(response, bucket, key)
+            offset, declared = int(response.headers["Upload-Offset"]), last
+        return offset
+
+    async def _tus_offset(
+        self, url: str, start: int, end: int, bucket: str, key: str
+    ) -> tuple[int, bool]:
+        """The server's offset (``HEAD``), and whether it already knows the total length."""
+        headers = {**self._auth, "Tus-Resumable": TUS_VERSION}
+        try:
+            response = await self._http.head(url, headers=headers)
+        except httpx.TransportError as err:
+            raise _unreachable(f"resuming the upload of {bucket}/{key}", err) from err
+        if response.status_code != 200 or "Upload-Offset" not in response.headers:
+            raise self._tus_error(response, bucket, key)
+        offset = int(response.headers["Upload-Offset"])
+        if not start <= offset <= end:
+            raise StorageError(
+                f"cannot resume the upload of {bucket}/{key}: the server holds {offset:,} "
+                f"bytes, but only bytes {start:,} to {end:,} are still at hand; the upload "
+                "starts over on the next attempt; will retry."
+            )
+        return offset, "Upload-Length" in response.headers
+
+    def _tus_error(self, response: httpx.Response, bucket: str, key: str) -> StorageError:
+        """Like the standard path's errors; a 409 is another writer or a lost offset."""
+        status, detail = _read_error(response)
+        if status == 409:
+            detail = detail.replace(self._key, "[redacted]")
+            return StorageError(
+                f"Supabase Storage error while uploading {bucket}/{key} "
+                f"(HTTP {response.status_code}, status 409: {detail}). Another upload to the "
+                "same object holds its lock, or the server's offset is not ours "
+                "(Upload-Offset conflict); will retry."
+            )
+        return self._classify(status, detail, f"uploading {bucket}/{key}", bucket, response)
 
     def public_url(self, bucket: str, key: str) -> str:
         """Same shape as storage3's ``get_public_url``; permanent for public buckets."""
@@ -276,51 +418,62 @@ class SupabaseStore:
         return StorageError(f"{said}; will retry.")
 
 
-class _Feed:
-    """The request body: the digest-tapped chunks, with the first one fetched early.
+async def _limited(
+    chunks: AsyncIterator[bytes], bucket: str, key: str, limit: int | None
+) -> AsyncIterator[bytes]:
+    """``chunks``, refused as soon as they pass the bucket's known size limit."""
+    sent = 0
+    async for chunk in chunks:
+        sent += len(chunk)
+        if limit is not None and sent > limit:
+            raise StorageError(
+                f"{bucket}/{key} is larger than the file_size_limit of bucket {bucket!r} "
+                f"({limit:,} bytes): raise the limit (Dashboard > Storage > {bucket} > "
+                "Edit bucket)."
+            )
+        yield chunk
 
-    Priming catches an empty source before anything is sent (an upsert would
-    otherwise replace a good object with nothing); ``error`` remembers a failure of
-    the source itself, so ``put`` re-raises it instead of blaming the network.
+
+class _Blocks:
+    """The source re-cut into blocks of exactly ``size`` bytes (the last may be shorter).
+
+    Supabase requires every TUS chunk but the last to be exactly 6 MiB, and the last
+    PATCH must carry the total length, so each block comes with whether it is the
+    last: one piece of the source is read ahead to know.
     """
 
-    def __init__(
-        self, chunks: AsyncIterator[bytes], bucket: str, key: str, limit: int | None
-    ) -> None:
-        self._chunks = chunks
-        self._bucket = bucket
-        self._key = key
-        self._limit = limit
-        self._first: bytes | None = None
-        self._sent = 0
-        self.error: BaseException | None = None
+    def __init__(self, source: AsyncIterator[bytes], size: int) -> None:
+        self._source = source
+        self._size = size
+        self._pending = b""
+        self._ended = False
 
-    async def prime(self) -> bool:
-        self._first = await self._next()
-        return self._first is not None
+    async def _read(self) -> bytes | None:
+        piece = await anext(self._source, None)
+        if piece is None:
+            self._ended = True
+        return piece
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        chunk = self._first
-        self._first = None
-        while chunk is not None:
-            yield chunk
-            chunk = await self._next()
+    async def next(self) -> tuple[bytes, bool] | None:
+        """The next block and whether it is the last, or None once the source is spent."""
+        buffer = bytearray(self._pending)
+        self._pending = b""
+        while len(buffer) < self._size and not self._ended:
+            if (piece := await self._read()) is not None:
+                buffer += piece
+        if len(buffer) > self._size:
+            self._pending = bytes(buffer[self._size :])
+            del buffer[self._size :]
+        if not self._pending and not self._ended:
+            self._pending = await self._read() or b""
+        if not buffer:
+            return None
+        return bytes(buffer), self._ended and not self._pending
 
-    async def _next(self) -> bytes | None:
-        try:
-            chunk = await anext(self._chunks, None)
-            if chunk is not None:
-                self._sent += len(chunk)
-                if self._limit is not None and self._sent > self._limit:
-                    raise StorageError(
-                        f"{self._bucket}/{self._key} is larger than the file_size_limit of "
-                        f"bucket {self._bucket!r} ({self._limit:,} bytes): raise the limit "
-                        f"(Dashboard > Storage > {self._bucket} > Edit bucket)."
-                    )
-        except BaseException as err:
-            self.error = err
-            raise
-        return chunk
+
+async def _once(body: memoryview) -> AsyncIterator[bytes]:
+    """``body`` as a request stream that lets go of it once sent."""
+    yield bytes(body)
 
 
 def _object_path(bucket: str, key: str) -> str:

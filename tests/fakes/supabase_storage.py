@@ -22,6 +22,22 @@ server (supabase/storage, ``src/``) wherever our code looks at the answer:
   project's, 413) apply; POST without ``x-upsert: true`` on an existing key is 409
   "Duplicate"; PUT always overwrites.
 
+Resumable uploads (``http/routes/tus/``, ``@tus/server`` on a store with the
+``creation-defer-length`` extension): ``POST /upload/resumable`` with
+``Tus-Resumable: 1.0.0``, exactly one of ``Upload-Length`` / ``Upload-Defer-Length``
+(else 400), ``Upload-Metadata`` base64 pairs (``bucketName``, ``objectName``,
+``contentType``, ``cacheControl`` in seconds, stored as ``max-age=N``, else
+``no-cache``) answers 201 with a ``Location`` ending in the base64url upload id;
+``HEAD`` gives ``Upload-Offset`` and ``Upload-Length`` or ``Upload-Defer-Length: 1``;
+``PATCH`` needs ``Upload-Offset`` equal to the server's (else 409 "Upload-Offset
+conflict"), may declare a deferred ``Upload-Length`` once (again: 400), and answers
+204 with the new offset; bytes received before a dropped connection are kept, as the
+file and S3 stores keep them. Sizes over the limit are 413 "Maximum size exceeded".
+tus errors are plain text with the real HTTP status, not the JSON of the REST routes.
+A second writer on an object path another upload holds is refused with 409 (the
+advisory lock, modelled by ``hold_path``). ``cut_next_patch`` drops the connection
+of the next PATCH after a given number of body bytes.
+
 One deliberate difference: upstream checks a raw body's size only through its
 ``Content-Length`` (commit 3e22a427), so a chunked body over the limit is accepted
 there. This fake stops any body at the limit, as upstream does for multipart forms,
@@ -31,13 +47,19 @@ bucket limit itself and does not rely on either behaviour.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import re
 import secrets
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
@@ -89,9 +111,41 @@ class FakeBucket:
 
 @dataclass
 class FakeObject:
+    """A stored object: in memory, or (resumable uploads, which may be huge) on disk."""
+
     data: bytes
     content_type: str
     cache_control: str
+    file: Path | None = None
+
+    def read(self) -> bytes:
+        return self.file.read_bytes() if self.file is not None else self.data
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        if self.file is None:
+            digest.update(self.data)
+        else:
+            with self.file.open("rb") as source:
+                while block := source.read(1 << 20):
+                    digest.update(block)
+        return digest.hexdigest()
+
+
+@dataclass
+class TusUpload:
+    """One resumable upload: where it goes, how far it got, its bytes on disk."""
+
+    id: str
+    bucket: str
+    path: str
+    content_type: str
+    cache_control: str
+    upsert: bool
+    file: Path
+    size: int | None = None
+    offset: int = 0
+    patches: int = 0
 
 
 @dataclass
@@ -110,6 +164,15 @@ class UploadRecord:
 
 
 UPLOAD_RECORD = web.RequestKey("upload_record", UploadRecord)
+
+
+class TusRefusal(Exception):
+    """A tus error answer: plain text with the real HTTP status (``@tus/server``)."""
+
+    def __init__(self, http_status: int, body: str) -> None:
+        super().__init__(body)
+        self.http_status = http_status
+        self.body = body
 
 
 class Refusal(Exception):
@@ -156,6 +219,28 @@ class FakeSupabaseStorage:
         self.objects: dict[str, FakeObject] = {}  # by "bucket/path", the API's "Key"
         self.uploads: list[UploadRecord] = []
         self._failures: list[_Failure] = []
+        self.tus: dict[str, TusUpload] = {}  # by upload id
+        self.tus_received = 0  # PATCH body bytes received, cut connections included
+        self.held_paths: set[str] = set()  # "bucket/path" locked by another writer
+        self._cut_after: int | None = None
+        self._rewind_to: int | None = None
+        self._dir = Path(tempfile.mkdtemp(prefix="fake-supabase-"))
+
+    def hold_path(self, bucket: str, path: str) -> None:
+        """Play another writer holding ``bucket/path``'s lock: our writes get 409."""
+        self.held_paths.add(f"{bucket}/{path}")
+
+    def cut_next_patch(self, after: int, *, rewind_to: int | None = None) -> None:
+        """Drop the connection of the next PATCH once ``after`` body bytes are stored.
+
+        ``rewind_to`` then also sets the upload's offset back, as a server that lost
+        data would report it.
+        """
+        self._cut_after = after
+        self._rewind_to = rewind_to
+
+    def close(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
 
     def add_bucket(
         self,
@@ -199,6 +284,9 @@ class FakeSupabaseStorage:
                 web.get(f"{STORAGE}/object/public/{{bucket}}/{{path:.+}}", self._get_public),
                 web.post(f"{STORAGE}/object/{{bucket}}/{{path:.+}}", self._upload),
                 web.put(f"{STORAGE}/object/{{bucket}}/{{path:.+}}", self._upload),
+                web.post(f"{STORAGE}/upload/resumable", self._tus_create),
+                web.head(f"{STORAGE}/upload/resumable/{{id}}", self._tus_head),
+                web.patch(f"{STORAGE}/upload/resumable/{{id}}", self._tus_patch),
             ]
         )
         return app
@@ -298,7 +386,7 @@ class FakeSupabaseStorage:
         if found is None:
             raise storage_error(404, "NoSuchKey", "Object not found", "not_found")
         return web.Response(
-            body=found.data,
+            body=found.read(),
             headers={"Content-Type": found.content_type, "Cache-Control": found.cache_control},
         )
 
@@ -378,6 +466,142 @@ class FakeSupabaseStorage:
                 409, "ResourceAlreadyExists", "The resource already exists", "Duplicate"
             )
 
+    # ------------------------------------------------------- resumable (tus)
+
+    def _limit(self, bucket: FakeBucket) -> int:
+        return min(
+            bucket.file_size_limit or self.global_file_size_limit, self.global_file_size_limit
+        )
+
+    def _tus_upload(self, request: web.Request) -> TusUpload:
+        _tus_version(request)
+        self._role(request)
+        upload = self.tus.get(request.match_info["id"])
+        if upload is None:
+            raise TusRefusal(404, "The file for this url was not found\n")
+        return upload
+
+    async def _tus_create(self, request: web.Request) -> web.Response:
+        _tus_version(request)
+        role = self._role(request)
+        length = request.headers.get("Upload-Length")
+        deferred = request.headers.get("Upload-Defer-Length")
+        if (length is None) == (deferred is None):
+            raise TusRefusal(400, "Upload-Length or Upload-Defer-Length header required\n")
+        metadata = _tus_metadata(request.headers.get("Upload-Metadata", ""))
+        bucket_id, path = metadata.get("bucketName", ""), metadata.get("objectName", "")
+        bucket = self.buckets.get(bucket_id)
+        if bucket is None:
+            raise TusRefusal(404, "Bucket not found")
+        if length is not None and int(length) > self._limit(bucket):
+            raise TusRefusal(413, "Maximum size exceeded\n")
+        upsert = request.headers.get("x-upsert") == "true"
+        mime = metadata.get("contentType", "")
+        self._tus_may_write(role, bucket, path, upsert, mime)
+        cache = metadata.get("cacheControl", "")
+        upload_id = base64.urlsafe_b64encode(f"{bucket_id}/{path}/{uuid.uuid4()}".encode()).decode()
+        self.tus[upload_id] = TusUpload(
+            upload_id,
+            bucket_id,
+            path,
+            mime,
+            f"max-age={cache}" if cache.isdigit() else "no-cache",
+            upsert,
+            self._dir / f"{len(self.tus)}.part",
+            int(length) if length is not None else None,
+        )
+        self.tus[upload_id].file.touch()
+        return web.Response(
+            status=201,
+            headers={
+                "Location": f"{self.url}{STORAGE}/upload/resumable/{upload_id}",
+                "Tus-Resumable": "1.0.0",
+            },
+        )
+
+    def _tus_may_write(
+        self, role: Role, bucket: FakeBucket, path: str, upsert: bool, mime: str
+    ) -> None:
+        try:
+            _check_mime(mime, bucket)
+            self._may_write(role, bucket, path, upsert)
+        except Refusal as refusal:
+            raise TusRefusal(int(refusal.body["statusCode"]), refusal.body["message"]) from None
+        if f"{bucket.id}/{path}" in self.held_paths:
+            raise TusRefusal(409, "The resource is locked")
+
+    async def _tus_head(self, request: web.Request) -> web.Response:
+        upload = self._tus_upload(request)
+        headers = {
+            "Tus-Resumable": "1.0.0",
+            "Cache-Control": "no-store",
+            "Upload-Offset": str(upload.offset),
+        }
+        if upload.size is None:
+            headers["Upload-Defer-Length"] = "1"
+        else:
+            headers["Upload-Length"] = str(upload.size)
+        return web.Response(status=200, headers=headers)
+
+    async def _tus_patch(self, request: web.Request) -> web.StreamResponse:
+        upload = self._tus_upload(request)
+        upload.patches += 1
+        room = self._tus_check_patch(request, upload)
+        await self._tus_write(request, upload, room)
+        headers = {"Tus-Resumable": "1.0.0", "Upload-Offset": str(upload.offset)}
+        if upload.offset == upload.size:
+            self.objects[f"{upload.bucket}/{upload.path}"] = FakeObject(
+                b"", upload.content_type, upload.cache_control, upload.file
+            )
+            headers["Tus-Complete"] = "1"
+        return web.Response(status=204, headers=headers)
+
+    def _tus_check_patch(self, request: web.Request, upload: TusUpload) -> int:
+        """The PatchHandler's checks, in its order; how many body bytes may come."""
+        if request.headers.get("Upload-Offset") is None:
+            raise TusRefusal(403, "Upload-Offset header required\n")
+        if request.headers.get("Content-Type") != "application/offset+octet-stream":
+            raise TusRefusal(403, "Content-Type header required\n")
+        bucket = self.buckets.get(upload.bucket)
+        if bucket is None:
+            raise TusRefusal(404, "Bucket not found")
+        if f"{upload.bucket}/{upload.path}" in self.held_paths:
+            raise TusRefusal(409, "The resource is locked")
+        if int(request.headers["Upload-Offset"]) != upload.offset:
+            raise TusRefusal(409, "Upload-Offset conflict\n")
+        limit = self._limit(bucket)
+        if (declared := request.headers.get("Upload-Length")) is not None:
+            size = int(declared)
+            if upload.size is not None or size < upload.offset:
+                raise TusRefusal(400, "Upload-Length or Upload-Defer-Length header required\n")
+            if size > limit:
+                raise TusRefusal(413, "Maximum size exceeded\n")
+            upload.size = size
+        return (upload.size if upload.size is not None else limit) - upload.offset
+
+    async def _tus_write(self, request: web.Request, upload: TusUpload, room: int) -> None:
+        """Append the body as it arrives; a cut keeps what came before it."""
+        cut, self._cut_after = self._cut_after, None
+        with upload.file.open("ab") as out:
+            while piece := await request.content.readany():
+                if cut is not None and len(piece) >= cut:
+                    piece = piece[:cut]
+                if len(piece) > room:
+                    raise TusRefusal(413, "Maximum size exceeded\n")
+                out.write(piece)
+                room -= len(piece)
+                upload.offset += len(piece)
+                self.tus_received += len(piece)
+                if cut is not None:
+                    cut -= len(piece)
+                    if cut == 0:
+                        out.flush()
+                        assert request.transport is not None
+                        request.transport.abort()
+                        if self._rewind_to is not None:
+                            upload.offset = self._rewind_to
+                        raise ConnectionResetError("cut by the test")
+
 
 async def _read_limited(
     source: aiohttp.StreamReader | aiohttp.BodyPartReader, limit: int, record: UploadRecord
@@ -408,10 +632,30 @@ def _check_mime(mime: str, bucket: FakeBucket) -> None:
         )
 
 
+def _tus_version(request: web.Request) -> None:
+    if request.headers.get("Tus-Resumable") != "1.0.0":
+        raise TusRefusal(412, "Unsupported version\n")
+
+
+def _tus_metadata(header: str) -> dict[str, str]:
+    """``Upload-Metadata``: comma-separated ``key base64value`` pairs."""
+    metadata: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in header.split(","))):
+        name, _, value = pair.partition(" ")
+        try:
+            metadata[name] = base64.b64decode(value, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise TusRefusal(400, "Upload-Metadata is invalid\n") from None
+    return metadata
+
+
 @web.middleware
 async def _render_refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except TusRefusal as refusal:
+        await _drain(request)
+        return web.Response(text=refusal.body, status=refusal.http_status)
     except Refusal as refusal:
         await _drain(request)
         return web.json_response(refusal.body, status=refusal.http_status)
@@ -448,3 +692,4 @@ async def started(
         yield fake
     finally:
         await runner.cleanup()
+        fake.close()
