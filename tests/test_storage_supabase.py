@@ -283,6 +283,20 @@ async def test_a_200_mb_upload_resumes_after_a_cut_connection() -> None:
         assert fake.uploads == []
 
 
+async def test_the_key_never_follows_an_upload_url_to_another_host(
+    fake: FakeSupabaseStorage,
+) -> None:
+    fake.add_bucket(VIDEOS, public=True)
+    fake.tus_location_base = "http://127.0.0.2:9"  # nothing listens: a send would fail
+    store = SupabaseStore(fake.url, fake.service_key)
+    big = [pattern(i) for i in range(TUS_CHUNK // CHUNK + 1)]
+    try:
+        with pytest.raises(StorageError, match="refusing to send the key there"):
+            await store.put(VIDEOS, "a.mp4", chunks(*big), "video/mp4")
+    finally:
+        await store.aclose()
+
+
 async def test_tus_refusals_are_clear_storage_errors(fake: FakeSupabaseStorage) -> None:
     # The store does not know this bucket's limit (no ensure_buckets): the server's 413.
     fake.add_bucket(VIDEOS, public=True, file_size_limit=TUS_CHUNK + CHUNK)

@@ -289,7 +289,15 @@ class SupabaseStore:
         location = response.headers.get("Location")
         if response.status_code != 201 or not location:
             raise self._tus_error(response, bucket, key)
-        return str(httpx.URL(f"{endpoint}/").join(location))
+        url = httpx.URL(f"{endpoint}/").join(location)
+        asked = httpx.URL(endpoint)
+        if (url.scheme, url.host, url.port) != (asked.scheme, asked.host, asked.port):
+            # The chunks go out with the service-role key: never to a host we did not pick.
+            raise StorageError(
+                f"Supabase Storage pointed the upload of {bucket}/{key} at another host "
+                f"({url.scheme}://{url.host}); refusing to send the key there"
+            )
+        return str(url)
 
     async def _tus_send(
         self, url: str, block: bytes, start: int, last: bool, bucket: str, key: str

@@ -211,6 +211,8 @@ class FakeSupabaseStorage:
 
     def __init__(self, global_file_size_limit: int = FREE_PLAN_LIMIT) -> None:
         self.url = ""
+        self.tus_location_base: str | None = None
+        """Set to hand out upload URLs on another host (a hostile or misrouted server)."""
         self.service_key = f"fake-service-role-{secrets.token_hex(12)}"
         self.anon_key = f"fake-anon-{secrets.token_hex(12)}"
         self.global_file_size_limit = global_file_size_limit
@@ -514,7 +516,9 @@ class FakeSupabaseStorage:
         return web.Response(
             status=201,
             headers={
-                "Location": f"{self.url}{STORAGE}/upload/resumable/{upload_id}",
+                "Location": (
+                    f"{self.tus_location_base or self.url}{STORAGE}/upload/resumable/{upload_id}"
+                ),
                 "Tus-Resumable": "1.0.0",
             },
         )
