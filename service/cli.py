@@ -24,10 +24,12 @@ from service import logs
 from service.config import ENV_PREFIX, Settings, SettingsError, load_settings
 from service.extras import LocalExtraMissing, local_extra
 from service.migrations import MigrationError, migrate
+from service.progress import follow
 from service.repository import PostgresRepository, RepositoryError, as_json
-from service.runtime import create_pool, database_url, open_runtime
+from service.runtime import create_pool, database_url, open_runtime, open_store
 from service.signals import STOP_SIGNALS, until_signalled
 from service.storage.base import StorageError
+from service.uploads import PhotoFileError, check_photo_file, is_url, upload_photo
 
 log = structlog.get_logger("service.cli")
 
@@ -72,10 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--generation-seconds", type=float, default=8.0)
     simulate.add_argument("--state-dir", type=Path, default=None)
 
-    request = commands.add_parser("request", help="insert a video request; prints its id")
+    request = commands.add_parser(
+        "request", help="ask for a video (as an app would); prints its id, or the row with --wait"
+    )
     request.add_argument("prompt")
-    request.add_argument("--image1", help="URL of the first photo")
-    request.add_argument("--image2", help="URL of the second photo")
+    request.add_argument(
+        "--image1", help="the first photo: a URL, or a local JPEG/PNG/WebP file to upload"
+    )
+    request.add_argument("--image2", help="the second photo: a URL or a local file")
+    request.add_argument(
+        "--wait",
+        action="store_true",
+        help="show progress until the row finishes, print it as JSON; exit 0 only if completed",
+    )
     request.add_argument("--model")
     request.add_argument("--size", help="WIDTHxHEIGHT, e.g. 1280x720")
     request.add_argument("--seconds")
@@ -205,17 +216,38 @@ async def repository(settings: Settings) -> AsyncIterator[PostgresRepository]:
 
 
 async def run_request(settings: Settings, args: argparse.Namespace) -> int:
+    """The seed app's upload + create-video + check-video, in one command."""
+    photos: dict[str, str | None] = {"image1": args.image1, "image2": args.image2}
+    files = {name: Path(value) for name, value in photos.items() if value and not is_url(value)}
+    try:
+        for name, path in files.items():
+            check_photo_file(f"--{name}", path, settings.image_max_bytes)
+    except PhotoFileError as err:
+        print(f"sora-worker: {err}", file=sys.stderr)
+        return 2
+    if files:
+        async with open_store(settings) as store:
+            for name, path in files.items():
+                photos[name] = await upload_photo(
+                    store, settings.image_bucket, f"--{name}", path, settings.image_max_bytes
+                )
+                log.info("request.photo_uploaded", photo=name, url=photos[name])
     async with repository(settings) as repo:
         row_id = await repo.insert_request(
             args.prompt,
-            args.image1,
-            args.image2,
+            photos["image1"],
+            photos["image2"],
             model=args.model,
             size=args.size,
             seconds=args.seconds,
         )
-    print(row_id)
-    return 0
+        if not args.wait:
+            print(row_id)
+            return 0
+        print(f"sora-worker: row {row_id} inserted; waiting for a worker", file=sys.stderr)
+        row = await follow(repo.fetch_row, row_id, "request")
+    print(json.dumps(as_json(row), sort_keys=True))
+    return 0 if row["status"] == "completed" else 1
 
 
 async def run_show(settings: Settings, row_id: UUID) -> int:

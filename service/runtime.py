@@ -269,6 +269,19 @@ async def _open_provider(
     return shared.hosted, provider
 
 
+@asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[ObjectStore]:
+    """The store alone, as the settings call for it (``request`` uploads photos with it).
+
+    The local store shares a running worker's storage server (same data directory and
+    port), or serves until the command ends; its URLs stay valid either way, because
+    every worker on that data directory serves the same files on the same port.
+    """
+    async with AsyncExitStack() as stack:
+        store, _ = await _open_store(settings, stack, flexible_ports=False)
+        yield store
+
+
 async def _open_store(
     settings: Settings, stack: AsyncExitStack, flexible_ports: bool
 ) -> tuple[ObjectStore, frozenset[fetch.Origin]]:

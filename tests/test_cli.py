@@ -8,10 +8,14 @@ import os
 import signal
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
+from PIL import Image
 
+from service.runtime import Runtime
 from tests.conftest import eventually
+from tests.test_pipeline import running
 
 CLI = [sys.executable, "-m", "service.cli"]
 
@@ -26,8 +30,8 @@ def env_for(db_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
         SORA_STORAGE_PORT="0",
         SORA_SIMULATOR_PORT="0",
         SORA_LOG_FORMAT="json",
-        **extra,
     )
+    env.update(extra)
     return env
 
 
@@ -229,3 +233,73 @@ async def test_simulate_serves_the_sdk_and_stops_cleanly_on_sigterm() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_request_uploads_local_photos_and_waits_for_the_finished_row(
+    runtime: Runtime, db_url: str, tmp_path: Path
+) -> None:
+    """The seed app's upload + create + check, in one command beside a running worker."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, fmt, colour in (("a.png", "PNG", (200, 30, 30)), ("b.jpg", "JPEG", (30, 30, 200))):
+        Image.new("RGB", (320, 400), colour).save(photos / name, format=fmt)
+    storage = urlsplit(runtime.store.public_url("b", "k"))
+    env = env_for(
+        db_url,
+        runtime.settings.data_dir,  # the worker's data directory: its storage server is shared
+        SORA_STORAGE_PORT=str(storage.port),
+    )
+    async with running(runtime.worker()):
+        proc = await asyncio.create_subprocess_exec(
+            *CLI,
+            "request",
+            "two friends hug",
+            "--image1",
+            str(photos / "a.png"),
+            "--image2",
+            str(photos / "b.jpg"),
+            "--wait",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(60):
+            stdout, stderr = await proc.communicate()
+    assert proc.returncode == 0, stderr.decode()[-3000:]
+    row = json.loads(stdout.decode().splitlines()[-1])
+    assert row["status"] == "completed" and row["video_url"]
+    for field in ("image1_url", "image2_url"):
+        assert row[field].startswith(
+            f"{storage.scheme}://{storage.netloc}/storage/v1/object/public/hug-images/requests/"
+        )
+    assert b"request: completed" in stderr  # the progress line
+
+
+async def test_request_refuses_a_file_that_is_not_a_photo_in_one_line(
+    db_url: str, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.png"
+    notes.write_text("not a picture")
+    for image, said in (
+        (str(notes), "is not a JPEG, PNG or WebP file"),
+        (str(tmp_path / "missing.jpg"), "no such file"),
+    ):
+        proc = await asyncio.create_subprocess_exec(
+            *CLI,
+            "request",
+            "a hug",
+            "--image1",
+            image,
+            env=env_for(db_url, tmp_path),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await proc.communicate()
+        lines = stderr.decode().strip().splitlines()
+        assert proc.returncode == 2 and stdout == b""
+        assert len(lines) == 1 and said in lines[0] and "--image1" in lines[0], lines
+    conn = await asyncpg.connect(db_url)
+    try:
+        assert await conn.fetchval("select count(*) from videos") == 0  # nothing inserted
+    finally:
+        await conn.close()

@@ -19,7 +19,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import av
 import httpx
@@ -27,6 +26,7 @@ from PIL import Image, ImageDraw
 
 from service.config import Settings
 from service.local.simulator import SimulatorConfig
+from service.progress import follow
 from service.repository import as_json
 from service.runtime import Runtime, open_runtime
 from service.signals import until_signalled
@@ -107,47 +107,6 @@ async def verify_video(http: httpx.AsyncClient, row: dict[str, Any]) -> Probe:
         return await asyncio.to_thread(probe_mp4, path)
 
 
-class ProgressLine:
-    """Shows the row's progress: one updating line on a terminal, plain lines otherwise."""
-
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.last: tuple[str, int] | None = None
-
-    def show(self, row: dict[str, Any]) -> None:
-        state = (str(row["stage"]), int(row["progress"]))
-        if state == self.last:
-            return
-        self.last = state
-        bar = "#" * (state[1] // 5)
-        text = f"demo: {state[0]:<10} [{bar:<20}] {state[1]:3d}%"
-        if self.tty:
-            sys.stderr.write("\r" + text)
-        else:
-            sys.stderr.write(text + "\n")
-        sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.tty and self.last is not None:
-            sys.stderr.write("\n")
-
-
-async def watch(runtime: Runtime, row_id: UUID) -> dict[str, Any]:
-    """Follow the row until it finishes; the table is what we watch, as an app would."""
-    line = ProgressLine()
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            while True:
-                row = await runtime.repo.fetch_row(row_id)
-                assert row is not None
-                line.show(row)
-                if row["status"] in ("completed", "failed"):
-                    return row
-                await asyncio.sleep(0.25)
-    finally:
-        line.done()
-
-
 async def run_demo(settings: Settings, *, fresh: bool, keep_serving: bool) -> int:
     if fresh and settings.data_dir.exists():
         shutil.rmtree(settings.data_dir)
@@ -162,7 +121,8 @@ async def run_demo(settings: Settings, *, fresh: bool, keep_serving: bool) -> in
         worker = runtime.worker()
         worker_task = asyncio.create_task(worker.run())
         try:
-            row = await watch(runtime, row_id)
+            async with asyncio.timeout(TIMEOUT):
+                row = await follow(runtime.repo.fetch_row, row_id, "demo")
         finally:
             worker.stop()
             await worker_task
