@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from pydantic import SecretStr
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 from realtime.types import RealtimePostgresChangesListenEvent
 from structlog.testing import capture_logs
@@ -26,6 +27,7 @@ from service.wakeups.realtime import KEY_HINT, PUBLICATION_HINT, RealtimeSource
 from service.wakeups.wakeup import Wakeup
 from tests.conftest import eventually, replica_of
 from tests.fakes.realtime_server import FakeRealtime, started
+from tests.fakes.supabase_storage import started as supabase_storage
 from tests.test_pipeline import finished, row_of, running
 
 Logs = list[dict[str, Any]]
@@ -132,8 +134,18 @@ async def test_auto_probes_listen_on_a_real_database(runtime: Runtime) -> None:
 async def test_a_row_is_claimed_within_a_second_of_its_insert_through_realtime(
     fake: FakeRealtime, runtime: Runtime
 ) -> None:
+    """As on a Supabase project behind the transaction pooler: Supabase Storage, no
+    LISTEN, a sweep every 10 minutes; only Realtime can wake the worker in time."""
     src = fast_source(fake)
-    async with replica_of(runtime, sweep_interval=600.0) as quiet:
+    async with (
+        supabase_storage() as storage,
+        replica_of(
+            runtime,
+            sweep_interval=600.0,
+            supabase_url=storage.url,
+            supabase_service_role_key=SecretStr(storage.service_key),
+        ) as quiet,
+    ):
         worker = quiet.worker(listen=False, realtime=src)
         assert worker.listener is None
         with capture_logs() as logs:
@@ -156,6 +168,7 @@ async def test_a_row_is_claimed_within_a_second_of_its_insert_through_realtime(
                 row = await finished(runtime, row_id, within=15)
     print(f"\ninsert-to-claim through Realtime: {insert_to_claim * 1000:.1f} ms")
     assert row["status"] == "completed", row["error"]
+    assert row["video_url"].startswith(f"{storage.url}/storage/v1/object/public/hug-videos/")
     assert insert_to_claim < 1.0
     woken = [e["reasons"] for e in said(logs, "worker.woken")]
     assert ["realtime"] in woken, woken
