@@ -158,15 +158,14 @@ def is_public(address: IPAddress) -> bool:
     those (so ``::ffff:127.0.0.1`` is judged as 127.0.0.1).
     """
     if isinstance(address, ipaddress.IPv6Address):
-        address = address.ipv4_mapped or address  # judged as the IPv4 it is
+        # Judged as the IPv4 address it reaches, and by that alone: Python releases
+        # disagree on whether 2002::/16 itself is "global" (3.11.2 says no, 3.11.7 yes).
+        inner = embedded_ipv4(address)
+        if inner is not None:
+            return is_public(inner)
     if not address.is_global or address.is_multicast:
         return False
-    if any(address in net for net in _NOT_PUBLIC if net.version == address.version):
-        return False
-    if isinstance(address, ipaddress.IPv6Address):
-        inner = embedded_ipv4(address)
-        return inner is None or is_public(inner)
-    return True
+    return not any(address in net for net in _NOT_PUBLIC if net.version == address.version)
 
 
 # ------------------------------------------------------------------- names and origins
