@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -26,6 +24,7 @@ from service.repository import DatabaseUnavailable, PostgresRepository
 from service.runtime import Runtime
 from tests.conftest import eventually, replica_of
 from tests.faultproxy import PostgresFaultProxy
+from tests.test_cli import CLI, env_for
 from tests.test_pipeline import finished, running
 
 
@@ -96,21 +95,8 @@ async def test_a_worker_keeps_serving_through_repeated_connection_cuts(
 async def test_run_waits_for_a_database_that_is_not_up_yet(db_url: str, tmp_path: Path) -> None:
     async with proxied(db_url) as (proxy, dsn):
         proxy.refuse()  # the database's port answers nothing useful yet
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SORA_", "OPENAI_"))}
-        env.update(
-            DATABASE_URL=dsn,
-            SORA_DATA_DIR=str(tmp_path),
-            SORA_STORAGE_PORT="0",
-            SORA_SIMULATOR_PORT="0",
-            SORA_LOG_FORMAT="json",
-        )
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "service.cli",
-            "run",
-            env=env,
-            stderr=asyncio.subprocess.PIPE,
+            *CLI, "run", env=env_for(dsn, tmp_path), stderr=asyncio.subprocess.PIPE
         )
         assert proc.stderr is not None
         seen: list[dict[str, object]] = []
