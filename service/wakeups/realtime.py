@@ -25,13 +25,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
-from realtime.types import RealtimePostgresChangesListenEvent
 
 from service.wakeups.wakeup import Wakeup
+
+if TYPE_CHECKING:  # the client is imported when a source runs: most workers never need it
+    from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 
 log = structlog.get_logger("service.wakeups.realtime")
 
@@ -85,6 +86,8 @@ class RealtimeSource:
 
     async def run(self) -> None:
         """Subscribe until cancelled, building a new client whenever the last one is lost."""
+        from realtime import AsyncRealtimeClient
+
         backoff = self.first_backoff
         while True:
             self.attempts += 1
@@ -109,6 +112,9 @@ class RealtimeSource:
 
     async def _session(self, client: AsyncRealtimeClient) -> bool:
         """One client's life; returns whether it ever subscribed, when its socket is gone."""
+        from realtime import RealtimeSubscribeStates
+        from realtime.types import RealtimePostgresChangesListenEvent
+
         changed = asyncio.Event()
         subscribed = False
 
