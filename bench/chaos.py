@@ -57,6 +57,7 @@ import asyncpg
 from aiohttp import web
 from PIL import Image
 
+from service.local.serving import serve
 from service.local.simulator import FailureRule, Simulator, SimulatorConfig
 from service.migrations import migrate
 from tests.fakes.supabase_storage import FakeSupabaseStorage
@@ -380,12 +381,8 @@ async def photo_host() -> tuple[web.AppRunner, str]:
 
     app = web.Application()
     app.router.add_get("/photo/{rgb}.png", photo)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    return runner, f"http://{host}:{port}"
+    runner, port = await serve(app, "127.0.0.1", 0)
+    return runner, f"http://127.0.0.1:{port}"
 
 
 # ---------------------------------------------------------------------- the night
@@ -543,10 +540,7 @@ async def _night(plan: Plan, workdir: Path, pg: Postgres, say: Callable[[str], N
         failure_rules=failure_rules(specs, plan, night.rng),
     )
     storage = FakeSupabaseStorage()
-    storage_runner = web.AppRunner(storage.app(), access_log=None)
-    await storage_runner.setup()
-    await web.TCPSite(storage_runner, "127.0.0.1", 0).start()
-    storage_port = storage_runner.addresses[0][1]
+    storage_runner, storage_port = await serve(storage.app(), "127.0.0.1", 0)
     pg_proxy = FaultProxy(postgres_upstream(pg.url(DB_NAME)), chunk_size=8192, name="database")
     report = Report()
     async with Simulator(sim_config) as sim:
@@ -1014,40 +1008,34 @@ def _scan_logs(report: Report, night: Night) -> None:
 # ---------------------------------------------------------------------- command line
 
 
+OPTIONS = (
+    "rows",
+    "replicas",
+    "kills",
+    "pg_restarts",
+    "pg_long_down",
+    "seed",
+    "same_prompt_share",
+    "fail_share",
+    "provider_fault_share",
+    "cut_alls",
+    "cut_windows",
+    "storage_outages",
+    "drain_timeout",
+)
+"""The Plan fields a night can be told from the command line (--rows, --pg-long-down...)."""
+
+
 def parse(argv: list[str] | None = None) -> Plan:
     parser = argparse.ArgumentParser(
         prog="python -m bench.chaos", description=__doc__.split("\n\n", 1)[0] if __doc__ else None
     )
     defaults = Plan()
-    parser.add_argument("--rows", type=int, default=defaults.rows)
-    parser.add_argument("--replicas", type=int, default=defaults.replicas)
-    parser.add_argument("--kills", type=int, default=defaults.kills)
-    parser.add_argument("--pg-restarts", type=int, default=defaults.pg_restarts)
-    parser.add_argument("--pg-long-down", type=float, default=defaults.pg_long_down)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--same-prompt-share", type=float, default=defaults.same_prompt_share)
-    parser.add_argument("--fail-share", type=float, default=defaults.fail_share)
-    parser.add_argument("--provider-fault-share", type=float, default=defaults.provider_fault_share)
-    parser.add_argument("--cut-alls", type=int, default=defaults.cut_alls)
-    parser.add_argument("--cut-windows", type=int, default=defaults.cut_windows)
-    parser.add_argument("--storage-outages", type=int, default=defaults.storage_outages)
-    parser.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout)
+    for name in OPTIONS:
+        default = getattr(defaults, name)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     args = parser.parse_args(argv)
-    return Plan(
-        rows=args.rows,
-        replicas=args.replicas,
-        kills=args.kills,
-        pg_restarts=args.pg_restarts,
-        pg_long_down=args.pg_long_down,
-        seed=args.seed,
-        same_prompt_share=args.same_prompt_share,
-        fail_share=args.fail_share,
-        provider_fault_share=args.provider_fault_share,
-        cut_alls=args.cut_alls,
-        cut_windows=args.cut_windows,
-        storage_outages=args.storage_outages,
-        drain_timeout=args.drain_timeout,
-    )
+    return Plan(**{name: getattr(args, name) for name in OPTIONS})
 
 
 def _not_a_hangup(record: logging.LogRecord) -> bool:

@@ -21,6 +21,7 @@ from uuid import UUID
 from aiohttp import web
 from PIL import Image
 
+from service.local.serving import serve
 from service.local.simulator import SimulatorConfig
 from service.runtime import open_runtime
 from tests.conftest import FAST_SIMULATOR, make_settings
@@ -131,11 +132,9 @@ async def hostile_host(canary_port: int) -> AsyncIterator[tuple[int, list[str]]]
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    runner, port = await serve(app, "127.0.0.1", 0)
     try:
-        yield int(runner.addresses[0][1]), requested
+        yield port, requested
     finally:
         release.set()
         await runner.cleanup()

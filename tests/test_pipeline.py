@@ -24,6 +24,7 @@ from aiohttp import web
 from PIL import Image
 
 from service.daemon import Worker
+from service.local.serving import serve
 from service.local.simulator import FailureRule
 from service.runtime import Runtime
 from tests.conftest import eventually, replica_of
@@ -69,11 +70,9 @@ async def photo_host(routes: dict[str, tuple[int, bytes, str]]) -> AsyncIterator
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    runner, port = await serve(app, "127.0.0.1", 0)
     try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+        yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
 
@@ -441,10 +440,8 @@ async def test_a_long_step_keeps_its_lease_alive_with_heartbeats(
 
     app = web.Application()
     app.router.add_get("/slow.png", slow_photo)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/slow.png"
+    runner, port = await serve(app, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{port}/slow.png"
     settings = make_settings(
         db_url, tmp_path, lease_seconds=0.6, image_allow_hosts=urlsplit(url).netloc
     )
