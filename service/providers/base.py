@@ -17,6 +17,11 @@ from typing import Literal, Protocol
 
 JobStatus = Literal["queued", "running", "completed", "failed"]
 
+ErrorKind = Literal[
+    "invalid_request", "safety_filtered", "model_retired", "provider_error", "in_doubt", "expired"
+]
+"""Why a row failed, in words an app can show (the row's ``error_kind`` column)."""
+
 
 @dataclass(frozen=True)
 class VideoRequest:
@@ -41,6 +46,8 @@ class ProviderJob:
     progress: int
     raw_status: str
     error: str | None = None
+    error_kind: ErrorKind | None = None
+    """For a failed job: which outcome it is (a safety filter is not a provider fault)."""
     created_at: datetime | None = None
     expires_at: datetime | None = None
     prompt: str | None = None
