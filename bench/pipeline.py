@@ -34,6 +34,7 @@ from service.local.embedded import start_embedded_postgres
 from service.machine import Policy
 from service.migrations import migrate
 from service.providers.base import ProviderJob, VideoRequest
+from service.providers.lookup import Providers
 from service.repository import PostgresRepository
 from service.steps import Defaults, Steps
 from service.storage.local import LocalStore
@@ -98,8 +99,10 @@ async def main(rows: int, concurrency: int, same_prompt: bool) -> None:
         async with pool.acquire() as conn:
             await migrate(conn)
         repo = PostgresRepository(pool, "bench", timedelta(seconds=30))
+        providers = Providers(default="openai")
+        providers.add(InstantProvider())
         steps = Steps(
-            InstantProvider(),
+            providers,
             LocalStore(Path(scratch) / "store", "http://bench"),
             defaults=Defaults("sora-2", "720x1280", "4"),
             video_bucket="hug-videos",

@@ -1,4 +1,4 @@
-"""``sora-worker``: run | migrate | demo | simulate | request | show.
+"""``sora-worker``: run | migrate | demo | simulate | request | show | list | stats | adopt.
 
 Every setting comes from the environment (listed by ``--help`` with its default), so
 the same command line works in a shell, a container and a systemd unit.
@@ -25,7 +25,7 @@ from service.config import ENV_PREFIX, Settings, SettingsError, load_settings
 from service.extras import LocalExtraMissing, local_extra
 from service.migrations import MigrationError, migrate
 from service.progress import follow
-from service.repository import PostgresRepository, RepositoryError, as_json
+from service.repository import Conflict, PostgresRepository, Refused, RepositoryError, as_json
 from service.runtime import create_pool, database_url, open_runtime, open_store
 from service.signals import STOP_SIGNALS, until_signalled
 from service.storage.base import StorageError
@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--port", type=int, default=8089)
     simulate.add_argument("--generation-seconds", type=float, default=8.0)
     simulate.add_argument("--state-dir", type=Path, default=None)
+    simulate.add_argument(
+        "--profile",
+        choices=["openai", "litellm", "new-api"],
+        default=None,
+        help="behave as OpenAI itself or as a gateway, quirks included "
+        "[default: SORA_SIMULATOR_PROFILE]",
+    )
 
     request = commands.add_parser(
         "request", help="ask for a video (as an app would); prints its id, or the row with --wait"
@@ -99,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--status", choices=["queued", "processing", "completed", "failed"])
 
     commands.add_parser("stats", help="rows per stage, as JSON")
+
+    adopt = commands.add_parser(
+        "adopt",
+        help="attach a provider job a person found to a row that holds none (an in-doubt "
+        "or failed row); the worker polls and archives it. Safe while workers run",
+    )
+    adopt.add_argument("id", type=UUID, help="the row")
+    adopt.add_argument("video_id", help="the provider's job id, as the provider gave it")
     return parser
 
 
@@ -142,7 +157,7 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
             return await run_demo(settings, fresh=args.fresh, keep_serving=args.keep_serving)
         case "simulate":
-            return await run_simulator(args)
+            return await run_simulator(args, settings)
         case "request":
             return await run_request(settings, args)
         case "show":
@@ -151,17 +166,29 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await run_list(settings, args.limit, args.status)
         case "stats":
             return await run_stats(settings)
+        case "adopt":
+            return await run_adopt(settings, args.id, args.video_id)
     raise AssertionError(args.command)
 
 
-async def run_simulator(args: argparse.Namespace) -> int:
+async def run_simulator(args: argparse.Namespace, settings: Settings) -> int:
     with local_extra("`sora-worker simulate` serves the local Sora simulator"):
         from service.local.simulator import Simulator, SimulatorConfig
 
-    config = SimulatorConfig(generation_seconds=args.generation_seconds, state_dir=args.state_dir)
+    config = SimulatorConfig(
+        generation_seconds=args.generation_seconds,
+        state_dir=args.state_dir,
+        profile=args.profile or settings.simulator_profile,
+    )
     simulator = Simulator(config)
     await simulator.start(args.host, args.port)
-    log.info("simulator.listening", base_url=simulator.base_url, host=args.host, port=args.port)
+    log.info(
+        "simulator.listening",
+        base_url=simulator.base_url,
+        host=args.host,
+        port=args.port,
+        profile=config.profile,
+    )
     try:
         await until_signalled()
     finally:
@@ -265,10 +292,29 @@ async def run_list(settings: Settings, limit: int, status: str | None) -> int:
         rows = await repo.recent(limit, status)
     for row in rows:
         detail = row["video_url"] or row["error"] or ""
+        if row["error_kind"]:
+            detail = f"[{row['error_kind']}] {detail}"
         print(
             f"{row['id']}  {row['created_at']:%Y-%m-%d %H:%M:%S}  {row['stage']:<10} "
             f"{row['progress']:3d}%  {detail}"
         )
+    return 0
+
+
+async def run_adopt(settings: Settings, row_id: UUID, video_id: str) -> int:
+    """Attach the job a person found (after an in-doubt failure) to its row."""
+    async with repository(settings) as repo:
+        try:
+            await repo.adopt(row_id, video_id, settings.provider)
+        except Refused as err:
+            print(f"sora-worker: {err}", file=sys.stderr)
+            return 1
+        except Conflict:
+            holder = await repo.holder_of(video_id)
+            print(f"sora-worker: job {video_id} already belongs to row {holder}", file=sys.stderr)
+            return 1
+    log.info("video.adopted", row_id=str(row_id), video_id=video_id)
+    print(f"row {row_id} adopted {video_id}; a worker will poll and archive it")
     return 0
 
 

@@ -87,6 +87,11 @@ class Settings(BaseSettings):
         "auto: both when SUPABASE_URL is set and LISTEN works, else what works.",
     )
 
+    provider: str = Field(
+        "openai",
+        description="Provider (adapter name) for rows that name none; a row keeps the "
+        "provider it was submitted with.",
+    )
     model: str = Field("sora-2", description="Default model for rows that name none.")
     default_size: str = Field(
         "720x1280", description="Default WIDTHxHEIGHT for rows that name none."
@@ -145,6 +150,11 @@ class Settings(BaseSettings):
         None, description="Public base URL of the local storage server, if behind a proxy."
     )
     simulator_port: int = Field(8089, ge=0, le=65535, description="Port of the local simulator.")
+    simulator_profile: Literal["openai", "litellm", "new-api"] = Field(
+        "openai",
+        description="Which host the local simulator behaves as: OpenAI itself, a LiteLLM "
+        "proxy or a new-api gateway (their quirks, as measured).",
+    )
     video_bucket: str = Field("hug-videos", description="Bucket for finished videos.")
     image_bucket: str = Field("hug-images", description="Bucket for images (demo photos).")
 

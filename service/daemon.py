@@ -281,7 +281,7 @@ class Worker:
                     return await self.steps.prepare(job)
                 case Action.CREATE:
                     assert intent is not None, "next_action gives CREATE only with the intent"
-                    return await self.steps.create(intent.request)
+                    return await self.steps.create(intent)
                 case Action.RECONCILE:
                     return await self.steps.reconcile(job)
                 case Action.POLL:
@@ -323,6 +323,10 @@ class Worker:
         if transition.delay.total_seconds() > 0 and not transition.finished:
             fields["next_in_s"] = round(transition.delay.total_seconds(), 2)
         level = log.warning if transition.log_event in ("video.failed", "video.retry") else log.info
+        if transition.error_kind is not None:
+            fields["error_kind"] = transition.error_kind
+        if transition.error_kind == "expired":
+            level = log.error  # a video paid for and lost
         if transition.log_event == "video.progress":
             level = log.debug if after.progress == before.progress else log.info
         level(transition.log_event, **fields, event_type=type(event).__name__)

@@ -30,7 +30,7 @@ from enum import StrEnum
 from typing import NewType
 from uuid import UUID
 
-from service.providers.base import VideoRequest
+from service.providers.base import ErrorKind, VideoRequest
 
 RowId = NewType("RowId", UUID)
 """The ``id`` of a ``videos`` row."""
@@ -84,6 +84,8 @@ class Job:
     submitted_at: datetime | None = None
     progress: int = 0
     expires_at: datetime | None = None
+    error_kind: ErrorKind | None = None
+    """A failed row's outcome (read back for operators; the machine decides on stage)."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,8 @@ class Rejected:
     """Permanent: the input or the request can never succeed as it is."""
 
     reason: str
+    kind: ErrorKind = "invalid_request"
+    """``model_retired`` when the model is gone; otherwise the request itself is wrong."""
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,15 @@ class InDoubt:
 
     reason: str
     retry_after: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class Unreconcilable:
+    """A create is in doubt and ``host`` cannot list its jobs: nobody but a person can
+    find out whether it made one, so waiting longer only delays that person."""
+
+    reason: str
+    host: str
 
 
 @dataclass(frozen=True)
@@ -213,6 +226,8 @@ class GenerationFailed:
     """The provider ended the job without a video (safety filter, error, expiry)."""
 
     reason: str
+    kind: ErrorKind = "provider_error"
+    """``safety_filtered`` and ``expired`` are outcomes of their own, never retried."""
 
 
 @dataclass(frozen=True)
@@ -255,6 +270,7 @@ Event = (
     | Rejected
     | NotSubmitted
     | InDoubt
+    | Unreconcilable
     | NotFoundAtProvider
     | Progressed
     | Generated
@@ -324,7 +340,8 @@ class Transition:
     """The checkpoint to write: the new stage, when the row is next due, what changed.
 
     ``error`` is always written: the reason a person reads for a failed, retried or
-    waiting row, or None once a step succeeded.
+    waiting row, or None once a step succeeded. ``error_kind`` is set exactly when the
+    row fails: which outcome it is, for an app to act on without parsing ``error``.
     """
 
     stage: Stage
@@ -333,6 +350,7 @@ class Transition:
     log_event: str
     error: str | None = None
     change: Change | None = None
+    error_kind: ErrorKind | None = None
 
     @property
     def finished(self) -> bool:
@@ -361,7 +379,7 @@ def apply(job: Job, event: Event, *, policy: Policy, jitter: float) -> Transitio
     """
     match event:
         case Rejected() if job.stage in ACTIVE_STAGES:
-            return _fail(job, event.reason)
+            return _fail(job, event.reason, event.kind)
         case Transient() if job.stage in ACTIVE_STAGES:
             return _retry(job, event.reason, event.retry_after, policy, jitter)
         case Waiting() if job.stage in (Stage.PENDING, Stage.SUBMITTING):
@@ -372,7 +390,14 @@ def apply(job: Job, event: Event, *, policy: Policy, jitter: float) -> Transitio
                 "video.waiting",
                 error=f"waiting: {event.reason}",
             )
-        case IntentRecorded() | Accepted() | NotFoundAtProvider() | NotSubmitted() | InDoubt():
+        case (
+            IntentRecorded()
+            | Accepted()
+            | NotFoundAtProvider()
+            | NotSubmitted()
+            | InDoubt()
+            | Unreconcilable()
+        ):
             transition = _on_submission(job, event, policy=policy, jitter=jitter)
         case _:
             transition = _on_generation(job, event, policy=policy, jitter=jitter)
@@ -424,7 +449,22 @@ def _on_submission(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
             return _retry_afresh(job, event.reason, event.retry_after, policy, jitter)
         case InDoubt() if stage is Stage.SUBMITTING:
             return _retry(job, event.reason, event.retry_after, policy, jitter)
+        case Unreconcilable() if stage is Stage.SUBMITTING and job.submit_key is not None:
+            return _fail(job, _settle_by_hand(job, event), "in_doubt")
     return None
+
+
+def _settle_by_hand(job: Job, event: Unreconcilable) -> str:
+    """Everything a person needs to find the job the worker could not (and what to do)."""
+    attempted = job.submitted_at.isoformat() if job.submitted_at else "an unknown time"
+    return (
+        f"in doubt: the create sent to {event.host} at {attempted} got no clear answer, and "
+        f"{event.host} cannot list its jobs ({event.reason}), so the worker cannot tell "
+        f"whether it made one. Look at {event.host} for a job created then with prompt "
+        f"{job.prompt!r} (model {job.model}, size {job.size}, {job.seconds} s; idempotency "
+        f"key {job.submit_key}). If there is one: sora-worker adopt {job.id} VIDEO_ID. "
+        "If there is none: set status to queued to try again."
+    )
 
 
 def _on_generation(job: Job, event: Event, *, policy: Policy, jitter: float) -> Transition | None:
@@ -436,6 +476,7 @@ def _on_generation(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
                 job,
                 f"the provider did not finish within {policy.generation_timeout} "
                 f"(last status {event.provider_status!r}, {event.progress}%)",
+                "provider_error",
             )
         case Progressed() if stage is Stage.GENERATING:
             return Transition(
@@ -464,7 +505,7 @@ def _on_generation(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
                 ),
             )
         case GenerationFailed() if stage in (Stage.GENERATING, Stage.ARCHIVING):
-            return _fail(job, event.reason)
+            return _fail(job, event.reason, event.kind)
         case Vanished() if stage in (Stage.GENERATING, Stage.ARCHIVING):
             # Gone is usually final, but a provider (or a replica's simulator) can answer
             # 404 for a moment: give it max_attempts tries before failing the row.
@@ -505,13 +546,14 @@ def _retry_afresh(
     return replace(transition, change=ForgetIntent())
 
 
-def _fail(job: Job, reason: str, attempts: int | None = None) -> Transition:
+def _fail(job: Job, reason: str, kind: ErrorKind, attempts: int | None = None) -> Transition:
     return Transition(
         Stage.FAILED,
         job.attempts if attempts is None else attempts,
         NOW,
         "video.failed",
         error=reason,
+        error_kind=kind,
     )
 
 
@@ -539,9 +581,10 @@ def _retry(
         job.stage is Stage.SUBMITTING and job.submit_key is not None
     )
     if (not paid or bounded) and attempts >= policy.max_attempts:
-        return _fail(job, f"gave up after {attempts} attempts: {reason}", attempts)
+        kind: ErrorKind = "expired" if job.stage is Stage.ARCHIVING else "provider_error"
+        return _fail(job, f"gave up after {attempts} attempts: {reason}", kind, attempts)
     if paid and deadline is not None and job.as_of >= deadline:
-        return _fail(job, _too_late(job, policy, reason), attempts)
+        return _fail(job, _too_late(job, policy, reason), _late_kind(job.stage), attempts)
     delay = NOW if immediate else retry_delay(attempts, policy, jitter)
     if retry_after is not None and not immediate:
         delay = max(delay, min(retry_after, policy.retry_cap))
@@ -563,6 +606,18 @@ def _paid_deadline(job: Job, policy: Policy) -> datetime | None:
     if job.stage is Stage.ARCHIVING:
         return job.submitted_at + policy.generation_timeout + policy.archive_grace
     return job.submitted_at + policy.generation_timeout
+
+
+def _late_kind(stage: Stage) -> ErrorKind:
+    """A paid job given up on: the video lapsed, the create stayed in doubt, or the
+    provider never finished."""
+    match stage:
+        case Stage.ARCHIVING:
+            return "expired"
+        case Stage.SUBMITTING:
+            return "in_doubt"
+        case _:
+            return "provider_error"
 
 
 def _too_late(job: Job, policy: Policy, reason: str) -> str:

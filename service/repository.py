@@ -120,7 +120,8 @@ class Repository(Protocol):
         """How long until some active row can be claimed; None when none is active."""
 
     async def recorded_video_ids(self, candidates: Iterable[str]) -> frozenset[str]:
-        """Which of these provider ids some row already holds (never adopt one twice)."""
+        """Which of these provider ids some row already holds, compared in stable form
+        (``providers.ids.stable_id``): never adopt one job twice, however it is spelt."""
 
     async def identical_in_doubt(
         self, row_id: RowId, prompt: str, model: str, size: str, seconds: str
@@ -173,6 +174,7 @@ ROW_COLUMNS = (
     "submitted_at",
     "progress",
     "openai_expires_at",
+    "error_kind",
 )
 JOB_COLUMNS = ", ".join(ROW_COLUMNS) + ", now() as as_of"
 """What the machine reads of a row, and the database's clock as it was read."""
@@ -203,13 +205,13 @@ from public.videos
 where stage = any($1::text[])
 """
 
-# The checkpoint: one fixed statement per kind of change. $1-$4 guard the row, $5-$11
-# are what every transition writes, $12... the change's own columns.
+# The checkpoint: one fixed statement per kind of change. $1-$4 guard the row, $5-$12
+# are what every transition writes, $13... the change's own columns.
 _GUARD = "where id = $1 and stage = $2 and locked_by = $3 and submit_key is not distinct from $4"
 _COMMON = """stage = $5, status = $6, attempts = $7, next_attempt_at = now() + $8::interval,
     locked_by = case when $9 then locked_by end,
     locked_until = case when $9 then now() + $10::interval end,
-    error = $11"""
+    error = $11, error_kind = $12"""
 
 
 def _checkpoint_sql(change_columns: str = "") -> str:
@@ -220,15 +222,15 @@ def _checkpoint_sql(change_columns: str = "") -> str:
 CHECKPOINT: dict[type[Change] | None, str] = {
     None: _checkpoint_sql(),
     RecordIntent: _checkpoint_sql(
-        "submit_key = $12, provider = $13, model = $14, size = $15, seconds = $16, "
+        "submit_key = $13, provider = $14, model = $15, size = $16, seconds = $17, "
         "submitted_at = now()"
     ),
     ForgetIntent: _checkpoint_sql("submit_key = null"),
-    RecordJob: _checkpoint_sql("video_id = $12, progress = $13"),
-    RecordProgress: _checkpoint_sql("progress = $12"),
-    RecordDownload: _checkpoint_sql("openai_url = $12, openai_expires_at = $13, progress = 100"),
+    RecordJob: _checkpoint_sql("video_id = $13, progress = $14"),
+    RecordProgress: _checkpoint_sql("progress = $13"),
+    RecordDownload: _checkpoint_sql("openai_url = $13, openai_expires_at = $14, progress = 100"),
     RecordArchive: _checkpoint_sql(
-        "video_url = $12, video_bytes = $13, video_sha256 = $14, thumbnail_url = $15, "
+        "video_url = $13, video_bytes = $14, video_sha256 = $15, thumbnail_url = $16, "
         "progress = 100, completed_at = now()"
     ),
 }
@@ -270,6 +272,7 @@ def job_from_record(record: asyncpg.Record) -> Job:
         submitted_at=record["submitted_at"],
         progress=record["progress"],
         expires_at=record["openai_expires_at"],
+        error_kind=record["error_kind"],
     )
 
 
@@ -326,6 +329,7 @@ class PostgresRepository:
                 keep_lease,
                 self.lease,
                 transition.error,
+                transition.error_kind,
                 *_change_values(change),
             )
         if record is None:
@@ -384,12 +388,18 @@ class PostgresRepository:
         return value
 
     async def recorded_video_ids(self, candidates: Iterable[str]) -> frozenset[str]:
+        # Compared in stable form: a gateway may list a job under another id string
+        # than the one create returned (service/providers/ids.py).
         with driver_errors("looking up provider ids"):
             rows = await self.pool.fetch(
-                "select video_id from public.videos where video_id = any($1::text[])",
+                """select c.id from unnest($1::text[]) as c(id)
+                   where exists (
+                       select 1 from public.videos v
+                       where v.video_id is not null
+                         and public.video_stable_id(v.video_id) = public.video_stable_id(c.id))""",
                 list(candidates),
             )
-        return frozenset(r["video_id"] for r in rows)
+        return frozenset(r["id"] for r in rows)
 
     async def identical_in_doubt(
         self, row_id: RowId, prompt: str, model: str, size: str, seconds: str
@@ -445,13 +455,54 @@ class PostgresRepository:
         """The newest rows, optionally of one status (for ``sora-worker list``)."""
         with driver_errors("listing rows"):
             rows = await self.pool.fetch(
-                """select id, status, stage, progress, attempts, created_at, video_url, error
+                """select id, status, stage, progress, attempts, created_at, video_url, error,
+                          error_kind
                    from public.videos where $2::text is null or status = $2
                    order by created_at desc limit $1""",
                 limit,
                 status,
             )
         return [dict(r) for r in rows]
+
+    async def adopt(self, row_id: UUID, video_id: str, provider: str) -> None:
+        """Attach a provider job a person found to a row (``sora-worker adopt``).
+
+        One guarded statement, safe while workers run: only a row that holds no job yet
+        (queued, in doubt, or failed) and that no live lease holds is changed; it becomes
+        ``generating`` with the job, as if its create had answered, and the worker is
+        woken to poll it. Raises Refused (saying why) when the row cannot take it, and
+        Conflict when another row already holds that job (however its id is spelt).
+        """
+        with driver_errors(f"adopting {video_id} into row {row_id}"):
+            adopted = await self.pool.fetchval(ADOPT, row_id, video_id, provider)
+            if adopted is not None:
+                return
+            row = await self.pool.fetchrow(
+                """select stage, video_id, locked_until > now() as leased
+                   from public.videos where id = $1""",
+                row_id,
+            )
+        if row is None:
+            raise Refused(f"no row {row_id}")
+        if row["stage"] in ("generating", "archiving", "completed"):
+            raise Refused(
+                f"row {row_id} is {row['stage']} with job {row['video_id']}; only a row "
+                "that holds no job (queued, in doubt or failed) can adopt one"
+            )
+        raise Refused(
+            f"a worker is working on row {row_id} right now; try again once it has "
+            "finished its step (sora-worker show shows its stage)"
+        )
+
+    async def holder_of(self, video_id: str) -> UUID | None:
+        """The row that holds this provider job, compared in stable form."""
+        with driver_errors(f"looking up {video_id}"):
+            found: UUID | None = await self.pool.fetchval(
+                """select id from public.videos where video_id is not null
+                   and public.video_stable_id(video_id) = public.video_stable_id($1)""",
+                video_id,
+            )
+        return found
 
     async def stats(self) -> dict[str, Any]:
         """Rows per stage and how long the oldest unfinished one has waited."""
@@ -474,6 +525,28 @@ class PostgresRepository:
         with driver_errors(f"reading row {row_id}"):
             record = await self.pool.fetchrow("select * from public.videos where id = $1", row_id)
         return None if record is None else dict(record)
+
+
+ADOPT = """
+with adopted as (
+    update public.videos
+    set stage = 'generating', status = 'processing', video_id = $2,
+        provider = coalesce(provider, $3),
+        submit_key = null,            -- the intent is settled: this is its job
+        submitted_at = now(),         -- the generation deadline counts from here
+        attempts = 0, progress = 0, error = null, error_kind = null,
+        next_attempt_at = now(), locked_by = null, locked_until = null,
+        openai_url = null, openai_expires_at = null, video_url = null, video_bytes = null,
+        video_sha256 = null, thumbnail_url = null, completed_at = null
+    where id = $1
+      and stage in ('pending', 'submitting', 'failed')        -- holds no job yet
+      and (locked_until is null or locked_until < now())      -- no worker is on it
+    returning id
+)
+select id from adopted, pg_notify('sora_worker', adopted.id::text)
+"""
+"""``sora-worker adopt``: one statement, so a worker claiming the row meanwhile either
+sees it before (and its guarded write then misses) or after (and polls the job)."""
 
 
 def as_json(row: dict[str, Any]) -> dict[str, Any]:

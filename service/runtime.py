@@ -26,7 +26,7 @@ from service.daemon import Worker, WorkerOptions
 from service.extras import local_extra
 from service.machine import Policy
 from service.migrations import migrate
-from service.providers.base import VideoProvider
+from service.providers.lookup import Providers
 from service.providers.openai_videos import OpenAIVideos
 from service.repository import PostgresRepository
 from service.steps import Defaults, Steps
@@ -54,7 +54,7 @@ class Runtime:
     dsn: str
     pool: asyncpg.Pool
     repo: PostgresRepository
-    provider: VideoProvider
+    providers: Providers
     store: ObjectStore
     http: httpx.AsyncClient
     simulator: Simulator | None
@@ -86,7 +86,7 @@ class Runtime:
         """A worker; ``realtime`` (built on its Wakeup) runs beside LISTEN when given."""
         s = self.settings
         steps = Steps(
-            self.provider,
+            self.providers,
             self.store,
             defaults=Defaults(s.model, s.default_size, s.default_seconds),
             video_bucket=s.video_bucket,
@@ -169,7 +169,7 @@ async def open_runtime(
 
         http = httpx.AsyncClient(timeout=httpx.Timeout(settings.image_timeout, connect=5.0))
         stack.push_async_callback(http.aclose)
-        simulator, provider = await _open_provider(
+        simulator, providers = await _open_providers(
             settings, stack, simulator_config, flexible_ports
         )
         store, own_origins = await _open_store(settings, stack, flexible_ports)
@@ -178,7 +178,7 @@ async def open_runtime(
             dsn=dsn,
             pool=pool,
             repo=PostgresRepository(pool, settings.worker_id, settings.lease),
-            provider=provider,
+            providers=providers,
             store=store,
             http=http,
             simulator=simulator,
@@ -222,22 +222,34 @@ async def _patiently(connect: Callable[[], Awaitable[asyncpg.Pool]]) -> asyncpg.
         return pool
 
 
-async def _open_provider(
+async def _open_providers(
     settings: Settings,
     stack: AsyncExitStack,
     simulator_config: SimulatorConfig | None,
     flexible_ports: bool,
-) -> tuple[Simulator | None, VideoProvider]:
-    provider: VideoProvider
+) -> tuple[Simulator | None, Providers]:
+    """Every adapter this worker can serve rows with, by name (one ``add`` each)."""
+    providers = Providers(default=settings.provider)
+    stack.push_async_callback(providers.aclose)
+    simulator, base_url, api_key = await _videos_host(
+        settings, stack, simulator_config, flexible_ports
+    )
+    openai_videos = OpenAIVideos(api_key, base_url, timeout=settings.provider_timeout)
+    providers.add(openai_videos, openai_videos.base_url)
+    log.info("provider.openai", base_url=openai_videos.base_url, model=settings.model)
+    await openai_videos.probe()  # can it list its jobs? said in the log either way
+    return simulator, providers
+
+
+async def _videos_host(
+    settings: Settings,
+    stack: AsyncExitStack,
+    simulator_config: SimulatorConfig | None,
+    flexible_ports: bool,
+) -> tuple[Simulator | None, str | None, str]:
+    """The /v1/videos host and key: the settings', or the local simulator's."""
     if settings.openai_api_key is not None:
-        provider = OpenAIVideos(
-            settings.openai_api_key.get_secret_value(),
-            settings.openai_base_url,
-            timeout=settings.provider_timeout,
-        )
-        stack.push_async_callback(provider.aclose)
-        log.info("provider.openai", base_url=provider.base_url, model=settings.model)
-        return None, provider
+        return None, settings.openai_base_url, settings.openai_api_key.get_secret_value()
     with local_extra(
         "OPENAI_API_KEY is unset, so sora-worker would start the local Sora simulator",
         "set OPENAI_API_KEY (and OPENAI_BASE_URL)",
@@ -246,7 +258,8 @@ async def _open_provider(
         from service.local.simulator import Simulator, SimulatorConfig
 
     config = replace(
-        simulator_config or SimulatorConfig(), state_dir=settings.data_dir / "simulator"
+        simulator_config or SimulatorConfig(profile=settings.simulator_profile),
+        state_dir=settings.data_dir / "simulator",
     )
     shared = SharedServer(
         "simulator",
@@ -263,10 +276,9 @@ async def _open_provider(
         message="OPENAI_API_KEY is unset: using the LOCAL SORA SIMULATOR. Videos are "
         "synthetic test clips; set OPENAI_API_KEY (and OPENAI_BASE_URL) for real ones.",
         base_url=shared.base_url,
+        profile=config.profile,
     )
-    provider = OpenAIVideos(SIMULATOR_KEY, shared.base_url, timeout=settings.provider_timeout)
-    stack.push_async_callback(provider.aclose)
-    return shared.hosted, provider
+    return shared.hosted, shared.base_url, SIMULATOR_KEY
 
 
 @asynccontextmanager

@@ -11,16 +11,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Protocol
 
 import httpx
 import structlog
 
-from service import fetch, images
+from service import fetch, images, thumbnails
 from service.machine import (
     Accepted,
     Archived,
@@ -37,11 +40,14 @@ from service.machine import (
     RowId,
     SubmitKey,
     Transient,
+    Unreconcilable,
     Vanished,
     Waiting,
 )
 from service.providers import base as providers
+from service.providers import models
 from service.providers.base import VideoProvider, VideoRequest
+from service.providers.lookup import Providers, UnknownProvider
 from service.storage.base import ObjectStore, StorageError
 
 log = structlog.get_logger("service.steps")
@@ -65,6 +71,9 @@ PHOTO_ROWS_AT_ONCE = 4
 """Rows that may hold downloaded photos at once: at most this many x 2 x
 SORA_IMAGE_MAX_BYTES of photo bytes in memory, whatever the concurrency."""
 
+THUMBNAIL_MAX_BYTES = 20_000_000
+"""The largest provider thumbnail taken into memory (anything bigger is not one)."""
+
 
 @dataclass(frozen=True)
 class Defaults:
@@ -80,7 +89,7 @@ class Steps:
 
     def __init__(
         self,
-        provider: VideoProvider,
+        providers: Providers,
         store: ObjectStore,
         *,
         defaults: Defaults,
@@ -89,7 +98,7 @@ class Steps:
         photo_access: fetch.Access | None = None,
         ledger: Ledger,
     ) -> None:
-        self.provider = provider
+        self.providers = providers
         self.store = store
         self.defaults = defaults
         self.video_bucket = video_bucket
@@ -106,11 +115,10 @@ class Steps:
         The request travels in ``IntentRecorded``: the daemon checkpoints the intent,
         then hands the same request to ``create``.
         """
-        if job.provider is not None and job.provider != self.provider.name:
-            return Rejected(
-                f"row was submitted through provider '{job.provider}', "
-                f"but this worker runs '{self.provider.name}'"
-            )
+        try:
+            provider = self.providers.get(job.provider)
+        except UnknownProvider as err:
+            return Rejected(str(err))
         model = job.model or self.defaults.model
         size = job.size or self.defaults.size
         seconds = job.seconds or self.defaults.seconds
@@ -120,9 +128,17 @@ class Steps:
         if not prompt.strip():
             return Rejected("the row has no prompt")
         try:
-            self.provider.validate(model, size, seconds)
+            models.check(
+                model,
+                size,
+                seconds,
+                image=bool(job.image1_url or job.image2_url),
+                host=self.providers.host(provider.name),
+                today=job.as_of.date(),  # the database's clock, like every deadline
+            )
+            provider.validate(model, size, seconds)
         except providers.RequestRejected as err:
-            return Rejected(str(err))
+            return Rejected(str(err), err.kind)
         twin = await self.ledger.identical_in_doubt(job.id, prompt, model, size, seconds)
         if twin is not None:
             # Identical requests take turns (see videos_one_in_doubt_per_request); ask
@@ -144,7 +160,7 @@ class Steps:
             reference=reference,
             reference_content_type=images.REFERENCE_MIME,
         )
-        return IntentRecorded(key, self.provider.name, request)
+        return IntentRecorded(key, provider.name, request)
 
     async def _reference(self, job: Job, size: str) -> bytes | None:
         labelled = [
@@ -175,17 +191,23 @@ class Steps:
 
             return await images.in_photo_thread(compose)
 
-    async def create(self, request: VideoRequest) -> Event:
+    async def create(self, intent: IntentRecorded) -> Event:
         """The one call that costs money. Its errors say whether a job may exist."""
         try:
-            job = await self.provider.submit(request)
+            job = await self.providers.get(intent.provider).submit(intent.request)
+        except UnknownProvider as err:
+            return NotSubmitted(str(err))
         except providers.RequestRejected as err:
-            return Rejected(str(err))
+            return Rejected(str(err), err.kind)
         except providers.ProviderUnavailable as err:
             return NotSubmitted(str(err), err.retry_after)
         except providers.OutcomeUnknown as err:
             return InDoubt(str(err), err.retry_after)
         return Accepted(job.id, job.progress)
+
+    def _provider_of(self, job: Job) -> VideoProvider:
+        """The adapter a row was submitted through (raises UnknownProvider)."""
+        return self.providers.get(job.provider)
 
     async def reconcile(self, job: Job) -> Event:
         """An earlier create's outcome is unknown: find its job before submitting again.
@@ -209,8 +231,14 @@ class Steps:
             idempotency_key=str(job.submit_key),
         )
         try:
-            matches = await self.provider.find_submitted(request, job.submitted_at)
+            provider = self._provider_of(job)
+        except UnknownProvider as err:
+            return Transient(str(err))  # a paid job: wait for a worker that has it
+        try:
+            matches = await provider.find_submitted(request, job.submitted_at)
             taken = await self.ledger.recorded_video_ids(m.id for m in matches)
+        except providers.CannotReconcile as err:
+            return Unreconcilable(str(err), self.providers.where(provider.name))
         except providers.ProviderError as err:
             return Transient(f"could not reconcile with the provider: {err}")
         # Oldest first: the listing is newest first and created_at has 1 s resolution,
@@ -220,7 +248,7 @@ class Steps:
             key=lambda m: m.created_at or now,
         )
         if not free:
-            settled_at = job.submitted_at + self.provider.submit_timeout
+            settled_at = job.submitted_at + provider.submit_timeout
             if now < settled_at:
                 return Waiting("the earlier submission may still be in flight", settled_at - now)
             return NotFoundAtProvider()
@@ -238,16 +266,24 @@ class Steps:
     async def poll(self, job: Job) -> Event:
         assert job.video_id is not None, "generating rows always hold a video_id"
         try:
-            state = await self.provider.retrieve(job.video_id)
+            provider = self._provider_of(job)
+            state = await provider.retrieve(job.video_id)
+        except UnknownProvider as err:
+            return Transient(str(err))
+        except providers.RequestRejected as err:
+            return Rejected(str(err), err.kind)
         except providers.VideoGone as err:
             return Vanished(str(err))
         except providers.ProviderError as err:
             return Transient(str(err), err.retry_after)
         match state.status:
             case "completed":
-                return Generated(self.provider.content_url(state.id), state.expires_at)
+                return Generated(provider.content_url(state.id), state.expires_at)
             case "failed":
-                return GenerationFailed(state.error or "the provider failed the job")
+                return GenerationFailed(
+                    state.error or "the provider failed the job",
+                    state.error_kind or "provider_error",
+                )
             case "queued" | "running":
                 return Progressed(state.progress, state.raw_status)
 
@@ -258,8 +294,11 @@ class Steps:
         assert job.video_id is not None, "archiving rows always hold a video_id"
         key = f"{job.id}/{_key_part(job.video_id)}.mp4"
         try:
-            async with self.provider.download(job.video_id, "video") as chunks:
+            provider = self._provider_of(job)
+            async with provider.download(job.video_id, "video") as chunks:
                 stored = await self.store.put(self.video_bucket, key, chunks, "video/mp4")
+        except UnknownProvider as err:
+            return Transient(str(err))
         except providers.VideoGone as err:
             return Vanished(f"the video is gone from the provider before it was archived: {err}")
         except providers.ProviderError as err:
@@ -272,23 +311,70 @@ class Steps:
             return Transient(f"archive interrupted: {fetch.describe_http_error(err)}")
         except OSError as err:
             return Transient(f"archive interrupted: {err.strerror or 'an I/O error'}")
-        thumbnail_url = await self._archive_thumbnail(job, job.video_id)
+        thumbnail_url = await self._archive_thumbnail(job, provider, job.video_id)
         return Archived(stored.url, stored.size, stored.sha256, thumbnail_url)
 
-    async def _archive_thumbnail(self, job: Job, video_id: str) -> str | None:
-        """Best effort: a missing thumbnail never costs a finished video."""
+    async def _archive_thumbnail(
+        self, job: Job, provider: VideoProvider, video_id: str
+    ) -> str | None:
+        """Best effort: a missing thumbnail never costs a finished video.
+
+        The provider's thumbnail is taken only if its bytes are an image; a host that
+        answers with the MP4 (LiteLLM) or nothing gets the video's first frame instead.
+        Downloads go to a temporary file, never whole into memory.
+        """
         try:
-            async with self.provider.download(video_id, "thumbnail") as chunks:
-                stored = await self.store.put(
-                    self.video_bucket,
-                    f"{job.id}/{_key_part(video_id)}.webp",
-                    _limit(chunks, 20_000_000),
-                    "image/webp",
-                )
+            with tempfile.TemporaryDirectory(prefix="sora-thumb-") as scratch:
+                image = await self._thumbnail(provider, video_id, Path(scratch))
+            stored = await self.store.put(
+                self.video_bucket,
+                f"{job.id}/{_key_part(video_id)}.webp",
+                _once(image),
+                "image/webp",
+            )
         except (providers.ProviderError, StorageError, httpx.HTTPError, OSError) as err:
             log.warning("video.thumbnail_skipped", row_id=str(job.id), error=str(err))
             return None
+        except ValueError as err:  # PyAV and Pillow's "not a video / not an image"
+            log.warning("video.thumbnail_skipped", row_id=str(job.id), error=repr(err))
+            return None
         return stored.url
+
+    async def _thumbnail(self, provider: VideoProvider, video_id: str, scratch: Path) -> bytes:
+        """WebP bytes of the provider's thumbnail, or of the video's first frame."""
+        path = scratch / "thumbnail"
+        head = b""
+        try:
+            head = await _save(provider.download(video_id, "thumbnail"), path)
+        except providers.ProviderError as err:
+            log.info("video.thumbnail_missing", video_id=video_id, error=str(err))
+        kind = thumbnails.image_type(head)
+        if kind is not None and path.stat().st_size <= THUMBNAIL_MAX_BYTES:
+            data = path.read_bytes()
+            return await images.in_photo_thread(lambda: thumbnails.as_webp(data))
+        if not thumbnails.is_mp4(head):
+            if head:
+                log.info("video.thumbnail_not_an_image", video_id=video_id)
+            await _save(provider.download(video_id, "video"), path)
+        else:
+            log.info("video.thumbnail_was_the_video", video_id=video_id)
+        return await images.in_photo_thread(lambda: thumbnails.first_frame_webp(path))
+
+
+async def _save(download: AbstractAsyncContextManager[AsyncIterator[bytes]], path: Path) -> bytes:
+    """Stream a download into ``path``; return its first bytes (what it says it is)."""
+    head = b""
+    with path.open("wb") as out:
+        async with download as chunks:
+            async for chunk in chunks:
+                if len(head) < 16:
+                    head += chunk[: 16 - len(head)]
+                await asyncio.to_thread(out.write, chunk)
+    return head
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,100}$")
@@ -303,12 +389,3 @@ def _key_part(video_id: str) -> str:
     if _SAFE_KEY.match(video_id):
         return video_id
     return hashlib.sha256(video_id.encode()).hexdigest()[:32]
-
-
-async def _limit(chunks: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator[bytes]:
-    total = 0
-    async for chunk in chunks:
-        total += len(chunk)
-        if total > max_bytes:
-            raise StorageError(f"file is larger than {max_bytes:,} bytes")
-        yield chunk

@@ -27,6 +27,7 @@ from service.daemon import Worker, WorkerOptions
 from service.local.memory_repository import ManualClock, MemoryRepository, Row
 from service.machine import Job, Policy, RecordIntent, RowId, Stage, SubmitKey, Transition
 from service.providers.base import ProviderJob, Variant, VideoRequest
+from service.providers.lookup import Providers
 from service.repository import DatabaseUnavailable, Rule
 from service.steps import Defaults, Steps
 from service.storage.local import LocalStore
@@ -121,8 +122,10 @@ def make_worker(
     tmp_path: Path,
     **options: Any,
 ) -> Worker:
+    providers = Providers(default=provider.name)
+    providers.add(provider)
     steps = Steps(
-        provider,
+        providers,
         LocalStore(tmp_path / "store", "http://store.invalid"),
         defaults=Defaults("sora-2", "720x1280", "8"),
         video_bucket="videos",

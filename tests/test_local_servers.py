@@ -37,7 +37,7 @@ async def test_a_second_replica_shares_the_hosts_simulator_and_storage(
         settings = ports_of(db_url, tmp_path, first)
         async with open_runtime(settings, apply_migrations=False) as second:
             assert first.simulator is not None and second.simulator is None
-            job = await second.provider.submit(
+            job = await second.providers.get(None).submit(
                 VideoRequest(
                     prompt="shared",
                     model="sora-2",
@@ -47,7 +47,7 @@ async def test_a_second_replica_shares_the_hosts_simulator_and_storage(
                 )
             )
             # The job exists where the first replica can see it: one simulator.
-            assert (await first.provider.retrieve(job.id)).id == job.id
+            assert (await first.providers.get(None).retrieve(job.id)).id == job.id
             assert second.store.public_url("b", "k") == first.store.public_url("b", "k")
         async with open_runtime(settings, apply_migrations=False) as third:
             assert third.simulator is None  # still shared: the first one hosts

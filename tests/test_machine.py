@@ -38,6 +38,7 @@ from service.machine import (
     SubmitKey,
     Transient,
     Transition,
+    Unreconcilable,
     Vanished,
     Waiting,
     apply,
@@ -71,6 +72,7 @@ EVENTS: list[Event] = [
     Transient("network"),
     Vanished("gone"),
     Waiting("an identical request is in doubt", timedelta(seconds=1)),
+    Unreconcilable("its list fails (HTTP 400: LLM Provider NOT provided)", "http://gw/v1"),
 ]
 
 S = Stage
@@ -118,6 +120,8 @@ EXPECTED[(S.SUBMITTING, True)] = {
     for event, outcome in EXPECTED[(S.SUBMITTING, False)].items()
     if event is not IntentRecorded
 }
+# Only a create in doubt can be unreconcilable.
+EXPECTED[(S.SUBMITTING, True)][Unreconcilable] = (S.FAILED, None)
 
 
 def job(stage: Stage, *, keyed: bool = False, attempts: int = 0, **kw: object) -> Job:
@@ -343,3 +347,86 @@ def test_waiting_is_not_a_failed_attempt() -> None:
     )
     assert t.stage is Stage.SUBMITTING and t.attempts == 3
     assert t.delay == timedelta(seconds=7) and t.error == "waiting: in flight"
+
+
+# ---------------------------------------------------------------- outcomes (error_kind)
+
+
+@pytest.mark.parametrize(("case", "event"), list(itertools.product(EXPECTED, EVENTS)))
+def test_a_row_has_an_error_kind_exactly_when_it_fails(
+    case: tuple[Stage, bool], event: Event
+) -> None:
+    stage, keyed = case
+    try:
+        t = run(job(stage, keyed=keyed, submitted_at=RECENT), event)
+    except IllegalTransition:
+        return
+    assert (t.error_kind is not None) == (t.stage is Stage.FAILED), (t, event)
+
+
+@pytest.mark.parametrize(
+    ("event", "kind"),
+    [
+        (Rejected("size 640x480 is not offered"), "invalid_request"),
+        (Rejected("sora-2 was retired", kind="model_retired"), "model_retired"),
+        (Rejected("blocked", kind="safety_filtered"), "safety_filtered"),
+    ],
+)
+def test_a_rejection_fails_with_its_kind(event: Rejected, kind: str) -> None:
+    t = run(job(Stage.PENDING), event)
+    assert (t.stage, t.error_kind, t.attempts) == (Stage.FAILED, kind, 0)
+
+
+@pytest.mark.parametrize("stage", [Stage.GENERATING, Stage.ARCHIVING])
+def test_a_safety_filtered_result_is_its_own_outcome_never_retried(stage: Stage) -> None:
+    t = run(job(stage), GenerationFailed("filtered: 1 video blocked", "safety_filtered"))
+    assert (t.stage, t.error_kind, t.attempts) == (Stage.FAILED, "safety_filtered", 0)
+    assert not isinstance(t.change, RecordArchive)
+
+
+def test_a_provider_failure_is_a_provider_error() -> None:
+    t = run(job(Stage.GENERATING), GenerationFailed("internal_error"))
+    assert t.error_kind == "provider_error"
+
+
+def test_an_unreconcilable_create_fails_at_once_with_what_a_person_needs() -> None:
+    doubtful = job(
+        Stage.SUBMITTING,
+        keyed=True,
+        submitted_at=RECENT,
+        prompt="two friends hug",
+        model="sora-2",
+        size="720x1280",
+        seconds="4",
+    )
+    t = run(doubtful, Unreconcilable("its list fails (HTTP 400)", "http://gw.example/v1"))
+    assert (t.stage, t.error_kind, t.attempts) == (Stage.FAILED, "in_doubt", 0)
+    error = t.error or ""
+    for needed in (
+        "'two friends hug'",
+        RECENT.isoformat(),
+        str(KEY),
+        "http://gw.example/v1",
+        f"sora-worker adopt {doubtful.id} VIDEO_ID",
+        "status to queued",
+    ):
+        assert needed in error, (needed, error)
+
+
+@pytest.mark.parametrize(
+    ("paid", "kind"),
+    [
+        (job(Stage.SUBMITTING, keyed=True), "in_doubt"),
+        (job(Stage.GENERATING), "provider_error"),
+        (job(Stage.ARCHIVING), "expired"),
+    ],
+)
+def test_a_paid_job_given_up_on_says_which_outcome(paid: Job, kind: str) -> None:
+    long_ago = NOW - POLICY.generation_timeout - POLICY.archive_grace - timedelta(seconds=1)
+    t = run(replace(paid, submitted_at=long_ago), Transient("still down"))
+    assert (t.stage, t.error_kind) == (Stage.FAILED, kind)
+
+
+def test_a_video_gone_before_it_was_archived_expired() -> None:
+    last = run(job(Stage.ARCHIVING, attempts=POLICY.max_attempts - 1), Vanished("gone"))
+    assert (last.stage, last.error_kind) == (Stage.FAILED, "expired")

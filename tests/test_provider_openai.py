@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
-from service.local.simulator import Simulator, SimulatorConfig
+from service.local.simulator import FailureRule, Simulator, SimulatorConfig
 from service.providers.base import (
+    CannotReconcile,
     OutcomeUnknown,
     ProviderUnavailable,
     RequestRejected,
@@ -210,7 +212,7 @@ async def test_reconcile_refuses_to_answer_when_the_host_hides_prompts() -> None
 
     async with fake_host(no_prompts) as (base_url, _):
         provider = OpenAIVideos("sk-test", base_url)
-        with pytest.raises(ProviderUnavailable, match="does not echo prompts"):
+        with pytest.raises(CannotReconcile, match="does not echo prompts"):
             await provider.find_submitted(request(), datetime.now(UTC) - timedelta(seconds=5))
         await provider.aclose()
 
@@ -247,23 +249,88 @@ async def test_download_streams_and_a_deleted_video_is_gone(sim: Simulator) -> N
     await provider.aclose()
 
 
-@pytest.mark.parametrize(
-    ("model", "size", "seconds", "ok"),
-    [
-        ("sora-2", "720x1280", "4", True),
-        ("sora-2", "1792x1024", "4", False),
-        ("sora-2-pro", "1792x1024", "12", True),
-        ("sora-2-2025-10-06", "1280x720", "8", True),
-        ("sora-2", "720x1280", "10", False),
-        ("veo-3.1-generate-preview", "1920x1080", "6", True),  # the gateway decides
-    ],
-)
-def test_validation_knows_sora_limits_and_leaves_other_models_to_their_host(
-    model: str, size: str, seconds: str, ok: bool
+# ---------------------------------------------------------------- gateways as they are
+
+
+@asynccontextmanager
+async def gateway(profile: str) -> AsyncIterator[Simulator]:
+    config = SimulatorConfig(queue_seconds=0, generation_seconds=0.05, profile=profile)  # type: ignore[arg-type]
+    async with Simulator(config) as simulator:
+        yield simulator
+
+
+async def test_a_litellm_proxy_is_found_unable_to_list_at_startup_and_never_reconciles() -> None:
+    async with gateway("litellm") as sim:
+        provider = OpenAIVideos("sk-test", sim.base_url)
+        with capture_logs() as logs:
+            assert await provider.probe() is False
+        said = [e for e in logs if e["event"] == "provider.cannot_list"]
+        assert len(said) == 1 and "LLM Provider NOT provided" in said[0]["error"]
+        assert "adopt" in said[0]["message"]
+        with pytest.raises(CannotReconcile, match="LLM Provider NOT provided"):
+            await provider.find_submitted(request(), datetime.now(UTC))
+        await provider.aclose()
+
+
+async def test_an_openai_host_lists() -> None:
+    async with gateway("openai") as sim:
+        provider = OpenAIVideos("sk-test", sim.base_url)
+        assert await provider.probe() is True
+        await provider.aclose()
+
+
+async def test_a_gateways_unknown_model_gives_the_advice_and_says_its_status_once() -> None:
+    async with gateway("litellm") as sim:
+        provider = OpenAIVideos("sk-test", sim.base_url)
+        with pytest.raises(RequestRejected) as caught:
+            await provider.submit(request(model="kling-9"))
+        await provider.aclose()
+    text = str(caught.value)
+    assert "SORA_MODEL" in text and "kling-9" in text and "Invalid model name" in text
+    assert caught.value.kind == "invalid_request"
+    assert text.count("400") == 1, text  # not "HTTP 400 400"
+
+
+async def test_a_litellm_proxy_cannot_look_up_an_id_it_did_not_mint() -> None:
+    async with gateway("litellm") as sim:
+        provider = OpenAIVideos("sk-test", sim.base_url)
+        minted = await provider.submit(request())
+        assert (await provider.retrieve(minted.id)).id == minted.id
+        with pytest.raises(RequestRejected, match="did not mint"):
+            await provider.retrieve("video_68d7512d07848190b3e45da0ecbebcde004da08e1e0678d5")
+        await provider.aclose()
+
+
+async def test_new_api_statuses_outside_the_enum_count_as_running_said_once_per_job() -> None:
+    async with gateway("new-api") as sim:
+        sim.config.queue_seconds = 60
+        provider = OpenAIVideos("sk-test", sim.base_url)
+        with capture_logs() as logs:
+            first = await provider.submit(request(prompt="one"))
+            second = await provider.submit(request(prompt="two"))
+            for _ in range(3):
+                for job in (first, second):
+                    polled = await provider.retrieve(job.id)
+                    assert (polled.status, polled.raw_status) == ("running", "NOT_START")
+        await provider.aclose()
+    said = [e for e in logs if e["event"] == "provider.unknown_status"]
+    assert sorted(e["video_id"] for e in said) == sorted([first.id, second.id])
+
+
+async def test_content_filtered_jobs_are_safety_filtered_not_provider_errors(
+    sim: Simulator,
 ) -> None:
-    provider = OpenAIVideos("sk-test", "http://127.0.0.1:9/v1")
-    if ok:
-        provider.validate(model, size, seconds)
-    else:
-        with pytest.raises(RequestRejected):
-            provider.validate(model, size, seconds)
+    sim.config.failure_rules.append(
+        FailureRule("blocked", "generate", code="moderation_blocked", message="no")
+    )
+    sim.config.failure_rules.append(
+        FailureRule("broken", "generate", code="internal_error", message="oops")
+    )
+    provider = OpenAIVideos("sk-test", sim.base_url)
+    blocked = await provider.submit(request(prompt="blocked"))
+    broken = await provider.submit(request(prompt="broken"))
+    blocked_end = await eventually(lambda: provider.retrieve(blocked.id), lambda j: j.error)
+    broken_end = await eventually(lambda: provider.retrieve(broken.id), lambda j: j.error)
+    await provider.aclose()
+    assert (blocked_end.status, blocked_end.error_kind) == ("failed", "safety_filtered")
+    assert (broken_end.status, broken_end.error_kind) == ("failed", "provider_error")

@@ -31,6 +31,7 @@ from service.machine import (
     SubmitKey,
     Transition,
 )
+from service.providers.ids import litellm_id
 from service.repository import Conflict, LeaseLost, PostgresRepository, Repository, Rule
 from tests.conftest import eventually, scratch_database
 
@@ -285,10 +286,21 @@ async def test_a_failed_row_keeps_its_error_and_leaves_the_queue(backend: Backen
     row = await repo.insert_request("an impossible film")
     job = await claim_one(repo, row)
     after = await repo.checkpoint(
-        job, step(Stage.FAILED, attempts=3, error="gave up"), keep_lease=False
+        job,
+        step(Stage.FAILED, attempts=3, error="gave up", error_kind="provider_error"),
+        keep_lease=False,
     )
-    assert (after.stage, after.attempts) == (Stage.FAILED, 3)
+    assert (after.stage, after.attempts, after.error_kind) == (Stage.FAILED, 3, "provider_error")
+    assert (await loaded(repo, row)).error_kind == "provider_error"
     assert await repo.next_due_in() is None
+
+
+async def test_a_row_that_has_not_failed_has_no_error_kind(backend: Backend) -> None:
+    repo = backend.repo()
+    row = await repo.insert_request("a slow film")
+    job = await claim_one(repo, row)
+    after = await repo.checkpoint(job, step(Stage.SUBMITTING, intent()), keep_lease=True)
+    assert after.error_kind is None
 
 
 # ---------------------------------------------------------------- uniqueness rules
@@ -346,6 +358,28 @@ async def test_a_provider_job_belongs_to_one_row(backend: Backend) -> None:
     )
     assert await repo.recorded_video_ids(["video_1", "video_2"]) == frozenset({"video_1"})
     assert await repo.recorded_video_ids([]) == frozenset()
+
+
+async def test_a_gateways_job_is_one_job_however_its_id_is_spelt(backend: Backend) -> None:
+    """LiteLLM's create and list spell one job two ways; both rules see one job."""
+    repo = backend.repo()
+    created = litellm_id("video_up1", "model-1", deployment_id="dep-1")
+    listed = litellm_id("video_up1", "model-1")
+    other = litellm_id("video_up2", "model-1")
+    first = await repo.insert_request("a gateway fox")
+    second = await repo.insert_request("another gateway fox")
+    job1, job2 = await claim_all(repo, first, second)
+    job1 = await repo.checkpoint(job1, step(Stage.SUBMITTING, intent()), keep_lease=True)
+    job2 = await repo.checkpoint(job2, step(Stage.SUBMITTING, intent()), keep_lease=True)
+    await repo.checkpoint(job1, step(Stage.GENERATING, RecordJob(created, 0)), keep_lease=True)
+
+    assert await repo.recorded_video_ids([listed, other, "video_up1"]) == frozenset(
+        {listed, "video_up1"}
+    )
+    with pytest.raises(Conflict) as refused:
+        await repo.checkpoint(job2, step(Stage.GENERATING, RecordJob(listed, 0)), keep_lease=True)
+    assert refused.value.rule is Rule.ONE_ROW_PER_VIDEO
+    assert (await loaded(repo, first)).video_id == created  # kept as create returned it
 
 
 # ---------------------------------------------------------------- leases

@@ -127,7 +127,7 @@ async def _run_with_failures(
             assert rows[2]["status"] == "completed", rows[2]["error"]
             # The adapters' own exceptions, as a caller would print them.
             try:
-                await runtime.provider.retrieve("video_does_not_exist")
+                await runtime.providers.get(None).retrieve("video_does_not_exist")
             except ProviderError as err:
                 seen += [str(err), repr(err)]
             supabase.fail_uploads(1, 403, message="forbidden")

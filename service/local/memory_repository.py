@@ -32,6 +32,8 @@ from service.machine import (
     SubmitKey,
     Transition,
 )
+from service.providers.base import ErrorKind
+from service.providers.ids import stable_id
 from service.repository import STATUS_OF, Conflict, LeaseLost, Rule
 
 Clock = Callable[[], datetime]
@@ -84,6 +86,7 @@ class Row:
     locked_by: str | None = None
     locked_until: datetime | None = None
     error: str | None = None
+    error_kind: ErrorKind | None = None
     openai_url: str | None = None
     openai_expires_at: datetime | None = None
     video_url: str | None = None
@@ -110,6 +113,7 @@ class Row:
             submitted_at=self.submitted_at,
             progress=self.progress,
             expires_at=self.openai_expires_at,
+            error_kind=self.error_kind,
         )
 
 
@@ -214,6 +218,7 @@ class MemoryRepository:
             locked_by=row.locked_by if keep_lease else None,
             locked_until=now + self.lease if keep_lease else None,
             error=transition.error,
+            error_kind=transition.error_kind,
         )
         match transition.change:
             case RecordIntent() as change:
@@ -248,10 +253,13 @@ class MemoryRepository:
         return after.job(now)
 
     def _check_unique(self, after: Row) -> None:
-        """The two unique indexes of sql/0001: refuse the write, change nothing."""
+        """The two unique indexes (sql/0001, 0006): refuse the write, change nothing."""
         others = [row for row in self.rows.values() if row.id != after.id]
         rule: Rule | None = None
-        if after.video_id is not None and any(r.video_id == after.video_id for r in others):
+        job = None if after.video_id is None else stable_id(after.video_id)
+        if job is not None and any(
+            r.video_id is not None and stable_id(r.video_id) == job for r in others
+        ):
             rule = Rule.ONE_ROW_PER_VIDEO
         key = _in_doubt_key(after)
         if rule is None and key is not None and any(_in_doubt_key(r) == key for r in others):
@@ -304,8 +312,8 @@ class MemoryRepository:
 
     async def recorded_video_ids(self, candidates: Iterable[str]) -> frozenset[str]:
         self._now("recorded_video_ids")
-        held = {row.video_id for row in self.rows.values() if row.video_id is not None}
-        return frozenset(held.intersection(candidates))
+        held = {stable_id(row.video_id) for row in self.rows.values() if row.video_id is not None}
+        return frozenset(c for c in candidates if stable_id(c) in held)
 
     async def identical_in_doubt(
         self, row_id: RowId, prompt: str, model: str, size: str, seconds: str

@@ -68,7 +68,20 @@ class ProviderError(Exception):
 
 
 class RequestRejected(ProviderError):
-    """Permanent: this request will never succeed as it is (bad input, policy, no model)."""
+    """Permanent: this request will never succeed as it is (bad input, policy, no model).
+
+    ``kind`` is the outcome the row records: ``safety_filtered`` for a content-policy
+    refusal, ``model_retired`` for a model that is gone, else ``invalid_request``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        kind: ErrorKind = "invalid_request",
+        retry_after: timedelta | None = None,
+    ) -> None:
+        super().__init__(message, retry_after)
+        self.kind: ErrorKind = kind
 
 
 class ProviderUnavailable(ProviderError):
@@ -77,6 +90,13 @@ class ProviderUnavailable(ProviderError):
 
 class OutcomeUnknown(ProviderError):
     """Transient, and the provider may have created a job (timeout, 5xx, dropped reply)."""
+
+
+class CannotReconcile(ProviderError):
+    """The host can never say whether a job is ours: it cannot list its jobs at all (a
+    gateway that does not implement the list, a provider without one) or its list hides
+    what would tell jobs apart (the prompt). A create in doubt there can only be settled
+    by a person. Raised by ``find_submitted``."""
 
 
 class VideoGone(ProviderError):
@@ -107,7 +127,8 @@ class VideoProvider(Protocol):
 
         Newest first, as the provider lists them.
 
-        Raises ProviderError when the provider cannot give a complete answer.
+        Raises CannotReconcile when the host has no usable list at all, and another
+        ProviderError when it cannot give a complete answer this time.
         """
 
     async def retrieve(self, job_id: str) -> ProviderJob:

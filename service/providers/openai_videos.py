@@ -9,7 +9,11 @@ What this adapter adds on top of the SDK:
   "a job may exist" (the worker reconciles through ``find_submitted`` first);
 - the SDK marks every videos method deprecated; the warning is silenced at each call so
   it does not flood the logs of a worker that calls it every few seconds;
-- "model not found" and "gone" become permanent failures that say what to change.
+- "model not found" and "gone" become permanent failures that say what to change;
+- gateways as they really are (``contracts/providers.md``): a LiteLLM proxy's list
+  fails outright (learned by ``probe`` at startup; an in-doubt create there can only
+  be settled by a person), its unknown-model answer is a 400 in its own words, it
+  cannot retrieve ids it did not mint, and gateways invent statuses (``NOT_START``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import openai
 import structlog
 
 from service.providers.base import (
+    CannotReconcile,
+    ErrorKind,
     JobStatus,
     OutcomeUnknown,
     ProviderError,
@@ -34,18 +40,11 @@ from service.providers.base import (
     VideoGone,
     VideoRequest,
 )
+from service.providers.ids import is_litellm_id
 
 log = structlog.get_logger("service.providers.openai_videos")
 
 T = TypeVar("T")
-
-# Sora 2's own limits, from OpenAI's docs. Other models (behind gateways) are checked
-# by the provider itself; a refusal there arrives as a 400 and fails the row clearly.
-SORA_SECONDS = frozenset({"4", "8", "12"})
-SORA_SIZES = {
-    "sora-2-pro": frozenset({"720x1280", "1280x720", "1024x1792", "1792x1024"}),
-    "sora-2": frozenset({"720x1280", "1280x720"}),
-}
 
 STATUS_MAP: dict[str, JobStatus] = {
     "queued": "queued",
@@ -56,6 +55,9 @@ STATUS_MAP: dict[str, JobStatus] = {
     "expired": "failed",
     "cancelled": "failed",
 }
+SAFETY_CODES = ("moderation", "safety", "content_policy", "content_filter")
+"""Error codes (substrings) that mean a content filter stopped the request."""
+ODD_STATUSES_REMEMBERED = 10_000
 CHUNK_SIZE = 256 * 1024
 RECONCILE_SLACK = timedelta(minutes=2)
 RECONCILE_MAX_PAGES = 50
@@ -88,13 +90,36 @@ def _retry_after(err: openai.APIStatusError) -> timedelta | None:
     return None
 
 
-def _error_code(err: openai.APIStatusError) -> str | None:
+def _error_field(err: openai.APIStatusError, name: str) -> str | None:
     body = err.body
     if isinstance(body, dict):
         inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("code") is not None:
-            return str(inner["code"])
-    return err.code
+        if isinstance(inner, dict) and inner.get(name) is not None:
+            return str(inner[name])
+    return None
+
+
+def _error_code(err: openai.APIStatusError) -> str | None:
+    return _error_field(err, "code") or err.code
+
+
+def _detail(err: openai.APIStatusError) -> str:
+    """``HTTP 400 code: message``; a gateway's code that only repeats the status (LiteLLM
+    sends code "400") is said once."""
+    status, code = err.status_code, _error_code(err)
+    shown = f" {code}" if code and code != str(status) else ""
+    return f"HTTP {status}{shown}: {_message(err)}"
+
+
+def _from_litellm(err: openai.APIStatusError) -> bool:
+    """A LiteLLM proxy's own error (its messages name it; its list refusal is this one)."""
+    text = _message(err)
+    return "litellm" in text.casefold() or "LLM Provider NOT provided" in text
+
+
+def _kind_of(code: str | None) -> ErrorKind:
+    folded = (code or "").casefold()
+    return "safety_filtered" if any(w in folded for w in SAFETY_CODES) else "invalid_request"
 
 
 def _never_connected(err: openai.APIConnectionError) -> bool:
@@ -123,16 +148,50 @@ class OpenAIVideos:
         # The POST that costs money is made exactly once per call; see module docstring.
         self._create_client = self._client.with_options(max_retries=0)
         self.base_url = str(self._client.base_url).rstrip("/")
+        self.lists_jobs: bool | None = None
+        """Whether the host can list its jobs: None until ``probe`` or a list tells."""
+        self._list_refusal = ""
+        self._odd_statuses: dict[str, str] = {}
 
     def validate(self, model: str, size: str, seconds: str) -> None:
-        family = next((name for name in SORA_SIZES if model.startswith(name)), None)
-        if family is None:
-            return
-        if size not in SORA_SIZES[family]:
-            allowed = ", ".join(sorted(SORA_SIZES[family]))
-            raise RequestRejected(f"size {size} is not offered by {model}; use one of {allowed}")
-        if seconds not in SORA_SECONDS:
-            raise RequestRejected(f"seconds {seconds} is not offered by {model}; use 4, 8 or 12")
+        """Nothing of its own: ``models.py`` checks the models we have facts for, and
+        the host judges the rest (a refusal arrives as a 400 and fails the row)."""
+
+    async def probe(self) -> bool | None:
+        """One cheap call at startup: can this host list its jobs (reconcile a create in
+        doubt)? Said in the log either way; None when the host is unreachable now."""
+        try:
+            await _quiet(lambda: self._client.videos.list(limit=1))
+        except openai.APIConnectionError as err:
+            log.warning("provider.unreachable", base_url=self.base_url, error=str(err))
+            return None
+        except openai.APIStatusError as err:
+            if not self._cannot_list(err):
+                log.warning("provider.list_failed", base_url=self.base_url, error=_detail(err))
+                return None
+            return False
+        self.lists_jobs = True
+        log.info("provider.lists_jobs", base_url=self.base_url)
+        return True
+
+    def _cannot_list(self, err: openai.APIStatusError) -> bool:
+        """Record (and say) that the host cannot list, if ``err`` means that for good:
+        any 4xx to a plain list, or a LiteLLM proxy's 5xx (it tries another host)."""
+        permanent = 400 <= err.status_code < 500 and err.status_code not in (401, 403, 408, 429)
+        if not (permanent or (err.status_code >= 500 and _from_litellm(err))):
+            return False
+        if self.lists_jobs is not False:
+            log.warning(
+                "provider.cannot_list",
+                base_url=self.base_url,
+                error=_detail(err),
+                message="this host cannot list its jobs, so a create that gets no clear "
+                "answer cannot be reconciled: such a row fails at once (error_kind in_doubt) "
+                "with what a person needs to settle it (sora-worker adopt ROW VIDEO_ID)",
+            )
+        self.lists_jobs = False
+        self._list_refusal = _detail(err)
+        return True
 
     async def submit(self, request: VideoRequest) -> ProviderJob:
         reference: Any = openai.omit
@@ -163,12 +222,19 @@ class OpenAIVideos:
 
     def _create_error(self, err: openai.APIStatusError, request: VideoRequest) -> ProviderError:
         status, code = err.status_code, _error_code(err)
-        detail = f"HTTP {status}{f' {code}' if code else ''}: {_message(err)}"
-        if (status == 404 and code == "model_not_found") or status == 410:
+        detail = _detail(err)
+        if status == 410:
+            return RequestRejected(
+                f"model {request.model!r} is gone from {self.base_url} ({detail}). "
+                "Set SORA_MODEL (or the row's model) to a model this host serves.",
+                kind="model_retired",
+            )
+        if (status == 404 and code == "model_not_found") or _unknown_model(err):
             return RequestRejected(
                 f"model {request.model!r} is not available at {self.base_url} ({detail}). "
-                "Set SORA_MODEL (or the row's model) to a model this provider serves, "
-                "or OPENAI_BASE_URL to a gateway that serves this one."
+                "Set SORA_MODEL (or the row's model) to a model this host serves "
+                "(a gateway lists them at /v1/models), or OPENAI_BASE_URL to a host that "
+                "serves this one."
             )
         if status == 404:
             return RequestRejected(
@@ -183,7 +249,7 @@ class OpenAIVideos:
             return ProviderUnavailable(f"rate limited ({detail})", _retry_after(err))
         if status == 408 or status >= 500:
             return OutcomeUnknown(f"provider error on create ({detail})", _retry_after(err))
-        return RequestRejected(f"the provider refused the request ({detail})")
+        return RequestRejected(f"the provider refused the request ({detail})", _kind_of(code))
 
     async def find_submitted(
         self, request: VideoRequest, submitted_after: datetime
@@ -196,19 +262,22 @@ class OpenAIVideos:
         that far, or the host does not echo prompts) this raises instead of returning
         too little: an incomplete "nothing found" would pay twice.
         """
+        if self.lists_jobs is False:
+            raise CannotReconcile(f"its list fails ({self._list_refusal})")
         horizon = submitted_after - RECONCILE_SLACK
         found: list[ProviderJob] = []
         try:
             page = await _quiet(lambda: self._client.videos.list(limit=100, order="desc"))
+            self.lists_jobs = True
             for pages in range(1, RECONCILE_MAX_PAGES + 1):
                 for video in page.data:
                     job = self._job(video)
                     if job.created_at is not None and job.created_at < horizon:
                         return found
                     if job.prompt is None:
-                        raise ProviderUnavailable(
-                            f"{self.base_url} does not echo prompts in its job list, so the "
-                            "earlier submission cannot be told apart from other jobs"
+                        raise CannotReconcile(
+                            "its job list does not echo prompts, so the earlier submission "
+                            "cannot be told apart from other jobs"
                         )
                     if _matches(job, request):
                         found.append(job)
@@ -219,9 +288,10 @@ class OpenAIVideos:
         except openai.APIConnectionError as err:
             raise ProviderUnavailable(f"cannot list jobs at {self.base_url}: {err}") from err
         except openai.APIStatusError as err:
+            if self._cannot_list(err):
+                raise CannotReconcile(f"its list fails ({_detail(err)})") from err
             raise ProviderUnavailable(
-                f"cannot list jobs at {self.base_url} (HTTP {err.status_code}: {_message(err)})",
-                _retry_after(err),
+                f"cannot list jobs at {self.base_url} ({_detail(err)})", _retry_after(err)
             ) from err
         raise ProviderUnavailable(
             f"more than {RECONCILE_MAX_PAGES * 100} jobs were created at {self.base_url} since "
@@ -236,9 +306,16 @@ class OpenAIVideos:
         except openai.APIConnectionError as err:
             raise ProviderUnavailable(f"cannot reach {self.base_url}: {err}") from err
         except openai.APIStatusError as err:
+            if err.status_code >= 500 and _from_litellm(err) and not is_litellm_id(job_id):
+                # Not an outage: a LiteLLM proxy routes by the id it minted, so it can
+                # never poll a job made elsewhere. Polling for hours would not help.
+                raise RequestRejected(
+                    f"{self.base_url} is a LiteLLM gateway and cannot look up {job_id}, an id "
+                    f"it did not mint ({_detail(err)}); adopt the id this gateway returned, "
+                    "or point OPENAI_BASE_URL at the host that made the job"
+                ) from err
             raise ProviderUnavailable(
-                f"status of {job_id} unavailable (HTTP {err.status_code}: {_message(err)})",
-                _retry_after(err),
+                f"status of {job_id} unavailable ({_detail(err)})", _retry_after(err)
             ) from err
         return self._job(video)
 
@@ -258,8 +335,7 @@ class OpenAIVideos:
                     f"the {variant} of {job_id} is gone from {self.base_url}: {_message(err)}"
                 ) from err
             raise ProviderUnavailable(
-                f"download of {job_id} failed (HTTP {err.status_code}: {_message(err)})",
-                _retry_after(err),
+                f"download of {job_id} failed ({_detail(err)})", _retry_after(err)
             ) from err
         except openai.APIConnectionError as err:
             raise ProviderUnavailable(f"download of {job_id} broke off: {err}") from err
@@ -274,24 +350,37 @@ class OpenAIVideos:
         raw = str(video.status)
         status = STATUS_MAP.get(raw)
         if status is None:
-            # Gateways invent statuses (one sent NOT_START): treat as running, say so.
-            log.warning("provider.unknown_status", video_id=video.id, status=raw)
+            # Gateways invent statuses (one sent NOT_START): treat as running, and say so
+            # once per job and status, not on every poll.
             status = "running"
-        error = None
-        if status == "failed":
-            error = _job_error(video, raw)
+            self._odd_status(str(video.id), raw)
+        error, kind = (None, None) if status != "failed" else _job_error(video, raw)
         return ProviderJob(
             id=str(video.id),
             status=status,
             progress=int(video.progress or 0),
             raw_status=raw,
             error=error,
+            error_kind=kind,
             created_at=_timestamp(video.created_at),
             expires_at=_timestamp(getattr(video, "expires_at", None)),
             prompt=getattr(video, "prompt", None),
             model=str(video.model) if getattr(video, "model", None) else None,
             size=str(video.size) if getattr(video, "size", None) else None,
             seconds=str(video.seconds) if getattr(video, "seconds", None) else None,
+        )
+
+    def _odd_status(self, video_id: str, raw: str) -> None:
+        if self._odd_statuses.get(video_id) == raw:
+            return
+        if len(self._odd_statuses) >= ODD_STATUSES_REMEMBERED:
+            self._odd_statuses.clear()  # bounded memory; at worst a status is said again
+        self._odd_statuses[video_id] = raw
+        log.warning(
+            "provider.unknown_status",
+            video_id=video_id,
+            status=raw,
+            message="not a status of the Videos API; counted as still running",
         )
 
 
@@ -313,15 +402,25 @@ def _message(err: openai.APIStatusError) -> str:
     return err.message
 
 
-def _job_error(video: Any, raw_status: str) -> str:
+def _job_error(video: Any, raw_status: str) -> tuple[str, ErrorKind]:
+    """A failed job's reason and outcome."""
     if raw_status == "expired":
-        return "the provider expired the job before it could be archived"
+        return "the provider expired the job before it could be archived", "expired"
     err = getattr(video, "error", None)
     code = getattr(err, "code", None) if err is not None else None
     message = getattr(err, "message", None) if err is not None else None
+    kind: ErrorKind = "safety_filtered" if _kind_of(code) == "safety_filtered" else "provider_error"
     if code or message:
-        return f"the provider failed the job ({code or 'error'}): {message or 'no details'}"
-    return "the provider failed the job without saying why"
+        return f"the provider failed the job ({code or 'error'}): {message or 'no details'}", kind
+    return "the provider failed the job without saying why", kind
+
+
+def _unknown_model(err: openai.APIStatusError) -> bool:
+    """A gateway's own "no such model" (LiteLLM: 400, code "400", "Invalid model name
+    passed in model=...")."""
+    return err.status_code == 400 and (
+        "invalid model name" in _message(err).casefold() or _error_field(err, "param") == "model"
+    )
 
 
 def _matches(job: ProviderJob, request: VideoRequest) -> bool:

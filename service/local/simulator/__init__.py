@@ -5,6 +5,7 @@ told to fail (``FailureRule``), so the worker can be tested end to end without O
 """
 
 from .config import FailureRule, SimulatorConfig
+from .profiles import PROFILES, ProfileName
 from .server import Simulator
 
-__all__ = ["FailureRule", "Simulator", "SimulatorConfig"]
+__all__ = ["PROFILES", "FailureRule", "ProfileName", "Simulator", "SimulatorConfig"]

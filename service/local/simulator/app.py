@@ -17,7 +17,8 @@ from PIL import Image
 
 from .config import FailureRule, SimulatorConfig
 from .errors import ApiError, invalid_value
-from .store import VARIANTS, VideoStore
+from .profiles import Profile
+from .store import VARIANTS, Job, VideoStore
 
 __all__ = ["create_app"]
 
@@ -27,6 +28,15 @@ _REFERENCE_FORMATS = ("JPEG", "PNG", "WEBP")
 
 
 STORE = web.AppKey("store", VideoStore)
+
+
+def _host(request: web.Request) -> Profile:
+    """The host this simulator plays (read per request: tests may switch it)."""
+    return Profile(request.app[STORE].config.profile)
+
+
+def _job(request: web.Request, store: VideoStore) -> Job:
+    return store.get(_host(request).job_id(request.match_info["video_id"]))
 
 
 # ---- POST /v1/videos ---------------------------------------------------------------------
@@ -106,8 +116,7 @@ async def create_video(request: web.Request) -> web.Response:
         raise ApiError(400, message, param="prompt", code="empty_string")
     model = _text(fields, "model", "sora-2")
     if model not in config.models:
-        message = f"The model `{model}` does not exist or you do not have access to it."
-        raise ApiError(404, message, code="model_not_found")
+        raise _host(request).unknown_model(model)
     size = _text(fields, "size", "720x1280")
     if size not in config.models[model]:
         raise invalid_value("size", size, config.models[model])
@@ -131,14 +140,16 @@ async def create_video(request: web.Request) -> web.Response:
         seconds=seconds,
         error=None if generate is None else {"code": generate.code, "message": generate.message},
         reference=reference if isinstance(reference, bytes) else None,
-        idempotency_key=request.headers.get("Idempotency-Key"),
+        idempotency_key=request.headers.get("Idempotency-Key")
+        if _host(request).forwards_idempotency_key
+        else None,
     )
     if refusal is not None:  # after_create: the job exists, the answer says otherwise
         raise _refusal(refusal)
     slow = config.rule_for(prompt, "slow_create")
     if slow is not None:
         await asyncio.sleep(slow.delay)
-    return web.json_response(job.video(config))
+    return web.json_response(_host(request).video(job.video(config)))
 
 
 def _refusal(rule: FailureRule) -> ApiError:
@@ -159,7 +170,7 @@ async def remix_video(request: web.Request) -> web.Response:
     """``POST /v1/videos/{id}/remix``: a new job from a completed one and a new prompt."""
     store = request.app[STORE]
     config = store.config
-    source = store.get(request.match_info["video_id"])
+    source = _job(request, store)
     if source.video(config)["status"] != "completed":
         message = f"Video {source.id} is not completed; only completed videos can be remixed."
         raise ApiError(400, message, code="video_not_ready")
@@ -179,7 +190,7 @@ async def remix_video(request: web.Request) -> web.Response:
         idempotency_key=request.headers.get("Idempotency-Key"),
         remixed_from=source.id,
     )
-    return web.json_response(job.video(config))
+    return web.json_response(_host(request).video(job.video(config)))
 
 
 # ---- the other endpoints -----------------------------------------------------------------
@@ -187,14 +198,17 @@ async def remix_video(request: web.Request) -> web.Response:
 
 async def retrieve_video(request: web.Request) -> web.Response:
     store = request.app[STORE]
-    job = store.get(request.match_info["video_id"])
+    job = _job(request, store)
     headers = {"openai-poll-after-ms": str(store.config.poll_after_ms)}
-    return web.json_response(job.video(store.config), headers=headers)
+    return web.json_response(_host(request).video(job.video(store.config)), headers=headers)
 
 
 async def list_videos(request: web.Request) -> web.Response:
     """A cursor page as ``AsyncConversationCursorPage`` parses it (``after`` = ``last_id``)."""
     store = request.app[STORE]
+    host = _host(request)
+    if not host.lists:
+        raise host.refuse_list()
     query = request.query
     order = query.get("order", "desc")
     if order not in ("asc", "desc"):
@@ -217,7 +231,7 @@ async def list_videos(request: web.Request) -> web.Response:
             raise ApiError(400, f"Invalid 'after': no video with id '{after}'.", param="after")
         jobs = jobs[ids.index(after) + 1 :]
     visible = [job for job in jobs if not job.deleted]
-    page = [job.video(store.config) for job in visible[:limit]]
+    page = [host.video(job.video(store.config)) for job in visible[:limit]]
     return web.json_response(
         {
             "object": "list",
@@ -231,9 +245,10 @@ async def list_videos(request: web.Request) -> web.Response:
 
 async def delete_video(request: web.Request) -> web.Response:
     store = request.app[STORE]
-    job = store.get(request.match_info["video_id"])
+    job = _job(request, store)
     await store.delete(job)
-    return web.json_response({"id": job.id, "object": "video.deleted", "deleted": True})
+    video_id = _host(request).public_id(job.id)
+    return web.json_response({"id": video_id, "object": "video.deleted", "deleted": True})
 
 
 async def download_content(request: web.Request) -> web.StreamResponse:
@@ -241,7 +256,9 @@ async def download_content(request: web.Request) -> web.StreamResponse:
     variant = request.query.get("variant", "video")
     if variant not in VARIANTS:
         raise invalid_value("variant", variant, tuple(VARIANTS))
-    job = store.get(request.match_info["video_id"])
+    if not _host(request).honours_variants:
+        variant = "video"  # LiteLLM drops the parameter: a thumbnail request gets the MP4
+    job = _job(request, store)
     video = job.video(store.config)
     if video["status"] == "failed":
         raise ApiError(400, f"Video {job.id} failed; it has no content.", code="video_failed")

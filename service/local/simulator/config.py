@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .profiles import ProfileName
+
 __all__ = ["FailureRule", "SimulatorConfig"]
 
 Stage = Literal["create", "generate", "slow_create", "download"]
@@ -68,6 +70,8 @@ class SimulatorConfig:
     state_dir: Path | None = None  # jobs, references and rendered assets persist here
     failure_rules: list[FailureRule] = field(default_factory=list)
     clock: Callable[[], float] = time.time
+    profile: ProfileName = "openai"
+    """Which host to behave as (``profiles.py``): OpenAI itself or a gateway's quirks."""
 
     def rule_for(self, prompt: str, stage: Stage) -> FailureRule | None:
         """The first live rule of ``stage`` whose text occurs in ``prompt``; it fires.

@@ -10,6 +10,7 @@ from service.local.serving import serve
 
 from .app import create_app
 from .config import SimulatorConfig
+from .profiles import Profile
 from .store import CreatedVideo, VideoStore
 
 __all__ = ["Simulator"]
@@ -32,12 +33,14 @@ class Simulator:
 
     @property
     def created(self) -> list[CreatedVideo]:
-        """Every accepted create request, in order (this process only)."""
-        return self.store.created
+        """Every accepted create request, in order (this process only), with the ids
+        the host handed out."""
+        host = Profile(self.config.profile)
+        return [c._replace(video_id=host.public_id(c.video_id)) for c in self.store.created]
 
     def reference_for(self, video_id: str) -> bytes | None:
         """The image uploaded as ``input_reference`` for ``video_id``, if any."""
-        return self.store.reference_for(video_id)
+        return self.store.reference_for(Profile(self.config.profile).known_id(video_id))
 
     @property
     def port(self) -> int:

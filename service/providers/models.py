@@ -1,0 +1,130 @@
+"""What each known model can do, so a row asking for the impossible fails at once.
+
+A row names a model (or gets ``SORA_MODEL``); this registry knows the sizes, lengths,
+photo input and retirement of the models we have facts for, whichever adapter carries
+them (a gateway serves Veo through ``/v1/videos`` as well as Google does). A model it
+does not know is allowed: gateways serve free-form names and are the judge of them.
+
+Retirement is per host, not per name: OpenAI retired ``sora-2``/``sora-2-pro`` on its
+own API (and Azure its deployments) on 2026-09-24, but the name lives on wherever
+someone still serves it (the local simulator, a gateway mapping it to another model).
+So a sunset applies only when the request goes to one of the model's ``sunset_hosts``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import date
+
+from service.providers.base import RequestRejected
+
+SORA_SECONDS = frozenset({"4", "8", "12"})
+SORA_SIZES = frozenset({"720x1280", "1280x720"})
+SORA_PRO_SIZES = SORA_SIZES | {"1024x1792", "1792x1024"}
+OPENAI_HOSTS = ("api.openai.com", ".openai.azure.com")
+VEO_SIZES = frozenset({"1280x720", "720x1280", "1920x1080", "1080x1920"})
+"""16:9 and 9:16 at 720p and 1080p: Veo's aspect ratios x resolutions as WIDTHxHEIGHT."""
+VEO_SECONDS = frozenset({"4", "6", "8"})
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model's facts. ``provider`` is where it natively lives (the adapter name)."""
+
+    name: str
+    provider: str
+    sizes: frozenset[str]
+    seconds: frozenset[str]
+    image_input: bool
+    sunset: date | None = None
+    sunset_hosts: tuple[str, ...] = ()
+    """Hosts (exact, or a ``.suffix``) where ``sunset`` applies; empty: everywhere."""
+    instead: str = ""
+    """What to use once it is retired, said in the refusal."""
+
+    @property
+    def aspect_ratios(self) -> frozenset[str]:
+        return frozenset(_ratio(size) for size in self.sizes)
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            "sora-2",
+            "openai",
+            SORA_SIZES,
+            SORA_SECONDS,
+            image_input=True,
+            sunset=date(2026, 9, 24),
+            sunset_hosts=OPENAI_HOSTS,
+            instead="veo-3.1-generate-preview through a gateway or Google",
+        ),
+        ModelSpec(
+            "sora-2-pro",
+            "openai",
+            SORA_PRO_SIZES,
+            SORA_SECONDS,
+            image_input=True,
+            sunset=date(2026, 9, 24),
+            sunset_hosts=OPENAI_HOSTS,
+            instead="veo-3.1-generate-preview through a gateway or Google",
+        ),
+        ModelSpec("veo-3.1-generate-preview", "google_veo", VEO_SIZES, VEO_SECONDS, True),
+        ModelSpec("veo-3.1-fast-generate-preview", "google_veo", VEO_SIZES, VEO_SECONDS, True),
+        ModelSpec("google/veo-3.1", "replicate", VEO_SIZES, VEO_SECONDS, True),
+        ModelSpec("google/veo-3.1-fast", "replicate", VEO_SIZES, VEO_SECONDS, True),
+    )
+}
+
+
+_SNAPSHOT = re.compile(r"^(?P<base>.+)-\d{4}-\d{2}-\d{2}$")
+
+
+def spec_for(model: str) -> ModelSpec | None:
+    """The facts of ``model``, or of the model a dated snapshot (``sora-2-2025-10-06``)
+    belongs to; None for a model we know nothing about."""
+    if model in MODELS:
+        return MODELS[model]
+    snapshot = _SNAPSHOT.match(model)
+    return MODELS.get(snapshot["base"]) if snapshot else None
+
+
+def check(
+    model: str, size: str, seconds: str, *, image: bool, host: str | None, today: date
+) -> None:
+    """Raise RequestRejected (``invalid_request`` or ``model_retired``) for a request
+    ``model`` cannot take at ``host`` on ``today``, naming what to use instead."""
+    spec = spec_for(model)
+    if spec is None:
+        return
+    if spec.sunset is not None and today >= spec.sunset and _at(host, spec.sunset_hosts):
+        raise RequestRejected(
+            f"model {model} was retired at {host or 'its provider'} on {spec.sunset}; "
+            f"set SORA_MODEL (or the row's model) to another, e.g. {spec.instead}",
+            kind="model_retired",
+        )
+    if size not in spec.sizes:
+        allowed = ", ".join(sorted(spec.sizes))
+        raise RequestRejected(f"size {size} is not offered by {model}; use one of {allowed}")
+    if seconds not in spec.seconds:
+        allowed = ", ".join(sorted(spec.seconds, key=int))
+        raise RequestRejected(f"seconds {seconds} is not offered by {model}; use one of {allowed}")
+    if image and not spec.image_input:
+        raise RequestRejected(f"{model} takes no photos; use a model that does, or no photos")
+
+
+def _at(host: str | None, hosts: tuple[str, ...]) -> bool:
+    if not hosts:
+        return True
+    if host is None:
+        return False
+    return any(host == h or (h.startswith(".") and host.endswith(h)) for h in hosts)
+
+
+def _ratio(size: str) -> str:
+    width, height = (int(n) for n in size.split("x"))
+    common = math.gcd(width, height)
+    return f"{width // common}:{height // common}"

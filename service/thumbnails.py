@@ -1,0 +1,73 @@
+"""A finished video's thumbnail: the provider's, when it really is an image, else the
+video's own first frame.
+
+Hosts differ: OpenAI serves a WebP at ``content?variant=thumbnail``; a LiteLLM proxy
+drops the variant and sends the whole MP4 again; others have none. Bytes are never
+stored as a thumbnail on the word of a URL or a header: their first bytes must say
+JPEG, PNG or WebP. Otherwise the first frame is decoded from the video with PyAV.
+
+Every thumbnail is stored as WebP, the one image type the video bucket accepts (an
+existing bucket is never widened, see ``storage/supabase.py``). PyAV and Pillow are
+imported only here, when a thumbnail is made, and the decoding runs on the one photo
+thread (``images.in_photo_thread``), one at a time, like every other decode.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Literal
+
+ImageType = Literal["jpeg", "png", "webp"]
+MAX_SIDE = 1920
+"""A thumbnail larger than this on either side is scaled down."""
+
+
+def image_type(head: bytes) -> ImageType | None:
+    """What the first bytes of a file say it is, if an image we store."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def is_mp4(head: bytes) -> bool:
+    """An ISO media file (MP4, MOV) announces itself with an ``ftyp`` box first."""
+    return head[4:8] == b"ftyp"
+
+
+def as_webp(data: bytes) -> bytes:
+    """A provider's image as WebP (kept byte for byte when it already is one)."""
+    if image_type(data[:16]) == "webp":
+        return data
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", (MAX_SIDE, MAX_SIDE))
+        return _webp(image)
+
+
+def first_frame_webp(video: Path) -> bytes:
+    """The video's first frame as WebP (raises ValueError when there is none)."""
+    import av
+
+    with av.open(str(video)) as container:
+        if not container.streams.video:
+            raise ValueError("the file has no video stream")
+        for frame in container.decode(video=0):
+            return _webp(frame.to_image())  # type: ignore[no-untyped-call]
+    raise ValueError("the video has no frames")
+
+
+def _webp(image: object) -> bytes:
+    from PIL import Image
+
+    assert isinstance(image, Image.Image)
+    if max(image.size) > MAX_SIDE:
+        image.thumbnail((MAX_SIDE, MAX_SIDE))
+    out = io.BytesIO()
+    image.convert("RGB").save(out, format="WEBP", quality=80)
+    return out.getvalue()
