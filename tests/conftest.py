@@ -23,7 +23,7 @@ import pytest
 
 from service.config import Settings
 from service.local.embedded import start_embedded_postgres
-from service.local.simulator import SimulatorConfig
+from service.local.simulator import ProfileName, SimulatorConfig
 from service.migrations import migrate
 from service.runtime import Runtime, open_runtime
 
@@ -133,10 +133,16 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
-    async with open_runtime(
-        settings, apply_migrations=False, simulator_config=SimulatorConfig(**FAST_SIMULATOR)
-    ) as opened:
+def simulator_profile() -> ProfileName:
+    """Which host the simulator plays; tests run against others with
+    ``@pytest.mark.parametrize("simulator_profile", PROFILES)``."""
+    return "openai"
+
+
+@pytest.fixture
+async def runtime(settings: Settings, simulator_profile: ProfileName) -> AsyncIterator[Runtime]:
+    config = SimulatorConfig(**FAST_SIMULATOR, profile=simulator_profile)
+    async with open_runtime(settings, apply_migrations=False, simulator_config=config) as opened:
         yield opened
 
 

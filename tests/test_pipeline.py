@@ -20,12 +20,14 @@ from uuid import UUID
 
 import av
 import httpx
+import pytest
 from aiohttp import web
 from PIL import Image
 
+from service import thumbnails
 from service.daemon import Worker
 from service.local.serving import serve
-from service.local.simulator import FailureRule
+from service.local.simulator import PROFILES, FailureRule
 from service.runtime import Runtime
 from tests.conftest import eventually, replica_of
 
@@ -115,6 +117,13 @@ async def create_at_provider(runtime: Runtime, prompt: str) -> str:
     return video.id
 
 
+LISTING = [p for p in PROFILES if p != "litellm"]
+"""Hosts whose job list works (a LiteLLM proxy's fails: tests/test_gateways.py)."""
+every_host = pytest.mark.parametrize("simulator_profile", PROFILES)
+"""The core end-to-end tests run against OpenAI's shape and each gateway's quirks."""
+
+
+@every_host
 async def test_a_row_becomes_a_permanent_video_with_both_photos(runtime: Runtime) -> None:
     async with photo_host(
         {
@@ -145,7 +154,18 @@ async def test_a_row_becomes_a_permanent_video_with_both_photos(runtime: Runtime
     with av.open(io.BytesIO(served)) as container:
         stream = container.streams.video[0]
         assert (stream.width, stream.height) == (720, 1280)
+
+    # A thumbnail that is an image (a LiteLLM proxy answers the thumbnail request with
+    # the MP4: then it is the video's first frame), showing the first frame.
     assert row["thumbnail_url"] and row["thumbnail_url"].endswith(".webp")
+    async with httpx.AsyncClient() as http:
+        thumbnail = (await http.get(row["thumbnail_url"])).content
+    assert thumbnails.image_type(thumbnail) == "webp"
+    first_frame = Image.open(io.BytesIO(thumbnail)).convert("RGB")
+    assert first_frame.size == (720, 1280)
+    top, bottom = first_frame.getpixel((360, 320)), first_frame.getpixel((360, 960))
+    assert top[0] > 150 and top[2] < 110, top
+    assert bottom[2] > 150 and bottom[0] < 110, bottom
 
     # The provider got one reference image of the video's exact size, showing both photos.
     assert runtime.simulator is not None
@@ -158,6 +178,7 @@ async def test_a_row_becomes_a_permanent_video_with_both_photos(runtime: Runtime
     assert bottom[2] > 180 and bottom[0] < 80, bottom  # blue person below
 
 
+@every_host
 async def test_a_text_only_row_completes_without_a_reference(runtime: Runtime) -> None:
     row_id = await runtime.repo.insert_request("a lighthouse at dawn", size="1280x720", seconds="8")
     async with running(runtime.worker()):
@@ -173,6 +194,7 @@ async def test_a_text_only_row_completes_without_a_reference(runtime: Runtime) -
         assert abs(float(container.duration) / 1e6 - 8.0) < 0.2
 
 
+@every_host
 async def test_a_failed_generation_is_recorded_with_its_reason(runtime: Runtime) -> None:
     assert runtime.simulator is not None
     runtime.simulator.config.failure_rules.append(
@@ -188,9 +210,11 @@ async def test_a_failed_generation_is_recorded_with_its_reason(runtime: Runtime)
         row = await finished(runtime, row_id)
     assert row["status"] == "failed" and row["stage"] == "failed"
     assert "moderation_blocked" in row["error"] and "moderation system" in row["error"]
+    assert row["error_kind"] == "safety_filtered"
     assert row["video_url"] is None
 
 
+@every_host
 async def test_a_refused_submission_fails_the_row_and_is_not_retried(runtime: Runtime) -> None:
     assert runtime.simulator is not None
     runtime.simulator.config.failure_rules.append(
@@ -205,19 +229,21 @@ async def test_a_refused_submission_fails_the_row_and_is_not_retried(runtime: Ru
     row_id = await runtime.repo.insert_request("a celebrity")
     async with running(runtime.worker()):
         row = await finished(runtime, row_id)
-    assert row["status"] == "failed"
+    assert row["status"] == "failed" and row["error_kind"] == "safety_filtered"
     assert "not allowed" in row["error"]
     assert row["attempts"] == 0
 
 
+@every_host
 async def test_a_model_the_provider_no_longer_serves_fails_with_what_to_change(
     runtime: Runtime,
 ) -> None:
     row_id = await runtime.repo.insert_request("a cat", model="sora-3-retired")
     async with running(runtime.worker()):
         row = await finished(runtime, row_id)
-    assert row["status"] == "failed"
-    assert "sora-3-retired" in row["error"] and "SORA_MODEL" in row["error"]
+    assert row["status"] == "failed" and row["error_kind"] == "invalid_request"
+    assert row["error"].count("SORA_MODEL") == 1 and "sora-3-retired" in row["error"]
+    assert "HTTP 400 400" not in row["error"] and "HTTP 404 404" not in row["error"]
 
 
 async def test_sizes_the_model_does_not_offer_fail_before_any_submission(runtime: Runtime) -> None:
@@ -225,6 +251,7 @@ async def test_sizes_the_model_does_not_offer_fail_before_any_submission(runtime
     async with running(runtime.worker()):
         row = await finished(runtime, row_id)
     assert row["status"] == "failed" and "640x480" in row["error"]
+    assert row["error_kind"] == "invalid_request"
     assert runtime.simulator is not None and runtime.simulator.created == []
 
 
@@ -292,6 +319,7 @@ async def test_a_lost_notification_is_recovered_by_the_sweep(runtime: Runtime) -
     assert row["status"] == "completed", row["error"]
 
 
+@every_host
 async def test_shutdown_mid_job_releases_the_row_and_a_restart_finishes_it(
     runtime: Runtime,
 ) -> None:
@@ -310,6 +338,7 @@ async def test_shutdown_mid_job_releases_the_row_and_a_restart_finishes_it(
     assert len(runtime.simulator.created) == 1  # never paid twice
 
 
+@pytest.mark.parametrize("simulator_profile", LISTING)
 async def test_a_crash_after_submitting_is_reconciled_not_paid_twice(runtime: Runtime) -> None:
     """A worker died between the provider's accept and recording the id."""
     row_id = await runtime.repo.insert_request("orphaned at the provider")
@@ -322,6 +351,7 @@ async def test_a_crash_after_submitting_is_reconciled_not_paid_twice(runtime: Ru
     assert runtime.simulator is not None and len(runtime.simulator.created) == 1
 
 
+@pytest.mark.parametrize("simulator_profile", LISTING)
 async def test_an_interrupted_submission_with_nothing_at_the_provider_is_submitted_once(
     runtime: Runtime,
 ) -> None:
@@ -345,6 +375,7 @@ async def test_a_row_whose_owner_died_is_taken_over_when_its_lease_lapses(runtim
     assert row["status"] == "completed", row["error"]
 
 
+@every_host
 async def test_many_rows_flow_through_two_workers_each_submitted_once(runtime: Runtime) -> None:
     ids = [await runtime.repo.insert_request(f"video {n}") for n in range(12)]
     async with (
@@ -422,6 +453,7 @@ async def test_a_video_that_expired_before_archiving_fails_with_that_reason(
     async with running(runtime.worker()):
         row = await finished(runtime, row_id)
     assert row["status"] == "failed" and "expired" in row["error"]
+    assert row["error_kind"] == "expired"
 
 
 async def test_a_long_step_keeps_its_lease_alive_with_heartbeats(

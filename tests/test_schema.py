@@ -187,6 +187,27 @@ async def test_setting_status_back_to_queued_asks_for_a_fresh_start(
     )
 
 
+async def test_error_kind_is_one_of_six_and_goes_when_the_row_is_asked_again(
+    conn: asyncpg.Connection,
+) -> None:
+    row_id = await conn.fetchval(
+        "insert into videos (prompt, status, error, error_kind) "
+        "values ('x', 'failed', 'filtered', 'safety_filtered') returning id"
+    )
+    with pytest.raises(asyncpg.CheckViolationError):
+        await conn.execute("update videos set error_kind = 'bad luck' where id = $1", row_id)
+    public = await conn.fetchval("select error_kind from videos_public where id = $1", row_id)
+    assert public == "safety_filtered"
+    await conn.execute("update videos set status = 'queued' where id = $1", row_id)
+    assert await conn.fetchval("select error_kind from videos where id = $1", row_id) is None
+    # Only a failed row has one.
+    adopted = await conn.fetchval(
+        "insert into videos (prompt, status, video_id, error_kind) "
+        "values ('y', 'processing', 'v', 'expired') returning error_kind"
+    )
+    assert adopted is None
+
+
 async def test_stage_and_status_can_never_disagree(conn: asyncpg.Connection) -> None:
     row_id = await conn.fetchval("insert into videos (prompt) values ('x') returning id")
     with pytest.raises(asyncpg.CheckViolationError):

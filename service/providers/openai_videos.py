@@ -58,6 +58,8 @@ STATUS_MAP: dict[str, JobStatus] = {
 SAFETY_CODES = ("moderation", "safety", "content_policy", "content_filter")
 """Error codes (substrings) that mean a content filter stopped the request."""
 ODD_STATUSES_REMEMBERED = 10_000
+PROBE_TIMEOUT = 10.0
+"""The startup probe is one try: a host that does not answer is probed again by use."""
 CHUNK_SIZE = 256 * 1024
 RECONCILE_SLACK = timedelta(minutes=2)
 RECONCILE_MAX_PAGES = 50
@@ -160,8 +162,9 @@ class OpenAIVideos:
     async def probe(self) -> bool | None:
         """One cheap call at startup: can this host list its jobs (reconcile a create in
         doubt)? Said in the log either way; None when the host is unreachable now."""
+        once = self._client.with_options(max_retries=0, timeout=PROBE_TIMEOUT)
         try:
-            await _quiet(lambda: self._client.videos.list(limit=1))
+            await _quiet(lambda: once.videos.list(limit=1))
         except openai.APIConnectionError as err:
             log.warning("provider.unreachable", base_url=self.base_url, error=str(err))
             return None
