@@ -25,6 +25,7 @@ from service.config import ENV_PREFIX, Settings, SettingsError, load_settings
 from service.extras import LocalExtraMissing, local_extra
 from service.migrations import MigrationError, migrate
 from service.progress import follow
+from service.providers.lookup import UnknownProvider
 from service.repository import Conflict, PostgresRepository, Refused, RepositoryError, as_json
 from service.runtime import create_pool, database_url, open_runtime, open_store
 from service.signals import STOP_SIGNALS, until_signalled
@@ -134,6 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except LocalExtraMissing as err:
         print(f"sora-worker: {err}", file=sys.stderr)
+        return 2
+    except UnknownProvider as err:
+        print(f"sora-worker: bad settings: SORA_PROVIDER: {err}", file=sys.stderr)
         return 2
     except asyncpg.UndefinedTableError as err:
         log.error("command.failed", command=args.command, error=f"{err}: run `sora-worker migrate`")

@@ -236,6 +236,7 @@ async def _open_providers(
     )
     openai_videos = OpenAIVideos(api_key, base_url, timeout=settings.provider_timeout)
     providers.add(openai_videos, openai_videos.base_url)
+    providers.get(settings.provider)  # SORA_PROVIDER names one of them, or we stop here
     log.info("provider.openai", base_url=openai_videos.base_url, model=settings.model)
     await openai_videos.probe()  # can it list its jobs? said in the log either way
     return simulator, providers

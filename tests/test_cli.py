@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
+import pytest
 from PIL import Image
 
 from service.runtime import Runtime
@@ -160,6 +161,23 @@ async def test_a_misspelt_setting_is_refused_with_a_suggestion(db_url: str, tmp_
     assert b"SORA_POLL_INTERVALL (did you mean SORA_POLL_INTERVAL?)" in stderr
 
 
+async def test_a_default_provider_the_worker_has_no_adapter_for_is_refused(
+    db_url: str, tmp_path: Path
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "run",
+        env=env_for(db_url, tmp_path, SORA_PROVIDER="nope"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        _, stderr = await proc.communicate()
+    assert proc.returncode == 2
+    assert b"SORA_PROVIDER: provider 'nope' is not configured" in stderr
+    assert b"(configured: openai)" in stderr
+
+
 async def test_help_lists_every_setting_with_its_environment_name() -> None:
     proc = await asyncio.create_subprocess_exec(
         *CLI, "--help", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
@@ -196,7 +214,8 @@ async def test_request_list_show_and_stats(db_url: str, tmp_path: Path) -> None:
     assert json.loads(await cli("stats"))["stages"] == {"pending": 1}
 
 
-async def test_simulate_serves_the_sdk_and_stops_cleanly_on_sigterm() -> None:
+@pytest.mark.parametrize("profile", ["openai", "litellm"])
+async def test_simulate_serves_the_sdk_and_stops_cleanly_on_sigterm(profile: str) -> None:
     import warnings
 
     import openai
@@ -208,6 +227,8 @@ async def test_simulate_serves_the_sdk_and_stops_cleanly_on_sigterm() -> None:
         "0",
         "--generation-seconds",
         "0.1",
+        "--profile",
+        profile,
         env={k: v for k, v in os.environ.items() if not k.startswith("SORA_")},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -218,12 +239,14 @@ async def test_simulate_serves_the_sdk_and_stops_cleanly_on_sigterm() -> None:
             line = await proc.stderr.readline()
         listening = json.loads(line)
         assert listening["event"] == "simulator.listening"
+        assert listening["profile"] == profile
         # Port 0: the process binds a free port and says which; nothing to race for.
         client = openai.AsyncOpenAI(base_url=listening["base_url"], api_key="sk-any")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             video = await client.videos.create(prompt="a lighthouse")
             assert (await client.videos.retrieve(video.id)).id == video.id
+            assert (video.prompt is None) == (profile == "litellm")  # LiteLLM drops it
         await client.close()
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):
