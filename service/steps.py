@@ -205,10 +205,6 @@ class Steps:
             return InDoubt(str(err), err.retry_after)
         return Accepted(job.id, job.progress)
 
-    def _provider_of(self, job: Job) -> VideoProvider:
-        """The adapter a row was submitted through (raises UnknownProvider)."""
-        return self.providers.get(job.provider)
-
     async def reconcile(self, job: Job) -> Event:
         """An earlier create's outcome is unknown: find its job before submitting again.
 
@@ -231,7 +227,7 @@ class Steps:
             idempotency_key=str(job.submit_key),
         )
         try:
-            provider = self._provider_of(job)
+            provider = self.providers.get(job.provider)
         except UnknownProvider as err:
             return Transient(str(err))  # a paid job: wait for a worker that has it
         try:
@@ -266,7 +262,7 @@ class Steps:
     async def poll(self, job: Job) -> Event:
         assert job.video_id is not None, "generating rows always hold a video_id"
         try:
-            provider = self._provider_of(job)
+            provider = self.providers.get(job.provider)
             state = await provider.retrieve(job.video_id)
         except UnknownProvider as err:
             return Transient(str(err))
@@ -294,7 +290,7 @@ class Steps:
         assert job.video_id is not None, "archiving rows always hold a video_id"
         key = f"{job.id}/{_key_part(job.video_id)}.mp4"
         try:
-            provider = self._provider_of(job)
+            provider = self.providers.get(job.provider)
             async with provider.download(job.video_id, "video") as chunks:
                 stored = await self.store.put(self.video_bucket, key, chunks, "video/mp4")
         except UnknownProvider as err:
@@ -332,10 +328,12 @@ class Steps:
                 _once(image),
                 "image/webp",
             )
-        except (providers.ProviderError, StorageError, httpx.HTTPError, OSError) as err:
+        except (providers.ProviderError, StorageError, httpx.HTTPError) as err:
             log.warning("video.thumbnail_skipped", row_id=str(job.id), error=str(err))
             return None
-        except ValueError as err:  # PyAV and Pillow's "not a video / not an image"
+        except Exception as err:
+            # Decoders (PyAV, Pillow) raise many kinds for bytes that are not what they
+            # claim; whatever it is, the archived video must not be retried for it.
             log.warning("video.thumbnail_skipped", row_id=str(job.id), error=repr(err))
             return None
         return stored.url

@@ -13,6 +13,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,8 @@ def make_worker(
 ) -> Worker:
     providers = Providers(default=provider.name)
     providers.add(provider)
+    for extra in options.pop("more_providers", ()):
+        providers.add(extra)
     steps = Steps(
         providers,
         LocalStore(tmp_path / "store", "http://store.invalid"),
@@ -558,3 +561,49 @@ async def test_the_listener_reconnecting_ends_an_outage_pause_at_once(
         worker.wakeup.set("listen.connected")
         await logged(logs, "worker.database_back", within=1.0)
         await eventually(lambda: row_state(repo, row), lambda r: r.stage is Stage.COMPLETED)
+
+
+# ---------------------------------------------------------------- providers per row
+
+
+async def test_a_submitted_row_keeps_its_provider_and_model_whatever_the_default(
+    provider: ScriptedProvider, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """The default is ``provider``; a row submitted earlier through ``earlier`` is polled
+    and archived there, with the model it was submitted with."""
+    earlier = ScriptedProvider()
+    earlier.name = "earlier"
+    repo = MemoryRepository()
+    resumed = await repo.insert_request("submitted before the settings changed")
+    repo.rows[resumed] = replace(
+        repo.rows[resumed],
+        stage=Stage.GENERATING,
+        status="processing",
+        provider="earlier",
+        model="model-of-then",
+        video_id="video_then",
+        submitted_at=repo.table.clock(),
+    )
+    fresh = await repo.insert_request("asked now")
+    worker = make_worker(repo, provider, http, tmp_path, more_providers=[earlier])
+    async with running(worker):
+        done = await eventually(
+            lambda: row_state(repo, resumed), lambda r: r.stage is Stage.COMPLETED
+        )
+        new = await eventually(lambda: row_state(repo, fresh), lambda r: r.stage is Stage.COMPLETED)
+    assert (done.provider, done.model, done.video_id) == ("earlier", "model-of-then", "video_then")
+    assert done.video_url is not None and done.video_url.endswith("/video_then.mp4")
+    assert new.provider == "scripted" and new.model == "sora-2"
+    assert earlier.submitted == [] and [r.prompt for r in provider.submitted] == ["asked now"]
+
+
+async def test_a_new_row_naming_a_provider_this_worker_lacks_fails_naming_the_ones_it_has(
+    provider: ScriptedProvider, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    repo = MemoryRepository()
+    row_id = await repo.insert_request("for a provider nobody configured")
+    repo.rows[row_id] = replace(repo.rows[row_id], provider="google_veo")
+    async with running(make_worker(repo, provider, http, tmp_path)):
+        row = await eventually(lambda: row_state(repo, row_id), lambda r: r.stage is Stage.FAILED)
+    assert row.error_kind == "invalid_request"
+    assert row.error is not None and "'google_veo'" in row.error and "scripted" in row.error
