@@ -25,6 +25,7 @@ from service.config import ENV_PREFIX, Settings, SettingsError, load_settings
 from service.extras import LocalExtraMissing, local_extra
 from service.migrations import MigrationError, migrate
 from service.progress import follow
+from service.providers.ids import litellm_id
 from service.providers.lookup import UnknownProvider
 from service.repository import Conflict, PostgresRepository, Refused, RepositoryError, as_json
 from service.runtime import create_pool, database_url, open_runtime, open_store
@@ -115,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     adopt.add_argument("id", type=UUID, help="the row")
     adopt.add_argument("video_id", help="the provider's job id, as the provider gave it")
+    adopt.add_argument(
+        "--litellm-model",
+        metavar="MODEL",
+        help="VIDEO_ID is the upstream id of a job made through a LiteLLM proxy for its "
+        "model MODEL: wrap it the way the proxy mints ids, so the proxy can route it",
+    )
     return parser
 
 
@@ -171,7 +178,10 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         case "stats":
             return await run_stats(settings)
         case "adopt":
-            return await run_adopt(settings, args.id, args.video_id)
+            video_id = args.video_id
+            if args.litellm_model:
+                video_id = litellm_id(video_id, args.litellm_model)
+            return await run_adopt(settings, args.id, video_id)
     raise AssertionError(args.command)
 
 

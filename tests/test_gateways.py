@@ -93,13 +93,17 @@ async def settled_by_hand(
         code, listed, _ = await cli(db_url, tmp_path, "list", "--status", "failed")
         assert code == 0 and "[in_doubt]" in listed
 
-        # The person found the job at the gateway: adopt it, while the worker runs.
-        found = sim.created[0].video_id
-        code, _, err = await cli(db_url, tmp_path, "adopt", str(row_id), found)
+        # The person found the job upstream (its own id, behind the gateway's model
+        # sora-2): adopt it, wrapped as the gateway mints ids, while the worker runs.
+        upstream = sim.store.created[0].video_id
+        code, _, err = await cli(
+            db_url, tmp_path, "adopt", str(row_id), upstream, "--litellm-model", "sora-2"
+        )
         assert code == 0, err
         row = await finished(runtime, row_id, within=30)
         assert row["status"] == "completed", row["error"]
-        assert row["video_id"] == found and row["error_kind"] is None
+        assert stable_id(row["video_id"]) == upstream and row["error_kind"] is None
+        found = row["video_id"]
         assert row["video_url"] and row["video_sha256"]
         assert len(sim.created) == 1
 

@@ -23,6 +23,7 @@ from service.providers.base import (
     VideoGone,
     VideoRequest,
 )
+from service.providers.ids import litellm_id, stable_id
 from service.providers.openai_videos import OpenAIVideos
 from tests.conftest import eventually
 
@@ -298,6 +299,12 @@ async def test_a_litellm_proxy_cannot_look_up_an_id_it_did_not_mint() -> None:
         assert (await provider.retrieve(minted.id)).id == minted.id
         with pytest.raises(RequestRejected, match="did not mint"):
             await provider.retrieve("video_68d7512d07848190b3e45da0ecbebcde004da08e1e0678d5")
+        # As a real proxy does: the id without its deployment part routes; one naming
+        # another model does not (it goes to OpenAI's own host, and fails there).
+        upstream = stable_id(minted.id)
+        assert (await provider.retrieve(litellm_id(upstream, "sora-2"))).status != "failed"
+        with pytest.raises(ProviderUnavailable, match=r"api\.openai\.com"):
+            await provider.retrieve(litellm_id(upstream, "another-model"))
         await provider.aclose()
 
 

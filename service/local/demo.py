@@ -16,7 +16,7 @@ import json
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,9 +111,8 @@ async def run_demo(settings: Settings, *, fresh: bool, keep_serving: bool) -> in
     if fresh and settings.data_dir.exists():
         shutil.rmtree(settings.data_dir)
     say = _say
-    async with open_runtime(
-        settings, simulator_config=DEMO_SIMULATOR, flexible_ports=True
-    ) as runtime:
+    simulator = replace(DEMO_SIMULATOR, profile=settings.simulator_profile)
+    async with open_runtime(settings, simulator_config=simulator, flexible_ports=True) as runtime:
         image1, image2 = await upload_photos(runtime)
         say(f"demo: sample photos at {image1} and {image2}")
         row_id = await runtime.repo.insert_request(DEMO_PROMPT, image1, image2)

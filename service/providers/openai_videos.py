@@ -309,7 +309,7 @@ class OpenAIVideos:
         except openai.APIConnectionError as err:
             raise ProviderUnavailable(f"cannot reach {self.base_url}: {err}") from err
         except openai.APIStatusError as err:
-            if err.status_code >= 500 and _from_litellm(err) and not is_litellm_id(job_id):
+            if err.status_code != 429 and _from_litellm(err) and not is_litellm_id(job_id):
                 # Not an outage: a LiteLLM proxy routes by the id it minted, so it can
                 # never poll a job made elsewhere. Polling for hours would not help.
                 raise RequestRejected(

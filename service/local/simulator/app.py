@@ -36,7 +36,11 @@ def _host(request: web.Request) -> Profile:
 
 
 def _job(request: web.Request, store: VideoStore) -> Job:
-    return store.get(_host(request).job_id(request.match_info["video_id"]))
+    host = _host(request)
+    job_id, routed_model = host.job_id(request.match_info["video_id"])
+    job = store.get(job_id)
+    host.check_route(routed_model, job.model)
+    return job
 
 
 # ---- POST /v1/videos ---------------------------------------------------------------------
@@ -149,7 +153,7 @@ async def create_video(request: web.Request) -> web.Response:
     slow = config.rule_for(prompt, "slow_create")
     if slow is not None:
         await asyncio.sleep(slow.delay)
-    return web.json_response(_host(request).video(job.video(config)))
+    return web.json_response(_host(request).video(job.video(config), created=True))
 
 
 def _refusal(rule: FailureRule) -> ApiError:
@@ -190,7 +194,7 @@ async def remix_video(request: web.Request) -> web.Response:
         idempotency_key=request.headers.get("Idempotency-Key"),
         remixed_from=source.id,
     )
-    return web.json_response(_host(request).video(job.video(config)))
+    return web.json_response(_host(request).video(job.video(config), created=True))
 
 
 # ---- the other endpoints -----------------------------------------------------------------
@@ -247,7 +251,7 @@ async def delete_video(request: web.Request) -> web.Response:
     store = request.app[STORE]
     job = _job(request, store)
     await store.delete(job)
-    video_id = _host(request).public_id(job.id)
+    video_id = _host(request).public_id(job.id, job.model)
     return web.json_response({"id": video_id, "object": "video.deleted", "deleted": True})
 
 

@@ -5,13 +5,15 @@ Gateways serve the same ``/v1/videos`` shape with quirks that matter to a worker
 the pipeline is tested against each host it will meet, never against a kinder one:
 
 - ``openai``: the API as OpenAI documented it.
-- ``litellm``: ids are ``video_`` + base64 of ``litellm:custom_llm_provider:openai;
-  model_id:...;video_id:<ours>;deployment_id:...``; ``prompt`` comes back null and
-  ``usage`` is added; the list fails (400 "LLM Provider NOT provided"); ``variant=
-  thumbnail`` is ignored (the MP4 comes back); an unknown model is a 400 with code
-  "400" and "Invalid model name passed in model=..."; an id it did not mint cannot be
-  retrieved (500, it tries the public OpenAI host); ``Idempotency-Key`` is not
-  forwarded upstream.
+- ``litellm`` (checked against a real LiteLLM 1.108.7 proxy in front of this
+  simulator): ids are ``video_`` + base64 of ``litellm:custom_llm_provider:openai;
+  model_id:<model>;video_id:<ours>;deployment_id:<hash>``, and it retrieves an id it
+  did not mint, or one naming another model, by sending it to api.openai.com (500 when
+  that fails); an id without the deployment part works; ``prompt`` comes back null,
+  ``usage`` is added on create; the list fails (400 "LLM Provider NOT provided");
+  ``variant=thumbnail`` is ignored (the MP4 comes back); an unknown model is a 400 with
+  code "400" and "/videos: Invalid model name passed in model=..."; ``Idempotency-Key``
+  is not forwarded upstream (per providers.md).
 - ``new-api``: statuses outside OpenAI's enum (a queued job is ``NOT_START``).
 """
 
@@ -28,8 +30,14 @@ __all__ = ["PROFILES", "Profile", "ProfileName"]
 ProfileName = Literal["openai", "litellm", "new-api"]
 PROFILES: tuple[ProfileName, ...] = ("openai", "litellm", "new-api")
 
-_LITELLM_MODEL_ID = "7f3c0d2e-sim-deployment-model"
-_LITELLM_DEPLOYMENT = "sim-deployment-1"
+_LITELLM_DEPLOYMENT = "07bb2386cd5f03e544b6ccecf6c73a85cf3e6ca6cc11ca5f1073cdac50db30d6"
+_LITELLM_UNROUTABLE = ApiError(
+    500,
+    "litellm.InternalServerError: InternalServerError: OpenAIException - Cannot connect to "
+    "host api.openai.com:443 ssl:<ssl.SSLContext object> [Name or service not known]",
+    code="500",
+)
+"""What a LiteLLM proxy answers for an id it cannot route: it tried OpenAI's own host."""
 
 
 class Profile:
@@ -52,46 +60,48 @@ class Profile:
     def forwards_idempotency_key(self) -> bool:
         return self.name != "litellm"
 
-    def public_id(self, job_id: str) -> str:
-        """The id this host hands out for a job."""
+    def public_id(self, job_id: str, model: str) -> str:
+        """The id this host hands out for a job of ``model``."""
         if self.name != "litellm":
             return job_id
         inner = (
-            f"litellm:custom_llm_provider:openai;model_id:{_LITELLM_MODEL_ID};"
+            f"litellm:custom_llm_provider:openai;model_id:{model};"
             f"video_id:{job_id};deployment_id:{_LITELLM_DEPLOYMENT}"
         )
         return "video_" + base64.b64encode(inner.encode()).decode()
 
-    def job_id(self, public: str) -> str:
-        """The job behind an id a client sent; a LiteLLM proxy routes only ids it minted."""
+    def job_id(self, public: str) -> tuple[str, str | None]:
+        """The job behind an id a client sent, and the model the id routes to (None:
+        any). A LiteLLM proxy routes only ids it minted (see ``check_route``)."""
         if self.name != "litellm":
-            return public
-        decoded = _litellm_upstream(public)
+            return public, None
+        decoded = _litellm_parts(public)
         if decoded is None:
-            raise ApiError(
-                500,
-                "litellm.InternalServerError: OpenAIException - Error code: 401 - You "
-                "didn't provide an API key. (the video id carries no LiteLLM routing, so "
-                "the request went to https://api.openai.com/v1)",
-                code="500",
-            )
+            raise _LITELLM_UNROUTABLE
         return decoded
 
+    def check_route(self, routed_model: str | None, job_model: str) -> None:
+        """A LiteLLM id naming another model is routed elsewhere, and fails there."""
+        if routed_model is not None and routed_model != job_model:
+            raise _LITELLM_UNROUTABLE
+
     def known_id(self, public: str) -> str:
-        """Like ``job_id`` but never raising (for tests looking a job up)."""
+        """The job behind ``public``, never raising (for tests looking a job up)."""
         if self.name != "litellm":
             return public
-        return _litellm_upstream(public) or public
+        decoded = _litellm_parts(public)
+        return public if decoded is None else decoded[0]
 
-    def video(self, video: dict[str, Any]) -> dict[str, Any]:
-        """The Video object as this host shows it."""
+    def video(self, video: dict[str, Any], *, created: bool = False) -> dict[str, Any]:
+        """The Video object as this host shows it (``created``: in the create answer)."""
         shown = dict(video)
         if self.name == "litellm":
-            shown["id"] = self.public_id(video["id"])
-            shown["prompt"] = None
-            shown["usage"] = {"duration_seconds": int(video["seconds"])}
+            shown["id"] = self.public_id(video["id"], video["model"])
+            shown.pop("prompt", None)
+            shown["usage"] = {"duration_seconds": float(video["seconds"])} if created else None
             if shown.get("remixed_from_video_id"):
-                shown["remixed_from_video_id"] = self.public_id(shown["remixed_from_video_id"])
+                source = shown["remixed_from_video_id"]
+                shown["remixed_from_video_id"] = self.public_id(source, video["model"])
         elif self.name == "new-api" and video["status"] == "queued":
             shown["status"] = "NOT_START"
         return shown
@@ -100,8 +110,8 @@ class Profile:
         if self.name == "litellm":
             return ApiError(
                 400,
-                f"Invalid model name passed in model={model}. Call `/v1/models` to view "
-                "available models for your key.",
+                f"/videos: Invalid model name passed in model={model}. Call `/v1/models` "
+                "to view available models for your key.",
                 code="400",
             )
         message = f"The model `{model}` does not exist or you do not have access to it."
@@ -111,13 +121,16 @@ class Profile:
         return ApiError(
             400,
             "litellm.BadRequestError: LLM Provider NOT provided. Pass in the LLM provider "
-            "you are trying to call. You passed model=None",
+            "you are trying to call. You passed model=\n Pass model as E.g. For "
+            "'Huggingface' inference endpoints pass in `completion(model='huggingface/"
+            "starcoder',..)` Learn more: https://docs.litellm.ai/docs/providers",
             code="400",
         )
 
 
-def _litellm_upstream(public: str) -> str | None:
-    """LiteLLM's own decoding: ``video_`` + base64 (padding optional) of ``;`` parts."""
+def _litellm_parts(public: str) -> tuple[str, str] | None:
+    """LiteLLM's own decoding: ``video_`` + base64 (padding optional) of ``;`` parts;
+    (upstream video id, model id), or None for an id it did not mint."""
     if not public.startswith("video_"):
         return None
     body = public.removeprefix("video_")
@@ -128,4 +141,4 @@ def _litellm_upstream(public: str) -> str | None:
     parts = decoded.split(";")
     if len(parts) < 3 or not parts[0].startswith("litellm:custom_llm_provider:"):
         return None
-    return parts[2].removeprefix("video_id:")
+    return parts[2].removeprefix("video_id:"), parts[1].removeprefix("model_id:")

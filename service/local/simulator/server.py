@@ -36,7 +36,10 @@ class Simulator:
         """Every accepted create request, in order (this process only), with the ids
         the host handed out."""
         host = Profile(self.config.profile)
-        return [c._replace(video_id=host.public_id(c.video_id)) for c in self.store.created]
+        return [
+            created._replace(video_id=host.public_id(created.video_id, created.model))
+            for created in self.store.created
+        ]
 
     def reference_for(self, video_id: str) -> bytes | None:
         """The image uploaded as ``input_reference`` for ``video_id``, if any."""
