@@ -15,11 +15,16 @@ Stages (mirrored by a CHECK constraint in ``sql/0001_videos.sql``)::
     pending ──intent──> submitting ──accepted──> generating ──done──> archiving ──> completed
                          │ ^  outcome unknown: reconcile with the provider's list;
                          └─┘  nothing there: drop the key and submit again
-    any stage ── permanent error / retries exhausted ──> failed
+    any stage ── permanent error / retries exhausted ──> failed (+ error_kind)
 
 ``submitting`` is the "intent recorded" checkpoint: the row holds an idempotency key
 before the provider is called, so after a crash the worker reconciles instead of
-paying twice.
+paying twice. A host that can never reconcile (``Unreconcilable``) fails the row at
+once as ``in_doubt``, saying what a person needs to settle it.
+
+A failed transition always says which outcome it is (``Transition.error_kind``): the
+request was wrong, a safety filter stopped it, the model is retired, the provider
+failed, nobody can tell whether a job exists, or the video expired unarchived.
 """
 
 from __future__ import annotations
