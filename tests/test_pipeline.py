@@ -23,6 +23,7 @@ import httpx
 import pytest
 from aiohttp import web
 from PIL import Image
+from structlog.testing import capture_logs
 
 from service import thumbnails
 from service.daemon import Worker
@@ -450,10 +451,14 @@ async def test_a_video_that_expired_before_archiving_fails_with_that_reason(
     assert runtime.simulator is not None
     runtime.simulator.config.expires_after_seconds = 0.0
     row_id = await runtime.repo.insert_request("too late")
-    async with running(runtime.worker()):
-        row = await finished(runtime, row_id)
+    with capture_logs() as logs:
+        async with running(runtime.worker()):
+            row = await finished(runtime, row_id)
     assert row["status"] == "failed" and "expired" in row["error"]
     assert row["error_kind"] == "expired"
+    # A video paid for and lost is said at error level.
+    [failed] = [e for e in logs if e["event"] == "video.failed"]
+    assert (failed["log_level"], failed["error_kind"]) == ("error", "expired")
 
 
 async def test_a_long_step_keeps_its_lease_alive_with_heartbeats(
