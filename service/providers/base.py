@@ -83,6 +83,13 @@ class VideoGone(ProviderError):
     """The job or its file no longer exists at the provider (deleted or expired)."""
 
 
+class Unreconcilable(ProviderError):
+    """Permanent for this row: the provider has no way to list its jobs, so a create whose
+    outcome is unknown can never be settled here (Veo). Resubmitting could pay twice, so
+    the row fails (error_kind ``in_doubt``) and ``str()`` holds what a person needs to
+    settle it by hand."""
+
+
 Variant = Literal["video", "thumbnail"]
 
 

@@ -1,0 +1,270 @@
+"""Google Veo through the official ``google-genai`` SDK (Vertex AI, API-key "express" mode).
+
+Why Vertex and not the Gemini Developer API: in ``google-genai`` 3.6.1
+``models.generate_videos`` and ``operations.get`` for videos raise "only supported in
+Gemini Enterprise Agent Platform mode" unless the client is built with
+``vertexai=True``; the Developer API's ``predictLongRunning`` + ``files.download`` path
+is gone from the SDK. So the client is ``genai.Client(vertexai=True, api_key=...)``:
+
+- create: ``POST v1beta1/publishers/google/models/{model}:predictLongRunning``, the
+  composed reference photo as the first frame (``source.image``); the job id is the
+  operation's name (``projects/.../operations/{uuid}``);
+- status: ``POST v1beta1/{model resource}:fetchPredictOperation`` (what
+  ``operations.get`` sends); done with ``videos`` = completed; done with no videos and
+  ``raiMediaFilteredCount`` = the safety filter (failed, ``safety_filtered``, never
+  retried, not charged);
+- the video: without ``output_gcs_uri`` Vertex returns it inline, base64 in the
+  operation JSON, so **the SDK buffers the whole video** (and its base64 text) in
+  memory; ``download`` then hands it on in chunks. An http(s) ``uri`` is streamed with
+  the API key instead. ``gs://`` outputs (``output_gcs_uri``) are not supported here.
+
+Never paying twice: Veo has no way to list or search operations, so a create whose
+answer was lost cannot be matched afterwards. ``find_submitted`` raises
+``Unreconcilable``: the row fails (``in_doubt``) with the time, parameters and key of
+the create, which also travels as a Vertex ``labels`` entry (``sora_submit_key``) that
+billing exports show. The SDK never retries (its default is one attempt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+import aiohttp
+import httpx
+import structlog
+from google import genai
+from google.genai import errors, types
+
+from service.providers.base import (
+    ErrorKind,
+    OutcomeUnknown,
+    ProviderError,
+    ProviderJob,
+    ProviderUnavailable,
+    RequestRejected,
+    Unreconcilable,
+    Variant,
+    VideoGone,
+    VideoRequest,
+)
+from service.providers.sizes import frame_of
+
+log = structlog.get_logger("service.providers.google_veo")
+
+DEFAULT_BASE_URL = "https://aiplatform.googleapis.com"
+CHUNK_SIZE = 256 * 1024
+# Veo's documented clip lengths per family; other models are left to the host.
+SECONDS = {"veo-3": frozenset({"4", "6", "8"}), "veo-2": frozenset({"5", "6", "7", "8"})}
+
+
+def _family(model: str) -> str | None:
+    return next((name for name in SECONDS if model.startswith(name)), None)
+
+
+class GoogleVeo:
+    """``VideoProvider`` for Veo on Vertex AI."""
+
+    name = "google_veo"
+
+    def __init__(self, api_key: str, base_url: str | None = None, *, timeout: float = 120.0):
+        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
+        options = types.HttpOptions(base_url=self.base_url, timeout=int(timeout * 1000))
+        self._client = genai.Client(vertexai=True, api_key=api_key, http_options=options)
+        self._api_key = api_key
+        self._timeout = timeout
+        self.submit_timeout = timedelta(seconds=timeout)
+
+    def validate(self, model: str, size: str, seconds: str) -> None:
+        frame = frame_of(size, model)
+        family = _family(model)
+        if family is None:
+            return
+        if seconds not in SECONDS[family]:
+            allowed = ", ".join(sorted(SECONDS[family]))
+            raise RequestRejected(f"seconds {seconds} is not offered by {model}; use {allowed}")
+        if family == "veo-3" and frame.resolution == "1080p" and seconds != "8":
+            raise RequestRejected(f"{model} makes 1080p videos of 8 seconds only; set seconds 8")
+
+    async def submit(self, request: VideoRequest) -> ProviderJob:
+        frame = frame_of(request.size, request.model)
+        image = None
+        if request.reference is not None:
+            image = types.Image(
+                image_bytes=request.reference, mime_type=request.reference_content_type
+            )
+        config = types.GenerateVideosConfig(
+            number_of_videos=1,
+            duration_seconds=int(request.seconds),
+            aspect_ratio=frame.aspect_ratio,
+            resolution=frame.resolution,
+            labels={"sora_submit_key": request.idempotency_key},
+        )
+        try:
+            operation = await self._client.aio.models.generate_videos(
+                model=request.model,
+                source=types.GenerateVideosSource(prompt=request.prompt, image=image),
+                config=config,
+            )
+        except errors.APIError as err:
+            raise self._create_error(err, request) from err
+        except aiohttp.ClientConnectorError as err:
+            raise ProviderUnavailable(f"cannot reach {self.base_url}: {err}") from err
+        except (aiohttp.ClientError, TimeoutError, httpx.HTTPError) as err:
+            raise OutcomeUnknown(
+                f"no answer from {self.base_url} to create: {err!r}; an operation may exist"
+            ) from err
+        if not operation.name:
+            raise OutcomeUnknown(f"{self.base_url} accepted the create but named no operation")
+        return self._job(operation)
+
+    def _create_error(self, err: errors.APIError, request: VideoRequest) -> ProviderError:
+        detail = f"HTTP {err.code} {err.status or ''}: {err.message or 'no details'}".strip()
+        if err.code == 404:
+            return RequestRejected(
+                f"model {request.model!r} is not available at {self.base_url} ({detail}). "
+                "Set SORA_MODEL (or the row's model) to a Veo model your project can use."
+            )
+        if err.code in (401, 403):
+            return ProviderUnavailable(
+                f"Google refused our credentials ({detail}); check GOOGLE_API_KEY "
+                "(a Vertex AI API key) and that the Vertex AI API is enabled"
+            )
+        if err.code == 429:
+            return ProviderUnavailable(f"rate limited or out of quota ({detail})")
+        if err.code == 408 or err.code >= 500:
+            return OutcomeUnknown(f"provider error on create ({detail})")
+        return RequestRejected(f"Veo refused the request ({detail})")
+
+    async def find_submitted(
+        self, request: VideoRequest, submitted_after: datetime
+    ) -> list[ProviderJob]:
+        """Veo cannot list operations: an unknown create outcome is settled by hand."""
+        raise Unreconcilable(
+            f"Veo cannot list its operations, so whether the create sent at "
+            f"{submitted_after:%Y-%m-%d %H:%M:%S %Z} made a video cannot be checked "
+            f"(model {request.model}, {request.size}, {request.seconds} s, "
+            f"submit key {request.idempotency_key}, also sent as the Vertex label "
+            "sora_submit_key). It was not sent again, to avoid paying twice. Look for a "
+            "Veo operation at that time in the Google Cloud console or billing export: if "
+            "there is one, adopt its operation name for this row; if not, set the row's "
+            "status back to queued."
+        )
+
+    async def retrieve(self, job_id: str) -> ProviderJob:
+        return self._job(await self._operation(job_id))
+
+    async def _operation(self, job_id: str) -> types.GenerateVideosOperation:
+        try:
+            return await self._client.aio.operations.get(types.GenerateVideosOperation(name=job_id))
+        except errors.APIError as err:
+            if err.code == 404:
+                raise VideoGone(
+                    f"operation {job_id} no longer exists at {self.base_url}: {err.message}"
+                ) from err
+            raise ProviderUnavailable(
+                f"status of {job_id} unavailable (HTTP {err.code}: {err.message})"
+            ) from err
+        except (aiohttp.ClientError, TimeoutError, httpx.HTTPError) as err:
+            raise ProviderUnavailable(f"cannot reach {self.base_url}: {err!r}") from err
+
+    @asynccontextmanager
+    async def download(
+        self, job_id: str, variant: Variant = "video"
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        if variant != "video":
+            raise VideoGone("Veo makes no thumbnails; only the video can be downloaded")
+        operation = await self._operation(job_id)
+        videos = operation.response.generated_videos if operation.response else None
+        video = videos[0].video if videos else None
+        if video is None:
+            raise VideoGone(f"operation {job_id} holds no video to download")
+        if video.video_bytes:
+            yield _chunks(video.video_bytes)
+            return
+        if video.uri and video.uri.startswith(("http://", "https://")):
+            async with self._stream(video.uri, job_id) as chunks:
+                yield chunks
+            return
+        raise ProviderUnavailable(
+            f"the video of {job_id} is at {video.uri!r}, which this worker cannot fetch "
+            "(gs:// outputs are not supported; do not set output_gcs_uri)"
+        )
+
+    @asynccontextmanager
+    async def _stream(self, uri: str, job_id: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        headers = {"x-goog-api-key": self._api_key}
+        timeout = httpx.Timeout(self._timeout, connect=5.0)
+        try:
+            async with (
+                httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http,
+                http.stream("GET", uri, headers=headers) as response,
+            ):
+                if response.status_code in (404, 410):
+                    raise VideoGone(f"the video of {job_id} is gone ({response.status_code})")
+                if response.status_code >= 400:
+                    raise ProviderUnavailable(
+                        f"download of {job_id} failed (HTTP {response.status_code})"
+                    )
+                yield _http_chunks(response, job_id)
+        except httpx.HTTPError as err:
+            raise ProviderUnavailable(f"download of {job_id} broke off: {err!r}") from err
+
+    def content_url(self, job_id: str) -> str:
+        """The operation's address (its video is inline, so there is no file URL)."""
+        return f"{self.base_url}/v1beta1/{job_id}"
+
+    async def aclose(self) -> None:
+        await self._client.aio.aclose()
+
+    def _job(self, operation: types.GenerateVideosOperation) -> ProviderJob:
+        name = str(operation.name)
+        if not operation.done:
+            metadata: dict[str, Any] = operation.metadata or {}
+            progress = metadata.get("progressPercent", 0)
+            return ProviderJob(
+                id=name,
+                status="running",
+                progress=int(progress) if isinstance(progress, int | float) else 0,
+                raw_status="running",
+            )
+        if operation.error:
+            message = operation.error.get("message") or "no details"
+            return _failed(name, f"Veo failed the job ({operation.error.get('code')}): {message}")
+        response = operation.response
+        if response is not None and response.generated_videos:
+            return ProviderJob(id=name, status="completed", progress=100, raw_status="done")
+        filtered = response.rai_media_filtered_count if response is not None else None
+        if filtered:
+            reasons = "; ".join((response.rai_media_filtered_reasons or []) if response else [])
+            return _failed(
+                name,
+                f"Veo's safety filter blocked {filtered} video(s) (not charged): "
+                f"{reasons or 'no reason given'}. Change the prompt or photos and queue again.",
+                "safety_filtered",
+            )
+        return _failed(name, "Veo finished the job without a video and without saying why")
+
+
+def _failed(name: str, error: str, kind: ErrorKind = "provider_error") -> ProviderJob:
+    return ProviderJob(
+        id=name, status="failed", progress=0, raw_status="done", error=error, error_kind=kind
+    )
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    view = memoryview(data)
+    for offset in range(0, len(view), CHUNK_SIZE):
+        yield bytes(view[offset : offset + CHUNK_SIZE])
+        await asyncio.sleep(0)  # let other rows run between chunks
+
+
+async def _http_chunks(response: httpx.Response, job_id: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in response.aiter_bytes(CHUNK_SIZE):
+            yield chunk
+    except httpx.HTTPError as err:
+        raise ProviderUnavailable(f"download of {job_id} broke off: {err!r}") from err
