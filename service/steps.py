@@ -43,6 +43,7 @@ from service.machine import (
 from service.providers import base as providers
 from service.providers.base import VideoProvider, VideoRequest
 from service.storage.base import ObjectStore, StorageError
+from service.webhooks import WebhookHealth
 
 log = structlog.get_logger("service.steps")
 
@@ -88,6 +89,7 @@ class Steps:
         photo_limits: fetch.Limits,
         photo_access: fetch.Access | None = None,
         ledger: Ledger,
+        webhooks: WebhookHealth | None = None,
     ) -> None:
         self.provider = provider
         self.store = store
@@ -97,6 +99,8 @@ class Steps:
         self.photos = fetch.PhotoFetcher(photo_limits, photo_access)
         self._photo_slots = asyncio.Semaphore(PHOTO_ROWS_AT_ONCE)
         self.ledger = ledger
+        self.webhooks = webhooks
+        """Whose webhooks arrive: their rows are polled less often (service.webhooks)."""
 
     # ------------------------------------------------------------ submit
 
@@ -211,6 +215,10 @@ class Steps:
         try:
             matches = await self.provider.find_submitted(request, job.submitted_at)
             taken = await self.ledger.recorded_video_ids(m.id for m in matches)
+        except providers.Unreconcilable as err:
+            # No list to look in (Veo): fail now with what settles it by hand; a
+            # resubmit could pay twice. (error_kind "in_doubt" once part A lands.)
+            return Rejected(str(err))
         except providers.ProviderError as err:
             return Transient(f"could not reconcile with the provider: {err}")
         # Oldest first: the listing is newest first and created_at has 1 s resolution,
@@ -249,7 +257,10 @@ class Steps:
             case "failed":
                 return GenerationFailed(state.error or "the provider failed the job")
             case "queued" | "running":
-                return Progressed(state.progress, state.raw_status)
+                stretched = self.webhooks.poll_interval(job.provider or self.provider.name) if (
+                    self.webhooks is not None
+                ) else None
+                return Progressed(state.progress, state.raw_status, stretched)
 
     # ------------------------------------------------------------ archive
 

@@ -36,10 +36,10 @@ from typing import Any, NamedTuple
 import httpx
 from aiohttp import web
 from PIL import Image
-from standardwebhooks import Webhook
 
 from service.local.fake_host import FakeHost
 from service.local.simulator.media import render_mp4
+from service.webhooks import signed_headers
 
 _MAX_BODY = 64 * 1024 * 1024
 _PAGE = 100
@@ -408,14 +408,7 @@ class ReplicateServer(FakeHost):
         body = json.dumps(self._view(p, origin))
         webhook_id = f"msg_{uuid.uuid4().hex}"
         for attempt in range(self.config.webhook_attempts):
-            moment = datetime.now(UTC)
-            signature = Webhook(self.config.webhook_secret).sign(webhook_id, moment, body)
-            headers = {
-                "webhook-id": webhook_id,
-                "webhook-timestamp": str(int(moment.timestamp())),
-                "webhook-signature": signature,
-                "content-type": "application/json",
-            }
+            headers = signed_headers(self.config.webhook_secret, webhook_id, body)
             status = 0
             with contextlib.suppress(httpx.HTTPError):
                 async with httpx.AsyncClient(timeout=5.0) as http:
