@@ -27,7 +27,9 @@ from service.extras import local_extra
 from service.machine import Policy
 from service.migrations import migrate
 from service.providers.base import VideoProvider
+from service.providers.google_veo import GoogleVeo
 from service.providers.openai_videos import OpenAIVideos
+from service.providers.replicate_videos import ReplicateVideos
 from service.repository import PostgresRepository
 from service.steps import Defaults, Steps
 from service.storage.base import ObjectStore
@@ -37,13 +39,18 @@ from service.wakeups import choice
 from service.wakeups.listen import Listener
 from service.wakeups.realtime import RealtimeSource
 from service.wakeups.wakeup import Wakeup
+from service.webhooks import WebhookHealth, WebhookReceiver
 
 if TYPE_CHECKING:
+    from service.local.fake_host import FakeHost
+    from service.local.replicate_server import ReplicateConfig
     from service.local.simulator import Simulator, SimulatorConfig
+    from service.local.veo_server import VeoConfig
 
 log = structlog.get_logger("service.runtime")
 
 SIMULATOR_KEY = "sk-local-simulator"
+FAKE_KEY = "local-fake-key"
 
 
 @dataclass
@@ -61,6 +68,10 @@ class Runtime:
     own_photo_origins: frozenset[fetch.Origin] = frozenset()
     """The local storage server's origins: the one non-public place photos may come
     from without being listed (the demo's photos live there)."""
+    provider_fake: FakeHost | None = None
+    """The local Veo or Replicate fake this process hosts (SORA_PROVIDER without a key)."""
+    webhook_health: WebhookHealth | None = None
+    """Whose webhooks arrive; shared by the receiver and the workers' polls."""
 
     async def choose_wakeups(self, *, listen_allowed: bool = True) -> choice.Sources:
         """The push sources ``SORA_WAKEUPS`` asks for; ``auto`` probes LISTEN first."""
@@ -82,17 +93,28 @@ class Runtime:
         key = s.supabase_service_role_key.get_secret_value()
         return RealtimeSource(s.supabase_url, key, Wakeup())
 
-    def worker(self, *, listen: bool = True, realtime: RealtimeSource | None = None) -> Worker:
-        """A worker; ``realtime`` (built on its Wakeup) runs beside LISTEN when given."""
+    def worker(
+        self,
+        *,
+        listen: bool = True,
+        realtime: RealtimeSource | None = None,
+        wakeup: Wakeup | None = None,
+    ) -> Worker:
+        """A worker; ``realtime`` (built on its Wakeup) runs beside LISTEN when given.
+
+        ``wakeup``: the one a webhook receiver sets (``webhook_receiver``); realtime's
+        own Wakeup wins when both are given (build the receiver on ``worker.wakeup``).
+        """
         s = self.settings
         steps = Steps(
             self.provider,
             self.store,
-            defaults=Defaults(s.model, s.default_size, s.default_seconds),
+            defaults=Defaults(s.provider_model, s.default_size, s.default_seconds),
             video_bucket=s.video_bucket,
             photo_limits=fetch.Limits(max_bytes=s.image_max_bytes, timeout=s.image_timeout),
             photo_access=fetch.Access(s.image_allow_list, self.own_photo_origins),
             ledger=self.repo,
+            webhooks=self.webhook_health,
         )
         options = WorkerOptions(
             concurrency=s.concurrency,
@@ -107,9 +129,28 @@ class Runtime:
                 generation_timeout=timedelta(seconds=s.generation_timeout),
             ),
         )
-        wakeup = realtime.wakeup if realtime is not None else Wakeup()
+        wakeup = realtime.wakeup if realtime is not None else (wakeup or Wakeup())
         listener = Listener(self.dsn, wakeup) if listen else None
         return Worker(self.repo, steps, options, listener=listener, realtime=realtime)
+
+    async def webhook_receiver(self, wakeup: Wakeup) -> WebhookReceiver:
+        """The webhook routes for the worker's HTTP server; ``wakeup`` is the worker's.
+
+        Mount with ``app.add_routes((await runtime.webhook_receiver(worker.wakeup)).routes())``.
+        Secrets: SORA_OPENAI_WEBHOOK_SECRET for ``/webhooks/openai``; for
+        ``/webhooks/replicate`` SORA_REPLICATE_WEBHOOK_SECRET, else Replicate's own
+        (asked through the SDK) when this worker asks Replicate for webhooks.
+        """
+        s = self.settings
+        secrets: dict[str, str] = {}
+        if s.openai_webhook_secret is not None:
+            secrets["openai"] = s.openai_webhook_secret.get_secret_value()
+        if s.replicate_webhook_secret is not None:
+            secrets["replicate"] = s.replicate_webhook_secret.get_secret_value()
+        elif isinstance(self.provider, ReplicateVideos) and self.provider.webhook_url:
+            secrets["replicate"] = await self.provider.webhook_secret()
+        assert self.webhook_health is not None, "open_runtime sets it"
+        return WebhookReceiver(secrets, self.repo, wakeup, self.webhook_health)
 
 
 async def database_url(settings: Settings) -> str:
@@ -144,6 +185,8 @@ async def open_runtime(
     simulator_config: SimulatorConfig | None = None,
     flexible_ports: bool = False,
     wait_for_database: bool = False,
+    veo_config: VeoConfig | None = None,
+    replicate_config: ReplicateConfig | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open the database, the provider and the store that the settings call for.
 
@@ -169,9 +212,16 @@ async def open_runtime(
 
         http = httpx.AsyncClient(timeout=httpx.Timeout(settings.image_timeout, connect=5.0))
         stack.push_async_callback(http.aclose)
-        simulator, provider = await _open_provider(
-            settings, stack, simulator_config, flexible_ports
-        )
+        fake: FakeHost | None = None
+        if settings.provider == "openai":
+            simulator, provider = await _open_provider(
+                settings, stack, simulator_config, flexible_ports
+            )
+        else:
+            simulator = None
+            fake, provider = await _open_other_provider(
+                settings, stack, flexible_ports, veo_config, replicate_config
+            )
         store, own_origins = await _open_store(settings, stack, flexible_ports)
         yield Runtime(
             settings=settings,
@@ -183,6 +233,8 @@ async def open_runtime(
             http=http,
             simulator=simulator,
             own_photo_origins=own_origins,
+            provider_fake=fake,
+            webhook_health=WebhookHealth(timedelta(seconds=settings.webhook_poll_interval)),
         )
 
 
@@ -265,6 +317,84 @@ async def _open_provider(
         base_url=shared.base_url,
     )
     provider = OpenAIVideos(SIMULATOR_KEY, shared.base_url, timeout=settings.provider_timeout)
+    stack.push_async_callback(provider.aclose)
+    return shared.hosted, provider
+
+
+async def _open_other_provider(
+    settings: Settings,
+    stack: AsyncExitStack,
+    flexible_ports: bool,
+    veo_config: VeoConfig | None,
+    replicate_config: ReplicateConfig | None,
+) -> tuple[FakeHost | None, VideoProvider]:
+    """Veo or Replicate: the real host when its key is set, else its local fake (on
+    SORA_SIMULATOR_PORT, shared by replicas on this data directory like the simulator)."""
+    provider: VideoProvider
+    webhook = (
+        f"{settings.webhook_url.rstrip('/')}/webhooks/replicate" if settings.webhook_url else None
+    )
+    timeout = settings.provider_timeout
+    if settings.provider == "google_veo" and settings.google_api_key is not None:
+        provider = GoogleVeo(
+            settings.google_api_key.get_secret_value(), settings.google_base_url, timeout=timeout
+        )
+        stack.push_async_callback(provider.aclose)
+        log.info("provider.google_veo", base_url=provider.base_url, model=settings.provider_model)
+        return None, provider
+    if settings.provider == "replicate" and settings.replicate_api_token is not None:
+        provider = ReplicateVideos(
+            settings.replicate_api_token.get_secret_value(),
+            settings.replicate_base_url,
+            timeout=timeout,
+            cancel_after=timedelta(seconds=settings.generation_timeout),
+            webhook_url=webhook,
+        )
+        stack.push_async_callback(provider.aclose)
+        log.info("provider.replicate", base_url=provider.base_url, model=settings.provider_model)
+        return None, provider
+    key_name = "GOOGLE_API_KEY" if settings.provider == "google_veo" else "REPLICATE_API_TOKEN"
+    with local_extra(
+        f"{key_name} is unset, so sora-worker would start the local {settings.provider} fake",
+        f"set {key_name}",
+    ):
+        from service.local.replicate_server import ReplicateConfig, ReplicateServer
+        from service.local.sharing import SharedServer, instance_id
+        from service.local.veo_server import VeoConfig, VeoServer
+
+    make: Callable[[], FakeHost]
+    if settings.provider == "google_veo":
+        veo = veo_config or VeoConfig()
+        make = lambda: VeoServer(veo)  # noqa: E731
+    else:
+        rep = replicate_config or ReplicateConfig()
+        make = lambda: ReplicateServer(rep)  # noqa: E731
+    shared = SharedServer(
+        f"{settings.provider}_fake",
+        make,
+        # Another fake kind on the port is a stranger, not a sibling to share.
+        identity=f"{instance_id(settings.data_dir)}:{settings.provider}",
+        host="127.0.0.1",
+        port=settings.simulator_port,
+    )
+    await shared.open(flexible=flexible_ports)
+    stack.push_async_callback(shared.close)
+    log.warning(
+        f"provider.{settings.provider}_fake",
+        message=f"{key_name} is unset: using the LOCAL {settings.provider.upper()} FAKE. Videos "
+        f"are synthetic test clips; set {key_name} for real ones.",
+        base_url=shared.base_url,
+    )
+    if settings.provider == "google_veo":
+        provider = GoogleVeo(FAKE_KEY, shared.base_url, timeout=timeout)
+    else:
+        provider = ReplicateVideos(
+            FAKE_KEY,
+            shared.base_url,
+            timeout=timeout,
+            cancel_after=timedelta(seconds=settings.generation_timeout),
+            webhook_url=webhook,
+        )
     stack.push_async_callback(provider.aclose)
     return shared.hosted, provider
 

@@ -257,9 +257,11 @@ class Steps:
             case "failed":
                 return GenerationFailed(state.error or "the provider failed the job")
             case "queued" | "running":
-                stretched = self.webhooks.poll_interval(job.provider or self.provider.name) if (
-                    self.webhooks is not None
-                ) else None
+                stretched = (
+                    self.webhooks.poll_interval(job.provider or self.provider.name)
+                    if (self.webhooks is not None)
+                    else None
+                )
                 return Progressed(state.progress, state.raw_status, stretched)
 
     # ------------------------------------------------------------ archive

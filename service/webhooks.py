@@ -177,4 +177,3 @@ def signed_headers(secret: str, webhook_id: str, body: str) -> dict[str, str]:
         "webhook-signature": Webhook(secret).sign(webhook_id, moment, body),
         "content-type": "application/json",
     }
-

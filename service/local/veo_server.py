@@ -259,4 +259,3 @@ def _image_of(image: Any) -> bytes | None:
     except (binascii.Error, ValueError, OSError):
         raise _invalid("The input image could not be decoded.") from None
     return data
-

@@ -159,7 +159,8 @@ class GoogleVeo:
 
     async def _operation(self, job_id: str) -> types.GenerateVideosOperation:
         try:
-            return await self._client.aio.operations.get(types.GenerateVideosOperation(name=job_id))
+            operation = types.GenerateVideosOperation.model_validate({"name": job_id})
+            return await self._client.aio.operations.get(operation)
         except errors.APIError as err:
             if err.code == 404:
                 raise VideoGone(

@@ -34,9 +34,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-import replicate
 import structlog
+from replicate.client import Client
 from replicate.exceptions import ReplicateError
+from replicate.prediction import Prediction
 
 from service.providers.base import (
     ErrorKind,
@@ -115,7 +116,7 @@ class ReplicateVideos:
     ) -> None:
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         headers = {} if cancel_after is None else {"Cancel-After": _go_duration(cancel_after)}
-        self._client = replicate.Client(
+        self._client = Client(
             api_token=api_token,
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout, connect=5.0),
@@ -249,13 +250,7 @@ class ReplicateVideos:
         found: list[ProviderJob] = []
         cursor: str | None = None
         for _ in range(RECONCILE_MAX_PAGES):
-            at = cursor
-
-            async def typed() -> Any:
-                page = await self._client.predictions.async_list(... if at is None else at)
-                return _PageDict(page)
-
-            page = await self._read(typed, at or "/v1/predictions", "the prediction list")
+            page = await self._page(cursor)
             for item in page.get("results", []):
                 created = _parse_time(item.get("created_at"))
                 if created is not None and created < horizon:
@@ -269,6 +264,13 @@ class ReplicateVideos:
             f"more than {RECONCILE_MAX_PAGES} pages of predictions were made at {self.base_url} "
             "since the earlier submission; cannot reach back to it"
         )
+
+    async def _page(self, cursor: str | None) -> dict[str, Any]:
+        async def typed() -> Any:
+            page = await self._client.predictions.async_list(... if cursor is None else cursor)
+            return _PageDict(page)
+
+        return await self._read(typed, cursor or "/v1/predictions", "the prediction list")
 
     async def retrieve(self, job_id: str) -> ProviderJob:
         return self._job(await self._prediction(job_id))
@@ -305,6 +307,17 @@ class ReplicateVideos:
     def content_url(self, job_id: str) -> str:
         """The output's own URL when this worker saw it finish, else the prediction's."""
         return self._outputs.get(job_id) or f"{self.base_url}/v1/predictions/{job_id}"
+
+    async def webhook_secret(self) -> str:
+        """The account's webhook signing secret (``GET /v1/webhooks/default/secret``)."""
+        try:
+            secret = await self._client.webhooks.default.async_secret()
+        except (ReplicateError, httpx.HTTPError) as err:
+            raise ProviderUnavailable(
+                f"cannot get the webhook secret from {self.base_url}: {err!r}; "
+                "set SORA_REPLICATE_WEBHOOK_SECRET"
+            ) from err
+        return str(secret.key)
 
     async def aclose(self) -> None:
         await self._client._async_client.aclose()
@@ -377,7 +390,7 @@ def _progress(logs: object) -> int:
     """The last ``NN%|...| a/b`` progress line in the logs (as the SDK parses it)."""
     if not isinstance(logs, str) or not logs:
         return 0
-    progress = replicate.prediction.Prediction.Progress.parse(logs)
+    progress = Prediction.Progress.parse(logs)
     return 0 if progress is None else int(progress.percentage * 100)
 
 
