@@ -33,7 +33,6 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-import aiohttp
 import httpx
 import structlog
 from google import genai
@@ -72,10 +71,15 @@ class GoogleVeo:
 
     def __init__(self, api_key: str, base_url: str | None = None, *, timeout: float = 120.0):
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
-        options = types.HttpOptions(base_url=self.base_url, timeout=int(timeout * 1000))
+        # Our own httpx client: the SDK's aiohttp path subclasses ClientSession (which
+        # aiohttp deprecates, an error under -W error), and one client type means one
+        # set of transport errors to sort into "never sent" and "maybe created".
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0))
+        options = types.HttpOptions(
+            base_url=self.base_url, timeout=int(timeout * 1000), httpx_async_client=self._http
+        )
         self._client = genai.Client(vertexai=True, api_key=api_key, http_options=options)
         self._api_key = api_key
-        self._timeout = timeout
         self.submit_timeout = timedelta(seconds=timeout)
 
     def validate(self, model: str, size: str, seconds: str) -> None:
@@ -111,9 +115,9 @@ class GoogleVeo:
             )
         except errors.APIError as err:
             raise self._create_error(err, request) from err
-        except aiohttp.ClientConnectorError as err:
-            raise ProviderUnavailable(f"cannot reach {self.base_url}: {err}") from err
-        except (aiohttp.ClientError, TimeoutError, httpx.HTTPError) as err:
+        except (httpx.ConnectError, httpx.ConnectTimeout) as err:
+            raise ProviderUnavailable(f"cannot reach {self.base_url}: {err!r}") from err
+        except (httpx.HTTPError, TimeoutError) as err:
             raise OutcomeUnknown(
                 f"no answer from {self.base_url} to create: {err!r}; an operation may exist"
             ) from err
@@ -169,7 +173,7 @@ class GoogleVeo:
             raise ProviderUnavailable(
                 f"status of {job_id} unavailable (HTTP {err.code}: {err.message})"
             ) from err
-        except (aiohttp.ClientError, TimeoutError, httpx.HTTPError) as err:
+        except (httpx.HTTPError, TimeoutError) as err:
             raise ProviderUnavailable(f"cannot reach {self.base_url}: {err!r}") from err
 
     @asynccontextmanager
@@ -197,13 +201,13 @@ class GoogleVeo:
 
     @asynccontextmanager
     async def _stream(self, uri: str, job_id: str) -> AsyncIterator[AsyncIterator[bytes]]:
-        headers = {"x-goog-api-key": self._api_key}
-        timeout = httpx.Timeout(self._timeout, connect=5.0)
+        # The key goes only to the host it belongs to, never to wherever a uri points.
+        same_host = httpx.URL(uri).host == httpx.URL(self.base_url).host
+        headers = {"x-goog-api-key": self._api_key} if same_host else {}
         try:
-            async with (
-                httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http,
-                http.stream("GET", uri, headers=headers) as response,
-            ):
+            async with self._http.stream(
+                "GET", uri, headers=headers, follow_redirects=True
+            ) as response:
                 if response.status_code in (404, 410):
                     raise VideoGone(f"the video of {job_id} is gone ({response.status_code})")
                 if response.status_code >= 400:
@@ -220,6 +224,7 @@ class GoogleVeo:
 
     async def aclose(self) -> None:
         await self._client.aio.aclose()
+        await self._http.aclose()  # ours: the SDK leaves a client it was given open
 
     def _job(self, operation: types.GenerateVideosOperation) -> ProviderJob:
         name = str(operation.name)
