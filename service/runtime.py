@@ -27,9 +27,7 @@ from service.extras import local_extra
 from service.machine import Policy
 from service.migrations import migrate
 from service.providers.base import VideoProvider
-from service.providers.google_veo import GoogleVeo
 from service.providers.openai_videos import OpenAIVideos
-from service.providers.replicate_videos import ReplicateVideos
 from service.repository import PostgresRepository
 from service.steps import Defaults, Steps
 from service.storage.base import ObjectStore
@@ -147,7 +145,10 @@ class Runtime:
             secrets["openai"] = s.openai_webhook_secret.get_secret_value()
         if s.replicate_webhook_secret is not None:
             secrets["replicate"] = s.replicate_webhook_secret.get_secret_value()
-        elif isinstance(self.provider, ReplicateVideos) and self.provider.webhook_url:
+        elif s.provider == "replicate" and s.webhook_url:
+            from service.providers.replicate_videos import ReplicateVideos
+
+            assert isinstance(self.provider, ReplicateVideos)
             secrets["replicate"] = await self.provider.webhook_secret()
         assert self.webhook_health is not None, "open_runtime sets it"
         return WebhookReceiver(secrets, self.repo, wakeup, self.webhook_health)
@@ -329,7 +330,14 @@ async def _open_other_provider(
     replicate_config: ReplicateConfig | None,
 ) -> tuple[FakeHost | None, VideoProvider]:
     """Veo or Replicate: the real host when its key is set, else its local fake (on
-    SORA_SIMULATOR_PORT, shared by replicas on this data directory like the simulator)."""
+    SORA_SIMULATOR_PORT, shared by replicas on this data directory like the simulator).
+
+    The SDKs are imported here, not at the top: a worker on the OpenAI shape does not
+    carry google-genai and replicate in memory (about 19 MB of RSS).
+    """
+    from service.providers.google_veo import GoogleVeo
+    from service.providers.replicate_videos import ReplicateVideos
+
     provider: VideoProvider
     webhook = (
         f"{settings.webhook_url.rstrip('/')}/webhooks/replicate" if settings.webhook_url else None
