@@ -141,3 +141,21 @@ class ManualClock:
 
 def request(prompt: str) -> VideoRequest:
     return VideoRequest(prompt, "google/veo-3.1", "1280x720", "4", str(uuid.uuid4()))
+
+
+def test_settings_choose_the_provider_and_its_default_model() -> None:
+    from pydantic import ValidationError
+
+    from service.config import Settings
+
+    assert Settings(provider="veo").provider == "google_veo"  # the demo's short name
+    assert Settings(provider="google_veo").provider_model == "veo-3.1-generate-preview"
+    assert Settings(provider="replicate").provider_model == "google/veo-3.1"
+    assert Settings(provider="openai").provider_model == "sora-2"
+    assert Settings(provider="replicate", model="openai/sora-2").provider_model == "openai/sora-2"
+    try:
+        Settings(provider="vertex")
+    except ValidationError as err:
+        assert "google_veo" in str(err)
+    else:
+        raise AssertionError("an unknown provider must be refused")
