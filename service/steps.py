@@ -257,11 +257,9 @@ class Steps:
             case "failed":
                 return GenerationFailed(state.error or "the provider failed the job")
             case "queued" | "running":
-                stretched = (
-                    self.webhooks.poll_interval(job.provider or self.provider.name)
-                    if (self.webhooks is not None)
-                    else None
-                )
+                stretched = None  # webhooks seen to arrive: the poll is only a safety net
+                if self.webhooks is not None:
+                    stretched = self.webhooks.poll_interval(job.provider or self.provider.name)
                 return Progressed(state.progress, state.raw_status, stretched)
 
     # ------------------------------------------------------------ archive
