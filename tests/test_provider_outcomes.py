@@ -112,7 +112,8 @@ async def test_a_replicate_create_in_doubt_is_found_in_the_list_and_adopted(
 
 async def test_a_replicate_prediction_carries_its_deadline() -> None:
     """Cancel-After reaches Replicate: a job still queued at its deadline is aborted, and
-    one running at it is canceled; both end failed with a reason."""
+    one running at it is canceled; both end failed with a reason, as does one that runs
+    past Replicate's own time limit."""
     clock = ManualClock()
     async with ReplicateServer(ReplicateConfig(queue_seconds=60.0, clock=clock)) as fake:
         provider = ReplicateVideos("r8_test", fake.base_url, cancel_after=timedelta(seconds=30))
@@ -124,11 +125,21 @@ async def test_a_replicate_prediction_carries_its_deadline() -> None:
         running_job = await provider.submit(request("a hug that takes too long"))
         clock.now += 31
         canceled = await provider.retrieve(running_job.id)
+
+        # Replicate's own limit applies too (30 minutes for API predictions).
+        fake.config.prediction_timeout = 20.0
+        no_deadline = ReplicateVideos("r8_test", fake.base_url)
+        slow = await no_deadline.submit(request("a hug that never ends"))
+        clock.now += 22
+        timed_out = await no_deadline.retrieve(slow.id)
         await provider.aclose()
+        await no_deadline.aclose()
 
     assert (aborted.status, aborted.raw_status) == ("failed", "aborted")
     assert (canceled.status, canceled.raw_status) == ("failed", "canceled")
     assert "deadline" in (aborted.error or "") and "deadline" in (canceled.error or "")
+    assert (timed_out.status, timed_out.error_kind) == ("failed", "provider_error")
+    assert "timed out" in (timed_out.error or "")
 
 
 class ManualClock:
