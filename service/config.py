@@ -199,7 +199,12 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         None, description="Public base URL of the local storage server, if behind a proxy."
     )
-    simulator_port: int = Field(8089, ge=0, le=65535, description="Port of the local simulator.")
+    simulator_port: int = Field(
+        8089,
+        ge=0,
+        le=65535,
+        description="Port of the local simulator (or the Veo / Replicate fake).",
+    )
     video_bucket: str = Field("hug-videos", description="Bucket for finished videos.")
     image_bucket: str = Field("hug-images", description="Bucket for images (demo photos).")
 
