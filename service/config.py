@@ -199,11 +199,15 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         None, description="Public base URL of the local storage server, if behind a proxy."
     )
-    simulator_port: int = Field(
-        8089,
+    simulator_port: int = Field(8089, ge=0, le=65535, description="Port of the local simulator.")
+    veo_fake_port: int = Field(
+        8091, ge=0, le=65535, description="Port of the local Veo fake (no GOOGLE_API_KEY)."
+    )
+    replicate_fake_port: int = Field(
+        8092,
         ge=0,
         le=65535,
-        description="Port of the local simulator (or the Veo / Replicate fake).",
+        description="Port of the local Replicate fake (no REPLICATE_API_TOKEN).",
     )
     video_bucket: str = Field("hug-videos", description="Bucket for finished videos.")
     image_bucket: str = Field("hug-images", description="Bucket for images (demo photos).")

@@ -330,7 +330,8 @@ async def _open_other_provider(
     replicate_config: ReplicateConfig | None,
 ) -> tuple[FakeHost | None, VideoProvider]:
     """Veo or Replicate: the real host when its key is set, else its local fake (on
-    SORA_SIMULATOR_PORT, shared by replicas on this data directory like the simulator).
+    SORA_VEO_FAKE_PORT / SORA_REPLICATE_FAKE_PORT, each its own, so the simulator and
+    both fakes can run side by side; shared by replicas like the simulator).
 
     The SDKs are imported here, not at the top: a worker on the OpenAI shape does not
     carry google-genai and replicate in memory (about 19 MB of RSS).
@@ -383,7 +384,9 @@ async def _open_other_provider(
         # Another fake kind on the port is a stranger, not a sibling to share.
         identity=f"{instance_id(settings.data_dir)}:{settings.provider}",
         host="127.0.0.1",
-        port=settings.simulator_port,
+        port=settings.veo_fake_port
+        if settings.provider == "google_veo"
+        else settings.replicate_fake_port,
     )
     await shared.open(flexible=flexible_ports)
     stack.push_async_callback(shared.close)
