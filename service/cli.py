@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--keep-serving", action="store_true", help="keep serving the video until Ctrl-C"
     )
+    demo.add_argument(
+        "--provider",
+        choices=["openai", "veo", "replicate"],
+        help="the generator to run through (default: SORA_PROVIDER); without its key, "
+        "its local fake",
+    )
 
     simulate = commands.add_parser("simulate", help="serve the local Sora API simulator")
     simulate.add_argument("--host", default="127.0.0.1")
@@ -130,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides: dict[str, object] = {}
     if args.command == "demo" and f"{ENV_PREFIX}POLL_INTERVAL" not in os.environ:
         overrides["poll_interval"] = 1.0  # the demo's simulated job takes seconds, not minutes
+    if args.command == "demo" and args.provider:
+        overrides["provider"] = args.provider  # "veo" is read as google_veo
     try:
         settings = load_settings(**overrides)
     except (SettingsError, ValidationError) as err:

@@ -30,6 +30,12 @@ REMOVED_SETTINGS = {
     "and private networks are refused unless listed in SORA_IMAGE_ALLOW_HOSTS "
     "(host:port,host:port); the local storage server needs no entry",
 }
+DEFAULT_MODELS = {
+    "openai": "sora-2",
+    "google_veo": "veo-3.1-generate-preview",
+    "replicate": "google/veo-3.1",
+}
+"""What a row names no model gets, per provider, when SORA_MODEL is unset."""
 SIZE_PATTERN = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
 
 
@@ -70,6 +76,55 @@ class Settings(BaseSettings):
         validation_alias=_plain("OPENAI_BASE_URL"),
         description="Base URL of a /v1/videos provider (OpenAI, a LiteLLM or new-api gateway).",
     )
+    # Providers besides the OpenAI shape (issue 15). Unset keys: their local fakes.
+    provider: Literal["openai", "google_veo", "replicate"] = Field(
+        "openai",
+        description="Video generator for new rows: openai (any /v1/videos host), "
+        "google_veo (Veo on Vertex AI) or replicate. A row keeps the provider it was "
+        "submitted with.",
+    )
+    google_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("GOOGLE_API_KEY", "GEMINI_API_KEY"),
+        description="Vertex AI API key for Veo (express mode); unset runs the local Veo fake.",
+    )
+    google_base_url: str | None = Field(
+        None,
+        validation_alias=_plain("GOOGLE_VERTEX_BASE_URL"),
+        description="Vertex AI base URL (default https://aiplatform.googleapis.com).",
+    )
+    replicate_api_token: SecretStr | None = Field(
+        None,
+        validation_alias=_plain("REPLICATE_API_TOKEN"),
+        description="Replicate API token; unset runs the local Replicate fake.",
+    )
+    replicate_base_url: str | None = Field(
+        None,
+        validation_alias=_plain("REPLICATE_BASE_URL"),
+        description="Replicate API base URL (default https://api.replicate.com).",
+    )
+    webhook_url: str | None = Field(
+        None,
+        description="Public base URL of this worker's HTTP server; Replicate predictions "
+        "then report to {SORA_WEBHOOK_URL}/webhooks/replicate.",
+    )
+    replicate_webhook_secret: SecretStr | None = Field(
+        None,
+        description="whsec_... secret of Replicate's webhooks; unset: asked of Replicate "
+        "(GET /v1/webhooks/default/secret) when SORA_WEBHOOK_URL is set.",
+    )
+    openai_webhook_secret: SecretStr | None = Field(
+        None,
+        description="whsec_... secret of an OpenAI-shaped host's video.completed/failed "
+        "webhooks, delivered to /webhooks/openai.",
+    )
+    webhook_poll_interval: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds between polls of a job whose provider's webhooks are seen to "
+        "arrive (polling stays as the safety net).",
+    )
+
     supabase_url: str | None = Field(
         None,
         validation_alias=_plain("SUPABASE_URL"),
@@ -87,11 +142,6 @@ class Settings(BaseSettings):
         "auto: both when SUPABASE_URL is set and LISTEN works, else what works.",
     )
 
-    provider: str = Field(
-        "openai",
-        description="Provider (adapter name) for rows that name none; a row keeps the "
-        "provider it was submitted with.",
-    )
     model: str = Field("sora-2", description="Default model for rows that name none.")
     default_size: str = Field(
         "720x1280", description="Default WIDTHxHEIGHT for rows that name none."
@@ -155,6 +205,15 @@ class Settings(BaseSettings):
         description="Which host the local simulator behaves as: OpenAI itself, a LiteLLM "
         "proxy or a new-api gateway (their quirks, as measured).",
     )
+    veo_fake_port: int = Field(
+        8091, ge=0, le=65535, description="Port of the local Veo fake (no GOOGLE_API_KEY)."
+    )
+    replicate_fake_port: int = Field(
+        8092,
+        ge=0,
+        le=65535,
+        description="Port of the local Replicate fake (no REPLICATE_API_TOKEN).",
+    )
     video_bucket: str = Field("hug-videos", description="Bucket for finished videos.")
     image_bucket: str = Field("hug-images", description="Bucket for images (demo photos).")
 
@@ -192,6 +251,18 @@ class Settings(BaseSettings):
         if self.wakeups in ("realtime", "both") and self.supabase_url is None:
             raise ValueError(f"SORA_WAKEUPS={self.wakeups} needs SUPABASE_URL (Realtime)")
         return self
+
+    @field_validator("provider", mode="before")
+    @classmethod
+    def _provider_alias(cls, value: object) -> object:
+        return "google_veo" if value == "veo" else value
+
+    @property
+    def provider_model(self) -> str:
+        """The default model for new rows: SORA_MODEL if given, else the provider's own."""
+        if "model" in self.model_fields_set:
+            return self.model
+        return DEFAULT_MODELS[self.provider]
 
     @property
     def poll_delay(self) -> timedelta:

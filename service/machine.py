@@ -216,6 +216,8 @@ class Progressed:
 
     progress: int
     provider_status: str
+    next_poll: timedelta | None = None
+    """Poll again after this instead of the policy's interval (webhooks seen to work)."""
 
 
 @dataclass(frozen=True)
@@ -487,7 +489,7 @@ def _on_generation(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
             return Transition(
                 Stage.GENERATING,
                 0,
-                policy.poll_interval,
+                event.next_poll or policy.poll_interval,
                 "video.progress",
                 change=RecordProgress(_percent(event.progress)),
             )

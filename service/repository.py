@@ -119,6 +119,14 @@ class Repository(Protocol):
     async def next_due_in(self) -> timedelta | None:
         """How long until some active row can be claimed; None when none is active."""
 
+    async def wake(self, provider: str, video_id: str) -> RowId | None:
+        """A webhook said the provider's job moved: make the row holding it due now.
+
+        Only rows waiting on that job (generating or archiving) are touched; nothing
+        else changes (the poll asks the provider what happened). Returns the row, or
+        None when no such row waits (an unknown or already finished job).
+        """
+
     async def recorded_video_ids(self, candidates: Iterable[str]) -> frozenset[str]:
         """Which of these provider ids some row already holds, compared in stable form
         (``providers.ids.stable_id``): never adopt one job twice, however it is spelt."""
@@ -147,6 +155,8 @@ class Repository(Protocol):
 # ---------------------------------------------------------------- PostgreSQL
 
 ACTIVE = [stage.value for stage in ACTIVE_STAGES]
+WAKEABLE = [Stage.GENERATING.value, Stage.ARCHIVING.value]
+"""Stages that wait on a provider's job, which a webhook may announce."""
 
 STATUS_OF: dict[Stage, str] = {
     Stage.PENDING: "queued",
@@ -386,6 +396,20 @@ class PostgresRepository:
         with driver_errors("looking for the next due row"):
             value: timedelta | None = await self.pool.fetchval(NEXT_DUE, ACTIVE)
         return value
+
+    async def wake(self, provider: str, video_id: str) -> RowId | None:
+        with driver_errors(f"waking the row of {provider} job {video_id}"):
+            found: UUID | None = await self.pool.fetchval(
+                """update public.videos set next_attempt_at = least(next_attempt_at, now())
+                   where video_id = $1                      -- videos_video_id_key: one row
+                     and (provider = $2 or provider is null)  -- seed rows: no provider
+                     and stage = any($3::text[])
+                   returning id""",
+                video_id,
+                provider,
+                WAKEABLE,
+            )
+        return None if found is None else RowId(found)
 
     async def recorded_video_ids(self, candidates: Iterable[str]) -> frozenset[str]:
         # Compared in stable form: a gateway may list a job under another id string

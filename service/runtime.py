@@ -37,13 +37,20 @@ from service.wakeups import choice
 from service.wakeups.listen import Listener
 from service.wakeups.realtime import RealtimeSource
 from service.wakeups.wakeup import Wakeup
+from service.webhooks import WebhookHealth, WebhookReceiver
 
 if TYPE_CHECKING:
+    from service.local.fake_host import FakeHost
+    from service.local.replicate_server import ReplicateConfig
     from service.local.simulator import Simulator, SimulatorConfig
+    from service.local.veo_server import VeoConfig
+    from service.providers.google_veo import GoogleVeo
+    from service.providers.replicate_videos import ReplicateVideos
 
 log = structlog.get_logger("service.runtime")
 
 SIMULATOR_KEY = "sk-local-simulator"
+FAKE_KEY = "local-fake-key"
 
 
 @dataclass
@@ -61,6 +68,10 @@ class Runtime:
     own_photo_origins: frozenset[fetch.Origin] = frozenset()
     """The local storage server's origins: the one non-public place photos may come
     from without being listed (the demo's photos live there)."""
+    provider_fake: FakeHost | None = None
+    """The local Veo or Replicate fake this process hosts (SORA_PROVIDER without a key)."""
+    webhook_health: WebhookHealth | None = None
+    """Whose webhooks arrive; shared by the receiver and the workers' polls."""
 
     async def choose_wakeups(self, *, listen_allowed: bool = True) -> choice.Sources:
         """The push sources ``SORA_WAKEUPS`` asks for; ``auto`` probes LISTEN first."""
@@ -82,17 +93,28 @@ class Runtime:
         key = s.supabase_service_role_key.get_secret_value()
         return RealtimeSource(s.supabase_url, key, Wakeup())
 
-    def worker(self, *, listen: bool = True, realtime: RealtimeSource | None = None) -> Worker:
-        """A worker; ``realtime`` (built on its Wakeup) runs beside LISTEN when given."""
+    def worker(
+        self,
+        *,
+        listen: bool = True,
+        realtime: RealtimeSource | None = None,
+        wakeup: Wakeup | None = None,
+    ) -> Worker:
+        """A worker; ``realtime`` (built on its Wakeup) runs beside LISTEN when given.
+
+        ``wakeup``: the one a webhook receiver sets (``webhook_receiver``); realtime's
+        own Wakeup wins when both are given (build the receiver on ``worker.wakeup``).
+        """
         s = self.settings
         steps = Steps(
             self.providers,
             self.store,
-            defaults=Defaults(s.model, s.default_size, s.default_seconds),
+            defaults=Defaults(s.provider_model, s.default_size, s.default_seconds),
             video_bucket=s.video_bucket,
             photo_limits=fetch.Limits(max_bytes=s.image_max_bytes, timeout=s.image_timeout),
             photo_access=fetch.Access(s.image_allow_list, self.own_photo_origins),
             ledger=self.repo,
+            webhooks=self.webhook_health,
         )
         options = WorkerOptions(
             concurrency=s.concurrency,
@@ -107,9 +129,32 @@ class Runtime:
                 generation_timeout=timedelta(seconds=s.generation_timeout),
             ),
         )
-        wakeup = realtime.wakeup if realtime is not None else Wakeup()
+        wakeup = realtime.wakeup if realtime is not None else (wakeup or Wakeup())
         listener = Listener(self.dsn, wakeup) if listen else None
         return Worker(self.repo, steps, options, listener=listener, realtime=realtime)
+
+    async def webhook_receiver(self, wakeup: Wakeup) -> WebhookReceiver:
+        """The webhook routes for the worker's HTTP server; ``wakeup`` is the worker's.
+
+        Mount with ``app.add_routes((await runtime.webhook_receiver(worker.wakeup)).routes())``.
+        Secrets: SORA_OPENAI_WEBHOOK_SECRET for ``/webhooks/openai``; for
+        ``/webhooks/replicate`` SORA_REPLICATE_WEBHOOK_SECRET, else Replicate's own
+        (asked through the SDK) when this worker asks Replicate for webhooks.
+        """
+        s = self.settings
+        secrets: dict[str, str] = {}
+        if s.openai_webhook_secret is not None:
+            secrets["openai"] = s.openai_webhook_secret.get_secret_value()
+        if s.replicate_webhook_secret is not None:
+            secrets["replicate"] = s.replicate_webhook_secret.get_secret_value()
+        elif s.webhook_url and "replicate" in self.providers:
+            from service.providers.replicate_videos import ReplicateVideos
+
+            replicate = self.providers.get("replicate")
+            assert isinstance(replicate, ReplicateVideos)
+            secrets["replicate"] = await replicate.webhook_secret()
+        assert self.webhook_health is not None, "open_runtime sets it"
+        return WebhookReceiver(secrets, self.repo, wakeup, self.webhook_health)
 
 
 async def database_url(settings: Settings) -> str:
@@ -144,6 +189,8 @@ async def open_runtime(
     simulator_config: SimulatorConfig | None = None,
     flexible_ports: bool = False,
     wait_for_database: bool = False,
+    veo_config: VeoConfig | None = None,
+    replicate_config: ReplicateConfig | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open the database, the provider and the store that the settings call for.
 
@@ -169,8 +216,8 @@ async def open_runtime(
 
         http = httpx.AsyncClient(timeout=httpx.Timeout(settings.image_timeout, connect=5.0))
         stack.push_async_callback(http.aclose)
-        simulator, providers = await _open_providers(
-            settings, stack, simulator_config, flexible_ports
+        simulator, fake, providers = await _open_providers(
+            settings, stack, flexible_ports, simulator_config, veo_config, replicate_config
         )
         store, own_origins = await _open_store(settings, stack, flexible_ports)
         yield Runtime(
@@ -183,6 +230,8 @@ async def open_runtime(
             http=http,
             simulator=simulator,
             own_photo_origins=own_origins,
+            provider_fake=fake,
+            webhook_health=WebhookHealth(timedelta(seconds=settings.webhook_poll_interval)),
         )
 
 
@@ -225,21 +274,36 @@ async def _patiently(connect: Callable[[], Awaitable[asyncpg.Pool]]) -> asyncpg.
 async def _open_providers(
     settings: Settings,
     stack: AsyncExitStack,
-    simulator_config: SimulatorConfig | None,
     flexible_ports: bool,
-) -> tuple[Simulator | None, Providers]:
-    """Every adapter this worker can serve rows with, by name (one ``add`` each)."""
+    simulator_config: SimulatorConfig | None,
+    veo_config: VeoConfig | None,
+    replicate_config: ReplicateConfig | None,
+) -> tuple[Simulator | None, FakeHost | None, Providers]:
+    """Every adapter this worker can serve rows with, by name (one ``add`` each): each
+    provider whose key is set, and SORA_PROVIDER's (its local stand-in when its key is
+    unset). A stand-in is never registered for a provider that is not the default, so a
+    production worker cannot send a row to a simulator by accident."""
     providers = Providers(default=settings.provider)
     stack.push_async_callback(providers.aclose)
-    simulator, base_url, api_key = await _videos_host(
-        settings, stack, simulator_config, flexible_ports
-    )
-    openai_videos = OpenAIVideos(api_key, base_url, timeout=settings.provider_timeout)
-    providers.add(openai_videos, openai_videos.base_url)
-    providers.get(settings.provider)  # SORA_PROVIDER names one of them, or we stop here
-    log.info("provider.openai", base_url=openai_videos.base_url, model=settings.model)
-    await openai_videos.probe()  # can it list its jobs? said in the log either way
-    return simulator, providers
+    simulator: Simulator | None = None
+    fake: FakeHost | None = None
+    if settings.provider == "openai" or settings.openai_api_key is not None:
+        simulator, base_url, api_key = await _videos_host(
+            settings, stack, simulator_config, flexible_ports
+        )
+        openai_videos = OpenAIVideos(api_key, base_url, timeout=settings.provider_timeout)
+        providers.add(openai_videos, openai_videos.base_url)
+        log.info("provider.openai", base_url=openai_videos.base_url, model=settings.model)
+        await openai_videos.probe()  # can it list its jobs? said in the log either way
+    keys = {"google_veo": settings.google_api_key, "replicate": settings.replicate_api_token}
+    for name, key in keys.items():
+        if settings.provider == name or key is not None:
+            hosted, adapter = await _open_other_provider(
+                name, settings, stack, flexible_ports, veo_config, replicate_config
+            )
+            fake = fake or hosted
+            providers.add(adapter, adapter.base_url)
+    return simulator, fake, providers
 
 
 async def _videos_host(
@@ -280,6 +344,90 @@ async def _videos_host(
         profile=config.profile,
     )
     return shared.hosted, shared.base_url, SIMULATOR_KEY
+
+
+async def _open_other_provider(
+    name: str,
+    settings: Settings,
+    stack: AsyncExitStack,
+    flexible_ports: bool,
+    veo_config: VeoConfig | None,
+    replicate_config: ReplicateConfig | None,
+) -> tuple[FakeHost | None, GoogleVeo | ReplicateVideos]:
+    """Veo or Replicate: the real host when its key is set, else its local fake (on
+    SORA_VEO_FAKE_PORT / SORA_REPLICATE_FAKE_PORT, each its own, so the simulator and
+    both fakes can run side by side; shared by replicas like the simulator).
+
+    The SDKs are imported here, not at the top: a worker on the OpenAI shape does not
+    carry google-genai and replicate in memory (about 19 MB of RSS).
+    """
+    from service.providers.google_veo import GoogleVeo
+    from service.providers.replicate_videos import ReplicateVideos
+
+    provider: GoogleVeo | ReplicateVideos
+    webhook = (
+        f"{settings.webhook_url.rstrip('/')}/webhooks/replicate" if settings.webhook_url else None
+    )
+    timeout = settings.provider_timeout
+    if name == "google_veo" and settings.google_api_key is not None:
+        provider = GoogleVeo(
+            settings.google_api_key.get_secret_value(), settings.google_base_url, timeout=timeout
+        )
+        log.info("provider.google_veo", base_url=provider.base_url)
+        return None, provider
+    if name == "replicate" and settings.replicate_api_token is not None:
+        provider = ReplicateVideos(
+            settings.replicate_api_token.get_secret_value(),
+            settings.replicate_base_url,
+            timeout=timeout,
+            cancel_after=timedelta(seconds=settings.generation_timeout),
+            webhook_url=webhook,
+        )
+        log.info("provider.replicate", base_url=provider.base_url)
+        return None, provider
+    key_name = "GOOGLE_API_KEY" if name == "google_veo" else "REPLICATE_API_TOKEN"
+    with local_extra(
+        f"{key_name} is unset, so sora-worker would start the local {name} fake",
+        f"set {key_name}",
+    ):
+        from service.local.replicate_server import ReplicateConfig, ReplicateServer
+        from service.local.sharing import SharedServer, instance_id
+        from service.local.veo_server import VeoConfig, VeoServer
+
+    make: Callable[[], FakeHost]
+    if name == "google_veo":
+        veo = veo_config or VeoConfig()
+        make = lambda: VeoServer(veo)  # noqa: E731
+    else:
+        rep = replicate_config or ReplicateConfig()
+        make = lambda: ReplicateServer(rep)  # noqa: E731
+    shared = SharedServer(
+        f"{name}_fake",
+        make,
+        # Another fake kind on the port is a stranger, not a sibling to share.
+        identity=f"{instance_id(settings.data_dir)}:{name}",
+        host="127.0.0.1",
+        port=settings.veo_fake_port if name == "google_veo" else settings.replicate_fake_port,
+    )
+    await shared.open(flexible=flexible_ports)
+    stack.push_async_callback(shared.close)
+    log.warning(
+        f"provider.{name}_fake",
+        message=f"{key_name} is unset: using the LOCAL {name.upper()} FAKE. Videos "
+        f"are synthetic test clips; set {key_name} for real ones.",
+        base_url=shared.base_url,
+    )
+    if name == "google_veo":
+        provider = GoogleVeo(FAKE_KEY, shared.base_url, timeout=timeout)
+    else:
+        provider = ReplicateVideos(
+            FAKE_KEY,
+            shared.base_url,
+            timeout=timeout,
+            cancel_after=timedelta(seconds=settings.generation_timeout),
+            webhook_url=webhook,
+        )
+    return shared.hosted, provider
 
 
 @asynccontextmanager

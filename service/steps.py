@@ -49,6 +49,7 @@ from service.providers import models
 from service.providers.base import VideoProvider, VideoRequest
 from service.providers.lookup import Providers, UnknownProvider
 from service.storage.base import ObjectStore, StorageError
+from service.webhooks import WebhookHealth
 
 log = structlog.get_logger("service.steps")
 
@@ -97,6 +98,7 @@ class Steps:
         photo_limits: fetch.Limits,
         photo_access: fetch.Access | None = None,
         ledger: Ledger,
+        webhooks: WebhookHealth | None = None,
     ) -> None:
         self.providers = providers
         self.store = store
@@ -106,6 +108,8 @@ class Steps:
         self.photos = fetch.PhotoFetcher(photo_limits, photo_access)
         self._photo_slots = asyncio.Semaphore(PHOTO_ROWS_AT_ONCE)
         self.ledger = ledger
+        self.webhooks = webhooks
+        """Whose webhooks arrive: their rows are polled less often (service.webhooks)."""
 
     # ------------------------------------------------------------ submit
 
@@ -281,7 +285,10 @@ class Steps:
                     state.error_kind or "provider_error",
                 )
             case "queued" | "running":
-                return Progressed(state.progress, state.raw_status)
+                stretched = None  # webhooks seen to arrive: the poll is only a safety net
+                if self.webhooks is not None:
+                    stretched = self.webhooks.poll_interval(provider.name)
+                return Progressed(state.progress, state.raw_status, stretched)
 
     # ------------------------------------------------------------ archive
 

@@ -453,3 +453,37 @@ async def test_as_of_moves_forward_between_reads(backend: Backend) -> None:
     second = await loaded(repo, row)
     assert first.as_of < claimed.as_of < second.as_of
     assert await repo.load(RowId(uuid.uuid4())) is None
+
+
+# ---------------------------------------------------------------- webhooks
+
+
+async def test_wake_makes_only_the_row_waiting_on_that_job_due_now(backend: Backend) -> None:
+    repo = backend.repo()
+    other = backend.repo("worker-b")
+    row = await repo.insert_request("a kite over the sea")
+    job = await claim_one(repo, row)
+    job = await repo.checkpoint(job, step(Stage.SUBMITTING, intent()), keep_lease=True)
+    polling = step(Stage.GENERATING, RecordJob("job-1", 5), delay=timedelta(hours=1))
+    await repo.checkpoint(job, polling, keep_lease=False)
+    assert await other.claim(5) == []  # its next poll is an hour away
+
+    assert await repo.wake("replicate", "job-unknown") is None
+    assert await repo.wake("google_veo", "job-1") is None  # the job id of another provider
+    assert await repo.wake("simulator", "job-1") == row  # the row's provider (intent())
+
+    [woken] = await other.claim(5)
+    assert (woken.id, woken.stage, woken.video_id) == (row, Stage.GENERATING, "job-1")
+    assert woken.progress == 5  # nothing but its due time changed
+
+
+async def test_wake_leaves_finished_and_unsubmitted_rows_alone(backend: Backend) -> None:
+    repo = backend.repo()
+    row = await repo.insert_request("a quiet lake")
+    job = await claim_one(repo, row)
+    job = await repo.checkpoint(job, step(Stage.SUBMITTING, intent()), keep_lease=True)
+    job = await repo.checkpoint(job, step(Stage.GENERATING, RecordJob("job-2", 0)), keep_lease=True)
+    await repo.checkpoint(job, step(Stage.FAILED, error="the provider failed"), keep_lease=False)
+
+    assert await repo.wake("simulator", "job-2") is None
+    assert (await loaded(repo, row)).stage is Stage.FAILED

@@ -25,7 +25,9 @@ import httpx
 from PIL import Image, ImageDraw
 
 from service.config import Settings
+from service.local.replicate_server import ReplicateConfig
 from service.local.simulator import SimulatorConfig
+from service.local.veo_server import VeoConfig
 from service.progress import follow
 from service.repository import as_json
 from service.runtime import Runtime, open_runtime
@@ -36,6 +38,8 @@ DEMO_PROMPT = (
     "long hug in a sunlit park; gentle handheld camera, soft afternoon light."
 )
 DEMO_SIMULATOR = SimulatorConfig(queue_seconds=1.0, generation_seconds=6.0)
+DEMO_VEO = VeoConfig(queue_seconds=1.0, generation_seconds=6.0)
+DEMO_REPLICATE = ReplicateConfig(queue_seconds=1.0, generation_seconds=6.0)
 TIMEOUT = 300.0
 
 
@@ -111,8 +115,14 @@ async def run_demo(settings: Settings, *, fresh: bool, keep_serving: bool) -> in
     if fresh and settings.data_dir.exists():
         shutil.rmtree(settings.data_dir)
     say = _say
-    simulator = replace(DEMO_SIMULATOR, profile=settings.simulator_profile)
-    async with open_runtime(settings, simulator_config=simulator, flexible_ports=True) as runtime:
+    async with open_runtime(
+        settings,
+        simulator_config=replace(DEMO_SIMULATOR, profile=settings.simulator_profile),
+        veo_config=DEMO_VEO,
+        replicate_config=DEMO_REPLICATE,
+        flexible_ports=True,
+    ) as runtime:
+        say(f"demo: generating through {runtime.providers.default}")
         image1, image2 = await upload_photos(runtime)
         say(f"demo: sample photos at {image1} and {image2}")
         row_id = await runtime.repo.insert_request(DEMO_PROMPT, image1, image2)

@@ -310,6 +310,18 @@ class MemoryRepository:
         ]
         return min(due) - now if due else None
 
+    async def wake(self, provider: str, video_id: str) -> RowId | None:
+        now = self._now("wake")
+        for row in self.rows.values():
+            if (
+                row.video_id == video_id
+                and row.provider in (provider, None)
+                and row.stage in (Stage.GENERATING, Stage.ARCHIVING)
+            ):
+                row.next_attempt_at = min(row.next_attempt_at, now)
+                return row.id
+        return None
+
     async def recorded_video_ids(self, candidates: Iterable[str]) -> frozenset[str]:
         self._now("recorded_video_ids")
         held = {stable_id(row.video_id) for row in self.rows.values() if row.video_id is not None}

@@ -31,6 +31,9 @@ class Providers:
         self._adapters[adapter.name] = adapter
         self._urls[adapter.name] = base_url
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._adapters
+
     def get(self, name: str | None) -> VideoProvider:
         """The adapter for a row's provider (None: the default)."""
         wanted = name or self.default

@@ -1,0 +1,412 @@
+"""Replicate's video models through the official ``replicate`` SDK.
+
+What the worker relies on, and why:
+
+- create: ``predictions.async_create(model="owner/name", input=...)`` (model-scoped
+  ``POST /v1/models/{owner}/{name}/predictions``) or ``version=`` for
+  ``owner/name:version``. The SDK never retries a POST (its retrying transport skips
+  it), so a create is sent exactly once per call; ambiguity raises OutcomeUnknown.
+- deadline: ``async_create`` takes no headers, so ``Cancel-After`` travels as a
+  default header of the client: every prediction gets the same deadline (the worker's
+  generation timeout); Replicate's own limit (30 min for API predictions) still applies.
+- input: video models on Replicate do not share one schema. Two shapes are known here
+  (``INPUT_SHAPES``): Veo-like (``prompt, image, duration, aspect_ratio, resolution``)
+  and Sora-like (``prompt, input_reference, seconds, aspect_ratio: portrait|landscape``).
+  The reference photo goes as a ``data:`` URI (``file_encoding_strategy="base64"``), so
+  no separate upload is made.
+- outputs are deleted an hour after the prediction finishes: ``expires_at`` says so,
+  and the worker archives at once (the archive deadline is that hour).
+- reconcile: ``GET /v1/predictions`` (newest first, cursor pages) lists inputs, so an
+  ambiguous create is matched by prompt and model among predictions made since the
+  intent. Replicate documents a status ``aborted`` (a deadline reached before start)
+  that the SDK's model rejects; such answers are read as plain JSON instead.
+- safety: a prediction that fails with Replicate's E005 ("flagged as sensitive") is
+  ``safety_filtered``.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import structlog
+from replicate.client import Client
+from replicate.exceptions import ReplicateError
+from replicate.prediction import Prediction
+
+from service.providers.base import (
+    ErrorKind,
+    JobStatus,
+    OutcomeUnknown,
+    ProviderError,
+    ProviderJob,
+    ProviderUnavailable,
+    RequestRejected,
+    Variant,
+    VideoGone,
+    VideoRequest,
+)
+from service.providers.sizes import frame_of
+
+try:
+    from pydantic.v1 import ValidationError
+except ImportError:  # pragma: no cover - pydantic 1
+    from pydantic import ValidationError  # type: ignore[assignment]
+
+log = structlog.get_logger("service.providers.replicate_videos")
+
+DEFAULT_BASE_URL = "https://api.replicate.com"
+OUTPUT_LIFETIME = timedelta(hours=1)
+CHUNK_SIZE = 256 * 1024
+RECONCILE_SLACK = timedelta(minutes=2)
+RECONCILE_MAX_PAGES = 50
+KNOWN_OUTPUTS = 1000
+
+STATUS_MAP: dict[str, JobStatus] = {
+    "starting": "queued",
+    "processing": "running",
+    "succeeded": "completed",
+    "failed": "failed",
+    "canceled": "failed",
+    "aborted": "failed",
+}
+
+INPUT_SHAPES = {"openai/sora": "sora"}
+"""Model prefix -> input shape; anything else gets the Veo-like shape."""
+
+
+def shape_of(model: str) -> str:
+    return next(
+        (shape for prefix, shape in INPUT_SHAPES.items() if model.startswith(prefix)), "veo"
+    )
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _go_duration(delta: timedelta) -> str:
+    """``Cancel-After`` takes Go-style durations (``90s``, ``1h30m``); at least 5 s."""
+    return f"{max(5, int(delta.total_seconds()))}s"
+
+
+class ReplicateVideos:
+    """``VideoProvider`` for video models hosted on Replicate."""
+
+    name = "replicate"
+
+    def __init__(
+        self,
+        api_token: str,
+        base_url: str | None = None,
+        *,
+        timeout: float = 120.0,
+        cancel_after: timedelta | None = None,
+        webhook_url: str | None = None,
+    ) -> None:
+        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
+        headers = {} if cancel_after is None else {"Cancel-After": _go_duration(cancel_after)}
+        self._client = Client(
+            api_token=api_token,
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout, connect=5.0),
+            headers=headers,
+        )
+        self.submit_timeout = timedelta(seconds=timeout)
+        self.webhook_url = webhook_url
+        self._timeout = timeout
+        self._outputs: OrderedDict[str, str] = OrderedDict()
+        """The output URL of each recently finished prediction, for ``content_url``."""
+
+    def validate(self, model: str, size: str, seconds: str) -> None:
+        if "/" not in model:
+            raise RequestRejected(
+                f"model {model!r} is not a Replicate model; name it owner/name "
+                "(e.g. google/veo-3.1) or owner/name:version"
+            )
+        frame = frame_of(size, model)
+        if shape_of(model) == "sora" and frame.resolution != "720p":
+            raise RequestRejected(f"{model} makes 720p videos only; use 1280x720 or 720x1280")
+        if not seconds.isdigit():
+            raise RequestRejected(f"seconds {seconds} is not a whole number")
+
+    def _input(self, request: VideoRequest) -> dict[str, Any]:
+        frame = frame_of(request.size, request.model)
+        image = None
+        if request.reference is not None:
+            encoded = base64.b64encode(request.reference).decode()
+            image = f"data:{request.reference_content_type};base64,{encoded}"
+        if shape_of(request.model) == "sora":
+            values: dict[str, Any] = {
+                "prompt": request.prompt,
+                "seconds": int(request.seconds),
+                "aspect_ratio": "landscape" if frame.aspect_ratio == "16:9" else "portrait",
+            }
+            if image is not None:
+                values["input_reference"] = image
+            return values
+        values = {
+            "prompt": request.prompt,
+            "duration": int(request.seconds),
+            "aspect_ratio": frame.aspect_ratio,
+            "resolution": frame.resolution,
+        }
+        if image is not None:
+            values["image"] = image
+        return values
+
+    async def submit(self, request: VideoRequest) -> ProviderJob:
+        params: dict[str, Any] = {"input": self._input(request)}
+        if self.webhook_url:
+            params["webhook"] = self.webhook_url
+            params["webhook_events_filter"] = ["completed"]
+        model, _, version = request.model.partition(":")
+        predictions = self._client.predictions
+        try:
+            if version:
+                prediction = await predictions.async_create(version=version, **params)
+            else:
+                prediction = await predictions.async_create(model=model, **params)
+        except ReplicateError as err:
+            raise self._create_error(err, request) from err
+        except (httpx.ConnectError, httpx.ConnectTimeout) as err:
+            raise ProviderUnavailable(f"cannot reach {self.base_url}: {err!r}") from err
+        except httpx.HTTPError as err:
+            raise OutcomeUnknown(
+                f"no answer from {self.base_url} to create: {err!r}; a prediction may exist"
+            ) from err
+        except ValidationError as err:
+            raise OutcomeUnknown(f"{self.base_url} answered the create oddly: {err}") from err
+        return self._job(prediction.dict())
+
+    def _create_error(self, err: ReplicateError, request: VideoRequest) -> ProviderError:
+        status = err.status or 0
+        detail = f"HTTP {status}: {err.title or 'error'}: {err.detail or 'no details'}"
+        if status == 404:
+            return RequestRejected(
+                f"model {request.model!r} does not exist at {self.base_url} ({detail}). "
+                "Set SORA_MODEL (or the row's model) to a Replicate video model, owner/name."
+            )
+        if status in (401, 403):
+            return ProviderUnavailable(
+                f"Replicate refused our token ({detail}); check REPLICATE_API_TOKEN"
+            )
+        if status == 402:
+            return ProviderUnavailable(f"the Replicate account cannot pay ({detail})")
+        if status == 429:
+            return ProviderUnavailable(f"rate limited ({detail})")
+        if status == 408 or status >= 500:
+            return OutcomeUnknown(f"provider error on create ({detail})")
+        return RequestRejected(f"Replicate refused the request ({detail})")
+
+    async def _read(
+        self, typed: Callable[[], Awaitable[Any]], path: str, what: str
+    ) -> dict[str, Any]:
+        """A GET through the SDK; a status the SDK's model rejects is read as JSON."""
+        try:
+            try:
+                result = await typed()
+                return dict(result.dict())
+            except ValidationError:
+                response = await self._client._async_request("GET", path)
+                body: dict[str, Any] = response.json()
+                return body
+        except ReplicateError as err:
+            if err.status in (404, 410):
+                raise VideoGone(f"{what} no longer exists at {self.base_url}") from err
+            raise ProviderUnavailable(
+                f"{what} unavailable (HTTP {err.status}: {err.detail or err.title})"
+            ) from err
+        except httpx.HTTPError as err:
+            raise ProviderUnavailable(f"cannot reach {self.base_url}: {err!r}") from err
+
+    async def _prediction(self, job_id: str) -> dict[str, Any]:
+        return await self._read(
+            lambda: self._client.predictions.async_get(job_id),
+            f"/v1/predictions/{job_id}",
+            f"prediction {job_id}",
+        )
+
+    async def find_submitted(
+        self, request: VideoRequest, submitted_after: datetime
+    ) -> list[ProviderJob]:
+        """Predictions since the intent with our prompt and model, newest first.
+
+        The list echoes each prediction's input, so the prompt is the evidence; the
+        walk stops at the first prediction older than the intent (less clock slack),
+        and raises rather than answer from an incomplete listing.
+        """
+        horizon = submitted_after - RECONCILE_SLACK
+        found: list[ProviderJob] = []
+        cursor: str | None = None
+        for _ in range(RECONCILE_MAX_PAGES):
+            page = await self._page(cursor)
+            for item in page.get("results", []):
+                created = _parse_time(item.get("created_at"))
+                if created is not None and created < horizon:
+                    return found
+                if _matches(item, request):
+                    found.append(self._job(item))
+            cursor = page.get("next")
+            if not cursor:
+                return found
+        raise ProviderUnavailable(
+            f"more than {RECONCILE_MAX_PAGES} pages of predictions were made at {self.base_url} "
+            "since the earlier submission; cannot reach back to it"
+        )
+
+    async def _page(self, cursor: str | None) -> dict[str, Any]:
+        async def typed() -> Any:
+            page = await self._client.predictions.async_list(... if cursor is None else cursor)
+            return _PageDict(page)
+
+        return await self._read(typed, cursor or "/v1/predictions", "the prediction list")
+
+    async def retrieve(self, job_id: str) -> ProviderJob:
+        return self._job(await self._prediction(job_id))
+
+    @asynccontextmanager
+    async def download(
+        self, job_id: str, variant: Variant = "video"
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        if variant != "video":
+            raise VideoGone("Replicate video models make no separate thumbnail")
+        prediction = await self._prediction(job_id)
+        url = _output_url(prediction)
+        if prediction.get("data_removed") or url is None:
+            raise VideoGone(
+                f"the output of {job_id} was deleted by Replicate (outputs are kept 1 hour)"
+            )
+        timeout = httpx.Timeout(self._timeout, connect=5.0)
+        try:
+            # No Authorization: output URLs are on a delivery host, not the API.
+            async with (
+                httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http,
+                http.stream("GET", url) as response,
+            ):
+                if response.status_code in (404, 410):
+                    raise VideoGone(f"the output of {job_id} is gone ({response.status_code})")
+                if response.status_code >= 400:
+                    raise ProviderUnavailable(
+                        f"download of {job_id} failed (HTTP {response.status_code})"
+                    )
+                yield _chunks(response, job_id)
+        except httpx.HTTPError as err:
+            raise ProviderUnavailable(f"download of {job_id} broke off: {err!r}") from err
+
+    def content_url(self, job_id: str) -> str:
+        """The output's own URL when this worker saw it finish, else the prediction's."""
+        return self._outputs.get(job_id) or f"{self.base_url}/v1/predictions/{job_id}"
+
+    async def webhook_secret(self) -> str:
+        """The account's webhook signing secret (``GET /v1/webhooks/default/secret``)."""
+        try:
+            secret = await self._client.webhooks.default.async_secret()
+        except (ReplicateError, httpx.HTTPError) as err:
+            raise ProviderUnavailable(
+                f"cannot get the webhook secret from {self.base_url}: {err!r}; "
+                "set SORA_REPLICATE_WEBHOOK_SECRET"
+            ) from err
+        return str(secret.key)
+
+    async def aclose(self) -> None:
+        await self._client._async_client.aclose()
+
+    def _job(self, prediction: dict[str, Any]) -> ProviderJob:
+        job_id = str(prediction["id"])
+        raw = str(prediction.get("status"))
+        status = STATUS_MAP.get(raw)
+        if status is None:
+            log.warning("provider.unknown_status", video_id=job_id, status=raw)
+            status = "running"
+        completed = _parse_time(prediction.get("completed_at"))
+        error, kind = None, None
+        if status == "failed":
+            error, kind = _failure(prediction, raw)
+        url = _output_url(prediction)
+        if status == "completed" and url is not None:
+            self._outputs[job_id] = url
+            while len(self._outputs) > KNOWN_OUTPUTS:
+                self._outputs.popitem(last=False)
+        inputs = prediction.get("input") or {}
+        return ProviderJob(
+            id=job_id,
+            status=status,
+            progress=100 if status == "completed" else _progress(prediction.get("logs")),
+            raw_status=raw,
+            error=error,
+            error_kind=kind,
+            created_at=_parse_time(prediction.get("created_at")),
+            expires_at=None if completed is None else completed + OUTPUT_LIFETIME,
+            prompt=inputs.get("prompt") if isinstance(inputs, dict) else None,
+            model=prediction.get("model"),
+        )
+
+
+class _PageDict:
+    """A typed SDK page, seen as the JSON it came from (``_read`` wants ``.dict()``)."""
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+
+    def dict(self) -> dict[str, Any]:
+        return {"next": self.page.next, "results": [p.dict() for p in self.page.results]}
+
+
+def _output_url(prediction: dict[str, Any]) -> str | None:
+    output = prediction.get("output")
+    if isinstance(output, list):
+        output = output[0] if output else None
+    return (
+        output if isinstance(output, str) and output.startswith(("http://", "https://")) else None
+    )
+
+
+def _failure(prediction: dict[str, Any], raw: str) -> tuple[str, ErrorKind]:
+    message = str(prediction.get("error") or "")
+    if "E005" in message or "flagged as sensitive" in message:
+        return f"Replicate's safety check refused it: {message}", "safety_filtered"
+    if raw == "canceled":
+        return (
+            "the prediction was canceled (deadline reached or canceled by hand)",
+            "provider_error",
+        )
+    if raw == "aborted":
+        return "the prediction was aborted before it started (deadline reached)", "provider_error"
+    return f"the model failed: {message or 'no details'}", "provider_error"
+
+
+def _progress(logs: object) -> int:
+    """The last ``NN%|...| a/b`` progress line in the logs (as the SDK parses it)."""
+    if not isinstance(logs, str) or not logs:
+        return 0
+    progress = Prediction.Progress.parse(logs)
+    return 0 if progress is None else int(progress.percentage * 100)
+
+
+def _matches(prediction: dict[str, Any], request: VideoRequest) -> bool:
+    inputs = prediction.get("input")
+    if not isinstance(inputs, dict) or inputs.get("prompt") != request.prompt:
+        return False
+    model, _, version = request.model.partition(":")
+    if version:
+        return prediction.get("version") == version
+    return prediction.get("model") == model
+
+
+async def _chunks(response: httpx.Response, job_id: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in response.aiter_bytes(CHUNK_SIZE):
+            yield chunk
+    except httpx.HTTPError as err:
+        raise ProviderUnavailable(f"download of {job_id} broke off: {err!r}") from err

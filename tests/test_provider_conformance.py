@@ -1,0 +1,263 @@
+"""One contract, every adapter: each provider behind the port behaves the same way.
+
+Each adapter runs through its official SDK against its local fake (only base_url points
+at it): OpenAI against the simulator, Veo against the Vertex fake, Replicate against the
+Replicate fake. Adding a provider = its module, its fake, and one line in ``HOSTS``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import av
+import httpx
+import openai
+import pytest
+from PIL import Image
+
+from service.local.demo import upload_photos
+from service.local.replicate_server import ReplicateConfig, ReplicateServer
+from service.local.simulator import Simulator, SimulatorConfig
+from service.local.veo_server import VeoConfig, VeoServer
+from service.providers.base import (
+    CannotReconcile,
+    ProviderJob,
+    RequestRejected,
+    VideoGone,
+    VideoProvider,
+    VideoRequest,
+)
+from service.providers.google_veo import GoogleVeo
+from service.providers.openai_videos import OpenAIVideos
+from service.providers.replicate_videos import ReplicateVideos
+from service.runtime import Runtime, open_runtime
+from tests.conftest import eventually, make_settings
+from tests.test_pipeline import finished, running
+
+FAST = {"queue_seconds": 0.05, "generation_seconds": 0.3}
+
+
+@dataclass
+class Host:
+    """One provider under test: an adapter on its fake, and how to steer the fake."""
+
+    provider: VideoProvider
+    model: str
+    unknown_model: str
+    unknown_job: str
+    creates: Callable[[], int]
+    """How many creates the fake has accepted."""
+    make_gone: Callable[[str], Awaitable[None]]
+    """Make a finished job's video unobtainable, as the host does after its retention."""
+    can_list: bool = True
+
+
+@asynccontextmanager
+async def openai_host() -> AsyncIterator[Host]:
+    async with Simulator(SimulatorConfig(**FAST)) as sim:
+        provider = OpenAIVideos("sk-test", sim.base_url)
+
+        async def delete(job_id: str) -> None:
+            client = openai.AsyncOpenAI(api_key="sk-test", base_url=sim.base_url)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                await client.videos.delete(job_id)
+            await client.close()
+
+        yield Host(provider, "sora-2", "sora-0", "video_missing", lambda: len(sim.created), delete)
+        await provider.aclose()
+
+
+@asynccontextmanager
+async def veo_host() -> AsyncIterator[Host]:
+    async with VeoServer(VeoConfig(**FAST)) as fake:
+        provider = GoogleVeo("test-key", fake.base_url)
+
+        async def forget(name: str) -> None:
+            fake.forget(name)
+
+        model = "veo-3.1-generate-preview"
+        missing = f"projects/p/locations/us-central1/publishers/google/models/{model}/operations/x"
+        yield Host(
+            provider,
+            model,
+            "veo-0-unknown",
+            missing,
+            lambda: len(fake.created),
+            forget,
+            can_list=False,
+        )
+        await provider.aclose()
+
+
+@asynccontextmanager
+async def replicate_host() -> AsyncIterator[Host]:
+    async with ReplicateServer(ReplicateConfig(**FAST)) as fake:
+        provider = ReplicateVideos("r8_test", fake.base_url, cancel_after=timedelta(minutes=30))
+
+        async def expire(_job_id: str) -> None:
+            fake.expire_outputs()
+
+        yield Host(
+            provider,
+            "google/veo-3.1",
+            "nobody/no-such-model",
+            "0000000000000000000000000",
+            lambda: len(fake.created),
+            expire,
+        )
+        await provider.aclose()
+
+
+HOSTS: dict[str, Callable[[], AbstractAsyncContextManager[Host]]] = {
+    "openai": openai_host,
+    "google_veo": veo_host,
+    "replicate": replicate_host,
+}
+
+
+@pytest.fixture(params=sorted(HOSTS))
+async def host(request: pytest.FixtureRequest) -> AsyncIterator[Host]:
+    async with HOSTS[request.param]() as opened:
+        yield opened
+
+
+def reference(size: str) -> bytes:
+    width, height = (int(n) for n in size.split("x"))
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 120, 40)).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def request_for(
+    host: Host, prompt: str, *, model: str | None = None, size: str = "720x1280"
+) -> VideoRequest:
+    return VideoRequest(
+        prompt=prompt,
+        model=model or host.model,
+        size=size,
+        seconds="4",
+        idempotency_key=str(uuid.uuid4()),
+        reference=reference(size),
+    )
+
+
+async def until_done(host: Host, job_id: str) -> ProviderJob:
+    return await eventually(
+        lambda: host.provider.retrieve(job_id), lambda j: j.status in ("completed", "failed")
+    )
+
+
+def probe(data: bytes) -> tuple[str, int, int, float]:
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        seconds = float(container.duration or 0) / 1_000_000
+        return stream.codec_context.name, stream.width, stream.height, seconds
+
+
+# ---------------------------------------------------------------- the port's contract
+
+
+async def test_a_job_is_made_polled_and_streamed_as_a_valid_mp4(host: Host) -> None:
+    job = await host.provider.submit(request_for(host, "two friends hug at a station"))
+    assert job.status in ("queued", "running") and job.id
+    done = await until_done(host, job.id)
+    assert done.status == "completed" and done.id == job.id and done.error is None
+
+    chunks = []
+    async with host.provider.download(job.id) as stream:
+        async for chunk in stream:
+            chunks.append(chunk)
+    assert chunks and all(len(c) <= 256 * 1024 for c in chunks)
+    codec, width, height, seconds = probe(b"".join(chunks))
+    assert (codec, width, height) == ("h264", 720, 1280)
+    assert abs(seconds - 4) < 0.5
+    assert host.provider.content_url(job.id).startswith("http")
+    assert host.creates() == 1
+
+
+async def test_a_request_the_host_refuses_is_rejected_for_good(host: Host) -> None:
+    with pytest.raises(RequestRejected) as refused:
+        await host.provider.submit(request_for(host, "a cat", model=host.unknown_model))
+    assert host.unknown_model in str(refused.value) and "SORA_MODEL" in str(refused.value)
+    odd = request_for(host, "a cat", size="999x333")  # no such frame anywhere
+    with pytest.raises(RequestRejected):  # refused by the adapter, or else by the host
+        host.provider.validate(odd.model, odd.size, odd.seconds)
+        await host.provider.submit(odd)
+
+
+async def test_an_unknown_job_is_gone(host: Host) -> None:
+    with pytest.raises(VideoGone):
+        await host.provider.retrieve(host.unknown_job)
+
+
+async def test_a_video_past_the_hosts_retention_is_gone(host: Host) -> None:
+    job = await host.provider.submit(request_for(host, "a lighthouse at dusk"))
+    await until_done(host, job.id)
+    await host.make_gone(job.id)
+    with pytest.raises(VideoGone):
+        async with host.provider.download(job.id) as stream:
+            async for _ in stream:
+                pass
+
+
+async def test_reconcile_finds_the_job_or_says_it_cannot(host: Host) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    ours = request_for(host, "a red kite over the dunes")
+    job = await host.provider.submit(ours)
+    if not host.can_list:
+        with pytest.raises(CannotReconcile) as cannot:
+            await host.provider.find_submitted(ours, before)
+        assert ours.idempotency_key in str(cannot.value)
+        return
+    found = await host.provider.find_submitted(ours, before)
+    assert [j.id for j in found] == [job.id]
+    other = request_for(host, "a blue kite over the dunes")
+    assert await host.provider.find_submitted(other, before) == []
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@asynccontextmanager
+async def provider_runtime(
+    db_url: str, data_dir: Path, provider: str, **overrides: Any
+) -> AsyncIterator[Runtime]:
+    settings = make_settings(db_url, data_dir, provider=provider, **overrides)
+    async with open_runtime(
+        settings,
+        apply_migrations=False,
+        simulator_config=SimulatorConfig(**FAST),
+        veo_config=VeoConfig(**FAST),
+        replicate_config=ReplicateConfig(**FAST),
+    ) as runtime:
+        yield runtime
+
+
+@pytest.mark.parametrize("provider", sorted(HOSTS))
+async def test_a_row_becomes_an_archived_verified_video(
+    provider: str, db_url: str, tmp_path: Path
+) -> None:
+    async with provider_runtime(db_url, tmp_path, provider) as runtime:
+        image1, image2 = await upload_photos(runtime)
+        row_id = await runtime.repo.insert_request("two old friends hug", image1, image2)
+        async with running(runtime.worker()):
+            row = await finished(runtime, row_id)
+
+        assert row["status"] == "completed", row["error"]
+        assert (row["stage"], row["provider"], row["error"]) == ("completed", provider, None)
+        async with httpx.AsyncClient() as http:
+            stored = (await http.get(row["video_url"])).content
+        assert hashlib.sha256(stored).hexdigest() == row["video_sha256"]
+        assert len(stored) == row["video_bytes"]
+        codec, width, height, _ = probe(stored)
+        assert (codec, f"{width}x{height}") == ("h264", row["size"])

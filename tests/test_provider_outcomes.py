@@ -1,0 +1,173 @@
+"""What each non-OpenAI provider's own outcomes do to a row: safety filters, and creates
+whose answer was lost (reconciled by Replicate's list; settled by hand for Veo)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from uuid import UUID
+
+from replicate.client import Client
+
+from service.local.replicate_server import ReplicateConfig, ReplicateServer
+from service.local.veo_server import VeoServer
+from service.providers.base import VideoRequest
+from service.providers.replicate_videos import ReplicateVideos
+from service.runtime import Runtime
+from tests.test_pipeline import finished, running
+from tests.test_provider_conformance import provider_runtime
+
+
+async def leave_in_doubt(runtime: Runtime, row_id: UUID, provider: str, model: str) -> str:
+    """What a worker killed mid-create leaves: intent recorded, outcome unknown."""
+    key: UUID = await runtime.pool.fetchval(
+        """update videos set stage = 'submitting', status = 'processing', model = $3,
+           size = '720x1280', seconds = '4', provider = $2, submit_key = gen_random_uuid(),
+           submitted_at = now() - interval '1 second', locked_by = 'dead-worker',
+           locked_until = now() - interval '1 second' where id = $1 returning submit_key""",
+        row_id,
+        provider,
+        model,
+    )
+    return str(key)
+
+
+async def test_a_safety_filtered_veo_video_fails_once_and_is_never_retried(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with provider_runtime(db_url, tmp_path, "google_veo") as runtime:
+        fake = runtime.provider_fake
+        assert isinstance(fake, VeoServer)
+        row_id = await runtime.repo.insert_request("two friends hug [rai-filtered]")
+        async with running(runtime.worker()):
+            row = await finished(runtime, row_id)
+
+        assert (row["status"], row["stage"]) == ("failed", "failed")
+        assert "safety filter" in row["error"] and "58061214" in row["error"]
+        assert row["video_url"] is None
+        assert len(fake.created) == 1  # one create, never a second try
+        job = await runtime.providers.get(None).retrieve(row["video_id"])
+        assert (job.status, job.error_kind) == ("failed", "safety_filtered")
+
+
+async def test_a_flagged_replicate_prediction_fails_as_safety_filtered(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with provider_runtime(db_url, tmp_path, "replicate") as runtime:
+        fake = runtime.provider_fake
+        assert isinstance(fake, ReplicateServer)
+        row_id = await runtime.repo.insert_request("a hug [flagged]")
+        async with running(runtime.worker()):
+            row = await finished(runtime, row_id)
+
+        assert (row["status"], row["stage"]) == ("failed", "failed")
+        assert "E005" in row["error"]
+        assert len(fake.created) == 1
+        job = await runtime.providers.get(None).retrieve(row["video_id"])
+        assert job.error_kind == "safety_filtered"
+
+
+async def test_a_veo_create_in_doubt_fails_with_what_settles_it_and_is_never_resent(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with provider_runtime(db_url, tmp_path, "google_veo") as runtime:
+        fake = runtime.provider_fake
+        assert isinstance(fake, VeoServer)
+        row_id = await runtime.repo.insert_request("a hug that may have been paid for")
+        key = await leave_in_doubt(runtime, row_id, "google_veo", "veo-3.1-generate-preview")
+        async with running(runtime.worker()):
+            row = await finished(runtime, row_id)
+
+        assert (row["status"], row["stage"]) == ("failed", "failed")
+        assert row["error_kind"] == "in_doubt"
+        assert key in row["error"] and "sora-worker adopt" in row["error"]
+        assert "veo-3.1-generate-preview" in row["error"] and "720x1280" in row["error"]
+        assert fake.created == []
+
+
+async def test_a_replicate_create_in_doubt_is_found_in_the_list_and_adopted(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with provider_runtime(db_url, tmp_path, "replicate") as runtime:
+        fake = runtime.provider_fake
+        assert isinstance(fake, ReplicateServer)
+        prompt = "a hug whose answer was lost"
+        row_id = await runtime.repo.insert_request(prompt)
+        await leave_in_doubt(runtime, row_id, "replicate", "google/veo-3.1")
+        # The create that reached Replicate before the worker died.
+        client = Client(api_token="r8_test", base_url=fake.base_url)
+        lost = await client.predictions.async_create(
+            model="google/veo-3.1",
+            input={"prompt": prompt, "duration": 4, "aspect_ratio": "9:16", "resolution": "720p"},
+        )
+        await client._async_client.aclose()
+        async with running(runtime.worker()):
+            row = await finished(runtime, row_id)
+
+        assert row["status"] == "completed", row["error"]
+        assert row["video_id"] == lost.id
+        assert fake.created == [lost.id]  # adopted, not paid for twice
+
+
+async def test_a_replicate_prediction_carries_its_deadline() -> None:
+    """Cancel-After reaches Replicate: a job still queued at its deadline is aborted, and
+    one running at it is canceled; both end failed with a reason, as does one that runs
+    past Replicate's own time limit."""
+    clock = ManualClock()
+    async with ReplicateServer(ReplicateConfig(queue_seconds=60.0, clock=clock)) as fake:
+        provider = ReplicateVideos("r8_test", fake.base_url, cancel_after=timedelta(seconds=30))
+        queued = await provider.submit(request("a hug in a long queue"))
+        clock.now += 31
+        aborted = await provider.retrieve(queued.id)
+
+        fake.config.queue_seconds, fake.config.generation_seconds = 1.0, 600.0
+        running_job = await provider.submit(request("a hug that takes too long"))
+        clock.now += 31
+        canceled = await provider.retrieve(running_job.id)
+
+        # Replicate's own limit applies too (30 minutes for API predictions).
+        fake.config.prediction_timeout = 20.0
+        no_deadline = ReplicateVideos("r8_test", fake.base_url)
+        slow = await no_deadline.submit(request("a hug that never ends"))
+        clock.now += 22
+        timed_out = await no_deadline.retrieve(slow.id)
+        await provider.aclose()
+        await no_deadline.aclose()
+
+    assert (aborted.status, aborted.raw_status) == ("failed", "aborted")
+    assert (canceled.status, canceled.raw_status) == ("failed", "canceled")
+    assert "deadline" in (aborted.error or "") and "deadline" in (canceled.error or "")
+    assert (timed_out.status, timed_out.error_kind) == ("failed", "provider_error")
+    assert "timed out" in (timed_out.error or "")
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def request(prompt: str) -> VideoRequest:
+    return VideoRequest(prompt, "google/veo-3.1", "1280x720", "4", str(uuid.uuid4()))
+
+
+def test_settings_choose_the_provider_and_its_default_model() -> None:
+    from pydantic import ValidationError
+
+    from service.config import Settings
+
+    assert Settings(provider="veo").provider == "google_veo"  # the demo's short name
+    assert Settings(provider="google_veo").provider_model == "veo-3.1-generate-preview"
+    assert Settings(provider="replicate").provider_model == "google/veo-3.1"
+    assert Settings(provider="openai").provider_model == "sora-2"
+    assert Settings(provider="replicate", model="openai/sora-2").provider_model == "openai/sora-2"
+    try:
+        Settings(provider="vertex")
+    except ValidationError as err:
+        assert "google_veo" in str(err)
+    else:
+        raise AssertionError("an unknown provider must be refused")
