@@ -18,7 +18,6 @@ from uuid import UUID
 
 import asyncpg
 import structlog
-from pydantic import ValidationError
 
 from service import logs
 from service.config import ENV_PREFIX, Settings, SettingsError, load_settings
@@ -26,7 +25,6 @@ from service.extras import LocalExtraMissing, local_extra
 from service.migrations import MigrationError, migrate
 from service.progress import follow
 from service.providers.ids import litellm_id
-from service.providers.lookup import UnknownProvider
 from service.repository import Conflict, PostgresRepository, Refused, RepositoryError, as_json
 from service.runtime import create_pool, database_url, open_runtime, open_store
 from service.signals import STOP_SIGNALS, until_signalled
@@ -140,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["provider"] = args.provider  # "veo" is read as google_veo
     try:
         settings = load_settings(**overrides)
-    except (SettingsError, ValidationError) as err:
+    except SettingsError as err:
         print(f"sora-worker: bad settings: {err}", file=sys.stderr)
         return 2
     logs.configure(settings.log_format, settings.log_level)
@@ -150,9 +148,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except LocalExtraMissing as err:
         print(f"sora-worker: {err}", file=sys.stderr)
-        return 2
-    except UnknownProvider as err:
-        print(f"sora-worker: bad settings: SORA_PROVIDER: {err}", file=sys.stderr)
         return 2
     except asyncpg.UndefinedTableError as err:
         log.error("command.failed", command=args.command, error=f"{err}: run `sora-worker migrate`")

@@ -19,7 +19,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.fetch import parse_host_ports
@@ -313,7 +320,35 @@ def check_environment(environ: Mapping[str, str]) -> None:
     raise SettingsError("unknown setting(s): " + ", ".join(hints))
 
 
+def env_name(field: str) -> str:
+    """The environment variable a setting is read from (its first alias, if it has one)."""
+    alias = Settings.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return ENV_PREFIX + field.upper()
+
+
+def explain(err: ValidationError) -> str:
+    """pydantic's multi-line report as one line naming each setting (never its value,
+    which may be a secret) and what it should be."""
+    parts = []
+    for problem in err.errors():
+        message = problem["msg"].removeprefix("Value error, ")
+        loc = problem["loc"]
+        if loc and isinstance(loc[0], str) and loc[0] in Settings.model_fields:
+            parts.append(f"{env_name(loc[0])}: {message}")
+        else:
+            parts.append(message)
+    return "; ".join(parts)
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Read settings from the environment, after refusing unknown SORA_* names."""
+    """Read settings from the environment, after refusing unknown SORA_* names.
+
+    Raises SettingsError whose message is one line naming the setting and the fix.
+    """
     check_environment(os.environ)
-    return Settings(**overrides)  # type: ignore[arg-type]
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        raise SettingsError(explain(err)) from None

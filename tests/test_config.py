@@ -1,11 +1,12 @@
-"""Settings: the removed private-hosts switch and the allowlist that replaces it."""
+"""Settings: the removed private-hosts switch, the allowlist that replaces it, and bad
+values said in one line."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
-from service.config import Settings, SettingsError, check_environment
+from service.config import Settings, SettingsError, check_environment, load_settings
 
 
 def test_the_removed_private_hosts_switch_names_its_replacement() -> None:
@@ -26,3 +27,17 @@ def test_the_allowlist_is_read_as_host_port_pairs() -> None:
 def test_an_allowlist_entry_without_a_port_is_refused_at_startup() -> None:
     with pytest.raises(ValidationError, match=r"photos\.internal"):
         Settings(image_allow_hosts="photos.internal")
+
+
+def test_bad_values_are_one_line_naming_each_setting_and_never_its_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SORA_PROVIDER", "sora")
+    monkeypatch.setenv("SORA_POLL_INTERVAL", "-1")
+    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", "eyJ-secret-key")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "\n" not in message and "eyJ-secret-key" not in message
+    assert "SORA_PROVIDER: Input should be 'openai', 'google_veo' or 'replicate'" in message
+    assert "SORA_POLL_INTERVAL: Input should be greater than 0" in message
