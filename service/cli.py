@@ -17,11 +17,20 @@ from pathlib import Path
 from uuid import UUID
 
 import asyncpg
+import httpx
 import structlog
 from pydantic import ValidationError
 
 from service import logs
-from service.config import ENV_PREFIX, Settings, SettingsError, load_settings
+from service.config import (
+    ENV_PREFIX,
+    Settings,
+    SettingsError,
+    env_example,
+    env_name,
+    load_settings,
+    shown_default,
+)
 from service.extras import LocalExtraMissing, local_extra
 from service.migrations import MigrationError, migrate
 from service.progress import follow
@@ -37,11 +46,8 @@ log = structlog.get_logger("service.cli")
 def settings_help() -> str:
     lines = ["settings (environment variables):"]
     for name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        env = str(getattr(alias, "choices", [None])[0] or ENV_PREFIX + name.upper())
-        default = "" if field.is_required() else field.get_default(call_default_factory=False)
-        shown = "host:pid" if name == "worker_id" else "unset" if default is None else default
-        lines.append(f"  {env:<28} {field.description or ''} [default: {shown}]")
+        shown = "host:pid" if name == "worker_id" else shown_default(name) or "unset"
+        lines.append(f"  {env_name(name):<28} {field.description or ''} [default: {shown}]")
     return "\n".join(lines)
 
 
@@ -99,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--status", choices=["queued", "processing", "completed", "failed"])
 
     commands.add_parser("stats", help="rows per stage, as JSON")
+
+    commands.add_parser(
+        "health", help="exit 0 if the local worker is ready (GET /readyz on SORA_HTTP_PORT)"
+    )
+    commands.add_parser(
+        "env-example", help="print every setting at its default (the source of .env.example)"
+    )
     return parser
 
 
@@ -151,6 +164,11 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await run_list(settings, args.limit, args.status)
         case "stats":
             return await run_stats(settings)
+        case "health":
+            return await run_health(settings)
+        case "env-example":
+            print(env_example(), end="")
+            return 0
     raise AssertionError(args.command)
 
 
@@ -194,7 +212,8 @@ async def run_worker(settings: Settings, *, migrate_first: bool, listen: bool) -
 
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, stop)
-        await worker.run()
+        async with runtime.http_server(worker):
+            await worker.run()
     return 0
 
 
@@ -276,6 +295,29 @@ async def run_stats(settings: Settings) -> int:
     async with repository(settings) as repo:
         print(json.dumps(await repo.stats(), sort_keys=True))
     return 0
+
+
+async def run_health(settings: Settings) -> int:
+    """The container's HEALTHCHECK: this machine's worker answers /readyz with 200."""
+    if settings.http_port == 0:
+        print(
+            "sora-worker: SORA_HTTP_PORT=0 gives the worker a random port; "
+            "set a fixed SORA_HTTP_PORT to probe it",
+            file=sys.stderr,
+        )
+        return 2
+    host = settings.http_host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{settings.http_port}/readyz"
+    try:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            answer = await client.get(url)
+    except httpx.HTTPError as err:
+        print(f"sora-worker: not ready: {url}: {err or type(err).__name__}", file=sys.stderr)
+        return 1
+    print(answer.text)
+    return 0 if answer.status_code == 200 else 1
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ Time: every statement that hands a row to the machine also returns the database'
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
@@ -41,6 +42,7 @@ from service.machine import (
     SubmitKey,
     Transition,
 )
+from service.metrics import TableSnapshot
 
 # ---------------------------------------------------------------- errors
 
@@ -468,6 +470,31 @@ class PostgresRepository:
             "stages": {r["stage"]: r["n"] for r in counts},
             "oldest_unfinished_seconds": None if oldest is None else round(float(oldest), 1),
         }
+
+    async def ping(self, within: float) -> None:
+        """Raise DatabaseUnavailable unless the database answers within ``within`` s
+        (readiness: a frozen connection must not hang the probe)."""
+        with driver_errors("asking the database"):
+            async with asyncio.timeout(within):
+                await self.pool.fetchval("select 1")
+
+    async def table_snapshot(self) -> TableSnapshot:
+        """Rows per stage, the oldest unfinished row's age and the rows in doubt, in one
+        query (for a metrics scrape; one pass over the table, no locks taken)."""
+        with driver_errors("reading the table for metrics"):
+            rows = await self.pool.fetch(
+                """select stage, count(*) as n,
+                          extract(epoch from now() - min(created_at))::float8 as oldest,
+                          count(*) filter (where submit_key is not null) as keyed
+                   from public.videos group by stage"""
+            )
+        active = [r for r in rows if r["stage"] in ACTIVE]
+        ages = [r["oldest"] for r in active if r["oldest"] is not None]
+        return TableSnapshot(
+            rows_by_stage={r["stage"]: r["n"] for r in rows},
+            oldest_unfinished_seconds=max(ages) if ages else None,
+            in_doubt=sum(r["keyed"] for r in rows if r["stage"] == Stage.SUBMITTING.value),
+        )
 
     async def fetch_row(self, row_id: UUID) -> dict[str, Any] | None:
         """Every column of a row, as front ends see it (for ``show`` and the demo)."""

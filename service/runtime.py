@@ -10,7 +10,7 @@ imported only when one is needed, so a production worker never loads them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING
 import asyncpg
 import httpx
 import structlog
+from aiohttp import web
 
 from service import fetch
 from service.config import Settings
 from service.daemon import Worker, WorkerOptions
 from service.extras import local_extra
+from service.http import WorkerHttp, WorkerProbe
 from service.machine import Policy
 from service.migrations import migrate
 from service.providers.base import VideoProvider
@@ -110,6 +112,11 @@ class Runtime:
         wakeup = realtime.wakeup if realtime is not None else Wakeup()
         listener = Listener(self.dsn, wakeup) if listen else None
         return Worker(self.repo, steps, options, listener=listener, realtime=realtime)
+
+    def http_server(self, worker: Worker, routes: Iterable[web.RouteDef] = ()) -> WorkerHttp:
+        """The worker's HTTP server (/metrics, /healthz, /readyz) plus ``routes``."""
+        s = self.settings
+        return WorkerHttp(s.http_host, s.http_port, WorkerProbe(worker, self.repo), routes=routes)
 
 
 async def database_url(settings: Settings) -> str:

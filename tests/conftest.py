@@ -113,6 +113,7 @@ def make_settings(db_url: str, data_dir: Path, **overrides: Any) -> Settings:
         data_dir=data_dir,
         storage_port=0,
         simulator_port=0,
+        http_port=0,
         poll_interval=0.05,
         sweep_interval=2.0,
         lease_seconds=10.0,

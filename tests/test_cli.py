@@ -29,6 +29,7 @@ def env_for(db_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
         SORA_DATA_DIR=str(data_dir),
         SORA_STORAGE_PORT="0",
         SORA_SIMULATOR_PORT="0",
+        SORA_HTTP_PORT="0",
         SORA_LOG_FORMAT="json",
     )
     env.update(extra)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
-from service.config import Settings, SettingsError, check_environment
+from service.config import Settings, SettingsError, check_environment, env_example, env_name
 
 
 def test_the_removed_private_hosts_switch_names_its_replacement() -> None:
@@ -26,3 +28,12 @@ def test_the_allowlist_is_read_as_host_port_pairs() -> None:
 def test_an_allowlist_entry_without_a_port_is_refused_at_startup() -> None:
     with pytest.raises(ValidationError, match=r"photos\.internal"):
         Settings(image_allow_hosts="photos.internal")
+
+
+def test_env_example_is_current_and_names_every_setting() -> None:
+    """.env.example is generated (`sora-worker env-example > .env.example`): regenerate it
+    when a setting changes; this fails until then."""
+    committed = (Path(__file__).parent.parent / ".env.example").read_text()
+    assert committed == env_example(), "run `sora-worker env-example > .env.example`"
+    for name in Settings.model_fields:
+        assert f"# {env_name(name)}=" in committed, name

@@ -21,7 +21,7 @@ from uuid import UUID
 from aiohttp import web
 from PIL import Image
 
-from service.local.serving import serve
+from service.http import serve
 from service.local.simulator import SimulatorConfig
 from service.runtime import open_runtime
 from tests.conftest import FAST_SIMULATOR, make_settings

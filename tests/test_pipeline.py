@@ -24,7 +24,7 @@ from aiohttp import web
 from PIL import Image
 
 from service.daemon import Worker
-from service.local.serving import serve
+from service.http import serve
 from service.local.simulator import FailureRule
 from service.runtime import Runtime
 from tests.conftest import eventually, replica_of
