@@ -21,7 +21,7 @@ import httpx
 import structlog
 from pydantic import ValidationError
 
-from service import logs
+from service import logs, verbs
 from service.config import (
     ENV_PREFIX,
     Settings,
@@ -33,8 +33,10 @@ from service.config import (
 )
 from service.extras import LocalExtraMissing, local_extra
 from service.migrations import MigrationError, migrate
+from service.operator import Operator
 from service.progress import follow
-from service.repository import PostgresRepository, RepositoryError, as_json
+from service.repository import PostgresRepository, RepositoryError
+from service.repository import as_json as as_json_row
 from service.runtime import create_pool, database_url, open_runtime, open_store
 from service.signals import STOP_SIGNALS, until_signalled
 from service.storage.base import StorageError
@@ -97,14 +99,39 @@ def build_parser() -> argparse.ArgumentParser:
     request.add_argument("--size", help="WIDTHxHEIGHT, e.g. 1280x720")
     request.add_argument("--seconds")
 
-    show = commands.add_parser("show", help="print a row as JSON")
+    show = commands.add_parser("show", help="print a row as JSON (--json: the same, one line)")
     show.add_argument("id", type=UUID)
 
     listing = commands.add_parser("list", help="the newest rows, one line each")
     listing.add_argument("--limit", type=int, default=20)
     listing.add_argument("--status", choices=["queued", "processing", "completed", "failed"])
 
-    commands.add_parser("stats", help="rows per stage, as JSON")
+    commands.add_parser("stats", help="rows per stage, the oldest unfinished, storage per bucket")
+
+    retry = commands.add_parser("retry", help="re-queue a failed row, or every failed row")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", type=UUID, nargs="?")
+    which.add_argument("--failed", action="store_true", help="every failed row")
+    retry.add_argument("--since", help="with --failed: failed within this age (6h, 2d) or date")
+
+    cancel = commands.add_parser(
+        "cancel", help="fail a pending or generating row and delete its job at the provider"
+    )
+    cancel.add_argument("id", type=UUID)
+
+    rearchive = commands.add_parser(
+        "rearchive", help="copy a finished row's video again while the provider still has it"
+    )
+    rearchive.add_argument("id", type=UUID)
+
+    prune = commands.add_parser(
+        "prune", help="delete stored files of rows completed long ago (dry run unless --apply)"
+    )
+    prune.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    prune.add_argument("--apply", "--yes", action="store_true", help="really delete")
+
+    for verb in (show, listing, commands.choices["stats"], retry, cancel, rearchive, prune):
+        verb.add_argument("--json", action="store_true", help="print the result as JSON")
 
     commands.add_parser(
         "health", help="exit 0 if the local worker is ready (GET /readyz on SORA_HTTP_PORT)"
@@ -161,9 +188,11 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         case "show":
             return await run_show(settings, args.id)
         case "list":
-            return await run_list(settings, args.limit, args.status)
+            return await run_list(settings, args.limit, args.status, args.json)
         case "stats":
-            return await run_stats(settings)
+            return await run_stats(settings, args.json)
+        case "retry" | "cancel" | "rearchive" | "prune":
+            return await verbs.dispatch(args, settings)
         case "health":
             return await run_health(settings)
         case "env-example":
@@ -265,7 +294,7 @@ async def run_request(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         print(f"sora-worker: row {row_id} inserted; waiting for a worker", file=sys.stderr)
         row = await follow(repo.fetch_row, row_id, "request")
-    print(json.dumps(as_json(row), sort_keys=True))
+    print(json.dumps(as_json_row(row), sort_keys=True))
     return 0 if row["status"] == "completed" else 1
 
 
@@ -275,13 +304,16 @@ async def run_show(settings: Settings, row_id: UUID) -> int:
     if row is None:
         print(f"no row {row_id}", file=sys.stderr)
         return 1
-    print(json.dumps(as_json(row), sort_keys=True))
+    print(json.dumps(as_json_row(row), sort_keys=True))
     return 0
 
 
-async def run_list(settings: Settings, limit: int, status: str | None) -> int:
+async def run_list(settings: Settings, limit: int, status: str | None, as_json: bool) -> int:
     async with repository(settings) as repo:
         rows = await repo.recent(limit, status)
+    if as_json:
+        print(json.dumps([as_json_row(row) for row in rows], sort_keys=True))
+        return 0
     for row in rows:
         detail = row["video_url"] or row["error"] or ""
         print(
@@ -291,9 +323,19 @@ async def run_list(settings: Settings, limit: int, status: str | None) -> int:
     return 0
 
 
-async def run_stats(settings: Settings) -> int:
+async def run_stats(settings: Settings, as_json: bool) -> int:
     async with repository(settings) as repo:
-        print(json.dumps(await repo.stats(), sort_keys=True))
+        stats = await repo.stats()
+        stats["storage"] = await verbs.storage_used(settings, Operator(repo.pool))
+    if as_json:
+        print(json.dumps(stats, sort_keys=True))
+        return 0
+    for stage, count in sorted(stats["stages"].items()):
+        print(f"{stage:<12} {count:>8}")
+    oldest = stats["oldest_unfinished_seconds"]
+    print(f"oldest unfinished: {'none' if oldest is None else f'{oldest:.0f} s'}")
+    for bucket, used in (stats["storage"] or {}).items():
+        print(f"bucket {bucket}: {used['objects']} objects, {used['bytes']:,} bytes")
     return 0
 
 

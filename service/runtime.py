@@ -277,6 +277,15 @@ async def _open_provider(
 
 
 @asynccontextmanager
+async def open_provider(settings: Settings) -> AsyncIterator[VideoProvider]:
+    """The provider alone, as the settings call for it (``cancel``, ``doctor``); without
+    OPENAI_API_KEY, the local simulator a worker on this data directory shares."""
+    async with AsyncExitStack() as stack:
+        _, provider = await _open_provider(settings, stack, None, flexible_ports=False)
+        yield provider
+
+
+@asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[ObjectStore]:
     """The store alone, as the settings call for it (``request`` uploads photos with it).
 

@@ -194,7 +194,7 @@ async def test_request_list_show_and_stats(db_url: str, tmp_path: Path) -> None:
     shown = json.loads(await cli("show", row_id))
     assert (shown["prompt"], shown["size"], shown["status"]) == ("a red fox", "1280x720", "queued")
     assert row_id in await cli("list", "--status", "queued")
-    assert json.loads(await cli("stats"))["stages"] == {"pending": 1}
+    assert json.loads(await cli("stats", "--json"))["stages"] == {"pending": 1}
 
 
 async def test_simulate_serves_the_sdk_and_stops_cleanly_on_sigterm() -> None:

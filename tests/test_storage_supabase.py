@@ -151,7 +151,11 @@ async def test_ensure_buckets_creates_public_buckets_once(
     await store.ensure_buckets(specs)
     videos, images = fake.buckets[VIDEOS], fake.buckets[IMAGES]
     assert videos.public and images.public
-    assert videos.allowed_mime_types == list(VIDEO_MIME_TYPES) == ["video/mp4", "image/webp"]
+    assert (
+        videos.allowed_mime_types
+        == list(VIDEO_MIME_TYPES)
+        == ["video/mp4", "image/webp", "image/jpeg"]
+    )
     assert images.allowed_mime_types == list(IMAGE_MIME_TYPES)
     assert (videos.file_size_limit, images.file_size_limit) == (40_000_000, None)
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 JobStatus = Literal["queued", "running", "completed", "failed"]
 
@@ -123,3 +123,12 @@ class VideoProvider(Protocol):
 
     async def aclose(self) -> None:
         """Release connections."""
+
+
+@runtime_checkable
+class Cancellable(Protocol):
+    """A provider that can stop (or delete) a job: ``sora-worker cancel`` uses it where
+    the adapter offers it. Not part of ``VideoProvider``: the worker never cancels."""
+
+    async def cancel(self, job_id: str) -> None:
+        """Stop or delete the job; a job already gone is no error."""

@@ -267,6 +267,20 @@ class OpenAIVideos:
     def content_url(self, job_id: str) -> str:
         return f"{self.base_url}/videos/{job_id}/content"
 
+    async def cancel(self, job_id: str) -> None:
+        """The API has no cancel: ``DELETE /videos/{id}`` removes the job (and its files).
+        A job already gone counts as cancelled."""
+        try:
+            await _quiet(lambda: self._client.videos.delete(job_id))
+        except openai.NotFoundError:
+            return
+        except openai.APIConnectionError as err:
+            raise ProviderUnavailable(f"cannot reach {self.base_url}: {err}") from err
+        except openai.APIStatusError as err:
+            raise ProviderUnavailable(
+                f"deleting {job_id} failed (HTTP {err.status_code}: {_message(err)})"
+            ) from err
+
     async def aclose(self) -> None:
         await self._client.close()
 

@@ -48,7 +48,7 @@ from service.storage.base import (
 
 KEY_SETTING = "SUPABASE_SERVICE_ROLE_KEY"
 DEFAULT_CACHE_CONTROL = "max-age=31536000"
-VIDEO_MIME_TYPES = ("video/mp4", "image/webp")
+VIDEO_MIME_TYPES = ("video/mp4", "image/webp", "image/jpeg")
 IMAGE_MIME_TYPES = ("image/jpeg", "image/png", "image/webp")
 # Connect fast, but give the server time to finish a large upload after the last byte.
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0, read=120.0)
@@ -371,6 +371,17 @@ class SupabaseStore:
     def public_url(self, bucket: str, key: str) -> str:
         """Same shape as storage3's ``get_public_url``; permanent for public buckets."""
         return f"{self.url}{PUBLIC_PREFIX}/{_object_path(bucket, key)}"
+
+    async def delete(self, bucket: str, key: str) -> None:
+        """Through storage3 (``DELETE /object/{bucket}`` with the key as a prefix); a
+        missing object is not an error there either."""
+        key_parts(bucket, key)
+        try:
+            await self._storage.from_(bucket).remove([key])
+        except StorageApiError as err:
+            raise self._api_error(err, f"deleting {bucket}/{key}", bucket) from err
+        except httpx.TransportError as err:
+            raise _unreachable(f"deleting {bucket}/{key}", err) from err
 
     async def aclose(self) -> None:
         if self._owns_http:
