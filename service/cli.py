@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in (show, listing, commands.choices["stats"], retry, cancel, rearchive, prune):
         verb.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    doctor = commands.add_parser(
+        "doctor", help="check the setup: one line per check; exit 0 OK, 1 WARN, 2 FAIL"
+    )
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
     commands.add_parser(
         "health", help="exit 0 if the local worker is ready (GET /readyz on SORA_HTTP_PORT)"
     )
@@ -193,8 +197,18 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await run_stats(settings, args.json)
         case "retry" | "cancel" | "rearchive" | "prune":
             return await verbs.dispatch(args, settings)
+        case "health" | "doctor" | "env-example":
+            return await checks(args, settings)
+    raise AssertionError(args.command)
+
+
+async def checks(args: argparse.Namespace, settings: Settings) -> int:
+    """The commands that look at the setup rather than at rows."""
+    match args.command:
         case "health":
             return await run_health(settings)
+        case "doctor":
+            return await run_doctor(settings, args.json)
         case "env-example":
             print(env_example(), end="")
             return 0
@@ -337,6 +351,21 @@ async def run_stats(settings: Settings, as_json: bool) -> int:
     for bucket, used in (stats["storage"] or {}).items():
         print(f"bucket {bucket}: {used['objects']} objects, {used['bytes']:,} bytes")
     return 0
+
+
+async def run_doctor(settings: Settings, as_json: bool) -> int:
+    """Exit code: the worst level found (0 OK, 1 WARN, 2 FAIL)."""
+    from service.doctor import examine, worst
+
+    findings = await examine(settings)
+    code = worst(findings)
+    if as_json:
+        checks = [f.as_json() for f in findings]
+        print(json.dumps({"worst": ["OK", "WARN", "FAIL"][code], "checks": checks}))
+    else:
+        for finding in findings:
+            print(finding.line())
+    return code
 
 
 async def run_health(settings: Settings) -> int:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, Protocol, runtime_checkable
 
+from service.diagnosis import Finding
+
 JobStatus = Literal["queued", "running", "completed", "failed"]
 
 ErrorKind = Literal[
@@ -132,3 +134,12 @@ class Cancellable(Protocol):
 
     async def cancel(self, job_id: str) -> None:
         """Stop or delete the job; a job already gone is no error."""
+
+
+@runtime_checkable
+class Diagnosable(Protocol):
+    """A provider that can check itself for ``sora-worker doctor``: reachable, the
+    model served, what else the worker relies on. Adapters without it get one WARN."""
+
+    async def diagnose(self, model: str) -> list[Finding]:
+        """One finding per check; never raises for what the provider answers."""

@@ -1,0 +1,102 @@
+"""``sora-worker doctor``: all OK on the embedded defaults, FAIL with the fix otherwise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import asyncpg
+
+from service.diagnosis import Finding
+from service.doctor import examine, worst
+from service.migrations import migrate
+from tests.conftest import make_settings
+from tests.test_cli import env_for
+from tests.test_operator import cli
+from tests.test_storage_policies import SUPABASE_STORAGE
+
+
+def by_check(findings: list[Finding]) -> dict[str, list[Finding]]:
+    out: dict[str, list[Finding]] = {}
+    for finding in findings:
+        out.setdefault(finding.check, []).append(finding)
+    return out
+
+
+async def test_the_embedded_defaults_are_all_ok(db_url: str, tmp_path: Path) -> None:
+    status, out, err = await cli(env_for(db_url, tmp_path), "doctor", "--json")
+    report = json.loads(out)
+    assert status == 0, (out, err)
+    assert report["worst"] == "OK"
+    checks = {c["check"] for c in report["checks"]}
+    assert checks >= {"database", "migrations", "listen", "local storage", "provider", "model"}
+    assert {"list videos", "disk"} <= checks
+    assert all(c["level"] == "OK" for c in report["checks"]), report
+
+
+async def test_an_unmigrated_database_fails_with_the_fix(empty_db_url: str, tmp_path: Path) -> None:
+    status, out, _ = await cli(env_for(empty_db_url, tmp_path), "doctor")
+    assert status == 2
+    line = next(line for line in out.splitlines() if "migrations" in line)
+    assert line.startswith("FAIL") and "run `sora-worker migrate`" in line
+
+
+async def test_a_missing_migration_is_named(db_url: str, tmp_path: Path) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute("delete from sora_worker_migrations where name = '0008_media.sql'")
+    finally:
+        await conn.close()
+    found = by_check(await examine(make_settings(db_url, tmp_path)))
+    assert found["migrations"][0].level == "FAIL"
+    assert "0008_media.sql" in found["migrations"][0].detail
+
+
+async def supabase_database(empty_db_url: str) -> asyncpg.Connection:
+    """A database with Supabase's storage schema (as the seed left it), then migrated."""
+    conn = await asyncpg.connect(empty_db_url)
+    await conn.execute(SUPABASE_STORAGE)
+    await migrate(conn)
+    return conn
+
+
+async def test_a_private_bucket_fails_with_the_fix(empty_db_url: str, tmp_path: Path) -> None:
+    conn = await supabase_database(empty_db_url)
+    try:
+        healthy = by_check(await examine(make_settings(empty_db_url, tmp_path)))
+        assert [f.level for f in healthy["buckets"]] == ["OK", "OK"]
+        assert healthy["storage policies"][0].level == "OK"
+        await conn.execute("update storage.buckets set public = false where id = 'hug-videos'")
+    finally:
+        await conn.close()
+    findings = await examine(make_settings(empty_db_url, tmp_path))
+    bucket = next(f for f in by_check(findings)["buckets"] if "hug-videos" in f.detail)
+    assert bucket.level == "FAIL" and "private" in bucket.detail
+    assert "update storage.buckets set public = true where id = 'hug-videos'" in bucket.fix
+    assert worst(findings) == 2
+
+
+async def test_a_public_write_policy_fails_unless_guarded(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    conn = await supabase_database(empty_db_url)
+    try:
+        await conn.execute(
+            """create policy "Anyone can upload videos" on storage.objects
+               for insert to anon with check (bucket_id = 'hug-videos')"""
+        )
+        guarded = by_check(await examine(make_settings(empty_db_url, tmp_path)))
+        assert guarded["storage policies"][0].level == "OK"  # the restrictive guards hold
+        await conn.execute("drop policy sora_worker_no_public_insert on storage.objects")
+    finally:
+        await conn.close()
+    policy = by_check(await examine(make_settings(empty_db_url, tmp_path)))["storage policies"][0]
+    assert policy.level == "FAIL" and "Anyone can upload videos" in policy.detail
+    assert "sora-worker migrate" in policy.fix
+
+
+async def test_an_unreachable_database_is_one_fail_line(tmp_path: Path) -> None:
+    settings = make_settings("postgresql://nobody@127.0.0.1:1/none", tmp_path)
+    found = by_check(await examine(settings))
+    assert found["database"][0].level == "FAIL" and "DATABASE_URL" in found["database"][0].fix
+    assert "migrations" not in found
