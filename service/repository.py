@@ -231,7 +231,8 @@ CHECKPOINT: dict[type[Change] | None, str] = {
     RecordDownload: _checkpoint_sql("openai_url = $12, openai_expires_at = $13, progress = 100"),
     RecordArchive: _checkpoint_sql(
         "video_url = $12, video_bytes = $13, video_sha256 = $14, thumbnail_url = $15, "
-        "progress = 100, completed_at = now()"
+        "duration_seconds = $16, width = $17, height = $18, poster_url = $19, "
+        "rendition_url = $20, progress = 100, completed_at = now()"
     ),
 }
 
@@ -248,7 +249,18 @@ def _change_values(change: Change | None) -> list[Any]:
         case RecordDownload():
             return [change.content_url, change.expires_at]
         case RecordArchive():
-            return [change.video_url, change.video_bytes, change.video_sha256, change.thumbnail_url]
+            media = change.media
+            return [
+                change.video_url,
+                change.video_bytes,
+                change.video_sha256,
+                change.thumbnail_url,
+                media.duration_seconds,
+                media.width,
+                media.height,
+                media.poster_url,
+                media.rendition_url,
+            ]
         case ForgetIntent() | None:
             return []
 

@@ -95,6 +95,7 @@ class Runtime:
             photo_limits=fetch.Limits(max_bytes=s.image_max_bytes, timeout=s.image_timeout),
             photo_access=fetch.Access(s.image_allow_list, self.own_photo_origins),
             ledger=self.repo,
+            rendition_kbps=s.rendition_bitrate,
         )
         options = WorkerOptions(
             concurrency=s.concurrency,

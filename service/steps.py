@@ -13,7 +13,7 @@ import hashlib
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Protocol
 
@@ -40,6 +40,7 @@ from service.machine import (
     Vanished,
     Waiting,
 )
+from service.media_steps import Describer, ScratchCopy
 from service.providers import base as providers
 from service.providers.base import VideoProvider, VideoRequest
 from service.storage.base import ObjectStore, StorageError
@@ -88,6 +89,7 @@ class Steps:
         photo_limits: fetch.Limits,
         photo_access: fetch.Access | None = None,
         ledger: Ledger,
+        rendition_kbps: int = 0,
     ) -> None:
         self.provider = provider
         self.store = store
@@ -97,6 +99,7 @@ class Steps:
         self.photos = fetch.PhotoFetcher(photo_limits, photo_access)
         self._photo_slots = asyncio.Semaphore(PHOTO_ROWS_AT_ONCE)
         self.ledger = ledger
+        self.describer = Describer(store, video_bucket, rendition_kbps)
 
     # ------------------------------------------------------------ submit
 
@@ -254,12 +257,25 @@ class Steps:
     # ------------------------------------------------------------ archive
 
     async def archive(self, job: Job) -> Event:
-        """Stream the video from the provider into the store; never whole in memory."""
+        """Stream the video from the provider into the store; never whole in memory.
+
+        A copy is written to a scratch file on the way (chunk by chunk, as it passes),
+        so the media facts, the poster and the rendition are read from local disk
+        without a second download; the scratch file is gone when the step ends.
+        """
         assert job.video_id is not None, "archiving rows always hold a video_id"
-        key = f"{job.id}/{_key_part(job.video_id)}.mp4"
+        name = f"{job.id}/{_key_part(job.video_id)}"
+        with ScratchCopy() as copy:
+            event = await self._archive_video(job, job.video_id, name, copy)
+            if isinstance(event, Archived) and copy.complete and copy.path is not None:
+                event = replace(event, media=await self.describer.describe(name, copy.path))
+            return event
+
+    async def _archive_video(self, job: Job, video_id: str, name: str, copy: ScratchCopy) -> Event:
+        key = f"{name}.mp4"
         try:
-            async with self.provider.download(job.video_id, "video") as chunks:
-                stored = await self.store.put(self.video_bucket, key, chunks, "video/mp4")
+            async with self.provider.download(video_id, "video") as chunks:
+                stored = await self.store.put(self.video_bucket, key, copy.tap(chunks), "video/mp4")
         except providers.VideoGone as err:
             return Vanished(f"the video is gone from the provider before it was archived: {err}")
         except providers.ProviderError as err:
@@ -272,7 +288,7 @@ class Steps:
             return Transient(f"archive interrupted: {fetch.describe_http_error(err)}")
         except OSError as err:
             return Transient(f"archive interrupted: {err.strerror or 'an I/O error'}")
-        thumbnail_url = await self._archive_thumbnail(job, job.video_id)
+        thumbnail_url = await self._archive_thumbnail(job, video_id)
         return Archived(stored.url, stored.size, stored.sha256, thumbnail_url)
 
     async def _archive_thumbnail(self, job: Job, video_id: str) -> str | None:
