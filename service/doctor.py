@@ -12,6 +12,8 @@ says what "reachable" and "model served" mean for its host.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import shutil
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
@@ -258,6 +260,16 @@ async def _service_key(settings: Settings) -> list[Finding]:
             return [
                 Finding("service key", "FAIL", f"cannot reach {url}: {err}", "check SUPABASE_URL")
             ]
+    role = _jwt_role(key)
+    if answer.status_code == 200 and role not in (None, "service_role"):
+        return [
+            Finding(
+                "service key",
+                "FAIL",
+                f"SUPABASE_SERVICE_ROLE_KEY is a {role!r} key: the worker could not write",
+                "set it to the project's service_role key (Dashboard > Project Settings > API)",
+            )
+        ]
     if answer.status_code == 200:
         return [Finding("service key", "OK", "Supabase Storage accepts the service-role key")]
     return [
@@ -269,6 +281,19 @@ async def _service_key(settings: Settings) -> list[Finding]:
             "(Dashboard > Project Settings > API), not the anon key",
         )
     ]
+
+
+def _jwt_role(key: str) -> str | None:
+    """The ``role`` claim of a legacy JWT key (read, not verified); None for other keys."""
+    parts = key.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return None
+    role = claims.get("role") if isinstance(claims, dict) else None
+    return role if isinstance(role, str) else None
 
 
 async def _local_storage(settings: Settings) -> list[Finding]:

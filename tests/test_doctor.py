@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import asyncpg
+from pydantic import SecretStr
 
 from service.diagnosis import Finding
 from service.doctor import examine, worst
 from service.migrations import migrate
 from tests.conftest import make_settings
+from tests.fakes.supabase_storage import started
 from tests.test_cli import env_for
 from tests.test_operator import cli
 from tests.test_storage_policies import SUPABASE_STORAGE
@@ -100,3 +102,18 @@ async def test_an_unreachable_database_is_one_fail_line(tmp_path: Path) -> None:
     found = by_check(await examine(settings))
     assert found["database"][0].level == "FAIL" and "DATABASE_URL" in found["database"][0].fix
     assert "migrations" not in found
+
+
+async def test_a_supabase_key_that_storage_refuses_fails_with_the_fix(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with started() as fake:
+        good = make_settings(
+            db_url, tmp_path, supabase_url=fake.url, supabase_service_role_key=fake.service_key
+        )
+        assert by_check(await examine(good))["service key"][0].level == "OK"
+        wrong = "sk-not-this-project"
+        bad = good.model_copy(update={"supabase_service_role_key": SecretStr(wrong)})
+        refused = by_check(await examine(bad))["service key"][0]
+    assert refused.level == "FAIL" and "SUPABASE_SERVICE_ROLE_KEY" in refused.fix
+    assert wrong not in refused.detail + refused.fix
