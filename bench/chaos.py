@@ -57,9 +57,9 @@ import asyncpg
 from aiohttp import web
 from PIL import Image
 
-from service.http import serve
 from service.local.simulator import FailureRule, Simulator, SimulatorConfig
 from service.migrations import migrate
+from service.serving import serve
 from tests.fakes.supabase_storage import FakeSupabaseStorage
 from tests.faultproxy import FaultProxy, postgres_upstream
 

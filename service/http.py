@@ -29,28 +29,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from service.daemon import Worker
 from service.metrics import TableSnapshot
 from service.repository import PostgresRepository, RepositoryError
+from service.serving import serve
 
 log = structlog.get_logger("service.http")
 
 READY_TIMEOUT = 2.0
 """Seconds the database may take to answer a readiness probe or a scrape's query."""
-
-
-async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Listen on ``host:port`` (0 picks a free port); return the runner and the bound port.
-
-    A failed bind (port taken) cleans up and re-raises the OSError, so callers can try
-    another port with the same app. Every server we run (this one, the local stand-ins)
-    starts through here.
-    """
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError:
-        await runner.cleanup()
-        raise
-    return runner, int(runner.addresses[0][1])
 
 
 @dataclass(frozen=True)

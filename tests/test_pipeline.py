@@ -24,9 +24,9 @@ from aiohttp import web
 from PIL import Image
 
 from service.daemon import Worker
-from service.http import serve
 from service.local.simulator import FailureRule
 from service.runtime import Runtime
+from service.serving import serve
 from tests.conftest import eventually, replica_of
 
 
