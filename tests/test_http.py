@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import httpx
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.local.simulator import SimulatorConfig
@@ -170,3 +171,18 @@ async def test_a_taken_http_port_is_one_line_naming_the_setting(
     assert proc.returncode == 1
     assert "SORA_HTTP_PORT" in stderr.decode()
     assert "Traceback" not in stderr.decode()
+
+
+async def test_other_routes_mount_on_the_same_server(runtime: Runtime) -> None:
+    """How the webhook receivers join: ``routes=`` (or ``server.app.add_routes``)."""
+
+    async def hook(request: web.Request) -> web.Response:
+        return web.json_response({"got": (await request.json())["id"]})
+
+    worker = runtime.worker()
+    routes = [web.post("/webhooks/test", hook)]
+    async with runtime.http_server(worker, routes=routes) as server, httpx.AsyncClient() as client:
+        base = f"http://127.0.0.1:{server.port}"
+        answer = await client.post(f"{base}/webhooks/test", json={"id": "video_1"})
+        assert answer.json() == {"got": "video_1"}
+        assert (await client.get(f"{base}/healthz")).status_code == 200
