@@ -11,9 +11,11 @@ from pydantic import SecretStr
 from service.diagnosis import Finding
 from service.doctor import examine, worst
 from service.migrations import migrate
+from service.operator import Operator
 from tests.conftest import make_settings
 from tests.fakes.supabase_storage import started
 from tests.test_cli import env_for
+from tests.test_database_faults import proxied
 from tests.test_operator import cli
 from tests.test_storage_policies import SUPABASE_STORAGE
 
@@ -117,3 +119,42 @@ async def test_a_supabase_key_that_storage_refuses_fails_with_the_fix(
         refused = by_check(await examine(bad))["service key"][0]
     assert refused.level == "FAIL" and "SUPABASE_SERVICE_ROLE_KEY" in refused.fix
     assert wrong not in refused.detail + refused.fix
+
+
+async def test_listen_through_a_transaction_pooler_is_a_warning_with_the_fix(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with proxied(db_url) as (proxy, dsn):
+        proxy.deaf = True  # notifications never arrive, as through Supavisor's port 6543
+        findings = await examine(make_settings(dsn, tmp_path))
+    listen = by_check(findings)["listen"][0]
+    assert listen.level == "WARN" and "6543" in listen.fix
+    assert worst(findings) == 1
+
+
+async def test_a_model_the_provider_does_not_serve_fails_with_the_fix(
+    db_url: str, tmp_path: Path
+) -> None:
+    findings = by_check(await examine(make_settings(db_url, tmp_path, model="veo-9")))
+    model = findings["model"][0]
+    assert model.level == "FAIL" and "'veo-9' is not among the served models" in model.detail
+    assert "SORA_MODEL" in model.fix
+    assert findings["list videos"][0].level == "OK"
+
+
+async def test_storage_used_per_bucket_on_a_supabase_database(empty_db_url: str) -> None:
+    conn = await supabase_database(empty_db_url)
+    try:
+        await conn.execute(
+            """insert into storage.objects (bucket_id, name, metadata) values
+               ('hug-videos', 'a.mp4', '{"size": 1000}'), ('hug-videos', 'a.jpg', '{"size": 24}'),
+               ('avatars', 'me.png', '{"size": 7}')"""
+        )
+    finally:
+        await conn.close()
+    async with asyncpg.create_pool(empty_db_url, min_size=1, max_size=1) as pool:
+        used = await Operator(pool).storage_used(["hug-videos", "hug-images"])
+    assert used == {
+        "hug-videos": {"objects": 2, "bytes": 1024},
+        "hug-images": {"objects": 0, "bytes": 0},
+    }
