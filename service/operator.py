@@ -11,7 +11,8 @@ What each verb means:
 - ``retry``: a failed row goes back to ``queued`` as a fresh request (attempts, error,
   key, provider job and stored URLs cleared: the same fresh start the
   ``videos_prepare_request`` trigger gives a person who sets ``status = 'queued'``).
-- ``cancel``: a pending or generating row is failed with "cancelled by operator"; the
+- ``cancel``: a pending or generating row (or one waiting to submit afresh, with no
+  key recorded) is failed with "cancelled by operator"; the
   caller then deletes the provider's job where the provider can (OpenAI's API has no
   cancel for videos; ``DELETE /v1/videos/{id}`` removes the job). A row being
   submitted (its outcome may be unknown) or archived (the video is paid for and nearly
@@ -58,7 +59,8 @@ CANCEL = f"""
 update public.videos
 set stage = 'failed', status = 'failed', error = '{CANCELLED}',
     next_attempt_at = now(), locked_by = null, locked_until = null
-where id = $1 and stage in ('pending', 'generating') and {FREE}
+where id = $1 and {FREE}
+  and (stage in ('pending', 'generating') or (stage = 'submitting' and submit_key is null))
 returning id, video_id
 """
 
@@ -97,6 +99,15 @@ class Cancelled:
     id: UUID
     video_id: str | None
     """The provider's job, to delete there; None if none was submitted yet."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a verb changed nothing on a row."""
+
+    reason: str
+    busy: bool
+    """A worker holds the row's lease right now: the same verb may work in a moment."""
 
 
 @dataclass(frozen=True)
@@ -158,8 +169,12 @@ class Operator:
             rows = await self.pool.fetch(PRUNE, older_than)
         return [Prunable.of(r) for r in rows]
 
-    async def why_not(self, row_id: UUID, verb: str) -> str:
+    async def why_not(self, row_id: UUID, verb: str) -> Refusal:
         """Why ``verb`` changed nothing on this row, in words an operator can act on."""
+        busy, reason = await self._why_not(row_id, verb)
+        return Refusal(reason, busy)
+
+    async def _why_not(self, row_id: UUID, verb: str) -> tuple[bool, str]:
         with driver_errors(f"reading row {row_id}"):
             row = await self.pool.fetchrow(
                 f"""select stage, {FREE} as free, openai_url, openai_expires_at,
@@ -168,31 +183,31 @@ class Operator:
                 row_id,
             )
         if row is None:
-            return f"no row {row_id}"
+            return False, f"no row {row_id}"
         stage = row["stage"]
         if not row["free"]:
-            return f"a worker is working on row {row_id} right now ({stage}); try again shortly"
+            return True, f"a worker is on row {row_id} right now ({stage}); try again shortly"
         match verb:
             case "retry":
-                return f"row {row_id} is {stage}, not failed: only failed rows are retried"
+                return False, f"row {row_id} is {stage}, not failed: only failed rows are retried"
             case "cancel" if stage == "submitting":
-                return (
+                return False, (
                     f"row {row_id} is being submitted and the provider may hold its job; "
                     "cancel it once it is generating"
                 )
             case "cancel" if stage == "archiving":
-                return f"row {row_id} is already generated and being archived; nothing to cancel"
+                return False, f"row {row_id} is generated and being archived; nothing to cancel"
             case "cancel":
-                return f"row {row_id} is {stage}: nothing to cancel"
+                return False, f"row {row_id} is {stage}: nothing to cancel"
             case "rearchive" if stage in ACTIVE:
-                return f"row {row_id} is still {stage}: the worker archives it when it is done"
+                return False, f"row {row_id} is still {stage}: the worker archives it when done"
             case "rearchive" if row["video_id"] is None or row["openai_url"] is None:
-                return f"row {row_id} has no provider copy to archive from"
+                return False, f"row {row_id} has no provider copy to archive from"
             case "rearchive":
                 expiry = row["openai_expires_at"]
                 when = "at an unknown time" if expiry is None else f"at {expiry.isoformat()}"
-                return f"the provider's copy of row {row_id} expired {when}; it cannot be re-copied"
-        return f"row {row_id} is {stage}"
+                return False, f"the provider's copy of row {row_id} expired {when}"
+        return False, f"row {row_id} is {stage}"
 
     async def storage_used(self, buckets: Sequence[str]) -> dict[str, dict[str, int]] | None:
         """Objects and bytes per bucket from Supabase's ``storage.objects``; None where

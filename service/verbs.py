@@ -92,7 +92,7 @@ async def run_retry(
     async with operator(settings) as op:
         ids = await op.retry(row_id, failed_since=since)
         if not ids and row_id is not None:
-            why = await op.why_not(row_id, "retry")
+            why = (await op.why_not(row_id, "retry")).reason
             return say(as_json, {"retried": [], "reason": why}, why, ok=False)
     listed = [str(i) for i in ids]
     return say(
@@ -106,8 +106,9 @@ async def run_cancel(settings: Settings, row_id: UUID, as_json: bool) -> int:
     async with operator(settings) as op:
         while (done := await op.cancel(row_id)) is None:
             why = await op.why_not(row_id, "cancel")
-            if "right now" not in why or time.monotonic() > deadline:
-                return say(as_json, {"cancelled": False, "reason": why}, why, ok=False)
+            if not why.busy or time.monotonic() > deadline:
+                refused = {"cancelled": False, "reason": why.reason}
+                return say(as_json, refused, why.reason, ok=False)
             await asyncio.sleep(0.25)  # a worker is mid-step: its lease ends with the step
     payload: dict[str, Any] = {"cancelled": True, "id": str(row_id), "video_id": done.video_id}
     line = f"row {row_id} failed: cancelled by operator"
@@ -132,7 +133,7 @@ async def _cancel_at_provider(settings: Settings, video_id: str) -> str:
 async def run_rearchive(settings: Settings, row_id: UUID, as_json: bool) -> int:
     async with operator(settings) as op:
         if not await op.rearchive(row_id):
-            why = await op.why_not(row_id, "rearchive")
+            why = (await op.why_not(row_id, "rearchive")).reason
             return say(as_json, {"rearchiving": False, "reason": why}, why, ok=False)
     line = f"row {row_id} is archiving again; a worker copies it from the provider"
     return say(as_json, {"rearchiving": True, "id": str(row_id)}, line, ok=True)

@@ -102,7 +102,7 @@ async def test_retry_of_a_row_that_is_not_failed_changes_nothing(runtime: Runtim
     row_id = await runtime.repo.insert_request("queued, not failed")
     before = await all_rows(runtime)
     assert await op.retry(row_id, failed_since=None) == []
-    assert "not failed" in await op.why_not(row_id, "retry")
+    assert "not failed" in (await op.why_not(row_id, "retry")).reason
     assert await all_rows(runtime) == before
 
 
@@ -190,7 +190,7 @@ async def test_rearchive_refuses_when_the_provider_copy_expired(runtime: Runtime
         row["id"],
     )
     assert not await op.rearchive(row["id"])
-    assert "expired" in await op.why_not(row["id"], "rearchive")
+    assert "expired" in (await op.why_not(row["id"], "rearchive")).reason
 
 
 async def test_prune_is_a_dry_run_until_applied_and_deletes_only_old_files(
