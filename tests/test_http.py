@@ -147,7 +147,7 @@ async def test_health_command_follows_the_running_worker(db_url: str, tmp_path: 
 
         assert await eventually(probe, lambda code: code == 0) == 0
         proc.send_signal(signal.SIGTERM)
-        await proc.wait()
+        await proc.communicate()
         assert await probe() == 1  # nobody answers any more
     finally:
         if proc.returncode is None:
