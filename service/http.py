@@ -5,8 +5,8 @@ runs in production too: a scraper reads ``/metrics``, a container runtime probes
 ``/readyz`` through ``sora-worker health``. Other parts of the worker (the webhook
 receivers) mount their routes on the same server in one line::
 
-    WorkerHttp(settings.http_host, settings.http_port, probe, routes=webhooks.routes(...))
-    # or, before start():  server.app.add_routes([...]); server.app.add_subapp("/x", sub)
+    runtime.http_server(worker, routes=webhooks.routes(...))   # in cli.run_worker
+    # or, before ``async with``: server.app.add_routes([...]); server.app.add_subapp("/x", sub)
 
 Readiness means "this worker can make progress now": the database answers (within
 ``READY_TIMEOUT``) and the claim loop comes round, which is the sweep that covers for
@@ -34,7 +34,9 @@ from service.serving import serve
 log = structlog.get_logger("service.http")
 
 READY_TIMEOUT = 2.0
-"""Seconds the database may take to answer a readiness probe or a scrape's query."""
+"""Seconds the database may take to answer a readiness probe."""
+SCRAPE_TIMEOUT = 5.0
+"""Seconds the table query of a scrape may take (a scraper's own timeout is often 10 s)."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class WorkerProbe:
     async def metrics(self) -> bytes:
         table: TableSnapshot | None
         try:
-            table = await self.repo.table_snapshot()
+            table = await self.repo.table_snapshot(SCRAPE_TIMEOUT)
         except RepositoryError as err:
             log.warning("metrics.table_unreadable", error=str(err))
             table = None

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -43,6 +43,8 @@ from service.machine import (
     Transition,
 )
 from service.metrics import TableSnapshot
+
+T = TypeVar("T")
 
 # ---------------------------------------------------------------- errors
 
@@ -486,20 +488,22 @@ class PostgresRepository:
     async def ping(self, within: float) -> None:
         """Raise DatabaseUnavailable unless the database answers within ``within`` s
         (readiness: a frozen connection must not hang the probe)."""
-        with driver_errors("asking the database"):
-            async with asyncio.timeout(within):
-                await self.pool.fetchval("select 1")
+        await _bounded(self.pool.fetchval("select 1"), within, "asking the database")
 
-    async def table_snapshot(self) -> TableSnapshot:
+    async def table_snapshot(self, within: float) -> TableSnapshot:
         """Rows per stage, the oldest unfinished row's age and the rows in doubt, in one
-        query (for a metrics scrape; one pass over the table, no locks taken)."""
-        with driver_errors("reading the table for metrics"):
-            rows = await self.pool.fetch(
+        query (for a metrics scrape; one pass over the table, no locks taken), or
+        DatabaseUnavailable after ``within`` s (a frozen database must not hang a scrape)."""
+        rows: list[asyncpg.Record] = await _bounded(
+            self.pool.fetch(
                 """select stage, count(*) as n,
                           extract(epoch from now() - min(created_at))::float8 as oldest,
                           count(*) filter (where submit_key is not null) as keyed
                    from public.videos group by stage"""
-            )
+            ),
+            within,
+            "reading the table for metrics",
+        )
         active = [r for r in rows if r["stage"] in ACTIVE]
         ages = [r["oldest"] for r in active if r["oldest"] is not None]
         return TableSnapshot(
@@ -513,6 +517,33 @@ class PostgresRepository:
         with driver_errors(f"reading row {row_id}"):
             record = await self.pool.fetchrow("select * from public.videos where id = $1", row_id)
         return None if record is None else dict(record)
+
+
+_ABANDONED: set[asyncio.Future[Any]] = set()
+
+
+async def _bounded(query: Awaitable[T], within: float, doing: str) -> T:
+    """``query``'s result, or DatabaseUnavailable after ``within`` seconds.
+
+    Not ``asyncio.timeout``: cancelling a query whose connection swallows packets waits
+    for the pool to take the connection back, which can take as long as the freeze.
+    Here the query is cancelled and left to finish its cleanup on its own.
+    """
+    task = asyncio.ensure_future(query)
+    done, _ = await asyncio.wait({task}, timeout=within)
+    if not done:
+        task.cancel()
+        _ABANDONED.add(task)
+        task.add_done_callback(_forget)
+        raise DatabaseUnavailable(f"{doing}: no answer within {within:g} s")
+    with driver_errors(doing):
+        return task.result()
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    _ABANDONED.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: a cancelled query's error is expected, not news
 
 
 def as_json(row: dict[str, Any]) -> dict[str, Any]:

@@ -122,6 +122,16 @@ async def test_readyz_is_503_while_the_database_is_gone_and_200_when_back(
                 assert (await client.get(url.replace("readyz", "healthz"))).status_code == 200
                 proxy.restore()
                 await eventually(lambda: client.get(url), lambda r: r.status_code == 200)
+                # A frozen database (packets swallowed): both answer in bounded time.
+                proxy.blackhole()
+                try:
+                    frozen = await client.get(url, timeout=10)
+                    page = await client.get(url.replace("readyz", "metrics"), timeout=10)
+                finally:
+                    proxy.restore()  # else the worker's frozen claim outlives the test
+                assert frozen.status_code == 503
+                assert samples(page.text)["sora_table_read_ok"][()] == 0
+                await eventually(lambda: client.get(url), lambda r: r.status_code == 200)
 
 
 async def test_health_command_follows_the_running_worker(db_url: str, tmp_path: Path) -> None:
