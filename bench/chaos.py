@@ -57,9 +57,9 @@ import asyncpg
 from aiohttp import web
 from PIL import Image
 
-from service.local.serving import serve
 from service.local.simulator import FailureRule, Simulator, SimulatorConfig
 from service.migrations import migrate
+from service.serving import serve
 from tests.fakes.supabase_storage import FakeSupabaseStorage
 from tests.faultproxy import FaultProxy, postgres_upstream
 
@@ -603,6 +603,7 @@ def _replica_env(
         SORA_IMAGE_TIMEOUT="5",
         SORA_SHUTDOWN_GRACE="5",
         SORA_LOG_FORMAT="json",
+        SORA_HTTP_PORT="0",
         # The photo host is on 127.0.0.1, refused by default: allowed by name, as a
         # user would allow an internal photo service.
         SORA_IMAGE_ALLOW_HOSTS=urlsplit(photo_base).netloc,

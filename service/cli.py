@@ -17,15 +17,25 @@ from pathlib import Path
 from uuid import UUID
 
 import asyncpg
+import httpx
 import structlog
 
-from service import logs
-from service.config import ENV_PREFIX, Settings, SettingsError, load_settings
+from service import logs, verbs
+from service.config import (
+    ENV_PREFIX,
+    Settings,
+    SettingsError,
+    env_example,
+    env_name,
+    load_settings,
+    shown_default,
+)
 from service.extras import LocalExtraMissing, local_extra
 from service.migrations import MigrationError, migrate
+from service.operator import Operator
 from service.progress import follow
-from service.providers.ids import litellm_id
-from service.repository import Conflict, PostgresRepository, Refused, RepositoryError, as_json
+from service.repository import PostgresRepository, RepositoryError
+from service.repository import as_json as as_json_row
 from service.runtime import create_pool, database_url, open_runtime, open_store
 from service.signals import STOP_SIGNALS, until_signalled
 from service.storage.base import StorageError
@@ -37,11 +47,8 @@ log = structlog.get_logger("service.cli")
 def settings_help() -> str:
     lines = ["settings (environment variables):"]
     for name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        env = str(getattr(alias, "choices", [None])[0] or ENV_PREFIX + name.upper())
-        default = "" if field.is_required() else field.get_default(call_default_factory=False)
-        shown = "host:pid" if name == "worker_id" else "unset" if default is None else default
-        lines.append(f"  {env:<28} {field.description or ''} [default: {shown}]")
+        shown = "host:pid" if name == "worker_id" else shown_default(name) or "unset"
+        lines.append(f"  {env_name(name):<28} {field.description or ''} [default: {shown}]")
     return "\n".join(lines)
 
 
@@ -104,27 +111,27 @@ def build_parser() -> argparse.ArgumentParser:
     request.add_argument("--size", help="WIDTHxHEIGHT, e.g. 1280x720")
     request.add_argument("--seconds")
 
-    show = commands.add_parser("show", help="print a row as JSON")
+    show = commands.add_parser("show", help="print a row as JSON (--json: the same, one line)")
     show.add_argument("id", type=UUID)
 
     listing = commands.add_parser("list", help="the newest rows, one line each")
     listing.add_argument("--limit", type=int, default=20)
     listing.add_argument("--status", choices=["queued", "processing", "completed", "failed"])
 
-    commands.add_parser("stats", help="rows per stage, as JSON")
+    commands.add_parser("stats", help="rows per stage, the oldest unfinished, storage per bucket")
 
-    adopt = commands.add_parser(
-        "adopt",
-        help="attach a provider job a person found to a row that holds none (an in-doubt "
-        "or failed row); the worker polls and archives it. Safe while workers run",
+    for verb in (show, listing, commands.choices["stats"], *verbs.add_parsers(commands)):
+        verb.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    doctor = commands.add_parser(
+        "doctor", help="check the setup: one line per check; exit 0 OK, 1 WARN, 2 FAIL"
     )
-    adopt.add_argument("id", type=UUID, help="the row")
-    adopt.add_argument("video_id", help="the provider's job id, as the provider gave it")
-    adopt.add_argument(
-        "--litellm-model",
-        metavar="MODEL",
-        help="VIDEO_ID is the upstream id of a job made through a LiteLLM proxy for its "
-        "model MODEL: wrap it the way the proxy mints ids, so the proxy can route it",
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
+    commands.add_parser(
+        "health", help="exit 0 if the local worker is ready (GET /readyz on SORA_HTTP_PORT)"
+    )
+    commands.add_parser(
+        "env-example", help="print every setting at its default (the source of .env.example)"
     )
     return parser
 
@@ -177,14 +184,26 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         case "show":
             return await run_show(settings, args.id)
         case "list":
-            return await run_list(settings, args.limit, args.status)
+            return await run_list(settings, args.limit, args.status, args.json)
         case "stats":
-            return await run_stats(settings)
-        case "adopt":
-            video_id = args.video_id
-            if args.litellm_model:
-                video_id = litellm_id(video_id, args.litellm_model)
-            return await run_adopt(settings, args.id, video_id)
+            return await run_stats(settings, args.json)
+        case "adopt" | "retry" | "cancel" | "rearchive" | "prune":
+            return await verbs.dispatch(args, settings)
+        case "health" | "doctor" | "env-example":
+            return await checks(args, settings)
+    raise AssertionError(args.command)
+
+
+async def checks(args: argparse.Namespace, settings: Settings) -> int:
+    """The commands that look at the setup rather than at rows."""
+    match args.command:
+        case "health":
+            return await run_health(settings)
+        case "doctor":
+            return await run_doctor(settings, args.json)
+        case "env-example":
+            print(env_example(), end="")
+            return 0
     raise AssertionError(args.command)
 
 
@@ -238,7 +257,8 @@ async def run_worker(settings: Settings, *, migrate_first: bool, listen: bool) -
 
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, stop)
-        await worker.run()
+        async with runtime.http_server(worker):
+            await worker.run()
     return 0
 
 
@@ -290,7 +310,7 @@ async def run_request(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         print(f"sora-worker: row {row_id} inserted; waiting for a worker", file=sys.stderr)
         row = await follow(repo.fetch_row, row_id, "request")
-    print(json.dumps(as_json(row), sort_keys=True))
+    print(json.dumps(as_json_row(row), sort_keys=True))
     return 0 if row["status"] == "completed" else 1
 
 
@@ -300,13 +320,16 @@ async def run_show(settings: Settings, row_id: UUID) -> int:
     if row is None:
         print(f"no row {row_id}", file=sys.stderr)
         return 1
-    print(json.dumps(as_json(row), sort_keys=True))
+    print(json.dumps(as_json_row(row), sort_keys=True))
     return 0
 
 
-async def run_list(settings: Settings, limit: int, status: str | None) -> int:
+async def run_list(settings: Settings, limit: int, status: str | None, as_json: bool) -> int:
     async with repository(settings) as repo:
         rows = await repo.recent(limit, status)
+    if as_json:
+        print(json.dumps([as_json_row(row) for row in rows], sort_keys=True))
+        return 0
     for row in rows:
         detail = row["video_url"] or row["error"] or ""
         if row["error_kind"]:
@@ -318,27 +341,58 @@ async def run_list(settings: Settings, limit: int, status: str | None) -> int:
     return 0
 
 
-async def run_adopt(settings: Settings, row_id: UUID, video_id: str) -> int:
-    """Attach the job a person found (after an in-doubt failure) to its row."""
+async def run_stats(settings: Settings, as_json: bool) -> int:
     async with repository(settings) as repo:
-        try:
-            await repo.adopt(row_id, video_id, settings.provider)
-        except Refused as err:
-            print(f"sora-worker: {err}", file=sys.stderr)
-            return 1
-        except Conflict:
-            holder = await repo.holder_of(video_id)
-            print(f"sora-worker: job {video_id} already belongs to row {holder}", file=sys.stderr)
-            return 1
-    log.info("video.adopted", row_id=str(row_id), video_id=video_id)
-    print(f"row {row_id} adopted {video_id}; a worker will poll and archive it")
+        stats = await repo.stats()
+        stats["storage"] = await verbs.storage_used(settings, Operator(repo.pool))
+    if as_json:
+        print(json.dumps(stats, sort_keys=True))
+        return 0
+    for stage, count in sorted(stats["stages"].items()):
+        print(f"{stage:<12} {count:>8}")
+    oldest = stats["oldest_unfinished_seconds"]
+    print(f"oldest unfinished: {'none' if oldest is None else f'{oldest:.0f} s'}")
+    for bucket, used in (stats["storage"] or {}).items():
+        print(f"bucket {bucket}: {used['objects']} objects, {used['bytes']:,} bytes")
     return 0
 
 
-async def run_stats(settings: Settings) -> int:
-    async with repository(settings) as repo:
-        print(json.dumps(await repo.stats(), sort_keys=True))
-    return 0
+async def run_doctor(settings: Settings, as_json: bool) -> int:
+    """Exit code: the worst level found (0 OK, 1 WARN, 2 FAIL)."""
+    from service.doctor import examine, worst
+
+    findings = await examine(settings)
+    code = worst(findings)
+    if as_json:
+        checks = [f.as_json() for f in findings]
+        print(json.dumps({"worst": ["OK", "WARN", "FAIL"][code], "checks": checks}))
+    else:
+        for finding in findings:
+            print(finding.line())
+    return code
+
+
+async def run_health(settings: Settings) -> int:
+    """The container's HEALTHCHECK: this machine's worker answers /readyz with 200."""
+    if settings.http_port == 0:
+        print(
+            "sora-worker: SORA_HTTP_PORT=0 gives the worker a random port; "
+            "set a fixed SORA_HTTP_PORT to probe it",
+            file=sys.stderr,
+        )
+        return 2
+    host = settings.http_host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{settings.http_port}/readyz"
+    try:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            answer = await client.get(url)
+    except httpx.HTTPError as err:
+        print(f"sora-worker: not ready: {url}: {err or type(err).__name__}", file=sys.stderr)
+        return 1
+    print(answer.text)
+    return 0 if answer.status_code == 200 else 1
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from service.machine import (
     apply,
     next_action,
 )
+from service.metrics import Metrics
 from service.repository import Conflict, LeaseLost, Repository, RepositoryError
 from service.steps import Steps
 from service.wakeups.listen import Listener
@@ -70,8 +71,10 @@ class Worker:
         *,
         listener: Listener | None = None,
         realtime: RealtimeSource | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.repo = repo
+        self.metrics = metrics or Metrics()
         self.steps = steps
         self.options = options
         self.listener = listener
@@ -84,6 +87,26 @@ class Worker:
         self._inflight: dict[RowId, asyncio.Task[None]] = {}
         self._leased: set[RowId] = set()
         """Rows whose lease this worker holds and keeps alive (a subset of _inflight)."""
+        self._looped_at: float | None = None
+        """When the claim loop last came round (monotonic); None before it started."""
+        self.metrics.watch_sources(self.source_states)
+
+    def source_states(self) -> dict[str, bool]:
+        """Whether each event source delivers: LISTEN and Realtime when configured, and
+        the sweep (the claim loop itself) while it comes round within two intervals."""
+        states: dict[str, bool] = {"sweep": self.sweeping()}
+        if self.listener is not None:
+            states["listen"] = self.listener.connected.is_set()
+        if self.realtime is not None:
+            states["realtime"] = self.realtime.ready.is_set()
+        return states
+
+    def sweeping(self) -> bool:
+        """The claim loop runs: it came round within two sweep intervals (plus slack for
+        a slow claim). It covers for any push source that is down."""
+        if self._looped_at is None or self.stopping.is_set():
+            return False
+        return time.monotonic() - self._looped_at < 2 * self.options.sweep_interval + 5
 
     # ------------------------------------------------------------ lifecycle
 
@@ -118,6 +141,7 @@ class Worker:
     async def _claim_loop(self) -> None:
         outage = Outage(self.options.max_backoff)
         while not self.stopping.is_set():
+            self._looped_at = time.monotonic()
             try:
                 free = self.options.concurrency - len(self._inflight)
                 if free <= 0:
@@ -126,6 +150,7 @@ class Worker:
                     continue
                 claimed = await self.repo.claim(free, exclude=self._inflight.keys())
                 outage.over()
+                self.metrics.claimed(len(claimed))
                 for job in claimed:
                     self._start(job)
                 reasons = await wait_for_work(
@@ -215,6 +240,7 @@ class Worker:
             while (action := next_action(job, intent=intent)) is not None:
                 started = time.monotonic()
                 event = await self._perform(action, job, intent)
+                performed = time.monotonic() - started
                 intent = event if isinstance(event, IntentRecorded) else None
                 if intent is not None and self.stopping.is_set():
                     # Stopping before the create: record no intent (it would read as "in
@@ -229,6 +255,7 @@ class Worker:
                     self._let_go(job.id)
                 job_after = await _land(self.repo.checkpoint(job, transition, keep_lease=go_on))
                 self._log(job, job_after, transition, event, action, time.monotonic() - started)
+                self.metrics.stepped(action, job.stage, event, transition, performed)
                 job = job_after
                 if not go_on:
                     return

@@ -238,6 +238,18 @@ class GenerationFailed:
 
 
 @dataclass(frozen=True)
+class Media:
+    """What the archived file is (read from it), and the files made from it. Each part
+    is best effort: a row completes whether or not they could be made."""
+
+    duration_seconds: float | None = None
+    width: int | None = None
+    height: int | None = None
+    poster_url: str | None = None
+    rendition_url: str | None = None
+
+
+@dataclass(frozen=True)
 class Archived:
     """The video is in permanent storage."""
 
@@ -245,6 +257,7 @@ class Archived:
     video_bytes: int
     video_sha256: str
     thumbnail_url: str | None
+    media: Media = Media()
 
 
 @dataclass(frozen=True)
@@ -337,6 +350,7 @@ class RecordArchive:
     video_bytes: int
     video_sha256: str
     thumbnail_url: str | None
+    media: Media = Media()
 
 
 Change = RecordIntent | ForgetIntent | RecordJob | RecordProgress | RecordDownload | RecordArchive
@@ -508,7 +522,11 @@ def _on_generation(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
                 NOW,
                 "video.completed",
                 change=RecordArchive(
-                    event.video_url, event.video_bytes, event.video_sha256, event.thumbnail_url
+                    event.video_url,
+                    event.video_bytes,
+                    event.video_sha256,
+                    event.thumbnail_url,
+                    event.media,
                 ),
             )
         case GenerationFailed() if stage in (Stage.GENERATING, Stage.ARCHIVING):

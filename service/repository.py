@@ -17,11 +17,12 @@ Time: every statement that hands a row to the machine also returns the database'
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -41,6 +42,9 @@ from service.machine import (
     SubmitKey,
     Transition,
 )
+from service.metrics import TableSnapshot
+
+T = TypeVar("T")
 
 # ---------------------------------------------------------------- errors
 
@@ -241,7 +245,8 @@ CHECKPOINT: dict[type[Change] | None, str] = {
     RecordDownload: _checkpoint_sql("openai_url = $13, openai_expires_at = $14, progress = 100"),
     RecordArchive: _checkpoint_sql(
         "video_url = $13, video_bytes = $14, video_sha256 = $15, thumbnail_url = $16, "
-        "progress = 100, completed_at = now()"
+        "duration_seconds = $17, width = $18, height = $19, poster_url = $20, "
+        "rendition_url = $21, progress = 100, completed_at = now()"
     ),
 }
 
@@ -258,7 +263,18 @@ def _change_values(change: Change | None) -> list[Any]:
         case RecordDownload():
             return [change.content_url, change.expires_at]
         case RecordArchive():
-            return [change.video_url, change.video_bytes, change.video_sha256, change.thumbnail_url]
+            media = change.media
+            return [
+                change.video_url,
+                change.video_bytes,
+                change.video_sha256,
+                change.thumbnail_url,
+                media.duration_seconds,
+                media.width,
+                media.height,
+                media.poster_url,
+                media.rendition_url,
+            ]
         case ForgetIntent() | None:
             return []
 
@@ -544,6 +560,33 @@ class PostgresRepository:
             "oldest_unfinished_seconds": None if oldest is None else round(float(oldest), 1),
         }
 
+    async def ping(self, within: float) -> None:
+        """Raise DatabaseUnavailable unless the database answers within ``within`` s
+        (readiness: a frozen connection must not hang the probe)."""
+        await _bounded(self.pool.fetchval("select 1"), within, "asking the database")
+
+    async def table_snapshot(self, within: float) -> TableSnapshot:
+        """Rows per stage, the oldest unfinished row's age and the rows in doubt, in one
+        query (for a metrics scrape; one pass over the table, no locks taken), or
+        DatabaseUnavailable after ``within`` s (a frozen database must not hang a scrape)."""
+        rows: list[asyncpg.Record] = await _bounded(
+            self.pool.fetch(
+                """select stage, count(*) as n,
+                          extract(epoch from now() - min(created_at))::float8 as oldest,
+                          count(*) filter (where submit_key is not null) as keyed
+                   from public.videos group by stage"""
+            ),
+            within,
+            "reading the table for metrics",
+        )
+        active = [r for r in rows if r["stage"] in ACTIVE]
+        ages = [r["oldest"] for r in active if r["oldest"] is not None]
+        return TableSnapshot(
+            rows_by_stage={r["stage"]: r["n"] for r in rows},
+            oldest_unfinished_seconds=max(ages) if ages else None,
+            in_doubt=sum(r["keyed"] for r in rows if r["stage"] == Stage.SUBMITTING.value),
+        )
+
     async def fetch_row(self, row_id: UUID) -> dict[str, Any] | None:
         """Every column of a row, as front ends see it (for ``show`` and the demo)."""
         with driver_errors(f"reading row {row_id}"):
@@ -571,6 +614,33 @@ select id from adopted, pg_notify('sora_worker', adopted.id::text)
 """
 """``sora-worker adopt``: one statement, so a worker claiming the row meanwhile either
 sees it before (and its guarded write then misses) or after (and polls the job)."""
+
+
+_ABANDONED: set[asyncio.Future[Any]] = set()
+
+
+async def _bounded(query: Awaitable[T], within: float, doing: str) -> T:
+    """``query``'s result, or DatabaseUnavailable after ``within`` seconds.
+
+    Not ``asyncio.timeout``: cancelling a query whose connection swallows packets waits
+    for the pool to take the connection back, which can take as long as the freeze.
+    Here the query is cancelled and left to finish its cleanup on its own.
+    """
+    task = asyncio.ensure_future(query)
+    done, _ = await asyncio.wait({task}, timeout=within)
+    if not done:
+        task.cancel()
+        _ABANDONED.add(task)
+        task.add_done_callback(_forget)
+        raise DatabaseUnavailable(f"{doing}: no answer within {within:g} s")
+    with driver_errors(doing):
+        return task.result()
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    _ABANDONED.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: a cancelled query's error is expected, not news
 
 
 def as_json(row: dict[str, Any]) -> dict[str, Any]:

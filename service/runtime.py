@@ -10,7 +10,7 @@ imported only when one is needed, so a production worker never loads them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING
 import asyncpg
 import httpx
 import structlog
+from aiohttp import web
 
 from service import fetch
 from service.config import Settings
 from service.daemon import Worker, WorkerOptions
 from service.extras import local_extra
+from service.http import WorkerHttp, WorkerProbe
 from service.machine import Policy
 from service.migrations import migrate
 from service.providers.lookup import Providers
@@ -115,6 +117,7 @@ class Runtime:
             photo_access=fetch.Access(s.image_allow_list, self.own_photo_origins),
             ledger=self.repo,
             webhooks=self.webhook_health,
+            rendition_kbps=s.rendition_bitrate,
         )
         options = WorkerOptions(
             concurrency=s.concurrency,
@@ -155,6 +158,11 @@ class Runtime:
             secrets["replicate"] = await replicate.webhook_secret()
         assert self.webhook_health is not None, "open_runtime sets it"
         return WebhookReceiver(secrets, self.repo, wakeup, self.webhook_health)
+
+    def http_server(self, worker: Worker, routes: Iterable[web.RouteDef] = ()) -> WorkerHttp:
+        """The worker's HTTP server (/metrics, /healthz, /readyz) plus ``routes``."""
+        s = self.settings
+        return WorkerHttp(s.http_host, s.http_port, WorkerProbe(worker, self.repo), routes=routes)
 
 
 async def database_url(settings: Settings) -> str:
@@ -428,6 +436,22 @@ async def _open_other_provider(
             webhook_url=webhook,
         )
     return shared.hosted, provider
+
+
+@asynccontextmanager
+async def open_providers(settings: Settings) -> AsyncIterator[Providers]:
+    """The providers alone, as the settings call for them (``cancel``, ``doctor``);
+    without a key, the local stand-in a worker on this data directory shares."""
+    async with AsyncExitStack() as stack:
+        _, _, providers = await _open_providers(
+            settings,
+            stack,
+            flexible_ports=False,
+            simulator_config=None,
+            veo_config=None,
+            replicate_config=None,
+        )
+        yield providers
 
 
 @asynccontextmanager

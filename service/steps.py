@@ -11,13 +11,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
-from pathlib import Path
 from typing import Protocol
 
 import httpx
@@ -44,6 +42,7 @@ from service.machine import (
     Vanished,
     Waiting,
 )
+from service.media_steps import Describer, ScratchCopy
 from service.providers import base as providers
 from service.providers import models
 from service.providers.base import VideoProvider, VideoRequest
@@ -99,6 +98,7 @@ class Steps:
         photo_access: fetch.Access | None = None,
         ledger: Ledger,
         webhooks: WebhookHealth | None = None,
+        rendition_kbps: int = 0,
     ) -> None:
         self.providers = providers
         self.store = store
@@ -110,6 +110,7 @@ class Steps:
         self.ledger = ledger
         self.webhooks = webhooks
         """Whose webhooks arrive: their rows are polled less often (service.webhooks)."""
+        self.describer = Describer(store, video_bucket, rendition_kbps)
 
     # ------------------------------------------------------------ submit
 
@@ -293,13 +294,29 @@ class Steps:
     # ------------------------------------------------------------ archive
 
     async def archive(self, job: Job) -> Event:
-        """Stream the video from the provider into the store; never whole in memory."""
+        """Stream the video from the provider into the store; never whole in memory.
+
+        A copy is written to a scratch file on the way (chunk by chunk, as it passes),
+        so the media facts, the poster and the rendition are read from local disk
+        without a second download; the scratch file is gone when the step ends. The
+        row's thumbnail is the provider's when its bytes are an image, else the poster.
+        """
         assert job.video_id is not None, "archiving rows always hold a video_id"
-        key = f"{job.id}/{_key_part(job.video_id)}.mp4"
+        name = f"{job.id}/{_key_part(job.video_id)}"
+        with ScratchCopy() as copy:
+            event = await self._archive_video(job, job.video_id, name, copy)
+            if isinstance(event, Archived) and copy.complete and copy.path is not None:
+                media = await self.describer.describe(name, copy.path)
+                thumbnail_url = event.thumbnail_url or media.poster_url
+                event = replace(event, media=media, thumbnail_url=thumbnail_url)
+            return event
+
+    async def _archive_video(self, job: Job, video_id: str, name: str, copy: ScratchCopy) -> Event:
+        key = f"{name}.mp4"
         try:
             provider = self.providers.get(job.provider)
-            async with provider.download(job.video_id, "video") as chunks:
-                stored = await self.store.put(self.video_bucket, key, chunks, "video/mp4")
+            async with provider.download(video_id, "video") as chunks:
+                stored = await self.store.put(self.video_bucket, key, copy.tap(chunks), "video/mp4")
         except UnknownProvider as err:
             return Transient(str(err))
         except providers.VideoGone as err:
@@ -314,68 +331,61 @@ class Steps:
             return Transient(f"archive interrupted: {fetch.describe_http_error(err)}")
         except OSError as err:
             return Transient(f"archive interrupted: {err.strerror or 'an I/O error'}")
-        thumbnail_url = await self._archive_thumbnail(job, provider, job.video_id)
+        thumbnail_url = await self._provider_thumbnail(job, provider, f"{name}.webp")
         return Archived(stored.url, stored.size, stored.sha256, thumbnail_url)
 
-    async def _archive_thumbnail(
-        self, job: Job, provider: VideoProvider, video_id: str
-    ) -> str | None:
-        """Best effort: a missing thumbnail never costs a finished video.
+    async def _provider_thumbnail(self, job: Job, provider: VideoProvider, key: str) -> str | None:
+        """The provider's thumbnail as WebP, only if its bytes really are an image.
 
-        The provider's thumbnail is taken only if its bytes are an image; a host that
-        answers with the MP4 (LiteLLM) or nothing gets the video's first frame instead.
-        Downloads go to a temporary file, never whole into memory.
+        Best effort: a missing thumbnail never costs a finished video. A host that
+        answers with the MP4 (a LiteLLM proxy drops the variant) or has none gets None,
+        and the row's thumbnail is then the poster made from the archived video's first
+        frame (``media_steps``). The download is capped; it is never the video twice.
         """
+        assert job.video_id is not None
         try:
-            with tempfile.TemporaryDirectory(prefix="sora-thumb-") as scratch:
-                image = await self._thumbnail(provider, video_id, Path(scratch))
-            stored = await self.store.put(
-                self.video_bucket,
-                f"{job.id}/{_key_part(video_id)}.webp",
-                _once(image),
-                "image/webp",
-            )
-        except (providers.ProviderError, StorageError, httpx.HTTPError) as err:
+            head, data = await _take_image(provider.download(job.video_id, "thumbnail"))
+            if data is None:
+                if thumbnails.is_mp4(head):
+                    log.info("video.thumbnail_was_the_video", video_id=job.video_id)
+                elif head:
+                    log.info("video.thumbnail_not_an_image", video_id=job.video_id)
+                return None
+            image = await images.in_photo_thread(lambda: thumbnails.as_webp(data))
+            stored = await self.store.put(self.video_bucket, key, _once(image), "image/webp")
+        except providers.ProviderError as err:
+            log.info("video.thumbnail_missing", video_id=job.video_id, error=str(err))
+            return None
+        except (StorageError, httpx.HTTPError, OSError) as err:
             log.warning("video.thumbnail_skipped", row_id=str(job.id), error=str(err))
             return None
         except Exception as err:
-            # Decoders (PyAV, Pillow) raise many kinds for bytes that are not what they
-            # claim; whatever it is, the archived video must not be retried for it.
+            # Decoders (Pillow) raise many kinds for bytes that are not what they claim;
+            # whatever it is, the archived video must not be retried for it.
             log.warning("video.thumbnail_skipped", row_id=str(job.id), error=repr(err))
             return None
         return stored.url
 
-    async def _thumbnail(self, provider: VideoProvider, video_id: str, scratch: Path) -> bytes:
-        """WebP bytes of the provider's thumbnail, or of the video's first frame."""
-        path = scratch / "thumbnail"
-        head = b""
-        try:
-            head = await _save(provider.download(video_id, "thumbnail"), path)
-        except providers.ProviderError as err:
-            log.info("video.thumbnail_missing", video_id=video_id, error=str(err))
-        kind = thumbnails.image_type(head)
-        if kind is not None and path.stat().st_size <= THUMBNAIL_MAX_BYTES:
-            data = path.read_bytes()
-            return await images.in_photo_thread(lambda: thumbnails.as_webp(data))
-        if not thumbnails.is_mp4(head):
-            if head:
-                log.info("video.thumbnail_not_an_image", video_id=video_id)
-            await _save(provider.download(video_id, "video"), path)
-        else:
-            log.info("video.thumbnail_was_the_video", video_id=video_id)
-        return await images.in_photo_thread(lambda: thumbnails.first_frame_webp(path))
 
-
-async def _save(download: AbstractAsyncContextManager[AsyncIterator[bytes]], path: Path) -> bytes:
-    """Stream a download into ``path``; return its first bytes (what it says it is)."""
+async def _take_image(
+    download: AbstractAsyncContextManager[AsyncIterator[bytes]],
+) -> tuple[bytes, bytes | None]:
+    """A download's first bytes, and the whole of it if those say it is an image of at
+    most THUMBNAIL_MAX_BYTES; anything else is left unread (an MP4 is not read twice)."""
     head = b""
-    with path.open("wb") as out:
-        async with download as chunks:
-            async for chunk in chunks:
+    body = bytearray()
+    async with download as chunks:
+        async for chunk in chunks:
+            body += chunk
+            if len(head) < 16:
+                head = bytes(body[:16])
                 if len(head) < 16:
-                    head += chunk[: 16 - len(head)]
-                await asyncio.to_thread(out.write, chunk)
-    return head
+                    continue
+                if thumbnails.image_type(head) is None:
+                    return head, None
+            if len(body) > THUMBNAIL_MAX_BYTES:
+                return head, None
+    return head, bytes(body) if thumbnails.image_type(head) is not None else None
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:

@@ -1,10 +1,10 @@
 """A finished video's thumbnail: the provider's, when it really is an image, else the
-video's own first frame.
+poster made from the archived video's first frame (``media.py``).
 
 Hosts differ: OpenAI serves a WebP at ``content?variant=thumbnail``; a LiteLLM proxy
 drops the variant and sends the whole MP4 again; others have none. Bytes are never
 stored as a thumbnail on the word of a URL or a header: their first bytes must say
-JPEG, PNG or WebP. Otherwise the first frame is decoded from the video with PyAV.
+JPEG, PNG or WebP.
 
 Every thumbnail is stored as WebP, the one image type the video bucket accepts (an
 existing bucket is never widened, see ``storage/supabase.py``). PyAV and Pillow are
@@ -15,7 +15,6 @@ thread (``images.in_photo_thread``), one at a time, like every other decode.
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from typing import Literal
 
 ImageType = Literal["jpeg", "png", "webp"]
@@ -47,22 +46,12 @@ def as_webp(data: bytes) -> bytes:
 
     with Image.open(io.BytesIO(data)) as image:
         image.draft("RGB", (MAX_SIDE, MAX_SIDE))
-        return _webp(image)
+        return webp(image)
 
 
-def first_frame_webp(video: Path) -> bytes:
-    """The video's first frame as WebP (raises ValueError when there is none)."""
-    import av
-
-    with av.open(str(video)) as container:
-        if not container.streams.video:
-            raise ValueError("the file has no video stream")
-        for frame in container.decode(video=0):
-            return _webp(frame.to_image())  # type: ignore[no-untyped-call]
-    raise ValueError("the video has no frames")
-
-
-def _webp(image: object) -> bytes:
+def webp(image: object) -> bytes:
+    """A Pillow image as WebP, scaled down to MAX_SIDE; the one format of every
+    thumbnail and poster."""
     from PIL import Image
 
     assert isinstance(image, Image.Image)

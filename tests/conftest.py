@@ -115,6 +115,7 @@ def make_settings(db_url: str, data_dir: Path, **overrides: Any) -> Settings:
         simulator_port=0,
         veo_fake_port=0,
         replicate_fake_port=0,
+        http_port=0,
         poll_interval=0.05,
         sweep_interval=2.0,
         lease_seconds=10.0,

@@ -30,6 +30,7 @@ def env_for(db_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
         SORA_DATA_DIR=str(data_dir),
         SORA_STORAGE_PORT="0",
         SORA_SIMULATOR_PORT="0",
+        SORA_HTTP_PORT="0",
         SORA_LOG_FORMAT="json",
     )
     env.update(extra)
@@ -212,7 +213,7 @@ async def test_request_list_show_and_stats(db_url: str, tmp_path: Path) -> None:
     shown = json.loads(await cli("show", row_id))
     assert (shown["prompt"], shown["size"], shown["status"]) == ("a red fox", "1280x720", "queued")
     assert row_id in await cli("list", "--status", "queued")
-    assert json.loads(await cli("stats"))["stages"] == {"pending": 1}
+    assert json.loads(await cli("stats", "--json"))["stages"] == {"pending": 1}
 
 
 @pytest.mark.parametrize("profile", ["openai", "litellm"])

@@ -3,10 +3,19 @@ values said in one line."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
-from service.config import Settings, SettingsError, check_environment, load_settings
+from service.config import (
+    Settings,
+    SettingsError,
+    check_environment,
+    env_example,
+    env_name,
+    load_settings,
+)
 
 
 def test_the_removed_private_hosts_switch_names_its_replacement() -> None:
@@ -41,3 +50,12 @@ def test_bad_values_are_one_line_naming_each_setting_and_never_its_value(
     assert "\n" not in message and "eyJ-secret-key" not in message
     assert "SORA_PROVIDER: Input should be 'openai', 'google_veo' or 'replicate'" in message
     assert "SORA_POLL_INTERVAL: Input should be greater than 0" in message
+
+
+def test_env_example_is_current_and_names_every_setting() -> None:
+    """.env.example is generated (`sora-worker env-example > .env.example`): regenerate it
+    when a setting changes; this fails until then."""
+    committed = (Path(__file__).parent.parent / ".env.example").read_text()
+    assert committed == env_example(), "run `sora-worker env-example > .env.example`"
+    for name in Settings.model_fields:
+        assert f"# {env_name(name)}=" in committed, name

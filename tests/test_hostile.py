@@ -21,9 +21,9 @@ from uuid import UUID
 from aiohttp import web
 from PIL import Image
 
-from service.local.serving import serve
 from service.local.simulator import SimulatorConfig
 from service.runtime import open_runtime
+from service.serving import serve
 from tests.conftest import FAST_SIMULATOR, make_settings
 from tests.test_pipeline import finished, running
 

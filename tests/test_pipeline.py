@@ -27,9 +27,9 @@ from structlog.testing import capture_logs
 
 from service import thumbnails
 from service.daemon import Worker
-from service.local.serving import serve
 from service.local.simulator import PROFILES, FailureRule
 from service.runtime import Runtime
+from service.serving import serve
 from tests.conftest import eventually, replica_of
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from service import thumbnails
+from service import media, thumbnails
 from service.local.simulator.media import render_mp4
 
 
@@ -35,19 +35,17 @@ def test_an_mp4_or_a_page_is_not_an_image() -> None:
     assert thumbnails.image_type(page[:16]) is None and not thumbnails.is_mp4(page[:16])
 
 
-def test_the_first_frame_of_a_video_becomes_a_webp_of_its_size(tmp_path: Path) -> None:
+def test_the_poster_is_the_first_frame_as_a_webp_of_its_size(tmp_path: Path) -> None:
     video = tmp_path / "v.mp4"
     video.write_bytes(render_mp4(128, 96, 1, prompt="x", reference=None, seed="s"))
-    webp = thumbnails.first_frame_webp(video)
-    assert thumbnails.image_type(webp) == "webp"
-    with Image.open(io.BytesIO(webp)) as image:
+    poster = media.probe(video).poster_webp
+    assert thumbnails.image_type(poster) == "webp"
+    with Image.open(io.BytesIO(poster)) as image:
         assert image.size == (128, 96)
 
 
 def test_a_file_that_is_no_video_is_refused(tmp_path: Path) -> None:
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"\x00" * 1000)
-    import av
-
-    with pytest.raises(av.FFmpegError):
-        thumbnails.first_frame_webp(junk)
+    with pytest.raises(media.MediaError):
+        media.probe(junk)

@@ -20,11 +20,11 @@ from aiohttp import web
 from standardwebhooks import Webhook
 
 from service.local.replicate_server import ReplicateServer
-from service.local.serving import serve
 from service.machine import Job, Policy, Progressed, RowId, Stage, apply
 from service.providers.lookup import Providers
 from service.providers.replicate_videos import ReplicateVideos
 from service.runtime import Runtime
+from service.serving import serve
 from service.wakeups.wakeup import Wakeup
 from service.webhooks import WebhookHealth, WebhookReceiver, signed_headers
 from tests.conftest import eventually

@@ -22,6 +22,7 @@ from service.machine import (
     ACTIVE_STAGES,
     ForgetIntent,
     Job,
+    Media,
     RecordArchive,
     RecordDownload,
     RecordIntent,
@@ -93,6 +94,7 @@ class Row:
     video_bytes: int | None = None
     video_sha256: str | None = None
     thumbnail_url: str | None = None
+    media: Media = field(default_factory=Media)
     completed_at: datetime | None = None
 
     def job(self, as_of: datetime) -> Job:
@@ -244,6 +246,7 @@ class MemoryRepository:
                 after.video_bytes = change.video_bytes
                 after.video_sha256 = change.video_sha256
                 after.thumbnail_url = change.thumbnail_url
+                after.media = change.media
                 after.progress = 100
                 after.completed_at = now
             case None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from service.local.serving import serve
+from service.serving import serve
 from service.storage.base import PUBLIC_PREFIX, StorageError
 from service.storage.local import object_path
 

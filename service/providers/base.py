@@ -13,7 +13,9 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
+
+from service.diagnosis import Finding
 
 JobStatus = Literal["queued", "running", "completed", "failed"]
 
@@ -144,3 +146,21 @@ class VideoProvider(Protocol):
 
     async def aclose(self) -> None:
         """Release connections."""
+
+
+@runtime_checkable
+class Cancellable(Protocol):
+    """A provider that can stop (or delete) a job: ``sora-worker cancel`` uses it where
+    the adapter offers it. Not part of ``VideoProvider``: the worker never cancels."""
+
+    async def cancel(self, job_id: str) -> None:
+        """Stop or delete the job; a job already gone is no error."""
+
+
+@runtime_checkable
+class Diagnosable(Protocol):
+    """A provider that can check itself for ``sora-worker doctor``: reachable, the
+    model served, what else the worker relies on. Adapters without it get one WARN."""
+
+    async def diagnose(self, model: str) -> list[Finding]:
+        """One finding per check; never raises for what the provider answers."""

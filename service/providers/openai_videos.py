@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import openai
 import structlog
 
+from service.diagnosis import Finding
 from service.providers.base import (
     CannotReconcile,
     ErrorKind,
@@ -345,6 +346,80 @@ class OpenAIVideos:
 
     def content_url(self, job_id: str) -> str:
         return f"{self.base_url}/videos/{job_id}/content"
+
+    async def diagnose(self, model: str) -> list[Finding]:
+        """``doctor``'s provider lines: reachable with this key, ``model`` served (where
+        the host lists its models), and listing supported (reconciliation needs it)."""
+        where = self.base_url
+        try:
+            page = await self._client.with_options(max_retries=0).models.list()
+            served = [m.id async for m in page]
+        except openai.APIConnectionError as err:
+            return [
+                Finding(
+                    "provider",
+                    "FAIL",
+                    f"cannot reach {where}: {err}",
+                    "check OPENAI_BASE_URL and the network path to it",
+                )
+            ]
+        except openai.AuthenticationError:
+            return [Finding("provider", "FAIL", f"{where} refused the key", "check OPENAI_API_KEY")]
+        except openai.APIStatusError as err:
+            found = [Finding("provider", "OK", f"{where} answers (HTTP {err.status_code})")]
+            found.append(
+                Finding(
+                    "model",
+                    "WARN",
+                    f"{where} lists no models (HTTP {err.status_code}); "
+                    f"cannot tell whether {model!r} is served",
+                    "make sure SORA_MODEL is a model this host serves",
+                )
+            )
+        else:
+            found = [Finding("provider", "OK", f"{where} answers with this key")]
+            if model in served:
+                found.append(Finding("model", "OK", f"{model!r} is served"))
+            else:
+                shown = ", ".join(sorted(served)[:10]) or "none"
+                found.append(
+                    Finding(
+                        "model",
+                        "FAIL",
+                        f"{model!r} is not among the served models ({shown})",
+                        "set SORA_MODEL to a served model (sora-2 was retired by OpenAI on "
+                        "2026-09-24; gateways serve others)",
+                    )
+                )
+        found.append(await self._diagnose_listing())
+        return found
+
+    async def _diagnose_listing(self) -> Finding:
+        try:
+            await _quiet(lambda: self._client.with_options(max_retries=0).videos.list(limit=1))
+        except openai.APIError as err:
+            return Finding(
+                "list videos",
+                "FAIL",
+                f"GET /videos?limit=1 failed: {err}",
+                "use a host that lists videos: without it a submission whose answer was lost "
+                "cannot be reconciled, and its row waits out the generation timeout",
+            )
+        return Finding("list videos", "OK", "GET /videos?limit=1 works (reconciliation)")
+
+    async def cancel(self, job_id: str) -> None:
+        """The API has no cancel: ``DELETE /videos/{id}`` removes the job (and its files).
+        A job already gone counts as cancelled."""
+        try:
+            await _quiet(lambda: self._client.videos.delete(job_id))
+        except openai.NotFoundError:
+            return
+        except openai.APIConnectionError as err:
+            raise ProviderUnavailable(f"cannot reach {self.base_url}: {err}") from err
+        except openai.APIStatusError as err:
+            raise ProviderUnavailable(
+                f"deleting {job_id} failed (HTTP {err.status_code}: {_message(err)})"
+            ) from err
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -70,8 +70,28 @@ class ObjectStore(Protocol):
     def public_url(self, bucket: str, key: str) -> str:
         """The permanent URL of ``bucket/key``."""
 
+    async def delete(self, bucket: str, key: str) -> None:
+        """Remove ``bucket/key``; an object already gone is no error (``prune`` re-runs)."""
+
     async def aclose(self) -> None:
         """Release connections."""
+
+
+def locate(store: ObjectStore, url: str) -> tuple[str, str] | None:
+    """The (bucket, key) of one of ``store``'s public URLs; None for any other URL.
+
+    Both stores build URLs as ``<base>/storage/v1/object/public/<bucket>/<key>``, so
+    the store's own prefix is read off a URL it makes.
+    """
+    prefix = store.public_url("b", "k")[: -len("b/k")]
+    if not url.startswith(prefix):
+        return None
+    bucket, _, key = url[len(prefix) :].partition("/")
+    try:
+        key_parts(bucket, key)
+    except StorageError:
+        return None
+    return bucket, key
 
 
 class Digest:

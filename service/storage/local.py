@@ -55,6 +55,9 @@ class LocalStore:
     def public_url(self, bucket: str, key: str) -> str:
         return f"{self.public_base_url}{PUBLIC_PREFIX}/{bucket}/{key}"
 
+    async def delete(self, bucket: str, key: str) -> None:
+        await asyncio.to_thread(object_path(self.root, bucket, key).unlink, missing_ok=True)
+
     async def aclose(self) -> None:
         return None
 

@@ -372,6 +372,17 @@ class SupabaseStore:
         """Same shape as storage3's ``get_public_url``; permanent for public buckets."""
         return f"{self.url}{PUBLIC_PREFIX}/{_object_path(bucket, key)}"
 
+    async def delete(self, bucket: str, key: str) -> None:
+        """Through storage3 (``DELETE /object/{bucket}`` with the key as a prefix); a
+        missing object is not an error there either."""
+        key_parts(bucket, key)
+        try:
+            await self._storage.from_(bucket).remove([key])
+        except StorageApiError as err:
+            raise self._api_error(err, f"deleting {bucket}/{key}", bucket) from err
+        except httpx.TransportError as err:
+            raise _unreachable(f"deleting {bucket}/{key}", err) from err
+
     async def aclose(self) -> None:
         if self._owns_http:
             await self._http.aclose()

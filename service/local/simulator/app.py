@@ -207,6 +207,16 @@ async def retrieve_video(request: web.Request) -> web.Response:
     return web.json_response(_host(request).video(job.video(store.config)), headers=headers)
 
 
+async def list_models(request: web.Request) -> web.Response:
+    """``GET /v1/models`` as OpenAI answers it: the models this simulator serves."""
+    config = request.app[STORE].config
+    data = [
+        {"id": name, "object": "model", "created": 0, "owned_by": "sora-worker-simulator"}
+        for name in config.models
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
 async def list_videos(request: web.Request) -> web.Response:
     """A cursor page as ``AsyncConversationCursorPage`` parses it (``after`` = ``last_id``)."""
     store = request.app[STORE]
@@ -368,6 +378,7 @@ def create_app(store: VideoStore) -> web.Application:
     app = web.Application(middlewares=[_openai_errors], client_max_size=_MAX_BODY)
     app[STORE] = store
     app.on_response_prepare.append(_add_request_id)
+    app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v1/videos", create_video)
     app.router.add_get("/v1/videos", list_videos)
     app.router.add_get("/v1/videos/{video_id}", retrieve_video)

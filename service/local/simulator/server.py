@@ -6,7 +6,7 @@ from types import TracebackType
 
 from aiohttp import web
 
-from service.local.serving import serve
+from service.serving import serve
 
 from .app import create_app
 from .config import SimulatorConfig

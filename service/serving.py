@@ -1,4 +1,5 @@
-"""Serving an aiohttp app on a socket, shared by every local server we run."""
+"""Serving an aiohttp app on a socket: the one way every server of ours starts (the
+worker's HTTP server, and the local stand-ins), so it lives outside ``service.local``."""
 
 from __future__ import annotations
 

@@ -1,0 +1,344 @@
+"""``sora-worker doctor``: the README's troubleshooting checklist, run instead of read.
+
+One line per check, OK / WARN / FAIL with the fix; the exit code is the worst level
+(0 OK, 1 WARN, 2 FAIL). Nothing is changed: no migration runs, no bucket is created.
+Every check catches its own failures, so a broken setting is a FAIL line, never a
+traceback; checks that need the database are skipped (and say so) when it is down.
+
+Provider checks live behind the adapter (``Diagnosable.diagnose``), so each adapter
+says what "reachable" and "model served" mean for its host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shutil
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
+
+import asyncpg
+import httpx
+
+from service.config import Settings
+from service.diagnosis import SEVERITY, Finding
+from service.extras import LocalExtraMissing
+from service.migrations import load
+from service.providers.base import Diagnosable
+from service.runtime import database_url, open_providers
+from service.wakeups.choice import listen_works
+
+CONNECT_TIMEOUT = 10.0
+DISK_WARN = 5 * 1024**3
+DISK_FAIL = 1024**3
+
+POOLER_FIX = (
+    "LISTEN cannot work through a transaction pooler (Supabase's port 6543, PgBouncer): "
+    "use the direct connection or the session pooler (port 5432) in DATABASE_URL, or set "
+    "SORA_WAKEUPS=realtime (with SUPABASE_URL) and SORA_PREPARED_STATEMENTS=false"
+)
+
+PUBLIC_WRITE_POLICIES = """
+select policyname, cmd, roles::text[] as roles
+from pg_policies
+where schemaname = 'storage' and tablename = 'objects' and permissive = 'PERMISSIVE'
+  and cmd in ('INSERT', 'UPDATE', 'DELETE', 'ALL')
+  and roles && array['public', 'anon', 'authenticated']::name[]
+  and ((coalesce(qual, '') || ' ' || coalesce(with_check, '')) ~ $1
+       or (coalesce(qual, '') || ' ' || coalesce(with_check, '')) !~ 'bucket_id')
+"""
+"""Policies that let the public write in our buckets (the test sql/0005 applies)."""
+
+GUARDS = """
+select count(*) from pg_policies
+where schemaname = 'storage' and tablename = 'objects' and permissive = 'RESTRICTIVE'
+  and policyname in ('sora_worker_no_public_insert', 'sora_worker_no_public_update',
+                     'sora_worker_no_public_delete')
+"""
+
+
+def worst(findings: Sequence[Finding]) -> int:
+    return max((SEVERITY[f.level] for f in findings), default=0)
+
+
+async def examine(settings: Settings) -> list[Finding]:
+    """Run every check that applies to these settings, in the order a person would."""
+    findings: list[Finding] = []
+    conn = await _database(settings, findings)
+    if conn is not None:
+        try:
+            await _guarded(findings, "migrations", lambda: _migrations(conn))
+            await _guarded(findings, "buckets", lambda: _buckets_in_sql(conn, settings))
+            await _guarded(findings, "storage policies", lambda: _policies(conn, settings))
+        finally:
+            with suppress(Exception):
+                await conn.close(timeout=2)
+        await _guarded(findings, "listen", lambda: _listen(settings))
+    if settings.uses_supabase:
+        await _guarded(findings, "realtime", lambda: _realtime(settings))
+        await _guarded(findings, "service key", lambda: _service_key(settings))
+    else:
+        await _guarded(findings, "local storage", lambda: _local_storage(settings))
+    await _guarded(findings, "provider", lambda: _provider(settings))
+    await _guarded(findings, "disk", lambda: _disk(settings))
+    return findings
+
+
+async def _guarded(
+    findings: list[Finding], check: str, run: Callable[[], Awaitable[list[Finding]]]
+) -> None:
+    try:
+        findings.extend(await run())
+    except Exception as err:
+        findings.append(Finding(check, "FAIL", f"the check itself failed: {err!r}"))
+
+
+async def _database(settings: Settings, findings: list[Finding]) -> asyncpg.Connection | None:
+    try:
+        dsn = await database_url(settings)
+        conn: asyncpg.Connection = await asyncpg.connect(
+            dsn,
+            timeout=CONNECT_TIMEOUT,
+            statement_cache_size=100 if settings.prepared_statements else 0,
+        )
+    except Exception as err:
+        findings.append(
+            Finding(
+                "database",
+                "FAIL",
+                f"cannot connect: {err or type(err).__name__}",
+                "check DATABASE_URL (host, port, user, password, database) and that "
+                "PostgreSQL accepts connections from here; later checks were skipped",
+            )
+        )
+        return None
+    version = await conn.fetchval("show server_version")
+    where = "embedded server" if settings.database_url is None else "DATABASE_URL"
+    findings.append(Finding("database", "OK", f"PostgreSQL {version} answers ({where})"))
+    return conn
+
+
+async def _migrations(conn: asyncpg.Connection) -> list[Finding]:
+    wanted = [m.name for m in load()]
+    if await conn.fetchval("select to_regclass('public.sora_worker_migrations')") is None:
+        return [
+            Finding(
+                "migrations", "FAIL", "the database was never migrated", "run `sora-worker migrate`"
+            )
+        ]
+    applied = {r["name"] for r in await conn.fetch("select name from sora_worker_migrations")}
+    missing = [name for name in wanted if name not in applied]
+    if missing or await conn.fetchval("select to_regclass('public.videos')") is None:
+        return [
+            Finding(
+                "migrations",
+                "FAIL",
+                f"not applied: {', '.join(missing) or 'public.videos is missing'}",
+                "run `sora-worker migrate` (or start a worker without --no-migrate)",
+            )
+        ]
+    return [Finding("migrations", "OK", f"all {len(wanted)} applied")]
+
+
+async def _buckets_in_sql(conn: asyncpg.Connection, settings: Settings) -> list[Finding]:
+    """On a Supabase database the buckets are rows: exist, and public (permanent URLs)."""
+    if await conn.fetchval("select to_regclass('storage.buckets')") is None:
+        return []  # plain PostgreSQL: storage is checked where it lives
+    buckets = [settings.video_bucket, settings.image_bucket]
+    rows = await conn.fetch(
+        "select id, public from storage.buckets where id = any($1::text[])", buckets
+    )
+    public = {r["id"]: bool(r["public"]) for r in rows}
+    found = []
+    for bucket in buckets:
+        if bucket not in public:
+            found.append(
+                Finding(
+                    "buckets",
+                    "WARN",
+                    f"bucket {bucket!r} does not exist yet",
+                    "nothing to do: a worker creates it (public) when it starts",
+                )
+            )
+        elif not public[bucket]:
+            found.append(
+                Finding(
+                    "buckets",
+                    "FAIL",
+                    f"bucket {bucket!r} is private: video_url would not open for anyone",
+                    f"update storage.buckets set public = true where id = '{bucket}'; "
+                    f"(or Dashboard > Storage > {bucket} > Edit bucket > Public bucket)",
+                )
+            )
+        else:
+            found.append(Finding("buckets", "OK", f"bucket {bucket!r} exists and is public"))
+    return found
+
+
+async def _policies(conn: asyncpg.Connection, settings: Settings) -> list[Finding]:
+    if await conn.fetchval("select to_regclass('storage.objects')") is None:
+        return []
+    names = "|".join(f"'{b}'" for b in (settings.video_bucket, settings.image_bucket))
+    offending = await conn.fetch(PUBLIC_WRITE_POLICIES, f"({names})")
+    guarded = await conn.fetchval(GUARDS) == 3
+    if not offending:
+        return [Finding("storage policies", "OK", "the public cannot write in our buckets")]
+    listed = ", ".join(f"{r['policyname']!r} ({r['cmd']})" for r in offending)
+    if guarded:
+        return [
+            Finding(
+                "storage policies",
+                "OK",
+                f"public write policies ({listed}) are overruled by sora-worker's "
+                "restrictive guards",
+            )
+        ]
+    return [
+        Finding(
+            "storage policies",
+            "FAIL",
+            f"the public may write or delete in our buckets through {listed}",
+            "run `sora-worker migrate` (sql/0005 drops them and guards the buckets), or "
+            "drop policy <name> on storage.objects",
+        )
+    ]
+
+
+async def _listen(settings: Settings) -> list[Finding]:
+    if settings.wakeups in ("none", "realtime"):
+        return [Finding("listen", "OK", f"not used (SORA_WAKEUPS={settings.wakeups})")]
+    if await listen_works(await database_url(settings)):
+        return [Finding("listen", "OK", "LISTEN hears its own NOTIFY")]
+    needed = settings.wakeups in ("listen", "both")
+    return [
+        Finding(
+            "listen",
+            "FAIL" if needed else "WARN",
+            "LISTEN heard nothing: new rows wait for the sweep "
+            f"(up to SORA_SWEEP_INTERVAL={settings.sweep_interval:g} s)",
+            POOLER_FIX,
+        )
+    ]
+
+
+async def _realtime(settings: Settings) -> list[Finding]:
+    if settings.wakeups in ("none", "listen"):
+        return [Finding("realtime", "OK", f"not used (SORA_WAKEUPS={settings.wakeups})")]
+    from websockets.asyncio.client import connect
+
+    assert settings.supabase_url is not None and settings.supabase_service_role_key is not None
+    key = settings.supabase_service_role_key.get_secret_value()
+    base = settings.supabase_url.rstrip("/").replace("https://", "wss://", 1)
+    url = base.replace("http://", "ws://", 1) + "/realtime/v1/websocket?vsn=1.0.0"
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT), connect(url + f"&apikey={key}"):
+            pass
+    except Exception as err:
+        detail = str(err).replace(key, "<key>") or type(err).__name__
+        return [
+            Finding(
+                "realtime",
+                "WARN",
+                f"cannot open the Realtime websocket: {detail}",
+                "check SUPABASE_URL; new rows wait for LISTEN or the sweep meanwhile",
+            )
+        ]
+    return [Finding("realtime", "OK", "the Realtime websocket opens")]
+
+
+async def _service_key(settings: Settings) -> list[Finding]:
+    assert settings.supabase_url is not None and settings.supabase_service_role_key is not None
+    key = settings.supabase_service_role_key.get_secret_value()
+    url = settings.supabase_url.rstrip("/") + "/storage/v1/bucket"
+    async with httpx.AsyncClient(timeout=CONNECT_TIMEOUT) as client:
+        try:
+            answer = await client.get(
+                url, headers={"apikey": key, "Authorization": f"Bearer {key}"}
+            )
+        except httpx.HTTPError as err:
+            return [
+                Finding("service key", "FAIL", f"cannot reach {url}: {err}", "check SUPABASE_URL")
+            ]
+    role = _jwt_role(key)
+    if answer.status_code == 200 and role not in (None, "service_role"):
+        return [
+            Finding(
+                "service key",
+                "FAIL",
+                f"SUPABASE_SERVICE_ROLE_KEY is a {role!r} key: the worker could not write",
+                "set it to the project's service_role key (Dashboard > Project Settings > API)",
+            )
+        ]
+    if answer.status_code == 200:
+        return [Finding("service key", "OK", "Supabase Storage accepts the service-role key")]
+    return [
+        Finding(
+            "service key",
+            "FAIL",
+            f"Supabase Storage answered HTTP {answer.status_code} to the service-role key",
+            "set SUPABASE_SERVICE_ROLE_KEY to the project's service_role key "
+            "(Dashboard > Project Settings > API), not the anon key",
+        )
+    ]
+
+
+def _jwt_role(key: str) -> str | None:
+    """The ``role`` claim of a legacy JWT key (read, not verified); None for other keys."""
+    parts = key.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return None
+    role = claims.get("role") if isinstance(claims, dict) else None
+    return role if isinstance(role, str) else None
+
+
+async def _local_storage(settings: Settings) -> list[Finding]:
+    root = settings.data_dir / "storage"
+    probe = root / ".doctor"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        return [
+            Finding(
+                "local storage",
+                "FAIL",
+                f"cannot write under {root}: {err.strerror or err}",
+                "make SORA_DATA_DIR writable by the worker, or set SUPABASE_URL",
+            )
+        ]
+    port = settings.storage_port or "<any free port>"
+    served = settings.public_url or f"http://{settings.storage_host}:{port}"
+    return [Finding("local storage", "OK", f"{root} is writable; served at {served}")]
+
+
+async def _provider(settings: Settings) -> list[Finding]:
+    try:
+        async with open_providers(settings) as providers:
+            provider = providers.get(None)
+            if not isinstance(provider, Diagnosable):
+                return [Finding("provider", "WARN", f"{provider.name} cannot check itself")]
+            found = await provider.diagnose(settings.provider_model)
+    except LocalExtraMissing as err:
+        return [Finding("provider", "FAIL", str(err), "set OPENAI_API_KEY and OPENAI_BASE_URL")]
+    if settings.openai_api_key is None:
+        simulator = "OPENAI_API_KEY is unset: the local Sora simulator makes synthetic clips"
+        found.insert(0, Finding("provider", "OK", simulator))
+    return found
+
+
+async def _disk(settings: Settings) -> list[Finding]:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(settings.data_dir).free
+    what = f"{free / 1024**3:.1f} GiB free under SORA_DATA_DIR ({settings.data_dir})"
+    uses = "the embedded database and local videos" if not settings.uses_supabase else "temp files"
+    if free < DISK_FAIL:
+        return [Finding("disk", "FAIL", what, f"free space or move SORA_DATA_DIR: it holds {uses}")]
+    if free < DISK_WARN:
+        return [Finding("disk", "WARN", what, f"free space soon: SORA_DATA_DIR holds {uses}")]
+    return [Finding("disk", "OK", what)]

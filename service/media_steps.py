@@ -1,0 +1,133 @@
+"""The archive step's media part: a scratch copy of the video as it streams past, then
+its facts, a poster and an optional rendition, stored beside the video.
+
+Best effort throughout: a row's video is archived whether or not any of this works.
+A failure is logged (``video.media_skipped``) and the row completes without that part,
+because the video itself is what was paid for and what expires at the provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import BinaryIO
+
+import structlog
+
+from service import media
+from service.machine import Media
+from service.storage.base import ObjectStore, StorageError
+
+log = structlog.get_logger("service.media")
+
+READ_CHUNK = 1024 * 1024
+
+
+class ScratchCopy:
+    """A scratch directory (``with``) holding the copy written by ``tap``. Nothing here
+    may fail the archive it taps: no directory or a failed write (a full disk) only
+    stops the copy, and ``complete`` says whether it holds the whole video."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self.complete = False
+        self._dir: str | None = None
+
+    def __enter__(self) -> ScratchCopy:
+        try:
+            self._dir = tempfile.mkdtemp(prefix="sora-archive-")
+        except OSError as err:
+            self._give_up(err)
+        else:
+            self.path = Path(self._dir) / "video.mp4"
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    async def tap(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        handle: BinaryIO | None = None
+        if self.path is not None:
+            try:
+                handle = await asyncio.to_thread(self.path.open, "wb")
+            except OSError as err:
+                self._give_up(err)
+        try:
+            async for chunk in chunks:
+                if handle is not None:
+                    try:
+                        await asyncio.to_thread(handle.write, chunk)
+                    except OSError as err:
+                        self._give_up(err)
+                        handle.close()
+                        handle = None
+                yield chunk
+            self.complete = handle is not None
+        finally:
+            if handle is not None:
+                handle.close()
+
+    def _give_up(self, err: OSError) -> None:
+        log.warning("video.media_skipped", part="scratch copy", error=err.strerror or str(err))
+
+
+class Describer:
+    """Reads an archived video's facts and stores its poster (and rendition)."""
+
+    def __init__(self, store: ObjectStore, bucket: str, rendition_kbps: int) -> None:
+        self.store = store
+        self.bucket = bucket
+        self.rendition_kbps = rendition_kbps
+        # One probe or rendition at a time per worker: they are CPU work (a rendition
+        # can take seconds), and the worker's other rows must not queue behind several.
+        self._cpu = asyncio.Semaphore(1)
+
+    async def describe(self, name: str, path: Path) -> Media:
+        """``name`` is the video's key without ``.mp4``; the poster and the rendition
+        are stored beside it (``name.poster.webp``, ``name.small.mp4``)."""
+        try:
+            async with self._cpu:
+                facts = await asyncio.to_thread(media.probe, path)
+        except media.MediaError as err:
+            log.warning("video.media_skipped", part="probe", error=str(err))
+            return Media()
+        poster_url = await self._put_poster(name, facts.poster_webp)
+        rendition_url = await self._rendition(name, path) if self.rendition_kbps else None
+        return Media(facts.duration_seconds, facts.width, facts.height, poster_url, rendition_url)
+
+    async def _put_poster(self, name: str, image: bytes) -> str | None:
+        async def one() -> AsyncIterator[bytes]:
+            yield image
+
+        try:
+            stored = await self.store.put(self.bucket, f"{name}.poster.webp", one(), "image/webp")
+        except (StorageError, OSError) as err:
+            log.warning("video.media_skipped", part="poster", error=str(err))
+            return None
+        return stored.url
+
+    async def _rendition(self, name: str, path: Path) -> str | None:
+        target = path.with_name("small.mp4")
+        try:
+            async with self._cpu:
+                await asyncio.to_thread(media.render, path, target, self.rendition_kbps)
+            stored = await self.store.put(
+                self.bucket, f"{name}.small.mp4", _read(target), "video/mp4"
+            )
+        except (media.MediaError, StorageError, OSError) as err:
+            log.warning("video.media_skipped", part="rendition", error=str(err))
+            return None
+        return stored.url
+
+
+async def _read(path: Path) -> AsyncIterator[bytes]:
+    handle = await asyncio.to_thread(path.open, "rb")
+    try:
+        while chunk := await asyncio.to_thread(handle.read, READ_CHUNK):
+            yield chunk
+    finally:
+        handle.close()

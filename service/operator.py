@@ -1,0 +1,237 @@
+"""The operator's verbs: retry, cancel, rearchive, prune, and storage used per bucket.
+
+Each change is one guarded SQL statement, safe while any number of workers run: it
+touches only rows in the stage it expects that no live lease holds (``locked_until``
+null or lapsed), so it never fights a worker mid-step; a worker whose lease lapsed and
+who writes afterwards misses, because its checkpoint is guarded by the stage it read
+(``LeaseLost``). Zero rows changed is an answer, explained by ``why_not``.
+
+What each verb means:
+
+- ``retry``: a failed row goes back to ``queued`` as a fresh request (attempts, error,
+  key, provider job and stored URLs cleared: the same fresh start the
+  ``videos_prepare_request`` trigger gives a person who sets ``status = 'queued'``).
+- ``cancel``: a pending or generating row (or one waiting to submit afresh, with no
+  key recorded) is failed with "cancelled by operator"; the
+  caller then deletes the provider's job where the provider can (OpenAI's API has no
+  cancel for videos; ``DELETE /v1/videos/{id}`` removes the job). A row being
+  submitted (its outcome may be unknown) or archived (the video is paid for and nearly
+  saved) is refused: the refusal says why.
+- ``rearchive``: a finished row whose provider copy has not expired goes back to
+  ``archiving``; the workers copy it again (and re-probe it) as for any archive.
+- ``prune``: completed rows older than N days are marked ``pruned_at`` and their stored
+  files (video, poster, rendition, thumbnail) deleted. Marked first, so a front end
+  stops offering them before they vanish; a crash in between leaves files, never a
+  row that claims files it has lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from service.repository import ACTIVE, driver_errors
+
+FREE = "(locked_until is null or locked_until < now())"
+"""No live lease: no worker is in the middle of a step on the row."""
+
+CANCELLED = "cancelled by operator"
+
+RETRY = f"""
+update public.videos
+set status = 'queued', provider = null,
+    duration_seconds = null, width = null, height = null,
+    poster_url = null, rendition_url = null, pruned_at = null
+where stage = 'failed' and {FREE}
+  and ($1::uuid is null or id = $1)
+  and ($2::timestamptz is null or updated_at >= $2)
+returning id
+"""
+"""The trigger (sql/0002) turns status 'queued' into a fresh start; the media columns
+(sql/0008) are cleared here."""
+
+CANCEL = f"""
+update public.videos
+set stage = 'failed', status = 'failed', error = '{CANCELLED}',
+    next_attempt_at = now(), locked_by = null, locked_until = null
+where id = $1 and {FREE}
+  and (stage in ('pending', 'generating') or (stage = 'submitting' and submit_key is null))
+returning id, video_id, provider
+"""
+
+REARCHIVE = f"""
+update public.videos
+set stage = 'archiving', status = 'processing', attempts = 0, error = null,
+    next_attempt_at = now(), locked_by = null, locked_until = null, pruned_at = null
+where id = $1 and stage in ('completed', 'failed') and {FREE}
+  and video_id is not null and openai_url is not null and openai_expires_at > now()
+returning id
+"""
+
+PRUNABLE = """
+select id, video_url, poster_url, rendition_url, thumbnail_url, video_bytes, completed_at
+from public.videos
+where stage = 'completed' and pruned_at is null and completed_at < now() - $1::interval
+order by completed_at
+"""
+
+PRUNE = f"""
+update public.videos set pruned_at = now()
+where stage = 'completed' and pruned_at is null and completed_at < now() - $1::interval
+  and {FREE}
+returning id, video_url, poster_url, rendition_url, thumbnail_url, video_bytes, completed_at
+"""
+
+STORAGE_USED = """
+select bucket_id, count(*) as objects,
+       coalesce(sum((metadata->>'size')::bigint), 0) as bytes
+from storage.objects where bucket_id = any($1::text[]) group by bucket_id
+"""
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    id: UUID
+    video_id: str | None
+    """The provider's job, to delete there; None if none was submitted yet."""
+    provider: str | None = None
+    """The provider the job was submitted to (the row keeps it)."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a verb changed nothing on a row."""
+
+    reason: str
+    busy: bool
+    """A worker holds the row's lease right now: the same verb may work in a moment."""
+
+
+@dataclass(frozen=True)
+class Prunable:
+    id: UUID
+    urls: tuple[str, ...]
+    """Every stored file of the row: video, poster, rendition, thumbnail (those set)."""
+    video_bytes: int
+    completed_at: datetime
+
+    @classmethod
+    def of(cls, record: asyncpg.Record) -> Prunable:
+        urls = (
+            record["video_url"],
+            record["poster_url"],
+            record["rendition_url"],
+            record["thumbnail_url"],
+        )
+        return cls(
+            record["id"],
+            tuple(u for u in urls if u),
+            record["video_bytes"] or 0,
+            record["completed_at"],
+        )
+
+
+class Operator:
+    """The verbs' SQL on a pool; the CLI wraps them, tests run them beside workers."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def retry(self, row_id: UUID | None, *, failed_since: datetime | None) -> list[UUID]:
+        """Re-queue one failed row, or every failed row (changed since ``failed_since``)."""
+        with driver_errors("re-queueing failed rows"):
+            rows = await self.pool.fetch(RETRY, row_id, failed_since)
+        return [r["id"] for r in rows]
+
+    async def cancel(self, row_id: UUID) -> Cancelled | None:
+        """Fail a pending or generating row that no worker is in the middle of."""
+        with driver_errors(f"cancelling row {row_id}"):
+            record = await self.pool.fetchrow(CANCEL, row_id)
+        return (
+            None
+            if record is None
+            else Cancelled(record["id"], record["video_id"], record["provider"])
+        )
+
+    async def rearchive(self, row_id: UUID) -> bool:
+        """Send a finished row back to archiving while the provider's copy lasts."""
+        with driver_errors(f"re-archiving row {row_id}"):
+            return await self.pool.fetchval(REARCHIVE, row_id) is not None
+
+    async def prunable(self, older_than: timedelta) -> list[Prunable]:
+        """What ``prune`` would take (the dry run)."""
+        with driver_errors("finding rows to prune"):
+            rows = await self.pool.fetch(PRUNABLE, older_than)
+        return [Prunable.of(r) for r in rows]
+
+    async def mark_pruned(self, older_than: timedelta) -> list[Prunable]:
+        """Mark the rows pruned; returns them, so their files can be deleted."""
+        with driver_errors("marking rows pruned"):
+            rows = await self.pool.fetch(PRUNE, older_than)
+        return [Prunable.of(r) for r in rows]
+
+    async def why_not(self, row_id: UUID, verb: str) -> Refusal:
+        """Why ``verb`` changed nothing on this row, in words an operator can act on."""
+        busy, reason = await self._why_not(row_id, verb)
+        return Refusal(reason, busy)
+
+    async def _why_not(self, row_id: UUID, verb: str) -> tuple[bool, str]:
+        with driver_errors(f"reading row {row_id}"):
+            row = await self.pool.fetchrow(
+                f"""select stage, {FREE} as free, openai_url, openai_expires_at,
+                           video_id, now() as now
+                    from public.videos where id = $1""",
+                row_id,
+            )
+        if row is None:
+            return False, f"no row {row_id}"
+        stage = row["stage"]
+        if not row["free"]:
+            return True, f"a worker is on row {row_id} right now ({stage}); try again shortly"
+        match verb:
+            case "retry":
+                return False, f"row {row_id} is {stage}, not failed: only failed rows are retried"
+            case "cancel" if stage == "submitting":
+                return False, (
+                    f"row {row_id} is being submitted and the provider may hold its job; "
+                    "cancel it once it is generating"
+                )
+            case "cancel" if stage == "archiving":
+                return False, f"row {row_id} is generated and being archived; nothing to cancel"
+            case "cancel":
+                return False, f"row {row_id} is {stage}: nothing to cancel"
+            case "rearchive" if stage in ACTIVE:
+                return False, f"row {row_id} is still {stage}: the worker archives it when done"
+            case "rearchive" if row["video_id"] is None or row["openai_url"] is None:
+                return False, f"row {row_id} has no provider copy to archive from"
+            case "rearchive":
+                expiry = row["openai_expires_at"]
+                when = "at an unknown time" if expiry is None else f"at {expiry.isoformat()}"
+                return False, f"the provider's copy of row {row_id} expired {when}"
+        return False, f"row {row_id} is {stage}"
+
+    async def storage_used(self, buckets: Sequence[str]) -> dict[str, dict[str, int]] | None:
+        """Objects and bytes per bucket from Supabase's ``storage.objects``; None where
+        the database has no storage schema (plain PostgreSQL)."""
+        with driver_errors("summing storage"):
+            if await self.pool.fetchval("select to_regclass('storage.objects')") is None:
+                return None
+            rows = await self.pool.fetch(STORAGE_USED, list(buckets))
+        used = {b: {"objects": 0, "bytes": 0} for b in buckets}
+        for r in rows:
+            used[r["bucket_id"]] = {"objects": r["objects"], "bytes": r["bytes"]}
+        return used
+
+
+def as_dict(item: Prunable) -> dict[str, Any]:
+    return {
+        "id": str(item.id),
+        "files": list(item.urls),
+        "video_bytes": item.video_bytes,
+        "completed_at": item.completed_at.isoformat(),
+    }

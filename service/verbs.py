@@ -1,0 +1,267 @@
+"""The operator's commands: ``adopt``, ``retry``, ``cancel``, ``rearchive``, ``prune``
+(and the storage part of ``stats``). The SQL and its guards live in ``service.operator``; this
+module opens what each command needs and says what happened, in a line or in JSON.
+
+Exit codes: 0 when the command did (or, for a dry run, would do) what was asked; 1 when
+nothing matched or the row was refused (the line says why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import structlog
+
+from service.config import Settings
+from service.operator import Operator, Prunable, as_dict
+from service.providers.base import Cancellable, ProviderError
+from service.providers.ids import litellm_id
+from service.providers.lookup import UnknownProvider
+from service.repository import Conflict, PostgresRepository, Refused
+from service.runtime import create_pool, database_url, open_providers, open_store
+from service.storage.base import StorageError, locate
+
+log = structlog.get_logger("service.verbs")
+
+CANCEL_PATIENCE = 30.0
+"""Seconds ``cancel`` waits for a worker to finish the step it is in on the row."""
+
+_SINCE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str) -> datetime:
+    """``--since``: an age (``90m``, ``6h``, ``2d``) or an ISO date/time (UTC if naive)."""
+    match = _SINCE.match(text.strip())
+    if match:
+        return datetime.now(UTC) - timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"--since {text!r}: give an age like 6h or 2d, or a date") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def add_parsers(commands: Any) -> list[argparse.ArgumentParser]:
+    """The verbs' command lines (``commands``: the CLI's subparsers); the caller adds
+    ``--json`` to each one returned."""
+    adopt: argparse.ArgumentParser = commands.add_parser(
+        "adopt",
+        help="attach a provider job a person found to a row that holds none (an in-doubt "
+        "or failed row); the worker polls and archives it. Safe while workers run",
+    )
+    adopt.add_argument("id", type=UUID, help="the row")
+    adopt.add_argument("video_id", help="the provider's job id, as the provider gave it")
+    adopt.add_argument(
+        "--litellm-model",
+        metavar="MODEL",
+        help="VIDEO_ID is the upstream id of a job made through a LiteLLM proxy for its "
+        "model MODEL: wrap it the way the proxy mints ids, so the proxy can route it",
+    )
+
+    retry = commands.add_parser("retry", help="re-queue a failed row, or every failed row")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", type=UUID, nargs="?")
+    which.add_argument("--failed", action="store_true", help="every failed row")
+    retry.add_argument("--since", help="with --failed: failed within this age (6h, 2d) or date")
+
+    cancel = commands.add_parser(
+        "cancel", help="fail a pending or generating row and delete its job at the provider"
+    )
+    cancel.add_argument("id", type=UUID)
+
+    rearchive = commands.add_parser(
+        "rearchive", help="copy a finished row's video again while the provider still has it"
+    )
+    rearchive.add_argument("id", type=UUID)
+
+    prune = commands.add_parser(
+        "prune", help="delete stored files of rows completed long ago (dry run unless --apply)"
+    )
+    prune.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    prune.add_argument("--apply", "--yes", action="store_true", help="really delete")
+
+    return [adopt, retry, cancel, rearchive, prune]
+
+
+async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    match args.command:
+        case "adopt":
+            video_id = args.video_id
+            if args.litellm_model:
+                video_id = litellm_id(video_id, args.litellm_model)
+            return await run_adopt(settings, args.id, video_id, args.json)
+        case "retry":
+            if args.since and not args.failed:
+                print("sora-worker: --since goes with --failed", file=sys.stderr)
+                return 2
+            try:
+                since = parse_since(args.since) if args.since else None
+            except ValueError as err:
+                print(f"sora-worker: {err}", file=sys.stderr)
+                return 2
+            return await run_retry(settings, args.id, since, args.json)
+        case "cancel":
+            return await run_cancel(settings, args.id, args.json)
+        case "rearchive":
+            return await run_rearchive(settings, args.id, args.json)
+        case "prune":
+            return await run_prune(settings, args.older_than, args.apply, args.json)
+    raise AssertionError(args.command)
+
+
+@asynccontextmanager
+async def operator(settings: Settings) -> AsyncIterator[Operator]:
+    async with create_pool(settings, await database_url(settings), 1) as pool:
+        yield Operator(pool)
+
+
+def say(as_json: bool, payload: dict[str, Any], line: str, *, ok: bool) -> int:
+    """One result, as JSON on stdout or as a line (stdout if ok, stderr if not)."""
+    if as_json:
+        print(json.dumps(payload, sort_keys=True, default=str))
+    else:
+        print(line, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
+async def run_adopt(settings: Settings, row_id: UUID, video_id: str, as_json: bool) -> int:
+    """Attach the job a person found (after an in-doubt failure) to its row."""
+    async with create_pool(settings, await database_url(settings), 1) as pool:
+        repo = PostgresRepository(pool, settings.worker_id, settings.lease)
+        try:
+            await repo.adopt(row_id, video_id, settings.provider)
+        except Refused as err:
+            return say(
+                as_json, {"adopted": False, "reason": str(err)}, f"sora-worker: {err}", ok=False
+            )
+        except Conflict:
+            holder = await repo.holder_of(video_id)
+            why = f"job {video_id} already belongs to row {holder}"
+            return say(as_json, {"adopted": False, "reason": why}, f"sora-worker: {why}", ok=False)
+    log.info("video.adopted", row_id=str(row_id), video_id=video_id)
+    line = f"row {row_id} adopted {video_id}; a worker will poll and archive it"
+    payload = {"adopted": True, "id": str(row_id), "video_id": video_id}
+    return say(as_json, payload, line, ok=True)
+
+
+async def run_retry(
+    settings: Settings, row_id: UUID | None, since: datetime | None, as_json: bool
+) -> int:
+    async with operator(settings) as op:
+        ids = await op.retry(row_id, failed_since=since)
+        if not ids and row_id is not None:
+            why = (await op.why_not(row_id, "retry")).reason
+            return say(as_json, {"retried": [], "reason": why}, why, ok=False)
+    listed = [str(i) for i in ids]
+    return say(
+        as_json, {"retried": listed}, f"re-queued {len(ids)} row(s) " + " ".join(listed), ok=True
+    )
+
+
+async def run_cancel(settings: Settings, row_id: UUID, as_json: bool) -> int:
+    """Fail the row (waiting out a worker's current step on it), then delete the job."""
+    deadline = time.monotonic() + CANCEL_PATIENCE
+    async with operator(settings) as op:
+        while (done := await op.cancel(row_id)) is None:
+            why = await op.why_not(row_id, "cancel")
+            if not why.busy or time.monotonic() > deadline:
+                refused = {"cancelled": False, "reason": why.reason}
+                return say(as_json, refused, why.reason, ok=False)
+            await asyncio.sleep(0.25)  # a worker is mid-step: its lease ends with the step
+    payload: dict[str, Any] = {"cancelled": True, "id": str(row_id), "video_id": done.video_id}
+    line = f"row {row_id} failed: cancelled by operator"
+    if done.video_id is not None:
+        payload["provider"] = await _cancel_at_provider(settings, done.video_id, done.provider)
+        line += f"; provider job {done.video_id}: {payload['provider']}"
+    return say(as_json, payload, line, ok=True)
+
+
+async def _cancel_at_provider(settings: Settings, video_id: str, name: str | None) -> str:
+    async with open_providers(settings) as providers:
+        try:
+            provider = providers.get(name)
+        except UnknownProvider as err:
+            return f"not cancelled ({err})"
+        if not isinstance(provider, Cancellable):
+            return f"not cancelled ({provider.name} cannot cancel jobs)"
+        try:
+            await provider.cancel(video_id)
+        except ProviderError as err:
+            log.warning("cancel.provider_failed", video_id=video_id, error=str(err))
+            return f"not deleted: {err}"
+    return "deleted"
+
+
+async def run_rearchive(settings: Settings, row_id: UUID, as_json: bool) -> int:
+    async with operator(settings) as op:
+        if not await op.rearchive(row_id):
+            why = (await op.why_not(row_id, "rearchive")).reason
+            return say(as_json, {"rearchiving": False, "reason": why}, why, ok=False)
+    line = f"row {row_id} is archiving again; a worker copies it from the provider"
+    return say(as_json, {"rearchiving": True, "id": str(row_id)}, line, ok=True)
+
+
+async def run_prune(settings: Settings, days: float, apply: bool, as_json: bool) -> int:
+    """Dry run unless ``apply``: list what would go; else mark the rows, delete files."""
+    age = timedelta(days=days)
+    async with operator(settings) as op:
+        rows = await op.mark_pruned(age) if apply else await op.prunable(age)
+    failures: list[str] = []
+    if apply and rows:
+        failures = await _delete_files(settings, rows)
+    total = sum(r.video_bytes for r in rows)
+    payload = {
+        "dry_run": not apply,
+        "rows": [as_dict(r) for r in rows],
+        "video_bytes": total,
+        "failed_deletes": failures,
+    }
+    verb = "pruned" if apply else "would prune (dry run; --apply to act)"
+    line = f"{verb} {len(rows)} row(s) completed over {days:g} days ago, {total:,} video bytes"
+    for failure in failures:
+        print(f"sora-worker: {failure}", file=sys.stderr)
+    return say(as_json, payload, line, ok=not failures)
+
+
+async def _delete_files(settings: Settings, rows: list[Prunable]) -> list[str]:
+    failures = []
+    async with open_store(settings) as store:
+        for row in rows:
+            for url in row.urls:
+                where = locate(store, url)
+                if where is None:
+                    failures.append(f"row {row.id}: {url} is not in this store; left alone")
+                    continue
+                try:
+                    await store.delete(*where)
+                except (StorageError, OSError) as err:
+                    failures.append(f"row {row.id}: could not delete {url}: {err}")
+    return failures
+
+
+async def storage_used(settings: Settings, op: Operator) -> dict[str, dict[str, int]] | None:
+    """Per bucket: Supabase's storage.objects, or the files of local storage."""
+    buckets = [settings.video_bucket, settings.image_bucket]
+    if settings.uses_supabase:
+        return await op.storage_used(buckets)
+    return await asyncio.to_thread(_local_usage, settings.data_dir / "storage", buckets)
+
+
+def _local_usage(root: Path, buckets: list[str]) -> dict[str, dict[str, int]]:
+    used = {}
+    for bucket in buckets:
+        files = [p for p in (root / bucket).rglob("*") if p.is_file()]
+        used[bucket] = {"objects": len(files), "bytes": sum(p.stat().st_size for p in files)}
+    return used

@@ -1,0 +1,160 @@
+"""``sora-worker doctor``: all OK on the embedded defaults, FAIL with the fix otherwise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import asyncpg
+from pydantic import SecretStr
+
+from service.diagnosis import Finding
+from service.doctor import examine, worst
+from service.migrations import migrate
+from service.operator import Operator
+from tests.conftest import make_settings
+from tests.fakes.supabase_storage import started
+from tests.test_cli import env_for
+from tests.test_database_faults import proxied
+from tests.test_operator import cli
+from tests.test_storage_policies import SUPABASE_STORAGE
+
+
+def by_check(findings: list[Finding]) -> dict[str, list[Finding]]:
+    out: dict[str, list[Finding]] = {}
+    for finding in findings:
+        out.setdefault(finding.check, []).append(finding)
+    return out
+
+
+async def test_the_embedded_defaults_are_all_ok(db_url: str, tmp_path: Path) -> None:
+    status, out, err = await cli(env_for(db_url, tmp_path), "doctor", "--json")
+    report = json.loads(out)
+    assert status == 0, (out, err)
+    assert report["worst"] == "OK"
+    checks = {c["check"] for c in report["checks"]}
+    assert checks >= {"database", "migrations", "listen", "local storage", "provider", "model"}
+    assert {"list videos", "disk"} <= checks
+    assert all(c["level"] == "OK" for c in report["checks"]), report
+
+
+async def test_an_unmigrated_database_fails_with_the_fix(empty_db_url: str, tmp_path: Path) -> None:
+    status, out, _ = await cli(env_for(empty_db_url, tmp_path), "doctor")
+    assert status == 2
+    line = next(line for line in out.splitlines() if "migrations" in line)
+    assert line.startswith("FAIL") and "run `sora-worker migrate`" in line
+
+
+async def test_a_missing_migration_is_named(db_url: str, tmp_path: Path) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute("delete from sora_worker_migrations where name = '0008_media.sql'")
+    finally:
+        await conn.close()
+    found = by_check(await examine(make_settings(db_url, tmp_path)))
+    assert found["migrations"][0].level == "FAIL"
+    assert "0008_media.sql" in found["migrations"][0].detail
+
+
+async def supabase_database(empty_db_url: str) -> asyncpg.Connection:
+    """A database with Supabase's storage schema (as the seed left it), then migrated."""
+    conn = await asyncpg.connect(empty_db_url)
+    await conn.execute(SUPABASE_STORAGE)
+    await migrate(conn)
+    return conn
+
+
+async def test_a_private_bucket_fails_with_the_fix(empty_db_url: str, tmp_path: Path) -> None:
+    conn = await supabase_database(empty_db_url)
+    try:
+        healthy = by_check(await examine(make_settings(empty_db_url, tmp_path)))
+        assert [f.level for f in healthy["buckets"]] == ["OK", "OK"]
+        assert healthy["storage policies"][0].level == "OK"
+        await conn.execute("update storage.buckets set public = false where id = 'hug-videos'")
+    finally:
+        await conn.close()
+    findings = await examine(make_settings(empty_db_url, tmp_path))
+    bucket = next(f for f in by_check(findings)["buckets"] if "hug-videos" in f.detail)
+    assert bucket.level == "FAIL" and "private" in bucket.detail
+    assert "update storage.buckets set public = true where id = 'hug-videos'" in bucket.fix
+    assert worst(findings) == 2
+
+
+async def test_a_public_write_policy_fails_unless_guarded(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    conn = await supabase_database(empty_db_url)
+    try:
+        await conn.execute(
+            """create policy "Anyone can upload videos" on storage.objects
+               for insert to anon with check (bucket_id = 'hug-videos')"""
+        )
+        guarded = by_check(await examine(make_settings(empty_db_url, tmp_path)))
+        assert guarded["storage policies"][0].level == "OK"  # the restrictive guards hold
+        await conn.execute("drop policy sora_worker_no_public_insert on storage.objects")
+    finally:
+        await conn.close()
+    policy = by_check(await examine(make_settings(empty_db_url, tmp_path)))["storage policies"][0]
+    assert policy.level == "FAIL" and "Anyone can upload videos" in policy.detail
+    assert "sora-worker migrate" in policy.fix
+
+
+async def test_an_unreachable_database_is_one_fail_line(tmp_path: Path) -> None:
+    settings = make_settings("postgresql://nobody@127.0.0.1:1/none", tmp_path)
+    found = by_check(await examine(settings))
+    assert found["database"][0].level == "FAIL" and "DATABASE_URL" in found["database"][0].fix
+    assert "migrations" not in found
+
+
+async def test_a_supabase_key_that_storage_refuses_fails_with_the_fix(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with started() as fake:
+        good = make_settings(
+            db_url, tmp_path, supabase_url=fake.url, supabase_service_role_key=fake.service_key
+        )
+        assert by_check(await examine(good))["service key"][0].level == "OK"
+        wrong = "sk-not-this-project"
+        bad = good.model_copy(update={"supabase_service_role_key": SecretStr(wrong)})
+        refused = by_check(await examine(bad))["service key"][0]
+    assert refused.level == "FAIL" and "SUPABASE_SERVICE_ROLE_KEY" in refused.fix
+    assert wrong not in refused.detail + refused.fix
+
+
+async def test_listen_through_a_transaction_pooler_is_a_warning_with_the_fix(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with proxied(db_url) as (proxy, dsn):
+        proxy.deaf = True  # notifications never arrive, as through Supavisor's port 6543
+        findings = await examine(make_settings(dsn, tmp_path))
+    listen = by_check(findings)["listen"][0]
+    assert listen.level == "WARN" and "6543" in listen.fix
+    assert worst(findings) == 1
+
+
+async def test_a_model_the_provider_does_not_serve_fails_with_the_fix(
+    db_url: str, tmp_path: Path
+) -> None:
+    findings = by_check(await examine(make_settings(db_url, tmp_path, model="veo-9")))
+    model = findings["model"][0]
+    assert model.level == "FAIL" and "'veo-9' is not among the served models" in model.detail
+    assert "SORA_MODEL" in model.fix
+    assert findings["list videos"][0].level == "OK"
+
+
+async def test_storage_used_per_bucket_on_a_supabase_database(empty_db_url: str) -> None:
+    conn = await supabase_database(empty_db_url)
+    try:
+        await conn.execute(
+            """insert into storage.objects (bucket_id, name, metadata) values
+               ('hug-videos', 'a.mp4', '{"size": 1000}'), ('hug-videos', 'a.jpg', '{"size": 24}'),
+               ('avatars', 'me.png', '{"size": 7}')"""
+        )
+    finally:
+        await conn.close()
+    async with asyncpg.create_pool(empty_db_url, min_size=1, max_size=1) as pool:
+        used = await Operator(pool).storage_used(["hug-videos", "hug-images"])
+    assert used == {
+        "hug-videos": {"objects": 2, "bytes": 1024},
+        "hug-images": {"objects": 0, "bytes": 0},
+    }

@@ -1,0 +1,198 @@
+"""The worker's HTTP server as a scraper and a container runtime see it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+
+import httpx
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.local.simulator import SimulatorConfig
+from service.runtime import Runtime, open_runtime
+from tests.conftest import FAST_SIMULATOR, eventually, make_settings
+from tests.test_cli import CLI, env_for
+from tests.test_database_faults import proxied
+from tests.test_pipeline import finished, running
+
+EVERY_METRIC = {
+    "sora_rows",
+    "sora_oldest_unfinished_seconds",
+    "sora_rows_in_doubt",
+    "sora_table_read_ok",
+    "sora_claims",
+    "sora_provider_calls",
+    "sora_provider_call_seconds",
+    "sora_polls",
+    "sora_archived_bytes",
+    "sora_retries",
+    "sora_rows_finished",
+    "sora_expired_before_archived",
+    "sora_event_source_up",
+}
+
+
+def samples(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Metric family name -> labels -> value, as a scraper parses the page."""
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = tuple(sorted(sample.labels.items()))
+            out.setdefault(family.name, {})[key] = sample.value
+            out.setdefault(sample.name, {})[key] = sample.value
+    return out
+
+
+async def test_metrics_after_a_row_show_every_metric_and_the_table(runtime: Runtime) -> None:
+    worker = runtime.worker()
+    async with (
+        runtime.http_server(worker) as server,
+        running(worker),
+        httpx.AsyncClient() as client,
+    ):
+        base = f"http://127.0.0.1:{server.port}"
+        row_id = await runtime.repo.insert_request("a hug, measured")
+        assert (await finished(runtime, row_id))["status"] == "completed"
+        await runtime.pool.execute(
+            "insert into videos (prompt, next_attempt_at) values ('later', now() + interval '1h')"
+        )
+        page = await client.get(f"{base}/metrics")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/plain")
+        found = samples(page.text)
+        assert set(found) >= EVERY_METRIC, EVERY_METRIC - set(found)
+        assert found["sora_rows"][(("stage", "completed"),)] == 1
+        assert found["sora_rows"][(("stage", "pending"),)] == 1
+        assert found["sora_oldest_unfinished_seconds"][()] >= 0
+        assert found["sora_claims_total"][()] >= 1
+        assert found["sora_archived_bytes_total"][()] > 0
+        assert found["sora_polls_total"][()] >= 1
+        assert found["sora_rows_finished_total"][(("stage", "completed"),)] == 1
+        calls = found["sora_provider_calls_total"]
+        assert calls[(("call", "create"), ("outcome", "Accepted"))] == 1
+        assert calls[(("call", "download"), ("outcome", "Archived"))] == 1
+        assert found["sora_event_source_up"][(("source", "listen"),)] == 1
+        assert found["sora_event_source_up"][(("source", "sweep"),)] == 1
+        assert (await client.get(f"{base}/healthz")).json() == {"alive": True}
+        ready = await client.get(f"{base}/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["sources"] == {"listen": True, "sweep": True}
+
+
+async def test_two_workers_in_one_process_count_apart(runtime: Runtime) -> None:
+    first, second = runtime.worker(), runtime.worker()
+    async with (
+        runtime.http_server(first) as one,
+        runtime.http_server(second) as two,
+        running(first),
+    ):
+        await finished(runtime, await runtime.repo.insert_request("counted once"))
+        async with httpx.AsyncClient() as client:
+            a = samples((await client.get(f"http://127.0.0.1:{one.port}/metrics")).text)
+            b = samples((await client.get(f"http://127.0.0.1:{two.port}/metrics")).text)
+    assert a["sora_claims_total"][()] >= 1
+    assert b["sora_claims_total"][()] == 0
+
+
+async def test_readyz_is_503_while_the_database_is_gone_and_200_when_back(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with proxied(db_url) as (proxy, dsn):
+        settings = make_settings(dsn, tmp_path, http_port=0)
+        async with open_runtime(
+            settings, apply_migrations=False, simulator_config=SimulatorConfig(**FAST_SIMULATOR)
+        ) as rt:
+            worker = rt.worker(listen=False)
+            async with (
+                rt.http_server(worker) as server,
+                running(worker),
+                httpx.AsyncClient() as client,
+            ):
+                url = f"http://127.0.0.1:{server.port}/readyz"
+                await eventually(lambda: client.get(url), lambda r: r.status_code == 200)
+                proxy.refuse()
+                proxy.cut_all()
+                gone = await eventually(lambda: client.get(url), lambda r: r.status_code == 503)
+                assert gone.json()["ready"] is False and gone.json()["database"] != "ok"
+                scraped = samples((await client.get(url.replace("readyz", "metrics"))).text)
+                assert scraped["sora_table_read_ok"][()] == 0
+                assert (await client.get(url.replace("readyz", "healthz"))).status_code == 200
+                proxy.restore()
+                await eventually(lambda: client.get(url), lambda r: r.status_code == 200)
+                # A frozen database (packets swallowed): both answer in bounded time.
+                proxy.blackhole()
+                try:
+                    frozen = await client.get(url, timeout=10)
+                    page = await client.get(url.replace("readyz", "metrics"), timeout=10)
+                finally:
+                    proxy.restore()  # else the worker's frozen claim outlives the test
+                assert frozen.status_code == 503
+                assert samples(page.text)["sora_table_read_ok"][()] == 0
+                await eventually(lambda: client.get(url), lambda r: r.status_code == 200)
+
+
+async def test_health_command_follows_the_running_worker(db_url: str, tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "run", env=env_for(db_url, tmp_path), stderr=asyncio.subprocess.PIPE
+    )
+    assert proc.stderr is not None
+    try:
+        port = 0
+        async with asyncio.timeout(30):
+            while not port:
+                line = await proc.stderr.readline()
+                if b"http.listening" in line:
+                    port = json.loads(line)["port"]
+        health = [*CLI, "health"]
+        env = env_for(db_url, tmp_path, SORA_HTTP_PORT=str(port))
+
+        async def probe() -> int:
+            checked = await asyncio.create_subprocess_exec(
+                *health, env=env, stdout=asyncio.subprocess.DEVNULL
+            )
+            return await checked.wait()
+
+        assert await eventually(probe, lambda code: code == 0) == 0
+        proc.send_signal(signal.SIGTERM)
+        await proc.communicate()
+        assert await probe() == 1  # nobody answers any more
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_a_taken_http_port_is_one_line_naming_the_setting(
+    db_url: str, tmp_path: Path, runtime: Runtime
+) -> None:
+    worker = runtime.worker()
+    async with runtime.http_server(worker) as server:
+        proc = await asyncio.create_subprocess_exec(
+            *CLI,
+            "run",
+            env=env_for(db_url, tmp_path / "second", SORA_HTTP_PORT=str(server.port)),
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(60):
+            _, stderr = await proc.communicate()
+    assert proc.returncode == 1
+    assert "SORA_HTTP_PORT" in stderr.decode()
+    assert "Traceback" not in stderr.decode()
+
+
+async def test_other_routes_mount_on_the_same_server(runtime: Runtime) -> None:
+    """How the webhook receivers join: ``routes=`` (or ``server.app.add_routes``)."""
+
+    async def hook(request: web.Request) -> web.Response:
+        return web.json_response({"got": (await request.json())["id"]})
+
+    worker = runtime.worker()
+    routes = [web.post("/webhooks/test", hook)]
+    async with runtime.http_server(worker, routes=routes) as server, httpx.AsyncClient() as client:
+        base = f"http://127.0.0.1:{server.port}"
+        answer = await client.post(f"{base}/webhooks/test", json={"id": "video_1"})
+        assert answer.json() == {"got": "video_1"}
+        assert (await client.get(f"{base}/healthz")).status_code == 200
