@@ -130,11 +130,11 @@ async def test_cancel_fails_a_generating_row_and_deletes_its_job_only(settings: 
             row = await row_of(rt, doomed)
             assert (row["status"], row["error"]) == ("failed", CANCELLED)
             with pytest.raises(VideoGone):
-                await rt.provider.retrieve(rows[0]["video_id"])
+                await rt.providers.get(None).retrieve(rows[0]["video_id"])
             # The worker goes on polling the other row, and never writes the cancelled one.
             progress = rows[1]["progress"]
             await eventually(lambda: row_of(rt, kept), lambda r: r["progress"] > progress)
-            assert (await rt.provider.retrieve(rows[1]["video_id"])).status == "running"
+            assert (await rt.providers.get(None).retrieve(rows[1]["video_id"])).status == "running"
             assert await row_of(rt, doomed) == row
             assert (await row_of(rt, kept))["stage"] == "generating"
 
