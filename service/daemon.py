@@ -128,6 +128,10 @@ class Worker:
                 outage.over()
                 for job in claimed:
                     self._start(job)
+                if claimed and len(claimed) == free:
+                    # Every free slot got a row, so more may be due: no need to ask when
+                    # the next one is (only a finished row frees a slot anyway).
+                    continue
                 reasons = await wait_for_work(
                     self.wakeup, self.repo, self.options.sweep_interval, claimed=len(claimed)
                 )
@@ -235,9 +239,9 @@ class Worker:
         except LeaseLost as err:
             log.warning("video.lease_lost", error=str(err))
         except Conflict as err:
-            # The row is unchanged and nothing was sent: either an identical request is
-            # in doubt right now (they take turns: Rule.ONE_IN_DOUBT_PER_REQUEST), or
-            # another row recorded this provider job first. Look again shortly.
+            # The row is unchanged and nothing was sent: another row recorded this
+            # provider job first (a twin with the same photos, or text only, took
+            # the same candidate at the same moment). Look again shortly.
             log.info("video.deferred", rule=err.rule, stage=job.stage.value)
             self._let_go(job.id)
             with contextlib.suppress(RepositoryError):

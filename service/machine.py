@@ -154,6 +154,9 @@ class IntentRecorded:
     submit_key: SubmitKey
     provider: str
     request: VideoRequest
+    reference_print: bytes | None = None
+    """The reference reduced to a print (``service.likeness``): the evidence that later
+    tells this row's job from its identical twins'."""
 
 
 @dataclass(frozen=True)
@@ -227,8 +230,8 @@ class Archived:
 
 @dataclass(frozen=True)
 class Waiting:
-    """Nothing failed; the step cannot go on yet (an identical request is in doubt, an
-    earlier create may still be in flight). Look again after ``retry_after``."""
+    """Nothing failed; the step cannot go on yet (an earlier create may still be in
+    flight). Look again after ``retry_after``."""
 
     reason: str
     retry_after: timedelta
@@ -278,6 +281,7 @@ class RecordIntent:
     model: str
     size: str
     seconds: str
+    reference_print: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -399,6 +403,7 @@ def _on_submission(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
                     event.request.model,
                     event.request.size,
                     event.request.seconds,
+                    event.reference_print,
                 ),
             )
         case Accepted() if stage is Stage.SUBMITTING:
