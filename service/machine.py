@@ -91,10 +91,16 @@ class Policy:
     """Retry rules, from settings."""
 
     poll_interval: timedelta
+    """The shortest pause between two polls of a job (and the first poll's delay)."""
     max_attempts: int
     retry_base: timedelta
     retry_cap: timedelta
     generation_timeout: timedelta = timedelta(hours=3)
+    poll_ceiling: timedelta = timedelta(seconds=60)
+    """The longest pause between two polls, whatever the job's pace suggests."""
+    typical_generation: timedelta | None = None
+    """How long the model usually takes, if known: a job that reports no progress yet
+    is next looked at when it should be about done."""
     archive_grace: timedelta = timedelta(hours=24)
     """How long after the generation deadline an archive is tried when the provider
     gave no ``expires_at`` (OpenAI documented about a day)."""
@@ -201,6 +207,8 @@ class Progressed:
 
     progress: int
     provider_status: str
+    poll_after: timedelta | None = None
+    """When the provider asked to be polled again (``openai-poll-after-ms``), if it did."""
 
 
 @dataclass(frozen=True)
@@ -446,7 +454,7 @@ def _on_generation(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
             return Transition(
                 Stage.GENERATING,
                 0,
-                policy.poll_interval,
+                poll_delay(job, event, policy),
                 "video.progress",
                 change=RecordProgress(_percent(event.progress)),
             )
@@ -475,6 +483,30 @@ def _on_generation(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
             # 404 for a moment: give it max_attempts tries before failing the row.
             return _retry(job, event.reason, None, policy, jitter, bounded=True)
     return None
+
+
+def poll_delay(job: Job, event: Progressed, policy: Policy) -> timedelta:
+    """When to look at a running job again: as late as its pace allows, so a video costs
+    a few polls instead of one every ``poll_interval``.
+
+    The provider's own word (``poll_after``) comes first. Otherwise a job that reports
+    progress is looked at again when, at the pace it has kept since it was submitted,
+    it should be done; one that reports none yet (queued, or a host without progress)
+    when the model's typical duration says so, else after half the time it has already
+    taken (polls thin out geometrically). Always between ``poll_interval`` and
+    ``poll_ceiling``; time is the database's (``as_of - submitted_at``).
+    """
+    elapsed = NOW if job.submitted_at is None else max(job.as_of - job.submitted_at, NOW)
+    progress = _percent(event.progress)
+    if event.poll_after is not None:
+        wanted = event.poll_after
+    elif progress > 0 and event.provider_status != "queued":
+        wanted = elapsed * (100 - progress) / progress
+    elif policy.typical_generation is not None and elapsed < policy.typical_generation:
+        wanted = policy.typical_generation - elapsed
+    else:
+        wanted = elapsed / 2
+    return min(max(wanted, policy.poll_interval), policy.poll_ceiling)
 
 
 def _percent(progress: int) -> int:

@@ -105,6 +105,10 @@ class Runtime:
                 retry_base=timedelta(seconds=s.retry_base),
                 retry_cap=timedelta(seconds=s.retry_cap),
                 generation_timeout=timedelta(seconds=s.generation_timeout),
+                poll_ceiling=max(timedelta(seconds=s.poll_ceiling), s.poll_delay),
+                typical_generation=None
+                if s.typical_generation_seconds is None
+                else timedelta(seconds=s.typical_generation_seconds),
             ),
         )
         wakeup = realtime.wakeup if realtime is not None else Wakeup()

@@ -317,7 +317,7 @@ class Steps:
             case "failed":
                 return GenerationFailed(state.error or "the provider failed the job")
             case "queued" | "running":
-                return Progressed(state.progress, state.raw_status)
+                return Progressed(state.progress, state.raw_status, state.poll_after)
 
     # ------------------------------------------------------------ archive
 

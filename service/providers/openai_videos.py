@@ -15,13 +15,15 @@ What this adapter adds on top of the SDK:
 from __future__ import annotations
 
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import openai
 import structlog
+from openai._constants import RAW_RESPONSE_HEADER  # pinned SDK: with_raw_response's switch
 
 from service.providers.base import (
     JobStatus,
@@ -86,6 +88,15 @@ def _retry_after(err: openai.APIStatusError) -> timedelta | None:
     except ValueError:
         return None
     return None
+
+
+def _poll_after(headers: Mapping[str, str]) -> timedelta | None:
+    """The host's ``openai-poll-after-ms`` (what the SDK's own ``poll()`` honours)."""
+    try:
+        value = float(headers.get("openai-poll-after-ms", ""))
+    except ValueError:
+        return None
+    return timedelta(milliseconds=value) if 0 < value < 86_400_000 else None
 
 
 def _error_code(err: openai.APIStatusError) -> str | None:
@@ -229,8 +240,15 @@ class OpenAIVideos:
         )
 
     async def retrieve(self, job_id: str) -> ProviderJob:
+        # The raw response, for its poll-after header: what ``with_raw_response`` does,
+        # asked for directly so that the deprecated method is called inside ``_quiet``
+        # (the wrapper would call it later, inside its own coroutine, and warn).
+        raw = {RAW_RESPONSE_HEADER: "true"}
         try:
-            video = await _quiet(lambda: self._client.videos.retrieve(job_id))
+            response: Any = await _quiet(
+                lambda: self._client.videos.retrieve(job_id, extra_headers=raw)
+            )
+            video = response.parse()
         except openai.NotFoundError as err:
             raise VideoGone(f"job {job_id} no longer exists at {self.base_url}") from err
         except openai.APIConnectionError as err:
@@ -240,7 +258,7 @@ class OpenAIVideos:
                 f"status of {job_id} unavailable (HTTP {err.status_code}: {_message(err)})",
                 _retry_after(err),
             ) from err
-        return self._job(video)
+        return replace(self._job(video), poll_after=_poll_after(response.headers))
 
     @asynccontextmanager
     async def download(
