@@ -184,21 +184,31 @@ JOB_COLUMNS = ", ".join(ROW_COLUMNS) + ", now() as as_of"
 # One statement claims fresh rows and takes back rows whose owner died, so a crash
 # needs no rescue job: a lapsed lease simply makes the row claimable again.
 CLAIM = f"""
-with due as (
+with fresh as (
+    select id from public.videos
+    where stage = 'pending'                -- videos_fresh_idx: requests go first, so a new
+      and next_attempt_at <= now()         -- row never queues behind thousands of polls
+      and (locked_until is null or locked_until < now())
+      and id <> all($4::uuid[])
+    order by next_attempt_at
+    limit $2
+    for update skip locked
+), due as (
     select id from public.videos
     where stage in {ACTIVE_SQL}  -- videos_due_idx's predicate
-      and next_attempt_at <= now()         -- due: new, retry time reached, or next poll
+      and stage <> 'pending'               -- taken above
+      and next_attempt_at <= now()         -- due: retry time reached, or next poll
       and (locked_until is null or locked_until < now())  -- free, or its lease lapsed
       and id <> all($4::uuid[])            -- not one this worker is still running
     order by next_attempt_at               -- oldest debt first
-    limit $2
+    limit $2 - (select count(*) from fresh)
     for update skip locked                 -- replicas never block on or share a row
 )
 update public.videos v
 set locked_by = $1, locked_until = now() + $3::interval,
     next_attempt_at = now() + $3::interval  -- due again when the lease ends (NEXT_DUE)
-from due
-where v.id = due.id
+from (select id from fresh union all select id from due) as claimed
+where v.id = claimed.id
 returning {", ".join("v." + c for c in ROW_COLUMNS)}, now() as as_of
 """
 

@@ -23,3 +23,8 @@ create index if not exists videos_in_doubt_idx
 update public.videos set next_attempt_at = locked_until
 where locked_until is not null and locked_until > next_attempt_at
   and stage in ('pending', 'submitting', 'generating', 'archiving');
+
+-- New requests are claimed before due polls and retries (the claim reads this small
+-- index first): under load, a row inserted now must not wait behind a backlog of polls.
+create index if not exists videos_fresh_idx on public.videos (next_attempt_at)
+    where stage = 'pending';

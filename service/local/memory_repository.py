@@ -179,7 +179,7 @@ class MemoryRepository:
                 and (row.locked_until is None or row.locked_until < now)
                 and row.id not in skip
             ),
-            key=lambda row: row.next_attempt_at,
+            key=lambda row: (row.stage is not Stage.PENDING, row.next_attempt_at),  # fresh first
         )[: max(limit, 0)]
         for row in due:
             row.locked_by = self.worker_id

@@ -23,7 +23,10 @@ from typing import Any, TypeVar
 
 import openai
 import structlog
-from openai._constants import RAW_RESPONSE_HEADER  # pinned SDK: with_raw_response's switch
+from openai._constants import (  # pinned SDK
+    DEFAULT_CONNECTION_LIMITS,  # the SDK's own Limits type (its vendored httpx's)
+    RAW_RESPONSE_HEADER,  # with_raw_response's switch
+)
 
 from service.providers.base import (
     JobStatus,
@@ -59,6 +62,13 @@ STATUS_MAP: dict[str, JobStatus] = {
     "cancelled": "failed",
 }
 CHUNK_SIZE = 256 * 1024
+STATUS_LIMITS = DEFAULT_CONNECTION_LIMITS.__class__(
+    max_connections=8, max_keepalive_connections=8, keepalive_expiry=30.0
+)
+"""Connections for polls, creates and listings. Few on purpose: before each request the
+HTTP pool checks every idle connection it keeps (a ``select`` on each socket), which
+with the SDK's default (100 kept alive, one per concurrent row) cost most of a poll's
+CPU; each of these calls takes milliseconds, so 8 carry hundreds of polls a second."""
 RECONCILE_SLACK = timedelta(minutes=2)
 RECONCILE_MAX_PAGES = 50
 
@@ -128,11 +138,20 @@ class OpenAIVideos:
         max_retries: int = 2,
     ) -> None:
         self._client = openai.AsyncOpenAI(
-            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            http_client=openai.DefaultAsyncHttpxClient(limits=STATUS_LIMITS),
         )
         self.submit_timeout = timedelta(seconds=timeout)
         # The POST that costs money is made exactly once per call; see module docstring.
         self._create_client = self._client.with_options(max_retries=0)
+        # Downloads hold a connection for as long as a video streams: their own pool, so
+        # that polls never wait behind them.
+        self._download_client = openai.AsyncOpenAI(
+            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
+        )
         self.base_url = str(self._client.base_url).rstrip("/")
 
     def validate(self, model: str, size: str, seconds: str) -> None:
@@ -264,7 +283,7 @@ class OpenAIVideos:
     async def download(
         self, job_id: str, variant: Variant = "video"
     ) -> AsyncIterator[AsyncIterator[bytes]]:
-        streaming = self._client.videos.with_streaming_response
+        streaming = self._download_client.videos.with_streaming_response
         try:
             async with _quiet(
                 lambda: streaming.download_content(job_id, variant=variant)
@@ -287,6 +306,7 @@ class OpenAIVideos:
 
     async def aclose(self) -> None:
         await self._client.close()
+        await self._download_client.close()
 
     def _job(self, video: Any) -> ProviderJob:
         raw = str(video.status)
