@@ -187,13 +187,11 @@ async def polling_figures(server: str, scratch: Path, sizes: Sizes, table: Table
     equivalent = int(sizes.day_rows * sizes.day_factor)
     table.add("polls per video, 2-min jobs (target <= 5)", day["polls_per_video"], "polls")
     table.add(
-        f"share of a core, {equivalent} rows of 2-min jobs, time x{sizes.day_factor:g} "
+        f"share of a core, {equivalent} rows of 2-min jobs, time x{sizes.day_factor:g}, "
+        "submit+polls+archive "
         "(target < 25)",
         day["core_share"] * 100,
         "%",
-    )
-    table.add(
-        "  CPU per poll there (archives of the finished included)", day["cpu_ms_per_poll"], "ms"
     )
 
 

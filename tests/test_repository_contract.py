@@ -415,3 +415,17 @@ async def test_as_of_moves_forward_between_reads(backend: Backend) -> None:
     second = await loaded(repo, row)
     assert first.as_of < claimed.as_of < second.as_of
     assert await repo.load(RowId(uuid.uuid4())) is None
+
+
+async def test_a_new_request_is_claimed_before_rows_that_fell_due_earlier(
+    backend: Backend,
+) -> None:
+    repo = backend.repo()
+    earlier = [await repo.insert_request(f"in doubt since a while {n}") for n in range(2)]
+    for job in await claim_all(repo, *earlier):  # due again at once, and not new
+        await repo.checkpoint(job, step(Stage.SUBMITTING, intent()), keep_lease=False)
+    fresh = await repo.insert_request("just asked for")
+
+    [first] = await repo.claim(1)
+    assert first.id == fresh  # it does not queue behind a backlog of polls and retries
+    assert {j.id for j in await repo.claim(5)} == set(earlier)
