@@ -506,9 +506,12 @@ class PostgresRepository:
 
 
 def as_json(row: dict[str, Any]) -> dict[str, Any]:
-    """A row with UUIDs and times as strings, for printing."""
+    """A row with UUIDs and times as strings, for printing; the reference print (768
+    bytes of pixels only reconciliation reads) is left out."""
     out: dict[str, Any] = {}
     for key, value in row.items():
+        if key == "reference_print":
+            continue
         if isinstance(value, UUID):
             out[key] = str(value)
         elif isinstance(value, datetime):
