@@ -295,7 +295,7 @@ class Worker:
         except asyncio.CancelledError:
             raise
         except RepositoryError as err:
-            # Not a bug: a step asked the database (an identical request in doubt?) during
+            # Not a bug: a step asked the database (reconciliation, about other rows) during
             # an outage. A retry like any other transient failure.
             log.warning("video.step_database_error", action=action.value, error=str(err))
             return Transient(f"database unavailable during {action.value}")
