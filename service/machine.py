@@ -239,10 +239,11 @@ class Archived:
 @dataclass(frozen=True)
 class Waiting:
     """Nothing failed; the step cannot go on yet (an earlier create may still be in
-    flight). Look again after ``retry_after``."""
+    flight, twins' jobs cannot be told apart yet). Look again after ``retry_after``
+    (None: as often as a job is polled), until a paid job's deadline."""
 
     reason: str
-    retry_after: timedelta
+    retry_after: timedelta | None
 
 
 @dataclass(frozen=True)
@@ -377,10 +378,14 @@ def apply(job: Job, event: Event, *, policy: Policy, jitter: float) -> Transitio
         case Transient() if job.stage in ACTIVE_STAGES:
             return _retry(job, event.reason, event.retry_after, policy, jitter)
         case Waiting() if job.stage in (Stage.PENDING, Stage.SUBMITTING):
+            deadline = _paid_deadline(job, policy) if job.submit_key is not None else None
+            if deadline is not None and job.as_of >= deadline:
+                # A paid job that could not be settled in time: say which one it was.
+                return _fail(job, _too_late(job, policy, event.reason))
             return Transition(
                 job.stage,
                 job.attempts,  # not a failure: the attempt budget is untouched
-                event.retry_after,
+                policy.poll_interval if event.retry_after is None else event.retry_after,
                 "video.waiting",
                 error=f"waiting: {event.reason}",
             )

@@ -245,10 +245,14 @@ class Steps:
             frames = {video_id: await self._first_frame(video_id) for video_id in ids}
             chosen = likeness.choose(me, twins, ids, frames)
         if chosen is None:
+            # Not a failure: first frames appear as jobs finish, and twins settle one by
+            # one. Waiting spends no attempts (a row that later finds nothing must still
+            # have its budget to submit again); the paid deadline still ends it.
             ids_text = ", ".join(m.id for m in free)
-            return Transient(
+            return Waiting(
                 f"{len(free)} provider jobs ({ids_text}) match this request; "
-                "cannot tell yet which one was made from this row's photos"
+                "cannot tell yet which one was made from this row's photos",
+                None,
             )
         found = next(m for m in free if m.id == chosen)
         log.info("video.reconciled", row_id=str(job.id), video_id=chosen, candidates=len(free))

@@ -388,3 +388,14 @@ def test_a_two_minute_job_costs_a_few_polls() -> None:
         elapsed += polled_after(elapsed, Progressed(progress, status))
         polls += 1
     assert polls <= 5
+
+
+def test_waiting_to_tell_twins_apart_spends_no_attempt_until_the_paid_deadline() -> None:
+    submitted = NOW - timedelta(minutes=5)
+    doubt = job(Stage.SUBMITTING, keyed=True, attempts=2, submitted_at=submitted)
+    t = run(doubt, Waiting("cannot tell yet", None))
+    assert (t.stage, t.attempts, t.delay) == (Stage.SUBMITTING, 2, POLICY.poll_interval)
+    late = replace(doubt, submitted_at=NOW - POLICY.generation_timeout)
+    t = run(late, Waiting("cannot tell yet which one (video_1, video_2)", None))
+    assert t.stage is Stage.FAILED
+    assert t.error is not None and "video_1, video_2" in t.error
