@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test chaos lint typecheck check clean install
+.PHONY: demo test chaos bench lint typecheck check clean install
 
 install: $(STAMP)
 
@@ -25,6 +25,11 @@ test: $(STAMP)
 CHAOS_ARGS ?=
 chaos: $(STAMP)
 	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
+
+# The worker's speed beside PgQueuer, same database, same run (bench/run.py): a table
+# with ratios to the yardstick, and bench/results.json. A few minutes; not part of test.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
 
 lint: $(STAMP)
 	$(BIN)/ruff check service tests bench

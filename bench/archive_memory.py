@@ -71,9 +71,57 @@ async def one(mib: int) -> None:
     )
 
 
+async def serve_content(mib: int) -> None:
+    """The content endpoint alone (for `make bench`: server and client in two processes,
+    as a provider and a worker are); prints its base URL."""
+
+    async def content(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
+        response.content_length = mib * len(CHUNK)
+        await response.prepare(request)
+        for _ in range(mib):
+            await response.write(CHUNK)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/v1/videos/{id}/content", content)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    print(f"http://127.0.0.1:{runner.addresses[0][1]}/v1", flush=True)
+    await asyncio.Event().wait()
+
+
+async def archive_from(base_url: str, mib: int) -> None:
+    """Archive one video from ``base_url`` as the worker does; print a JSON line."""
+    import json
+
+    from service.providers.openai_videos import OpenAIVideos
+    from service.storage.local import LocalStore
+
+    provider = OpenAIVideos("sk-bench", base_url)
+    with tempfile.TemporaryDirectory() as root:
+        store = LocalStore(Path(root), "http://bench")
+        baseline = current_rss_mib()
+        started = time.perf_counter()
+        async with provider.download("video_bench") as chunks:
+            stored = await store.put("hug-videos", "bench.mp4", chunks, "video/mp4")
+        seconds = time.perf_counter() - started
+    await provider.aclose()
+    assert stored.size == mib * len(CHUNK)
+    rss = {"before": baseline, "peak": peak_rss_mib()}
+    print(json.dumps({"mib_per_s": mib / seconds, "rss_growth_mib": rss["peak"] - rss["before"]}))
+
+
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--one":
         asyncio.run(one(int(sys.argv[2])))
+        return
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve":
+        asyncio.run(serve_content(int(sys.argv[2])))
+        return
+    if len(sys.argv) == 4 and sys.argv[1] == "--from":
+        asyncio.run(archive_from(sys.argv[2], int(sys.argv[3])))
         return
     sizes = [int(a) for a in sys.argv[1:]] or [16, 128, 512]
     print("  size      time   throughput   memory (server and client in one process)")

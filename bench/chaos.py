@@ -54,6 +54,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import av
 from aiohttp import web
 from PIL import Image
 
@@ -847,6 +848,9 @@ async def _check(
         if problem:
             bad(f"row {spec.n}: {problem}")
     fig["videos checked byte for byte"] = checked
+    fig["first frames checked against the row's own photos"] = sum(
+        1 for s in specs if s.colours and by_id.get(s.row_id, {}).get("status") == "completed"
+    )
     fig["worker exits other than our SIGKILL"] = len(night.unexpected_exits)
     for exit_ in night.unexpected_exits:
         bad(f"worker exit: {exit_}")
@@ -905,12 +909,29 @@ async def _row_problem(
         if reference is None:
             return "the provider got no photos"
         image = Image.open(io.BytesIO(reference)).convert("RGB")
-        top = image.getpixel((WIDTH // 2, HEIGHT // 4))
-        bottom = image.getpixel((WIDTH // 2, 3 * HEIGHT // 4))
-        for got, want in ((top, spec.colours[0]), (bottom, spec.colours[1])):
-            assert isinstance(got, tuple)
-            if any(abs(a - b) > 25 for a, b in zip(got, want, strict=True)):
-                return f"made from another row's photos: {got} where {want} was sent"
+        problem = _photos_problem(image, spec.colours, "made from another row's photos")
+        if problem:
+            return problem
+        # What the user sees: the video stored for this row starts from this row's photos.
+        with av.open(io.BytesIO(stored.data)) as container:
+            first = next(iter(container.decode(video=0))).to_image()  # type: ignore[no-untyped-call]
+        problem = _photos_problem(first, spec.colours, "holds another row's video (first frame")
+        if problem:
+            return problem + ")"
+    return None
+
+
+def _photos_problem(
+    image: Image.Image, colours: tuple[tuple[int, int, int], tuple[int, int, int]], what: str
+) -> str | None:
+    """Whether ``image`` (a reference or a first frame) shows the row's two photos,
+    stacked: the top colour, then the bottom one."""
+    top = image.getpixel((WIDTH // 2, HEIGHT // 4))
+    bottom = image.getpixel((WIDTH // 2, 3 * HEIGHT // 4))
+    for got, want in ((top, colours[0]), (bottom, colours[1])):
+        assert isinstance(got, tuple)
+        if any(abs(a - b) > 25 for a, b in zip(got, want, strict=True)):
+            return f"{what}: {got} where {want} was sent"
     return None
 
 

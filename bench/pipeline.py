@@ -1,8 +1,9 @@
 """How many rows per second can one worker move through every stage?
 
 The provider is an in-process stand-in that accepts at once and finishes on the first
-poll with a 64 KiB file, so what is measured is the worker itself: claims, checkpoints
-(5 per row), polling, streaming into local storage, on real PostgreSQL.
+poll with a 64 KiB file, so what is measured is the worker itself: claims, checkpoints,
+polling, streaming into local storage, on real PostgreSQL. (``make bench`` runs this
+beside PgQueuer; see bench/run.py.)
 
     .venv/bin/python bench/pipeline.py                 # 1000 rows, concurrency 32
     .venv/bin/python bench/pipeline.py 5000 64
@@ -36,6 +37,7 @@ from service.migrations import migrate
 from service.providers.base import ProviderJob, VideoRequest
 from service.providers.lookup import Providers
 from service.repository import PostgresRepository
+from service.runtime import keep_session
 from service.steps import Defaults, Steps
 from service.storage.local import LocalStore
 from service.wakeups.listen import Listener
@@ -87,6 +89,96 @@ class InstantProvider:
         return None
 
 
+def instant_steps(repo: PostgresRepository, scratch: Path, provider: object = None) -> Steps:
+    providers = Providers(default="openai")
+    providers.add(provider or InstantProvider())  # type: ignore[arg-type]
+    return Steps(
+        providers,
+        LocalStore(scratch / "store", "http://bench"),
+        defaults=Defaults("sora-2", "720x1280", "4"),
+        video_bucket="hug-videos",
+        photo_limits=Limits(1_000_000, 5.0),
+        ledger=repo,
+    )
+
+
+class Statements:
+    """What the worker's pool sent, by kind: its round trips to the database."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.claims = 0
+        self.checkpoints = 0
+
+    def __call__(self, record: asyncpg.connection.LoggedQuery) -> None:
+        self.total += 1
+        text = record.query.lstrip()
+        if text.startswith("with fresh as"):
+            self.claims += 1
+        elif text.startswith("update public.videos set stage"):
+            self.checkpoints += 1
+
+
+async def open_pool(dsn: str, size: int, statements: Statements | None = None) -> asyncpg.Pool:
+    """A pool as the worker opens one (no reset query on release), its statements counted."""
+
+    async def count(conn: asyncpg.Connection) -> None:
+        if statements is not None:
+            conn.add_query_logger(statements)
+
+    return await asyncpg.create_pool(dsn, min_size=2, max_size=size, reset=keep_session, init=count)
+
+
+async def run_pipeline(
+    dsn: str, rows: int, concurrency: int, same_prompt: bool, scratch: Path
+) -> dict[str, float]:
+    """Drain ``rows`` inserted at once through one worker; rows/s and what each cost."""
+    statements = Statements()
+    pool = await open_pool(dsn, concurrency + 4, statements)
+    watch = await asyncpg.connect(dsn)  # the bench's own reads, not counted
+    repo = PostgresRepository(pool, "bench", timedelta(seconds=30))
+    policy = Policy(timedelta(milliseconds=1), 3, timedelta(milliseconds=10), timedelta(seconds=1))
+    worker = Worker(
+        repo,
+        instant_steps(repo, scratch),
+        WorkerOptions(concurrency, 5.0, 30.0, 10.0, policy),
+        listener=Listener(dsn, Wakeup()),
+    )
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.listener.connected.wait(), 10)  # type: ignore[union-attr]
+    before = (statements.total, statements.claims, statements.checkpoints)
+    started = time.perf_counter()
+    await watch.executemany(
+        "insert into videos (prompt) values ($1)",
+        [("two people hug" if same_prompt else f"row {i}",) for i in range(rows)],
+    )
+    while await watch.fetchval("select count(*) from videos where status <> 'completed'"):
+        await asyncio.sleep(0.02)
+    elapsed = time.perf_counter() - started
+    worker.stop()
+    await task
+    total, claims, checkpoints = (
+        now - then
+        for now, then in zip(
+            (statements.total, statements.claims, statements.checkpoints), before, strict=True
+        )
+    )
+    query = "select extract(epoch from completed_at - created_at) from videos"
+    latencies = [r[0] for r in await watch.fetch(query)]
+    await watch.close()
+    await pool.close()
+    q = statistics.quantiles(latencies, n=100)
+    return {
+        "rows_per_s": rows / elapsed,
+        "p50_ms": q[49] * 1000,
+        "p99_ms": q[98] * 1000,
+        "seconds": elapsed,
+        "statements_per_row": total / rows,
+        "claims_per_row": claims / rows,
+        "checkpoints_per_row": checkpoints / rows,
+    }
+
+
 async def main(rows: int, concurrency: int, same_prompt: bool) -> None:
     logs.configure("console", "warning")
     with tempfile.TemporaryDirectory() as scratch:
@@ -95,56 +187,19 @@ async def main(rows: int, concurrency: int, same_prompt: bool) -> None:
         admin = await asyncpg.connect(server)
         await admin.execute(f'create database "{name}"')
         dsn = urlunsplit(urlsplit(server)._replace(path="/" + name))
-        pool = await asyncpg.create_pool(dsn, min_size=2, max_size=concurrency + 4)
-        async with pool.acquire() as conn:
-            await migrate(conn)
-        repo = PostgresRepository(pool, "bench", timedelta(seconds=30))
-        providers = Providers(default="openai")
-        providers.add(InstantProvider())
-        steps = Steps(
-            providers,
-            LocalStore(Path(scratch) / "store", "http://bench"),
-            defaults=Defaults("sora-2", "720x1280", "4"),
-            video_bucket="hug-videos",
-            photo_limits=Limits(1_000_000, 5.0),
-            ledger=repo,
-        )
-        policy = Policy(
-            timedelta(milliseconds=1), 3, timedelta(milliseconds=10), timedelta(seconds=1)
-        )
-        worker = Worker(
-            repo,
-            steps,
-            WorkerOptions(concurrency, 5.0, 30.0, 10.0, policy),
-            listener=Listener(dsn, Wakeup()),
-        )
-        task = asyncio.create_task(worker.run())
-        await asyncio.wait_for(worker.listener.connected.wait(), 10)  # type: ignore[union-attr]
-        started = time.perf_counter()
-        await pool.executemany(
-            "insert into videos (prompt) values ($1)",
-            [("two people hug" if same_prompt else f"row {i}",) for i in range(rows)],
-        )
-        while await pool.fetchval("select count(*) from videos where status <> 'completed'"):
-            await asyncio.sleep(0.05)
-        elapsed = time.perf_counter() - started
-        worker.stop()
-        await task
-        latencies = [
-            r[0]
-            for r in await pool.fetch(
-                "select extract(epoch from completed_at - created_at) from videos"
-            )
-        ]
-        await pool.close()
+        conn = await asyncpg.connect(dsn)
+        await migrate(conn)
+        await conn.close()
+        result = await run_pipeline(dsn, rows, concurrency, same_prompt, Path(scratch))
         await admin.execute(f'drop database "{name}" with (force)')
         await admin.close()
-    q = statistics.quantiles(latencies, n=100)
     print(
         f"rows={rows} concurrency={concurrency} same_prompt={same_prompt}: "
-        f"{rows / elapsed:,.0f} rows/s "
-        f"({5 * rows / elapsed:,.0f} checkpoints/s), insert->completed "
-        f"p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms, total {elapsed:.1f} s"
+        f"{result['rows_per_s']:,.0f} rows/s, insert->completed "
+        f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
+        f"per row {result['statements_per_row']:.2f} statements "
+        f"({result['checkpoints_per_row']:.2f} checkpoints, {result['claims_per_row']:.2f} "
+        f"claims), total {result['seconds']:.1f} s"
     )
 
 

@@ -156,7 +156,21 @@ class Settings(BaseSettings):
     )
     default_seconds: str = Field("4", description="Default clip length for rows that name none.")
 
-    poll_interval: float = Field(5.0, gt=0, description="Seconds between status polls of a job.")
+    poll_interval: float = Field(
+        5.0, gt=0, description="Fewest seconds between two status polls of a job (the floor)."
+    )
+    poll_ceiling: float = Field(
+        60.0,
+        gt=0,
+        description="Most seconds between two status polls of a job; between floor and "
+        "ceiling, polls follow the provider's openai-poll-after-ms or the job's own pace.",
+    )
+    typical_generation_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="How long the model usually takes; a job with no progress yet is next "
+        "polled when it should be done (unset: after half the time it has taken so far).",
+    )
     sweep_interval: float = Field(
         30.0, gt=0, description="Seconds between sweeps for work that no notification announced."
     )

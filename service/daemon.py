@@ -153,6 +153,10 @@ class Worker:
                 self.metrics.claimed(len(claimed))
                 for job in claimed:
                     self._start(job)
+                if claimed and len(claimed) == free:
+                    # Every free slot got a row, so more may be due: no need to ask when
+                    # the next one is (only a finished row frees a slot anyway).
+                    continue
                 reasons = await wait_for_work(
                     self.wakeup, self.repo, self.options.sweep_interval, claimed=len(claimed)
                 )
@@ -262,9 +266,9 @@ class Worker:
         except LeaseLost as err:
             log.warning("video.lease_lost", error=str(err))
         except Conflict as err:
-            # The row is unchanged and nothing was sent: either an identical request is
-            # in doubt right now (they take turns: Rule.ONE_IN_DOUBT_PER_REQUEST), or
-            # another row recorded this provider job first. Look again shortly.
+            # The row is unchanged and nothing was sent: another row recorded this
+            # provider job first (a twin with the same photos, or text only, took
+            # the same candidate at the same moment). Look again shortly.
             log.info("video.deferred", rule=err.rule, stage=job.stage.value)
             self._let_go(job.id)
             with contextlib.suppress(RepositoryError):
@@ -318,7 +322,7 @@ class Worker:
         except asyncio.CancelledError:
             raise
         except RepositoryError as err:
-            # Not a bug: a step asked the database (an identical request in doubt?) during
+            # Not a bug: a step asked the database (reconciliation, about other rows) during
             # an outage. A retry like any other transient failure.
             log.warning("video.step_database_error", action=action.value, error=str(err))
             return Transient(f"database unavailable during {action.value}")

@@ -98,10 +98,16 @@ class Policy:
     """Retry rules, from settings."""
 
     poll_interval: timedelta
+    """The shortest pause between two polls of a job (and the first poll's delay)."""
     max_attempts: int
     retry_base: timedelta
     retry_cap: timedelta
     generation_timeout: timedelta = timedelta(hours=3)
+    poll_ceiling: timedelta = timedelta(seconds=60)
+    """The longest pause between two polls, whatever the job's pace suggests."""
+    typical_generation: timedelta | None = None
+    """How long the model usually takes, if known: a job that reports no progress yet
+    is next looked at when it should be about done."""
     archive_grace: timedelta = timedelta(hours=24)
     """How long after the generation deadline an archive is tried when the provider
     gave no ``expires_at`` (OpenAI documented about a day)."""
@@ -161,6 +167,9 @@ class IntentRecorded:
     submit_key: SubmitKey
     provider: str
     request: VideoRequest
+    reference_print: bytes | None = None
+    """The reference reduced to a print (``service.likeness``): the evidence that later
+    tells this row's job from its identical twins'."""
 
 
 @dataclass(frozen=True)
@@ -218,6 +227,8 @@ class Progressed:
     provider_status: str
     next_poll: timedelta | None = None
     """Poll again after this instead of the policy's interval (webhooks seen to work)."""
+    poll_after: timedelta | None = None
+    """When the provider asked to be polled again (``openai-poll-after-ms``), if it did."""
 
 
 @dataclass(frozen=True)
@@ -262,11 +273,12 @@ class Archived:
 
 @dataclass(frozen=True)
 class Waiting:
-    """Nothing failed; the step cannot go on yet (an identical request is in doubt, an
-    earlier create may still be in flight). Look again after ``retry_after``."""
+    """Nothing failed; the step cannot go on yet (an earlier create may still be in
+    flight, twins' jobs cannot be told apart yet). Look again after ``retry_after``
+    (None: as often as a job is polled), until a paid job's deadline."""
 
     reason: str
-    retry_after: timedelta
+    retry_after: timedelta | None
 
 
 @dataclass(frozen=True)
@@ -314,6 +326,7 @@ class RecordIntent:
     model: str
     size: str
     seconds: str
+    reference_print: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -404,10 +417,14 @@ def apply(job: Job, event: Event, *, policy: Policy, jitter: float) -> Transitio
         case Transient() if job.stage in ACTIVE_STAGES:
             return _retry(job, event.reason, event.retry_after, policy, jitter)
         case Waiting() if job.stage in (Stage.PENDING, Stage.SUBMITTING):
+            deadline = _paid_deadline(job, policy) if job.submit_key is not None else None
+            if deadline is not None and job.as_of >= deadline:
+                # A paid job that could not be settled in time: say which one it was.
+                return _fail(job, _too_late(job, policy, event.reason), "in_doubt")
             return Transition(
                 job.stage,
                 job.attempts,  # not a failure: the attempt budget is untouched
-                event.retry_after,
+                policy.poll_interval if event.retry_after is None else event.retry_after,
                 "video.waiting",
                 error=f"waiting: {event.reason}",
             )
@@ -445,6 +462,7 @@ def _on_submission(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
                     event.request.model,
                     event.request.size,
                     event.request.seconds,
+                    event.reference_print,
                 ),
             )
         case Accepted() if stage is Stage.SUBMITTING:
@@ -503,7 +521,7 @@ def _on_generation(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
             return Transition(
                 Stage.GENERATING,
                 0,
-                event.next_poll or policy.poll_interval,
+                poll_delay(job, event, policy),
                 "video.progress",
                 change=RecordProgress(_percent(event.progress)),
             )
@@ -536,6 +554,33 @@ def _on_generation(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
             # 404 for a moment: give it max_attempts tries before failing the row.
             return _retry(job, event.reason, None, policy, jitter, bounded=True)
     return None
+
+
+def poll_delay(job: Job, event: Progressed, policy: Policy) -> timedelta:
+    """When to look at a running job again: as late as its pace allows, so a video costs
+    a few polls instead of one every ``poll_interval``.
+
+    The provider's own word (``poll_after``) comes first. Otherwise a job that reports
+    progress is looked at again when, at the pace it has kept since it was submitted,
+    it should be done; one that reports none yet (queued, or a host without progress)
+    when the model's typical duration says so, else after half the time it has already
+    taken (polls thin out geometrically). Always between ``poll_interval`` and
+    ``poll_ceiling``; time is the database's (``as_of - submitted_at``). When the
+    provider's webhooks are seen to arrive (``next_poll``), the poll is only a safety
+    net and waits at least that long.
+    """
+    elapsed = NOW if job.submitted_at is None else max(job.as_of - job.submitted_at, NOW)
+    progress = _percent(event.progress)
+    if event.poll_after is not None:
+        wanted = event.poll_after
+    elif progress > 0 and event.provider_status != "queued":
+        wanted = elapsed * (100 - progress) / progress
+    elif policy.typical_generation is not None and elapsed < policy.typical_generation:
+        wanted = policy.typical_generation - elapsed
+    else:
+        wanted = elapsed / 2
+    delay = min(max(wanted, policy.poll_interval), policy.poll_ceiling)
+    return delay if event.next_poll is None else max(delay, event.next_poll)
 
 
 def _percent(progress: int) -> int:

@@ -11,17 +11,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import tempfile
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
-from datetime import timedelta
 from typing import Protocol
 
 import httpx
 import structlog
 
-from service import fetch, images, thumbnails
+from service import fetch, images, likeness, thumbnails
 from service.machine import (
     Accepted,
     Archived,
@@ -35,7 +36,6 @@ from service.machine import (
     NotSubmitted,
     Progressed,
     Rejected,
-    RowId,
     SubmitKey,
     Transient,
     Unreconcilable,
@@ -54,18 +54,23 @@ log = structlog.get_logger("service.steps")
 
 
 class Ledger(Protocol):
-    """What submission and reconciliation ask about other rows (part of the Repository
-    port; named apart so that steps cannot claim, checkpoint or release)."""
+    """What reconciliation asks about other rows (part of the Repository port; named
+    apart so that steps cannot claim, checkpoint or release)."""
 
     async def recorded_video_ids(self, candidates: Iterable[str]) -> frozenset[str]: ...
 
-    async def identical_in_doubt(
-        self, row_id: RowId, prompt: str, model: str, size: str, seconds: str
-    ) -> RowId | None: ...
+    async def twins_in_doubt(
+        self, prompt: str, model: str, size: str, seconds: str
+    ) -> list[likeness.Twin]: ...
 
 
-TURN_WAIT = timedelta(milliseconds=500)
-"""How soon a request whose identical twin is being submitted looks again."""
+FRAME_CACHE = 512
+"""First-frame prints kept per process (a job's first frame never changes): a crash
+that leaves many twins in doubt fetches each candidate's thumbnail about once."""
+THUMBNAIL_MAX_BYTES = 20_000_000
+FIRST_FRAME_MAX_BYTES = 32 * 1024 * 1024
+"""How much of a video is read to decode its first frame when no thumbnail is served
+(a faststart MP4 holds its index and first frame in the first few hundred KiB)."""
 
 PHOTO_ROWS_AT_ONCE = 4
 """Rows that may hold downloaded photos at once: at most this many x 2 x
@@ -111,6 +116,7 @@ class Steps:
         self.webhooks = webhooks
         """Whose webhooks arrive: their rows are polled less often (service.webhooks)."""
         self.describer = Describer(store, video_bucket, rendition_kbps)
+        self._frames: OrderedDict[str, likeness.Print] = OrderedDict()
 
     # ------------------------------------------------------------ submit
 
@@ -127,8 +133,8 @@ class Steps:
         model = job.model or self.defaults.model
         size = job.size or self.defaults.size
         seconds = job.seconds or self.defaults.seconds
-        # Sent exactly as stored: reconciliation and the one-in-doubt index compare the
-        # stored text, so two prompts differing in whitespace must stay two requests.
+        # Sent exactly as stored: reconciliation compares the stored text, so two
+        # prompts differing in whitespace must stay two requests.
         prompt = job.prompt or ""
         if not prompt.strip():
             return Rejected("the row has no prompt")
@@ -144,17 +150,13 @@ class Steps:
             provider.validate(model, size, seconds)
         except providers.RequestRejected as err:
             return Rejected(str(err), err.kind)
-        twin = await self.ledger.identical_in_doubt(job.id, prompt, model, size, seconds)
-        if twin is not None:
-            # Identical requests take turns (see videos_one_in_doubt_per_request); ask
-            # before fetching any photo, so waiting costs nothing.
-            return Waiting(f"an identical request (row {twin}) is being submitted", TURN_WAIT)
         try:
-            reference = await self._reference(job, size)
+            composed = await self._reference(job, size)
         except (fetch.FetchError, images.ImageError) as err:
             if err.permanent:
                 return Rejected(str(err))
             return NotSubmitted(str(err))
+        reference, reference_print = composed if composed is not None else (None, None)
         key = SubmitKey(uuid.uuid4())
         request = VideoRequest(
             prompt=prompt,
@@ -165,9 +167,10 @@ class Steps:
             reference=reference,
             reference_content_type=images.REFERENCE_MIME,
         )
-        return IntentRecorded(key, provider.name, request)
+        return IntentRecorded(key, provider.name, request, reference_print)
 
-    async def _reference(self, job: Job, size: str) -> bytes | None:
+    async def _reference(self, job: Job, size: str) -> tuple[bytes, likeness.Print] | None:
+        """The composed reference and its print (the evidence reconciliation uses)."""
         labelled = [
             (label, url)
             for label, url in (("image1_url", job.image1_url), ("image2_url", job.image2_url))
@@ -187,12 +190,13 @@ class Steps:
         async with self._photo_slots:
             blobs = await asyncio.gather(*(self.photos.fetch(target) for target in targets))
 
-            def compose() -> bytes:
+            def compose() -> tuple[bytes, likeness.Print]:
                 photos = [
                     images.decode(label, blob, fit=(width, height))
                     for (label, _), blob in zip(labelled, blobs, strict=True)
                 ]
-                return images.compose_reference(photos, width, height)
+                reference = images.compose_reference(photos, width, height)
+                return reference, likeness.print_of_image(reference)
 
             return await images.in_photo_thread(compose)
 
@@ -213,13 +217,15 @@ class Steps:
     async def reconcile(self, job: Job) -> Event:
         """An earlier create's outcome is unknown: find its job before submitting again.
 
-        Identical requests take turns (a unique index allows one in doubt at a time), so
-        our job is the match created after our intent that no row has recorded. If
-        there are several (someone else sent the same request), text-only ones are
-        interchangeable and the oldest is taken; ones made from photos are not, and
-        the row stays in doubt rather than take a video of other people. "Nothing
-        there" is believed only once an in-flight create would have timed out, judged
-        on the database's clock (``job.as_of`` against ``submitted_at``), never ours.
+        Our job is a match created after our intent that no row has recorded. When it
+        is the only one and no identical request (a twin) is in doubt beside us, it is
+        ours. Otherwise jobs made from photos are told apart by their first frames
+        (``service.likeness``): a row takes a job only when it clearly looks like its
+        own reference and not like any twin's; twins with the same photos are
+        interchangeable; text-only twins are interchangeable too, but never take a
+        job that looks like a photo twin's. What cannot be settled stays in doubt.
+        "Nothing there" is believed only once an in-flight create would have timed
+        out, judged on the database's clock (``job.as_of`` against ``submitted_at``).
         """
         now = job.as_of
         if job.submitted_at is None or job.model is None or job.size is None or job.seconds is None:
@@ -253,14 +259,83 @@ class Steps:
             if now < settled_at:
                 return Waiting("the earlier submission may still be in flight", settled_at - now)
             return NotFoundAtProvider()
-        if len(free) > 1 and (job.image1_url or job.image2_url):
-            ids = ", ".join(m.id for m in free)
-            return Transient(
-                f"{len(free)} provider jobs ({ids}) match this request; "
-                "cannot tell which one was made from this row's photos"
+        twins = await self.ledger.twins_in_doubt(request.prompt, job.model, job.size, job.seconds)
+        me = next((t for t in twins if t.key == job.id), None)
+        if me is None:  # not in doubt any more as far as the table says: judge as photos
+            me = likeness.Twin(job.id, bool(job.image1_url or job.image2_url), None)
+        others = [t for t in twins if t.key != job.id]
+        photo_twins = any(t.photos for t in others)
+        if (len(free) == 1 or not me.photos) and not others:
+            chosen: str | None = free[0].id  # alone: the one match, or any (text only)
+        elif not me.photos and not photo_twins:
+            chosen = free[0].id  # text-only twins are interchangeable
+        else:
+            ids = [m.id for m in free]
+            frames = {video_id: await self._first_frame(provider, video_id) for video_id in ids}
+            chosen = likeness.choose(me, twins, ids, frames)
+        if chosen is None:
+            # Not a failure: first frames appear as jobs finish, and twins settle one by
+            # one. Waiting spends no attempts (a row that later finds nothing must still
+            # have its budget to submit again); the paid deadline still ends it.
+            ids_text = ", ".join(m.id for m in free)
+            return Waiting(
+                f"{len(free)} provider jobs ({ids_text}) match this request; "
+                "cannot tell yet which one was made from this row's photos",
+                None,
             )
-        log.info("video.reconciled", row_id=str(job.id), video_id=free[0].id, candidates=len(free))
-        return Accepted(free[0].id, free[0].progress)
+        found = next(m for m in free if m.id == chosen)
+        log.info("video.reconciled", row_id=str(job.id), video_id=chosen, candidates=len(free))
+        return Accepted(found.id, found.progress)
+
+    async def _first_frame(self, provider: VideoProvider, video_id: str) -> likeness.Print | None:
+        """The print of a job's first frame: its thumbnail when the provider serves one
+        (checked to be an image by its bytes), else the first frame decoded from the
+        start of the video; None while neither is available (the job is not done)."""
+        cached = self._frames.get(video_id)
+        if cached is not None:
+            self._frames.move_to_end(video_id)
+            return cached
+        found = await self._thumbnail_print(provider, video_id) or await self._video_print(
+            provider, video_id
+        )
+        if found is not None:
+            self._frames[video_id] = found
+            while len(self._frames) > FRAME_CACHE:
+                self._frames.popitem(last=False)
+        return found
+
+    async def _thumbnail_print(
+        self, provider: VideoProvider, video_id: str
+    ) -> likeness.Print | None:
+        try:
+            _, data = await _take_image(provider.download(video_id, "thumbnail"))
+        except (providers.ProviderError, httpx.HTTPError, OSError):
+            return None
+        if data is None:
+            return None
+        try:
+            return await images.in_photo_thread(lambda: likeness.print_of_image(data))
+        except ValueError:
+            return None
+
+    async def _video_print(self, provider: VideoProvider, video_id: str) -> likeness.Print | None:
+        with tempfile.NamedTemporaryFile(suffix=".mp4") as spool:
+            written = 0
+            try:
+                async with provider.download(video_id, "video") as chunks:
+                    async for chunk in chunks:
+                        spool.write(chunk)
+                        written += len(chunk)
+                        if written >= FIRST_FRAME_MAX_BYTES:
+                            break
+            except (providers.ProviderError, httpx.HTTPError, OSError):
+                if not written:
+                    return None
+            spool.flush()
+            try:
+                return await images.in_photo_thread(lambda: likeness.print_of_video(spool.name))
+            except ValueError:
+                return None
 
     # ------------------------------------------------------------ poll
 
@@ -289,7 +364,7 @@ class Steps:
                 stretched = None  # webhooks seen to arrive: the poll is only a safety net
                 if self.webhooks is not None:
                     stretched = self.webhooks.poll_interval(provider.name)
-                return Progressed(state.progress, state.raw_status, stretched)
+                return Progressed(state.progress, state.raw_status, stretched, state.poll_after)
 
     # ------------------------------------------------------------ archive
 

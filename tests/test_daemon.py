@@ -25,11 +25,11 @@ from structlog.testing import capture_logs
 
 from service import fetch
 from service.daemon import Worker, WorkerOptions
-from service.local.memory_repository import ManualClock, MemoryRepository, Row
+from service.local.memory_repository import MemoryRepository, Row
 from service.machine import Job, Policy, RecordIntent, RowId, Stage, SubmitKey, Transition
 from service.providers.base import ProviderJob, Variant, VideoRequest
 from service.providers.lookup import Providers
-from service.repository import DatabaseUnavailable, Rule
+from service.repository import DatabaseUnavailable
 from service.steps import Defaults, Steps
 from service.storage.local import LocalStore
 from service.wakeups.listen import Listener
@@ -324,53 +324,21 @@ async def test_a_crashing_step_retries_its_row_and_the_worker_serves_the_others(
 # ---------------------------------------------------------------- (e) identical requests
 
 
-class RaceWithTwin(MemoryRepository):
-    """Another replica records the identical request's intent right after this worker
-    looked for one: the window the unique index closes."""
-
-    twin: tuple[MemoryRepository, Job] | None = None
-
-    async def identical_in_doubt(
-        self, row_id: RowId, prompt: str, model: str, size: str, seconds: str
-    ) -> RowId | None:
-        found = await super().identical_in_doubt(row_id, prompt, model, size, seconds)
-        if self.twin is not None:
-            other, twin_job = self.twin
-            self.twin = None
-            change = RecordIntent(SubmitKey(uuid.uuid4()), "scripted", model, size, seconds)
-            await other.checkpoint(
-                twin_job,
-                Transition(Stage.SUBMITTING, 0, timedelta(0), "test", change=change),
-                keep_lease=True,
-            )
-        return found
-
-
-async def test_an_identical_request_in_doubt_defers_the_row_without_sending_it(
-    provider: ScriptedProvider, http: httpx.AsyncClient, tmp_path: Path, logs: Logs
+async def test_identical_requests_are_sent_side_by_side_not_in_turns(
+    provider: ScriptedProvider, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    clock = ManualClock()  # frozen: the deferred row stays not due while we look
-    repo = RaceWithTwin("worker-a", clock=clock)
-    other = repo.replica("worker-b")
-    twin = await repo.insert_request("the same cat twice")
-    clock.advance(timedelta(milliseconds=1))
-    row = await repo.insert_request("the same cat twice")
-    [twin_job] = await other.claim(1)
-    assert twin_job.id == twin
-    repo.twin = (other, twin_job)
-    worker = make_worker(repo, provider, http, tmp_path, policy=POLICY)
+    repo = MemoryRepository("worker-a")
+    provider.hang_submit = True  # both creates stay in flight: in doubt together
+    for _ in range(2):
+        await repo.insert_request("the same cat twice")
 
-    async with running(worker):
-        [deferred] = await logged(logs, "video.deferred")
-        assert deferred["rule"] is Rule.ONE_IN_DOUBT_PER_REQUEST
-        assert deferred["stage"] == "pending"
-        state = await eventually(
-            lambda: row_state(repo, row), lambda r: r.locked_by is None, within=4
-        )
-    assert (state.stage, state.submit_key, state.attempts) == (Stage.PENDING, None, 0)
-    assert state.next_attempt_at == clock.now + POLICY.retry_base
-    assert provider.submitted == []  # nothing was sent for it (nor for the twin)
-    assert repo.rows[twin].stage is Stage.SUBMITTING
+    async def sent() -> int:
+        return len(provider.submitted)
+
+    async with running(make_worker(repo, provider, http, tmp_path)):
+        await eventually(sent, lambda n: n == 2, within=4)
+        keys = {row.submit_key for row in repo.rows.values()}
+    assert None not in keys and len(keys) == 2  # each with its own intent recorded
 
 
 # ---------------------------------------------------------------- (f) LISTEN self-check
@@ -504,13 +472,18 @@ async def test_a_database_outage_inside_a_step_is_a_retry_not_a_crash(
 ) -> None:
     repo = MemoryRepository("worker-a")
     row = await repo.insert_request("asked about its twins during an outage")
-    repo.fail_methods = frozenset({"identical_in_doubt"})
-    repo.fail_with = DatabaseUnavailable("looking for an identical request in doubt: reset")
+    in_doubt = repo.rows[row]  # a create whose answer was lost, long enough ago
+    in_doubt.stage, in_doubt.status = Stage.SUBMITTING, "processing"
+    in_doubt.submit_key = SubmitKey(uuid.uuid4())
+    in_doubt.submitted_at = datetime.now(UTC) - timedelta(seconds=5)
+    in_doubt.model, in_doubt.size, in_doubt.seconds = "sora-2", "720x1280", "8"
+    repo.fail_methods = frozenset({"recorded_video_ids"})
+    repo.fail_with = DatabaseUnavailable("looking up provider ids: reset")
     async with running(make_worker(repo, provider, http, tmp_path)):
         said = await logged(logs, "video.step_database_error")
-        assert said[0]["action"] == "prepare"
+        assert said[0]["action"] == "reconcile"
         retried = await eventually(lambda: row_state(repo, row), lambda r: r.attempts >= 1)
-        assert "database unavailable during prepare" in (retried.error or "")
+        assert "database unavailable during reconcile" in (retried.error or "")
         repo.fail_with = None
         await eventually(lambda: row_state(repo, row), lambda r: r.stage is Stage.COMPLETED)
     assert [e for e in logs if e["event"] == "video.step_crashed"] == []

@@ -232,6 +232,16 @@ async def test_reconcile_refuses_to_answer_when_the_list_does_not_reach_back() -
     assert len(seen) == 50
 
 
+async def test_a_running_job_carries_the_hosts_poll_after_hint(sim: Simulator) -> None:
+    provider = OpenAIVideos("sk-test", sim.base_url)
+    sim.config.generation_seconds = 60
+    job = await provider.submit(request())
+    assert (await provider.retrieve(job.id)).poll_after is None  # the host sent none
+    sim.config.poll_after_ms = 2500
+    assert (await provider.retrieve(job.id)).poll_after == timedelta(milliseconds=2500)
+    await provider.aclose()
+
+
 async def test_download_streams_and_a_deleted_video_is_gone(sim: Simulator) -> None:
     provider = OpenAIVideos("sk-test", sim.base_url)
     job = await provider.submit(request())

@@ -112,8 +112,10 @@ def step(stage: Stage, change: Any = None, *, attempts: int = 0, **kw: Any) -> T
     return Transition(stage, attempts, kw.pop("delay", timedelta(0)), "test", change=change, **kw)
 
 
-def intent(model: str = "sora-2", size: str = "720x1280", seconds: str = "8") -> RecordIntent:
-    return RecordIntent(SubmitKey(uuid.uuid4()), "simulator", model, size, seconds)
+def intent(
+    model: str = "sora-2", size: str = "720x1280", seconds: str = "8", print_: bytes | None = None
+) -> RecordIntent:
+    return RecordIntent(SubmitKey(uuid.uuid4()), "simulator", model, size, seconds, print_)
 
 
 async def claim_one(repo: Repository, row_id: RowId) -> Job:
@@ -306,34 +308,28 @@ async def test_a_row_that_has_not_failed_has_no_error_kind(backend: Backend) -> 
 # ---------------------------------------------------------------- uniqueness rules
 
 
-async def test_a_second_identical_request_in_doubt_is_refused_and_left_unchanged(
+async def test_identical_requests_may_all_be_in_doubt_and_are_found_with_their_prints(
     backend: Backend,
 ) -> None:
     repo = backend.repo()
-    first = await repo.insert_request("two identical cats")
-    second = await repo.insert_request("two identical cats")
-    different = await repo.insert_request("two identical cats, but different")
-    job1, job2, job3 = await claim_all(repo, first, second, different)
-    await repo.checkpoint(job1, step(Stage.SUBMITTING, intent()), keep_lease=True)
-
-    with pytest.raises(Conflict) as refused:
-        await repo.checkpoint(job2, step(Stage.SUBMITTING, intent()), keep_lease=True)
-    assert refused.value.rule is Rule.ONE_IN_DOUBT_PER_REQUEST
-    seen = await loaded(repo, second)
-    assert (seen.stage, seen.submit_key, seen.model, seen.attempts) == (
-        Stage.PENDING,
-        None,
-        None,
-        0,
-    )
-    # Not identical (another size, another prompt): no turn to take.
-    await repo.checkpoint(job2, step(Stage.SUBMITTING, intent(size="1280x720")), keep_lease=True)
-    await repo.checkpoint(job3, step(Stage.SUBMITTING, intent()), keep_lease=True)
-
     prompt = "two identical cats"
-    assert await repo.identical_in_doubt(second, prompt, "sora-2", "720x1280", "8") == first
-    assert await repo.identical_in_doubt(first, prompt, "sora-2", "720x1280", "8") is None
-    assert await repo.identical_in_doubt(first, prompt, "sora-2", "720x1280", "4") is None
+    first = await repo.insert_request(prompt, "https://photos.example/a.jpg")
+    second = await repo.insert_request(prompt)
+    other_size = await repo.insert_request(prompt)
+    different = await repo.insert_request("two identical cats, but different")
+    jobs = await claim_all(repo, first, second, other_size, different)
+    print_a = bytes(range(256)) * 3
+    await repo.checkpoint(jobs[0], step(Stage.SUBMITTING, intent(print_=print_a)), keep_lease=True)
+    # Identical requests no longer take turns: the second one is in doubt beside the first.
+    await repo.checkpoint(jobs[1], step(Stage.SUBMITTING, intent()), keep_lease=True)
+    await repo.checkpoint(jobs[2], step(Stage.SUBMITTING, intent(size="1280x720")), keep_lease=True)
+    await repo.checkpoint(jobs[3], step(Stage.SUBMITTING, intent()), keep_lease=True)
+
+    twins = await repo.twins_in_doubt(prompt, "sora-2", "720x1280", "8")
+    assert sorted((t.key, t.photos, t.print) for t in twins) == sorted(
+        [(first, True, print_a), (second, False, None)]
+    )
+    assert await repo.twins_in_doubt(prompt, "sora-2", "720x1280", "4") == []
 
 
 async def test_a_provider_job_belongs_to_one_row(backend: Backend) -> None:
@@ -487,3 +483,17 @@ async def test_wake_leaves_finished_and_unsubmitted_rows_alone(backend: Backend)
 
     assert await repo.wake("simulator", "job-2") is None
     assert (await loaded(repo, row)).stage is Stage.FAILED
+
+
+async def test_a_new_request_is_claimed_before_rows_that_fell_due_earlier(
+    backend: Backend,
+) -> None:
+    repo = backend.repo()
+    earlier = [await repo.insert_request(f"in doubt since a while {n}") for n in range(2)]
+    for job in await claim_all(repo, *earlier):  # due again at once, and not new
+        await repo.checkpoint(job, step(Stage.SUBMITTING, intent()), keep_lease=False)
+    fresh = await repo.insert_request("just asked for")
+
+    [first] = await repo.claim(1)
+    assert first.id == fresh  # it does not queue behind a backlog of polls and retries
+    assert {j.id for j in await repo.claim(5)} == set(earlier)

@@ -233,20 +233,21 @@ async def test_the_claim_query_uses_the_partial_index(conn: asyncpg.Connection) 
     assert "videos_due_idx" in plan, plan
 
 
-async def test_only_one_identical_request_may_be_in_doubt_at_a_time(
-    conn: asyncpg.Connection,
-) -> None:
+async def test_identical_requests_may_be_in_doubt_together(conn: asyncpg.Connection) -> None:
+    """0007: the first frame settles whose job is whose, so twins no longer take turns."""
     doubt = """update videos set stage = 'submitting', status = 'processing', model = 'sora-2',
                size = '720x1280', seconds = '4', submit_key = gen_random_uuid(),
-               submitted_at = now() where id = $1"""
-    first, second, other = [
+               submitted_at = now(), reference_print = $2 where id = $1"""
+    ids = [
         await conn.fetchval("insert into videos (prompt) values ($1) returning id", prompt)
         for prompt in ("same", "same", "different")
     ]
-    await conn.execute(doubt, first)
-    await conn.execute(doubt, other)
-    with pytest.raises(asyncpg.UniqueViolationError):
-        await conn.execute(doubt, second)
+    for n, row_id in enumerate(ids):
+        await conn.execute(doubt, row_id, bytes([n]) * 768)
+    in_doubt = await conn.fetchval(
+        "select count(*) from videos where stage = 'submitting' and prompt = 'same'"
+    )
+    assert in_doubt == 2
 
 
 @pytest.mark.parametrize("statement", ["insert", "update"])

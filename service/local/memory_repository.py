@@ -3,7 +3,7 @@
 Tests of the daemon need a database they can break on purpose (an outage, a bug in one
 call) and a clock they can move; a real server offers neither cheaply. This adapter
 mirrors ``PostgresRepository``'s SQL statement by statement (the same guards, the same
-columns per change, the two unique indexes), and ``tests/test_repository_contract.py``
+columns per change, the unique index on video_id), and ``tests/test_repository_contract.py``
 runs one suite against both so they cannot drift apart.
 
 Every method reads ``clock`` once, as a statement reads ``now()`` once, and none awaits
@@ -12,12 +12,12 @@ anything: like a single statement, each call is atomic with respect to other tas
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from service.likeness import Twin
 from service.machine import (
     ACTIVE_STAGES,
     ForgetIntent,
@@ -92,6 +92,7 @@ class Row:
     openai_expires_at: datetime | None = None
     video_url: str | None = None
     video_bytes: int | None = None
+    reference_print: bytes | None = None
     video_sha256: str | None = None
     thumbnail_url: str | None = None
     media: Media = field(default_factory=Media)
@@ -117,16 +118,6 @@ class Row:
             expires_at=self.openai_expires_at,
             error_kind=self.error_kind,
         )
-
-
-def _in_doubt_key(row: Row) -> tuple[str, str, str, str] | None:
-    """The key of ``videos_one_in_doubt_per_request`` (None: not in the partial index, or
-    a NULL part, which a unique index never compares equal)."""
-    if row.stage is not Stage.SUBMITTING or row.submit_key is None:
-        return None
-    if row.prompt is None or row.model is None or row.size is None or row.seconds is None:
-        return None
-    return (hashlib.md5(row.prompt.encode()).hexdigest(), row.model, row.size, row.seconds)
 
 
 @dataclass
@@ -194,11 +185,11 @@ class MemoryRepository:
                 and (row.locked_until is None or row.locked_until < now)
                 and row.id not in skip
             ),
-            key=lambda row: row.next_attempt_at,
+            key=lambda row: (row.stage is not Stage.PENDING, row.next_attempt_at),  # fresh first
         )[: max(limit, 0)]
         for row in due:
             row.locked_by = self.worker_id
-            row.locked_until = now + self.lease
+            row.locked_until = row.next_attempt_at = now + self.lease
         return [row.job(now) for row in due]
 
     async def checkpoint(self, job: Job, transition: Transition, *, keep_lease: bool) -> Job:
@@ -216,7 +207,7 @@ class MemoryRepository:
             stage=transition.stage,
             status=STATUS_OF[transition.stage],
             attempts=transition.attempts,
-            next_attempt_at=now + transition.delay,
+            next_attempt_at=now + (self.lease if keep_lease else transition.delay),
             locked_by=row.locked_by if keep_lease else None,
             locked_until=now + self.lease if keep_lease else None,
             error=transition.error,
@@ -229,6 +220,7 @@ class MemoryRepository:
                 after.model = change.model
                 after.size = change.size
                 after.seconds = change.seconds
+                after.reference_print = change.reference_print
                 after.submitted_at = now
             case ForgetIntent():
                 after.submit_key = None
@@ -256,18 +248,14 @@ class MemoryRepository:
         return after.job(now)
 
     def _check_unique(self, after: Row) -> None:
-        """The two unique indexes (sql/0001, 0006): refuse the write, change nothing."""
-        others = [row for row in self.rows.values() if row.id != after.id]
-        rule: Rule | None = None
+        """The unique index on video_id in stable form (sql/0001, 0006): refuse the
+        write, change nothing."""
+        others = (row for row in self.rows.values() if row.id != after.id)
         job = None if after.video_id is None else stable_id(after.video_id)
         if job is not None and any(
             r.video_id is not None and stable_id(r.video_id) == job for r in others
         ):
             rule = Rule.ONE_ROW_PER_VIDEO
-        key = _in_doubt_key(after)
-        if rule is None and key is not None and any(_in_doubt_key(r) == key for r in others):
-            rule = Rule.ONE_IN_DOUBT_PER_REQUEST
-        if rule is not None:
             raise Conflict(rule, f"checkpointing row {after.id}: {rule.value}")
 
     async def heartbeat(self, ids: Iterable[RowId]) -> frozenset[RowId]:
@@ -276,15 +264,16 @@ class MemoryRepository:
             row for i in set(ids) if (row := self.rows.get(i)) and row.locked_by == self.worker_id
         ]
         for row in ours:
-            row.locked_until = now + self.lease
+            row.locked_until = row.next_attempt_at = now + self.lease
         return frozenset(row.id for row in ours)
 
     async def release(self, ids: Iterable[RowId]) -> None:
-        self._now("release")
+        now = self._now("release")
         for i in set(ids):
             row = self.rows.get(i)
             if row is not None and row.locked_by == self.worker_id:
                 row.locked_by = row.locked_until = None
+                row.next_attempt_at = now
 
     async def defer(self, job: Job, delay: timedelta) -> None:
         now = self._now("defer")
@@ -306,11 +295,7 @@ class MemoryRepository:
 
     async def next_due_in(self) -> timedelta | None:
         now = self._now("next_due_in")
-        due = [
-            max(row.next_attempt_at, row.locked_until or row.next_attempt_at)
-            for row in self.rows.values()
-            if row.stage in ACTIVE_STAGES
-        ]
+        due = [row.next_attempt_at for row in self.rows.values() if row.stage in ACTIVE_STAGES]
         return min(due) - now if due else None
 
     async def wake(self, provider: str, video_id: str) -> RowId | None:
@@ -321,7 +306,8 @@ class MemoryRepository:
                 and row.provider in (provider, None)
                 and row.stage in (Stage.GENERATING, Stage.ARCHIVING)
             ):
-                row.next_attempt_at = min(row.next_attempt_at, now)
+                # Due now, or when a lease on it ends (never inside a lease).
+                row.next_attempt_at = min(row.next_attempt_at, max(now, row.locked_until or now))
                 return row.id
         return None
 
@@ -330,19 +316,15 @@ class MemoryRepository:
         held = {stable_id(row.video_id) for row in self.rows.values() if row.video_id is not None}
         return frozenset(c for c in candidates if stable_id(c) in held)
 
-    async def identical_in_doubt(
-        self, row_id: RowId, prompt: str, model: str, size: str, seconds: str
-    ) -> RowId | None:
-        self._now("identical_in_doubt")
-        wanted = (hashlib.md5(prompt.encode()).hexdigest(), model, size, seconds)
-        return next(
-            (
-                row.id
-                for row in self.rows.values()
-                if row.id != row_id and _in_doubt_key(row) == wanted
-            ),
-            None,
-        )
+    async def twins_in_doubt(self, prompt: str, model: str, size: str, seconds: str) -> list[Twin]:
+        self._now("twins_in_doubt")
+        return [
+            Twin(row.id, bool(row.image1_url or row.image2_url), row.reference_print)
+            for row in self.rows.values()
+            if row.stage is Stage.SUBMITTING
+            and row.submit_key is not None
+            and (row.prompt, row.model, row.size, row.seconds) == (prompt, model, size, seconds)
+        ]
 
     async def insert_request(
         self,

@@ -56,6 +56,8 @@ class ProviderJob:
     model: str | None = None
     size: str | None = None
     seconds: str | None = None
+    poll_after: timedelta | None = None
+    """When the provider asked to be polled again (a hint; OpenAI's ``openai-poll-after-ms``)."""
 
 
 class ProviderError(Exception):

@@ -19,13 +19,18 @@ What this adapter adds on top of the SDK:
 from __future__ import annotations
 
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import openai
 import structlog
+from openai._constants import (  # pinned SDK
+    DEFAULT_CONNECTION_LIMITS,  # the SDK's own Limits type (its vendored httpx's)
+    RAW_RESPONSE_HEADER,  # with_raw_response's switch
+)
 
 from service.diagnosis import Finding
 from service.providers.base import (
@@ -62,6 +67,13 @@ ODD_STATUSES_REMEMBERED = 10_000
 PROBE_TIMEOUT = 10.0
 """The startup probe is one try: a host that does not answer is probed again by use."""
 CHUNK_SIZE = 256 * 1024
+STATUS_LIMITS = DEFAULT_CONNECTION_LIMITS.__class__(
+    max_connections=8, max_keepalive_connections=8, keepalive_expiry=30.0
+)
+"""Connections for polls, creates and listings. Few on purpose: before each request the
+HTTP pool checks every idle connection it keeps (a ``select`` on each socket), which
+with the SDK's default (100 kept alive, one per concurrent row) cost most of a poll's
+CPU; each of these calls takes milliseconds, so 8 carry hundreds of polls a second."""
 RECONCILE_SLACK = timedelta(minutes=2)
 RECONCILE_MAX_PAGES = 50
 
@@ -91,6 +103,15 @@ def _retry_after(err: openai.APIStatusError) -> timedelta | None:
     except ValueError:
         return None
     return None
+
+
+def _poll_after(headers: Mapping[str, str]) -> timedelta | None:
+    """The host's ``openai-poll-after-ms`` (what the SDK's own ``poll()`` honours)."""
+    try:
+        value = float(headers.get("openai-poll-after-ms", ""))
+    except ValueError:
+        return None
+    return timedelta(milliseconds=value) if 0 < value < 86_400_000 else None
 
 
 def _error_field(err: openai.APIStatusError, name: str) -> str | None:
@@ -145,11 +166,20 @@ class OpenAIVideos:
         max_retries: int = 2,
     ) -> None:
         self._client = openai.AsyncOpenAI(
-            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            http_client=openai.DefaultAsyncHttpxClient(limits=STATUS_LIMITS),
         )
         self.submit_timeout = timedelta(seconds=timeout)
         # The POST that costs money is made exactly once per call; see module docstring.
         self._create_client = self._client.with_options(max_retries=0)
+        # Downloads hold a connection for as long as a video streams: their own pool, so
+        # that polls never wait behind them.
+        self._download_client = openai.AsyncOpenAI(
+            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
+        )
         self.base_url = str(self._client.base_url).rstrip("/")
         self.lists_jobs: bool | None = None
         """Whether the host can list its jobs: None until ``probe`` or a list tells."""
@@ -303,8 +333,15 @@ class OpenAIVideos:
         )
 
     async def retrieve(self, job_id: str) -> ProviderJob:
+        # The raw response, for its poll-after header: what ``with_raw_response`` does,
+        # asked for directly so that the deprecated method is called inside ``_quiet``
+        # (the wrapper would call it later, inside its own coroutine, and warn).
+        raw = {RAW_RESPONSE_HEADER: "true"}
         try:
-            video = await _quiet(lambda: self._client.videos.retrieve(job_id))
+            response: Any = await _quiet(
+                lambda: self._client.videos.retrieve(job_id, extra_headers=raw)
+            )
+            video = response.parse()
         except openai.NotFoundError as err:
             raise VideoGone(f"job {job_id} no longer exists at {self.base_url}") from err
         except openai.APIConnectionError as err:
@@ -321,13 +358,13 @@ class OpenAIVideos:
             raise ProviderUnavailable(
                 f"status of {job_id} unavailable ({_detail(err)})", _retry_after(err)
             ) from err
-        return self._job(video)
+        return replace(self._job(video), poll_after=_poll_after(response.headers))
 
     @asynccontextmanager
     async def download(
         self, job_id: str, variant: Variant = "video"
     ) -> AsyncIterator[AsyncIterator[bytes]]:
-        streaming = self._client.videos.with_streaming_response
+        streaming = self._download_client.videos.with_streaming_response
         try:
             async with _quiet(
                 lambda: streaming.download_content(job_id, variant=variant)
@@ -403,7 +440,8 @@ class OpenAIVideos:
                 "FAIL",
                 f"GET /videos?limit=1 failed: {err}",
                 "use a host that lists videos: without it a submission whose answer was lost "
-                "cannot be reconciled, and its row waits out the generation timeout",
+                "cannot be reconciled, and its row fails as in_doubt for a person to settle "
+                "(sora-worker adopt)",
             )
         return Finding("list videos", "OK", "GET /videos?limit=1 works (reconciliation)")
 
@@ -423,6 +461,7 @@ class OpenAIVideos:
 
     async def aclose(self) -> None:
         await self._client.close()
+        await self._download_client.close()
 
     def _job(self, video: Any) -> ProviderJob:
         raw = str(video.status)

@@ -203,7 +203,8 @@ async def remix_video(request: web.Request) -> web.Response:
 async def retrieve_video(request: web.Request) -> web.Response:
     store = request.app[STORE]
     job = _job(request, store)
-    headers = {"openai-poll-after-ms": str(store.config.poll_after_ms)}
+    after = store.config.poll_after_ms
+    headers = {} if after is None else {"openai-poll-after-ms": str(after)}
     return web.json_response(_host(request).video(job.video(store.config)), headers=headers)
 
 

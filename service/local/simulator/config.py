@@ -63,7 +63,9 @@ class SimulatorConfig:
     queue_seconds: float = 1.0
     generation_seconds: float = 8.0
     expires_after_seconds: float = 86400.0
-    poll_after_ms: int = 1000
+    poll_after_ms: int | None = None
+    """Sent as ``openai-poll-after-ms`` with each job's status when set (the SDK's
+    ``poll()`` honours it; whether a host sends it varies): None sends nothing."""
     models: dict[str, tuple[str, ...]] = field(default_factory=_sora_sizes)  # model -> sizes
     seconds: tuple[str, ...] = ("4", "8", "12")
     api_key: str | None = None  # None: any non-empty bearer token is accepted

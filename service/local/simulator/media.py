@@ -35,15 +35,23 @@ class _Painter:
         self.accent = tuple(digest[6:9])
         self.margin = max(12, min(width, height) // 24)
         self.font = ImageFont.load_default(size=self.margin)
+        self.reference = None if reference is None else _letterboxed(reference, width, height)
         self.background = (
-            _letterboxed(reference, width, height)
-            if reference is not None
+            self.reference.copy()
+            if self.reference is not None
             else _gradient(width, height, tuple(digest[0:3]), tuple(digest[3:6]))
         )
         self._caption(ImageDraw.Draw(self.background), 0, prompt[:40])  # static: drawn once
 
     def frame(self, index: int) -> Image.Image:
-        """Return frame ``index``; the ball and the progress bar make every frame different."""
+        """Return frame ``index``; the ball and the progress bar make every frame different.
+
+        With a reference, frame 0 is the reference itself, nothing drawn on it: an
+        image-to-video generator starts from its reference (Sora's ``input_reference``
+        is the first frame), and the worker tells twins' jobs apart by exactly that.
+        """
+        if index == 0 and self.reference is not None:
+            return self.reference.copy()
         image = self.background.copy()
         draw = ImageDraw.Draw(image)
         progress = index / max(1, self.frames - 1)
@@ -109,7 +117,7 @@ def render_mp4(
 def render_thumbnail(
     width: int, height: int, seconds: int, *, prompt: str, reference: bytes | None, seed: str
 ) -> bytes:
-    """The clip's first frame as a WebP image at the video's size."""
+    """The clip's first frame as a WebP image at the video's size (the reference, if any)."""
     out = io.BytesIO()
     _Painter(width, height, seconds, prompt, reference, seed).frame(0).save(out, format="WEBP")
     return out.getvalue()
