@@ -257,7 +257,9 @@ async def run_worker(settings: Settings, *, migrate_first: bool, listen: bool) -
 
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, stop)
-        async with runtime.http_server(worker):
+        # Provider webhooks (service/webhooks.py) arrive on the same server as /metrics.
+        receiver = await runtime.webhook_receiver(worker.wakeup)
+        async with runtime.http_server(worker, routes=receiver.routes()):
             await worker.run()
     return 0
 

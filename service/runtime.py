@@ -28,6 +28,7 @@ from service.extras import local_extra
 from service.http import WorkerHttp, WorkerProbe
 from service.machine import Policy
 from service.migrations import migrate
+from service.providers.base import ProviderError
 from service.providers.lookup import Providers
 from service.providers.openai_videos import OpenAIVideos
 from service.repository import PostgresRepository
@@ -159,7 +160,11 @@ class Runtime:
 
             replicate = self.providers.get("replicate")
             assert isinstance(replicate, ReplicateVideos)
-            secrets["replicate"] = await replicate.webhook_secret()
+            try:
+                secrets["replicate"] = await replicate.webhook_secret()
+            except ProviderError as err:
+                # Polling still finishes every row; the worker must start regardless.
+                log.warning("webhooks.secret_unavailable", provider="replicate", error=str(err))
         assert self.webhook_health is not None, "open_runtime sets it"
         return WebhookReceiver(secrets, self.repo, wakeup, self.webhook_health)
 

@@ -7,8 +7,11 @@ server will mount it, on a real socket.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import signal
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -28,6 +31,7 @@ from service.serving import serve
 from service.wakeups.wakeup import Wakeup
 from service.webhooks import WebhookHealth, WebhookReceiver, signed_headers
 from tests.conftest import eventually
+from tests.test_cli import CLI, env_for
 from tests.test_pipeline import finished, running
 from tests.test_provider_conformance import provider_runtime
 
@@ -221,3 +225,39 @@ def test_a_provider_whose_webhooks_arrive_is_polled_less_often() -> None:
     )
     usual = apply(job, Progressed(10, "processing"), policy=policy, jitter=0)
     assert (stretched.delay, usual.delay) == (timedelta(minutes=2), timedelta(seconds=5))
+
+
+async def test_a_running_worker_takes_webhooks_on_its_http_server(
+    db_url: str, tmp_path: Path
+) -> None:
+    """`sora-worker run` mounts the receiver beside /metrics: a signed event wakes its
+    row there, and a forged one is refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = env_for(db_url, tmp_path, SORA_HTTP_PORT=str(port), SORA_OPENAI_WEBHOOK_SECRET=SECRET)
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "run", env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    event = json.dumps({"object": "event", "id": "evt_9", "type": "video.completed",
+                        "created_at": 1, "data": {"id": "video_unknown"}})  # fmt: skip
+    url = f"http://127.0.0.1:{port}/webhooks/openai"
+    try:
+        async with httpx.AsyncClient() as http:
+
+            async def ready() -> int:
+                try:
+                    return (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code
+                except httpx.TransportError:
+                    return 0
+
+            await eventually(ready, lambda status: status == 200, within=60)
+            forged = signed_headers(OTHER_SECRET, "e9", event)
+            assert (await http.post(url, content=event, headers=forged)).status_code == 401
+            genuine = signed_headers(SECRET, "e9", event)
+            assert (await http.post(url, content=event, headers=genuine)).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(60):
+            _, stderr = await proc.communicate()
+    assert proc.returncode == 0, stderr.decode()[-2000:]
