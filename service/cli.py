@@ -1,4 +1,6 @@
-"""``sora-worker``: run | migrate | demo | simulate | request | show | list | stats | adopt.
+"""``sora-worker``: run | migrate | demo | simulate | request | show | list | stats, the
+operator's verbs (adopt | retry | cancel | rearchive | prune, in ``verbs.py``), and
+health | doctor | env-example.
 
 Every setting comes from the environment (listed by ``--help`` with its default), so
 the same command line works in a shell, a container and a systemd unit.

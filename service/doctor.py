@@ -317,7 +317,15 @@ async def _local_storage(settings: Settings) -> list[Finding]:
     return [Finding("local storage", "OK", f"{root} is writable; served at {served}")]
 
 
+KEY_NAMES = {
+    "openai": "OPENAI_API_KEY (and OPENAI_BASE_URL)",
+    "google_veo": "GOOGLE_API_KEY",
+    "replicate": "REPLICATE_API_TOKEN",
+}
+
+
 async def _provider(settings: Settings) -> list[Finding]:
+    key_name = KEY_NAMES[settings.provider]
     try:
         async with open_providers(settings) as providers:
             provider = providers.get(None)
@@ -325,10 +333,17 @@ async def _provider(settings: Settings) -> list[Finding]:
                 return [Finding("provider", "WARN", f"{provider.name} cannot check itself")]
             found = await provider.diagnose(settings.provider_model)
     except LocalExtraMissing as err:
-        return [Finding("provider", "FAIL", str(err), "set OPENAI_API_KEY and OPENAI_BASE_URL")]
-    if settings.openai_api_key is None:
-        simulator = "OPENAI_API_KEY is unset: the local Sora simulator makes synthetic clips"
-        found.insert(0, Finding("provider", "OK", simulator))
+        return [Finding("provider", "FAIL", str(err), f"set {key_name}")]
+    keys = {
+        "openai": settings.openai_api_key,
+        "google_veo": settings.google_api_key,
+        "replicate": settings.replicate_api_token,
+    }
+    if keys[settings.provider] is None:
+        stand_in = (
+            f"{key_name} is unset: a local {settings.provider} stand-in makes synthetic clips"
+        )
+        found.insert(0, Finding("provider", "OK", stand_in))
     return found
 
 

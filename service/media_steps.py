@@ -88,7 +88,17 @@ class Describer:
 
     async def describe(self, name: str, path: Path) -> Media:
         """``name`` is the video's key without ``.mp4``; the poster and the rendition
-        are stored beside it (``name.poster.webp``, ``name.small.mp4``)."""
+        are stored beside it (``name.poster.webp``, ``name.small.mp4``).
+
+        Never raises: the video is already stored, and a failure here (a decoder's
+        odd exception included) must not send the row back to download it again."""
+        try:
+            return await self._describe(name, path)
+        except Exception as err:
+            log.warning("video.media_skipped", part="media", error=repr(err))
+            return Media()
+
+    async def _describe(self, name: str, path: Path) -> Media:
         try:
             async with self._cpu:
                 facts = await asyncio.to_thread(media.probe, path)

@@ -44,16 +44,14 @@ CANCELLED = "cancelled by operator"
 
 RETRY = f"""
 update public.videos
-set status = 'queued', provider = null,
-    duration_seconds = null, width = null, height = null,
-    poster_url = null, rendition_url = null, pruned_at = null
+set status = 'queued'
 where stage = 'failed' and {FREE}
   and ($1::uuid is null or id = $1)
   and ($2::timestamptz is null or updated_at >= $2)
 returning id
 """
-"""The trigger (sql/0002) turns status 'queued' into a fresh start; the media columns
-(sql/0008) are cleared here."""
+"""The triggers (sql/0002, 0009) turn status 'queued' into a fresh start, media columns
+included. The row keeps its provider and model: what it was asked of stays consistent."""
 
 CANCEL = f"""
 update public.videos

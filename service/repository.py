@@ -449,7 +449,9 @@ class PostgresRepository:
                    -- due now, or when a lease on it ends (next_attempt_at never falls
                    -- inside a lease: NEXT_DUE reads it alone)
                    set next_attempt_at = least(next_attempt_at, greatest(now(), locked_until))
-                   where video_id = $1                      -- videos_video_id_key: one row
+                   where video_id is not null
+                     and public.video_stable_id(video_id) = public.video_stable_id($1)
+                     -- videos_video_id_key (stable form): one row, however it is spelt
                      and (provider = $2 or provider is null)  -- seed rows: no provider
                      and stage = any($3::text[])
                    returning id""",
@@ -636,7 +638,9 @@ with adopted as (
         attempts = 0, progress = 0, error = null, error_kind = null,
         next_attempt_at = now(), locked_by = null, locked_until = null,
         openai_url = null, openai_expires_at = null, video_url = null, video_bytes = null,
-        video_sha256 = null, thumbnail_url = null, completed_at = null
+        video_sha256 = null, thumbnail_url = null, completed_at = null,
+        reference_print = null, duration_seconds = null, width = null, height = null,
+        poster_url = null, rendition_url = null, pruned_at = null
     where id = $1
       and stage in ('pending', 'submitting', 'failed')        -- holds no job yet
       and (locked_until is null or locked_until < now())      -- no worker is on it

@@ -67,7 +67,6 @@ class Ledger(Protocol):
 FRAME_CACHE = 512
 """First-frame prints kept per process (a job's first frame never changes): a crash
 that leaves many twins in doubt fetches each candidate's thumbnail about once."""
-THUMBNAIL_MAX_BYTES = 20_000_000
 FIRST_FRAME_MAX_BYTES = 32 * 1024 * 1024
 """How much of a video is read to decode its first frame when no thumbnail is served
 (a faststart MP4 holds its index and first frame in the first few hundred KiB)."""

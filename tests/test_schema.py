@@ -187,6 +187,26 @@ async def test_setting_status_back_to_queued_asks_for_a_fresh_start(
     )
 
 
+async def test_a_remade_row_sheds_the_old_videos_media_and_pruning(
+    conn: asyncpg.Connection,
+) -> None:
+    row_id = await conn.fetchval(
+        "insert into videos (prompt, status, video_url, duration_seconds, width, height, "
+        "poster_url, rendition_url, pruned_at, reference_print) values ('x', 'completed', "
+        "'http://s/v.mp4', 4.0, 720, 1280, 'http://s/p.webp', 'http://s/s.mp4', now(), "
+        "'\\x00') returning id"
+    )
+    shown = await conn.fetchrow(
+        "select poster_url, pruned_at from videos_public where id = $1", row_id
+    )
+    assert shown["poster_url"] == "http://s/p.webp" and shown["pruned_at"] is not None
+    await conn.execute("update videos set status = 'queued' where id = $1", row_id)
+    row = await conn.fetchrow("select * from videos where id = $1", row_id)
+    old = ("video_url", "duration_seconds", "width", "height", "poster_url", "rendition_url",
+           "pruned_at", "reference_print")  # fmt: skip
+    assert row["stage"] == "pending" and all(row[name] is None for name in old), dict(row)
+
+
 async def test_error_kind_is_one_of_six_and_goes_when_the_row_is_asked_again(
     conn: asyncpg.Connection,
 ) -> None:

@@ -302,7 +302,8 @@ class MemoryRepository:
         now = self._now("wake")
         for row in self.rows.values():
             if (
-                row.video_id == video_id
+                row.video_id is not None
+                and stable_id(row.video_id) == stable_id(video_id)
                 and row.provider in (provider, None)
                 and row.stage in (Stage.GENERATING, Stage.ARCHIVING)
             ):
