@@ -32,6 +32,7 @@ from service import logs
 from service.daemon import Worker, WorkerOptions
 from service.fetch import Limits
 from service.local.embedded import start_embedded_postgres
+from service.local.simulator.media import render_mp4
 from service.machine import Policy
 from service.migrations import migrate
 from service.providers.base import ProviderJob, VideoRequest
@@ -43,7 +44,9 @@ from service.storage.local import LocalStore
 from service.wakeups.listen import Listener
 from service.wakeups.wakeup import Wakeup
 
-PAYLOAD = b"\x00" * (64 * 1024)
+PAYLOAD = render_mp4(320, 180, 1, prompt="bench", reference=None, seed="bench")
+"""A real (small) MP4, so each row pays what a real one does after archiving: the media
+probe and the poster, not a quick refusal of bytes that are no video."""
 
 
 class InstantProvider:
