@@ -182,20 +182,29 @@ async def run_pipeline(
     }
 
 
+@asynccontextmanager
+async def fresh_database(server: str) -> AsyncIterator[str]:
+    """A new, migrated database on ``server`` for one measurement, dropped afterwards."""
+    name = f"sora_bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(server)
+    await admin.execute(f'create database "{name}"')
+    dsn = urlunsplit(urlsplit(server)._replace(path="/" + name))
+    conn = await asyncpg.connect(dsn)
+    await migrate(conn)
+    await conn.close()
+    try:
+        yield dsn
+    finally:
+        await admin.execute(f'drop database if exists "{name}" with (force)')
+        await admin.close()
+
+
 async def main(rows: int, concurrency: int, same_prompt: bool) -> None:
     logs.configure("console", "warning")
     with tempfile.TemporaryDirectory() as scratch:
         server = os.environ.get("DATABASE_URL") or start_embedded_postgres(Path(scratch))
-        name = f"sora_bench_{uuid.uuid4().hex[:8]}"
-        admin = await asyncpg.connect(server)
-        await admin.execute(f'create database "{name}"')
-        dsn = urlunsplit(urlsplit(server)._replace(path="/" + name))
-        conn = await asyncpg.connect(dsn)
-        await migrate(conn)
-        await conn.close()
-        result = await run_pipeline(dsn, rows, concurrency, same_prompt, Path(scratch))
-        await admin.execute(f'drop database "{name}" with (force)')
-        await admin.close()
+        async with fresh_database(server) as dsn:
+            result = await run_pipeline(dsn, rows, concurrency, same_prompt, Path(scratch))
     print(
         f"rows={rows} concurrency={concurrency} same_prompt={same_prompt}: "
         f"{result['rows_per_s']:,.0f} rows/s, insert->completed "

@@ -21,20 +21,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
-
-import asyncpg
 
 from bench import scenarios, yardstick
-from bench.pipeline import run_pipeline
+from bench.pipeline import fresh_database, run_pipeline
 from service import logs
 from service.local.embedded import start_embedded_postgres
-from service.migrations import migrate
 
 RESULTS = Path(__file__).with_name("results.json")
 COMMAND = "make bench"
@@ -91,27 +84,10 @@ class Table:
         path.write_text(json.dumps([asdict(f) for f in self.figures], indent=1) + "\n")
 
 
-@asynccontextmanager
-async def fresh_database(server: str, *, pgqueuer: bool = False) -> AsyncIterator[str]:
-    name = f"sora_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(server)
-    await admin.execute(f'create database "{name}"')
-    dsn = urlunsplit(urlsplit(server)._replace(path="/" + name))
-    conn = await asyncpg.connect(dsn)
-    await migrate(conn)
-    await conn.close()
-    if pgqueuer:
-        await yardstick.install(dsn)
-    try:
-        yield dsn
-    finally:
-        await admin.execute(f'drop database if exists "{name}" with (force)')
-        await admin.close()
-
-
 async def measure(server: str, scratch: Path, sizes: Sizes, table: Table) -> None:
     print("throughput: rows end to end, instant provider", flush=True)
-    async with fresh_database(server, pgqueuer=True) as dsn:
+    async with fresh_database(server) as dsn:
+        await yardstick.install(dsn)
         drain = table.add(
             "PgQueuer drain (no-op jobs, batches of 10)",
             await yardstick.drain(dsn, sizes.drain_jobs),
@@ -146,7 +122,8 @@ async def measure(server: str, scratch: Path, sizes: Sizes, table: Table) -> Non
 async def dispatch_figures(server: str, scratch: Path, sizes: Sizes, table: Table) -> None:
     p = yardstick.p
     print("dispatch: INSERT -> provider receives the create", flush=True)
-    async with fresh_database(server, pgqueuer=True) as dsn:
+    async with fresh_database(server) as dsn:
+        await yardstick.install(dsn)
         pgq = await yardstick.dispatch(dsn, sizes.dispatch_samples)
     async with fresh_database(server) as dsn:
         idle = await scenarios.dispatch(dsn, scratch, sizes.dispatch_samples, 0)
