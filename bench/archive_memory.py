@@ -19,6 +19,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from service.serving import serve
+
 CHUNK = b"\x00\x00\x00\x18ftypmp42" + bytes(1024 * 1024 - 12)
 
 
@@ -36,9 +38,8 @@ def current_rss_mib() -> float:
     return float("nan")
 
 
-async def one(mib: int) -> None:
-    from service.providers.openai_videos import OpenAIVideos
-    from service.storage.local import LocalStore
+def content_app(mib: int) -> web.Application:
+    """The Videos API content endpoint, serving an MP4-headed file of ``mib`` MiB."""
 
     async def content(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
@@ -50,10 +51,14 @@ async def one(mib: int) -> None:
 
     app = web.Application()
     app.router.add_get("/v1/videos/{id}/content", content)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
+    return app
+
+
+async def one(mib: int) -> None:
+    from service.providers.openai_videos import OpenAIVideos
+    from service.storage.local import LocalStore
+
+    runner, port = await serve(content_app(mib), "127.0.0.1", 0)
     provider = OpenAIVideos("sk-bench", f"http://127.0.0.1:{port}/v1")
     with tempfile.TemporaryDirectory() as root:
         store = LocalStore(Path(root), "http://bench")
@@ -75,20 +80,8 @@ async def serve_content(mib: int) -> None:
     """The content endpoint alone (for `make bench`: server and client in two processes,
     as a provider and a worker are); prints its base URL."""
 
-    async def content(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
-        response.content_length = mib * len(CHUNK)
-        await response.prepare(request)
-        for _ in range(mib):
-            await response.write(CHUNK)
-        return response
-
-    app = web.Application()
-    app.router.add_get("/v1/videos/{id}/content", content)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    print(f"http://127.0.0.1:{runner.addresses[0][1]}/v1", flush=True)
+    _, port = await serve(content_app(mib), "127.0.0.1", 0)
+    print(f"http://127.0.0.1:{port}/v1", flush=True)
     await asyncio.Event().wait()
 
 
