@@ -2,9 +2,9 @@
 
 Each fake (``veo_server``, ``replicate_server``, the ``simulator``) builds its aiohttp
 app and is served through ``service.serving.serve``, the project's one way to listen;
-this class
-only keeps the runner, the bound port and the base URL an SDK is pointed at, with the
-same ``start``/``stop`` the shared-server keeper (``sharing.SharedServer``) expects.
+this class only keeps the runner, the bound port and the base URL an SDK is pointed
+at, with the same ``start``/``stop`` the shared-server keeper (``sharing.SharedServer``)
+expects.
 """
 
 from __future__ import annotations
