@@ -56,9 +56,13 @@ async def test_metrics_after_a_row_show_every_metric_and_the_table(runtime: Runt
         base = f"http://127.0.0.1:{server.port}"
         row_id = await runtime.repo.insert_request("a hug, measured")
         assert (await finished(runtime, row_id))["status"] == "completed"
-        await runtime.pool.execute(
-            "insert into videos (prompt, next_attempt_at) values ('later', now() + interval '1h')"
-        )
+        # The insert trigger makes every new row due now, so the row is put off in the
+        # same transaction: no worker can see it, or claim it, before it is deferred.
+        async with runtime.pool.acquire() as conn, conn.transaction():
+            later = await conn.fetchval("insert into videos (prompt) values ('later') returning id")
+            await conn.execute(
+                "update videos set next_attempt_at = now() + interval '1h' where id = $1", later
+            )
         page = await client.get(f"{base}/metrics")
         assert page.status_code == 200
         assert page.headers["content-type"].startswith("text/plain")
