@@ -132,6 +132,34 @@ async def test_a_create_that_times_out_is_ambiguous() -> None:
     assert len(seen) == 1
 
 
+async def test_a_create_dropped_after_it_was_sent_is_ambiguous() -> None:
+    """The host reads the whole POST, then closes without a word: the job may exist."""
+    posts: list[bytes] = []
+
+    async def read_then_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        await reader.readexactly(length)
+        posts.append(head)
+        writer.close()
+
+    server = await asyncio.start_server(read_then_hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    provider = OpenAIVideos("sk-test", f"http://127.0.0.1:{port}/v1")
+    try:
+        with pytest.raises(OutcomeUnknown):
+            await provider.submit(request(reference=b"\x89PNG" + bytes(64 * 1024)))
+    finally:
+        await provider.aclose()
+        server.close()
+        await server.wait_closed()
+    assert len(posts) == 1
+
+
 async def test_rate_limits_are_retryable_with_the_providers_delay() -> None:
     async def limited(_req: web.Request) -> web.Response:
         return web.json_response(
