@@ -69,7 +69,22 @@ async def download_speed(transport: str, base_url: str) -> float:
     return MIB / seconds
 
 
-async def main() -> None:
+async def compare(content_url: str) -> None:
+    with simulator_process(
+        queue_seconds=0.0,
+        generation_seconds=3600.0,
+        models={"bench": ["64x64"]},
+        seconds=["1"],
+    ) as base_url:
+        ids = await create_jobs(base_url, 500)
+        print(f"{'transport':<10} {'CPU per poll':>13} {'download':>12}")
+        for transport in ("httpx2", "aiohttp", "httpx2", "aiohttp"):
+            cpu = await cpu_per_poll(transport, base_url, ids)
+            speed = await download_speed(transport, content_url)
+            print(f"{transport:<10} {cpu:>10.2f} ms {speed:>7.0f} MiB/s", flush=True)
+
+
+def main() -> None:
     content = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("archive_memory.py")), "--serve", str(MIB)],
         stdout=subprocess.PIPE,
@@ -77,23 +92,11 @@ async def main() -> None:
     )
     try:
         assert content.stdout is not None
-        content_url = content.stdout.readline().strip()
-        with simulator_process(
-            queue_seconds=0.0,
-            generation_seconds=3600.0,
-            models={"bench": ["64x64"]},
-            seconds=["1"],
-        ) as base_url:
-            ids = await create_jobs(base_url, 500)
-            print(f"{'transport':<10} {'CPU per poll':>13} {'download':>12}")
-            for transport in ("httpx2", "aiohttp", "httpx2", "aiohttp"):
-                cpu = await cpu_per_poll(transport, base_url, ids)
-                speed = await download_speed(transport, content_url)
-                print(f"{transport:<10} {cpu:>10.2f} ms {speed:>7.0f} MiB/s", flush=True)
+        asyncio.run(compare(content.stdout.readline().strip()))
     finally:
         content.terminate()
         content.wait(10)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
