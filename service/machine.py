@@ -274,8 +274,10 @@ class Archived:
 @dataclass(frozen=True)
 class Waiting:
     """Nothing failed; the step cannot go on yet (an earlier create may still be in
-    flight, twins' jobs cannot be told apart yet). Look again after ``retry_after``
-    (None: as often as a job is polled), until a paid job's deadline."""
+    flight, twins' jobs cannot be told apart yet). Look again as often as a job is
+    polled, or at ``retry_after`` when that comes sooner (the moment an in-flight create
+    would have timed out), until a paid job's deadline. Looking often is what lets a
+    create that lands late be adopted in seconds instead of after the whole timeout."""
 
     reason: str
     retry_after: timedelta | None
@@ -424,7 +426,7 @@ def apply(job: Job, event: Event, *, policy: Policy, jitter: float) -> Transitio
             return Transition(
                 job.stage,
                 job.attempts,  # not a failure: the attempt budget is untouched
-                policy.poll_interval if event.retry_after is None else event.retry_after,
+                min(policy.poll_interval, event.retry_after or policy.poll_interval),
                 "video.waiting",
                 error=f"waiting: {event.reason}",
             )

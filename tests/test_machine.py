@@ -343,10 +343,16 @@ def test_a_create_the_provider_certainly_refused_is_an_unpaid_retry() -> None:
 
 def test_waiting_is_not_a_failed_attempt() -> None:
     t = run(
-        job(Stage.SUBMITTING, keyed=True, attempts=3), Waiting("in flight", timedelta(seconds=7))
+        job(Stage.SUBMITTING, keyed=True, attempts=3), Waiting("in flight", timedelta(seconds=2))
     )
     assert t.stage is Stage.SUBMITTING and t.attempts == 3
-    assert t.delay == timedelta(seconds=7) and t.error == "waiting: in flight"
+    assert t.delay == timedelta(seconds=2) and t.error == "waiting: in flight"
+
+
+def test_a_create_in_flight_is_looked_for_as_often_as_a_job_is_polled() -> None:
+    """A create that lands a minute into a two-minute timeout is adopted then, not later."""
+    t = run(job(Stage.SUBMITTING, keyed=True), Waiting("in flight", timedelta(seconds=100)))
+    assert t.delay == POLICY.poll_interval
 
 
 # ---------------------------------------------------------------- outcomes (error_kind)
