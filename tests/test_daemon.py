@@ -288,7 +288,7 @@ async def test_a_crashed_heartbeat_is_restarted_and_keeps_the_lease(
             within=4,
         )
         assert extended.locked_by == "worker-a"
-        assert repo.beats_after_crash >= 2
+        assert repo.beats_after_crash >= 1
         # The first lease is long over, yet nobody else may take the row.
         assert datetime.now(UTC) > first_lease_end
         assert await repo.replica("worker-b").claim(5) == []
@@ -351,7 +351,7 @@ async def listening_through(proxy: FlakyProxy, db_url: str, logs: Logs) -> Async
     async with proxy as port:
         dsn = f"postgresql://{parts.username}@127.0.0.1:{port}{parts.path}?sslmode=disable"
         wakeup = Wakeup()
-        listener = Listener(dsn, wakeup, check_every=0.1, echo_timeout=0.2, max_backoff=0.5)
+        listener = Listener(dsn, wakeup, check_every=0.1, echo_timeout=1.0, max_backoff=0.5)
         task = asyncio.create_task(listener.run())
         try:
             await logged(logs, "listen.ready")

@@ -108,8 +108,10 @@ async def test_retry_of_a_row_that_is_not_failed_changes_nothing(runtime: Runtim
 
 @asynccontextmanager
 async def slow_runtime(settings: Settings) -> AsyncIterator[Runtime]:
-    """A worker whose simulated jobs take a minute: rows stay generating for the test."""
+    """A worker whose simulated jobs take a minute: rows stay generating for the test,
+    polled at least every second (a job's pace alone would put polls up to a minute apart)."""
     config = SimulatorConfig(queue_seconds=0.05, generation_seconds=60)
+    settings = settings.model_copy(update={"poll_ceiling": 1.0})
     async with open_runtime(settings, apply_migrations=False, simulator_config=config) as rt:
         yield rt
 

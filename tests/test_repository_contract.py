@@ -36,8 +36,9 @@ from service.repository import Conflict, LeaseLost, PostgresRepository, Reposito
 from tests.conftest import eventually, scratch_database
 
 LEASE = timedelta(seconds=30)
-SHORT = timedelta(seconds=0.5)
-"""A lease or delay short enough to wait out on a real server."""
+SHORT = timedelta(seconds=2)
+"""A lease or delay short enough to wait out on a real server, and long enough that the
+next few statements (each a commit on a busy shared disk) run before it ends."""
 
 
 class Backend:

@@ -58,6 +58,10 @@ async def test_a_replicate_webhook_wakes_the_row_long_before_its_next_poll(
     async with provider_runtime(db_url, tmp_path, "replicate", poll_interval=3600.0) as runtime:
         fake = runtime.provider_fake
         assert isinstance(fake, ReplicateServer)
+        # Long enough that the job is recorded on the row before its "completed" webhook
+        # is sent: one sent before that finds no row to wake (the first poll, at the
+        # poll floor, is what catches such a job; here an hour away).
+        fake.config.generation_seconds = 2.0
         wakeup = Wakeup()
         assert runtime.webhook_health is not None
         receiver = WebhookReceiver(
