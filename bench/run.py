@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench import scenarios, yardstick
-from bench.pipeline import fresh_database, run_pipeline
-from service import logs
+from bench.pipeline import PAYLOAD, fresh_database, run_pipeline
+from service import logs, media
 from service.local.embedded import start_embedded_postgres
 
 RESULTS = Path(__file__).with_name("results.json")
@@ -110,6 +110,8 @@ async def measure(server: str, scratch: Path, sizes: Sizes, table: Table) -> Non
         "ratio",
     )
     table.add("rows/s / PgQueuer drain (target >= 0.3)", distinct["rows_per_s"] / drain, "ratio")
+    table.add("worker CPU per row (all its threads)", distinct["cpu_ms_per_row"], "ms")
+    table.add("  of which media probe + poster of the row's MP4", probe_cpu_ms(), "ms")
     table.add("round trips (statements) per row", distinct["statements_per_row"], "per row")
     table.add("  of which checkpoints", distinct["checkpoints_per_row"], "per row")
     table.add("  of which claims", distinct["claims_per_row"], "per row")
@@ -117,6 +119,18 @@ async def measure(server: str, scratch: Path, sizes: Sizes, table: Table) -> Non
     await polling_figures(server, scratch, sizes, table)
     await due_figures(server, sizes, table)
     archive_table(sizes, table)
+
+
+def probe_cpu_ms(repeats: int = 50) -> float:
+    """CPU of ``media.probe`` (facts and WebP poster) on the MP4 the instant provider
+    serves: a floor under the worker's CPU per row that no database change can lower."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "row.mp4"
+        path.write_bytes(PAYLOAD)
+        cpu = time.process_time()
+        for _ in range(repeats):
+            media.probe(path)
+        return (time.process_time() - cpu) / repeats * 1000
 
 
 async def dispatch_figures(server: str, scratch: Path, sizes: Sizes, table: Table) -> None:
