@@ -377,7 +377,7 @@ class Steps:
         """
         assert job.video_id is not None, "archiving rows always hold a video_id"
         name = f"{job.id}/{_key_part(job.video_id)}"
-        with ScratchCopy() as copy:
+        async with ScratchCopy() as copy:
             event = await self._archive_video(job, job.video_id, name, copy)
             if isinstance(event, Archived) and copy.complete and copy.path is not None:
                 media = await self.describer.describe(name, copy.path)
