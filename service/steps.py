@@ -342,9 +342,18 @@ class Steps:
         assert job.video_id is not None, "generating rows always hold a video_id"
         try:
             provider = self.providers.get(job.provider)
-            state = await provider.retrieve(job.video_id)
+            # A whole answer within the provider timeout: the HTTP client's timeout is
+            # per read, so a host that trickles its answer would hold the row (and its
+            # slot, the heartbeat keeping the lease) for ever.
+            async with asyncio.timeout(provider.submit_timeout.total_seconds()):
+                state = await provider.retrieve(job.video_id)
         except UnknownProvider as err:
             return Transient(str(err))
+        except TimeoutError:
+            return Transient(
+                f"the status of {job.video_id} did not arrive within "
+                f"{provider.submit_timeout.total_seconds():g} s (SORA_PROVIDER_TIMEOUT)"
+            )
         except providers.RequestRejected as err:
             return Rejected(str(err), err.kind)
         except providers.VideoGone as err:
@@ -418,7 +427,10 @@ class Steps:
         """
         assert job.video_id is not None
         try:
-            head, data = await _take_image(provider.download(job.video_id, "thumbnail"))
+            # Bounded in time as in bytes: the video is stored; a trickling thumbnail
+            # must not keep the row from completing.
+            async with asyncio.timeout(provider.submit_timeout.total_seconds()):
+                head, data = await _take_image(provider.download(job.video_id, "thumbnail"))
             if data is None:
                 if thumbnails.is_mp4(head):
                     log.info("video.thumbnail_was_the_video", video_id=job.video_id)
@@ -429,6 +441,13 @@ class Steps:
             stored = await self.store.put(self.video_bucket, key, _once(image), "image/webp")
         except providers.ProviderError as err:
             log.info("video.thumbnail_missing", video_id=job.video_id, error=str(err))
+            return None
+        except TimeoutError:  # before OSError, of which it is a kind
+            log.warning(
+                "video.thumbnail_skipped",
+                row_id=str(job.id),
+                error=f"no whole thumbnail within {provider.submit_timeout.total_seconds():g} s",
+            )
             return None
         except (StorageError, httpx.HTTPError, OSError) as err:
             log.warning("video.thumbnail_skipped", row_id=str(job.id), error=str(err))

@@ -4,7 +4,8 @@ The worker runs with the embedded defaults and SORA_IMAGE_ALLOW_HOSTS naming one
 hostile photo host (every bad media case lives there). A canary on another loopback
 port records every TCP connection: rows aim at it in every spelling, directly and
 through redirects, and it must never be contacted. Every row must end with an error a
-person can act on; the worker must keep serving good rows throughout.
+person can act on; the worker must keep serving good rows throughout. Last, a provider
+host that never finishes an answer must not hold a row for ever.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from PIL import Image
 from service.local.simulator import SimulatorConfig
 from service.runtime import open_runtime
 from service.serving import serve
-from tests.conftest import FAST_SIMULATOR, make_settings
+from tests.conftest import FAST_SIMULATOR, eventually, make_settings
 from tests.test_pipeline import finished, running
 
 MAX_BYTES = 2_000_000
@@ -241,3 +242,62 @@ async def test_the_demo_photos_need_no_setting(db_url: str, tmp_path: Path) -> N
         async with running(runtime.worker()):
             row = await finished(runtime, row_id)
     assert row["status"] == "completed", row["error"]
+
+
+# ---------------------------------------------------------------- a hostile provider
+
+
+def trickling_provider() -> web.Application:
+    """An OpenAI-shaped host that accepts a create, then answers its status one byte at
+    a time, each well inside any read timeout, so that no answer ever completes."""
+    job = {"id": "video_trickle", "object": "video", "status": "queued", "progress": 0,
+           "model": "sora-2", "size": "720x1280", "seconds": "4", "created_at": 1}  # fmt: skip
+
+    async def create(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response(job)
+
+    async def listing(_request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [], "has_more": False})
+
+    async def status(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        while True:
+            await response.write(b" ")
+            await asyncio.sleep(0.1)
+
+    app = web.Application()
+    app.router.add_post("/v1/videos", create)
+    app.router.add_get("/v1/videos", listing)
+    app.router.add_get("/v1/videos/{id}", status)
+    return app
+
+
+async def test_a_provider_that_trickles_its_status_holds_no_row(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Each poll gives up at the provider timeout and the row is let go, to be polled
+    again later (a paid job is never failed for an unwell host before its deadline);
+    without the bound the first poll would hold the row, and its slot, for ever."""
+    runner, port = await serve(trickling_provider(), "127.0.0.1", 0)
+    settings = make_settings(
+        db_url,
+        tmp_path,
+        openai_api_key="sk-test",
+        openai_base_url=f"http://127.0.0.1:{port}/v1",
+        provider_timeout=1.0,
+    )
+    try:
+        async with open_runtime(settings, apply_migrations=False) as runtime:
+            row_id = await runtime.repo.insert_request("a hug from a slow host")
+            async with running(runtime.worker()):
+                row = await eventually(
+                    lambda: runtime.repo.fetch_row(row_id),
+                    lambda r: r is not None and r["attempts"] >= 2,
+                    within=30,
+                )
+    finally:
+        await runner.cleanup()
+    assert row["stage"] == "generating"
+    assert "did not arrive within 1 s (SORA_PROVIDER_TIMEOUT)" in row["error"], row["error"]
