@@ -65,6 +65,24 @@ $$;
 
 -- A provider job belongs to one row, however the host spells its id: the unique index
 -- of sql/0001 moves from the raw string to the stable form (same name, same rule).
+-- Rows that already hold one job under two spellings (a LiteLLM id and the bare one)
+-- would make that fail with a bare "is duplicated": name them and say what to do.
+do $$
+declare
+    clashes text;
+begin
+    select string_agg(format('%s (rows %s)', job, row_ids), '; ') into clashes
+    from (select public.video_stable_id(video_id) as job,
+                 string_agg(id::text, ', ' order by created_at) as row_ids
+          from public.videos where video_id is not null
+          group by 1 having count(*) > 1 order by 1 limit 10) as clash;
+    if clashes is not null then
+        raise exception 'rows hold the same provider job under two spellings of its id: %; '
+            'keep the row that should own each job, set status = ''queued'' on the others '
+            '(or delete them), then run sora-worker migrate again', clashes;
+    end if;
+end
+$$;
 drop index if exists public.videos_video_id_key;
 create unique index videos_video_id_key
     on public.videos (public.video_stable_id(video_id)) where video_id is not null;

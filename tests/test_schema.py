@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from service.migrations import SQL_DIR, MigrationError, migrate
+from service.providers.ids import litellm_id
 from service.repository import PostgresRepository
 
 
@@ -286,3 +287,36 @@ async def test_an_invalid_status_is_refused_with_the_allowed_values(
         f"invalid status '{value}': use one of queued, processing, completed, failed"
     )
     assert "videos_" not in str(caught.value)
+
+
+async def test_one_job_under_two_spellings_stops_the_upgrade_with_the_rows_named(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    """Before 0006 a row could hold a LiteLLM id and another the bare id of the same
+    job; the stable unique index cannot be built then, and migrate says which rows."""
+    for path in SQL_DIR.glob("*.sql"):
+        if path.name < "0006":
+            (tmp_path / path.name).write_text(path.read_text())
+    wrapped = litellm_id("video_upstream1", model_id="sora-2")
+    conn = await asyncpg.connect(empty_db_url)
+    try:
+        await migrate(conn, tmp_path)
+        first, second = [
+            await conn.fetchval(
+                "insert into videos (prompt, status, video_id) values ('p', 'processing', $1) "
+                "returning id",
+                video_id,
+            )
+            for video_id in ("video_upstream1", wrapped)
+        ]
+        with pytest.raises(asyncpg.RaiseError) as refused:
+            await migrate(conn)
+        message = str(refused.value)
+        assert "video_upstream1" in message
+        assert str(first) in message and str(second) in message
+        assert "set status = 'queued' on the others" in message
+        # Settled as it says, the upgrade goes through.
+        await conn.execute("update videos set status = 'queued' where id = $1", second)
+        assert "0006_error_kind.sql" in await migrate(conn)
+    finally:
+        await conn.close()
