@@ -21,7 +21,9 @@ BEFORE_SORA = date(2026, 9, 1)
         ("sora-2-pro", "1792x1024", "12", False, True),
         ("sora-2-2025-10-06", "1280x720", "8", False, True),  # a snapshot of sora-2
         ("sora-2", "720x1280", "10", False, False),
-        ("veo-3.1-generate-preview", "1920x1080", "6", True, True),
+        ("veo-3.1-generate-preview", "1920x1080", "8", True, True),
+        ("veo-3.1-generate-preview", "1920x1080", "6", True, False),  # 1080p: 8 s only
+        ("google/veo-3.1", "1920x1080", "6", False, True),  # Replicate's host judges
         ("veo-3.1-fast-generate-preview", "720x1280", "8", False, True),
         ("veo-3.1-generate-preview", "1024x1792", "8", False, False),
         ("veo-3.1-generate-preview", "1280x720", "12", False, False),

@@ -27,6 +27,7 @@ OPENAI_HOSTS = ("api.openai.com", ".openai.azure.com")
 VEO_SIZES = frozenset({"1280x720", "720x1280", "1920x1080", "1080x1920"})
 """16:9 and 9:16 at 720p and 1080p: Veo's aspect ratios x resolutions as WIDTHxHEIGHT."""
 VEO_SECONDS = frozenset({"4", "6", "8"})
+FULL_HD_SIZES = frozenset({"1920x1080", "1080x1920"})
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class ModelSpec:
     """Hosts (exact, or a ``.suffix``) where ``sunset`` applies; empty: everywhere."""
     instead: str = ""
     """What to use once it is retired, said in the refusal."""
+    full_hd_seconds: frozenset[str] | None = None
+    """Lengths offered at 1080p, where fewer than at 720p (None: the same)."""
 
     @property
     def aspect_ratios(self) -> frozenset[str]:
@@ -72,8 +75,24 @@ MODELS: dict[str, ModelSpec] = {
             sunset_hosts=OPENAI_HOSTS,
             instead="veo-3.1-generate-preview through a gateway or Google",
         ),
-        ModelSpec("veo-3.1-generate-preview", "google_veo", VEO_SIZES, VEO_SECONDS, True),
-        ModelSpec("veo-3.1-fast-generate-preview", "google_veo", VEO_SIZES, VEO_SECONDS, True),
+        # Google's Veo makes 1080p clips of 8 s only; Replicate's listing of the same
+        # models states no such rule, so there the host judges.
+        ModelSpec(
+            "veo-3.1-generate-preview",
+            "google_veo",
+            VEO_SIZES,
+            VEO_SECONDS,
+            image_input=True,
+            full_hd_seconds=frozenset({"8"}),
+        ),
+        ModelSpec(
+            "veo-3.1-fast-generate-preview",
+            "google_veo",
+            VEO_SIZES,
+            VEO_SECONDS,
+            image_input=True,
+            full_hd_seconds=frozenset({"8"}),
+        ),
         ModelSpec("google/veo-3.1", "replicate", VEO_SIZES, VEO_SECONDS, True),
         ModelSpec("google/veo-3.1-fast", "replicate", VEO_SIZES, VEO_SECONDS, True),
     )
@@ -112,6 +131,13 @@ def check(
     if seconds not in spec.seconds:
         allowed = ", ".join(sorted(spec.seconds, key=int))
         raise RequestRejected(f"seconds {seconds} is not offered by {model}; use one of {allowed}")
+    full_hd = spec.full_hd_seconds
+    if full_hd is not None and size in FULL_HD_SIZES and seconds not in full_hd:
+        allowed = ", ".join(sorted(full_hd, key=int))
+        raise RequestRejected(
+            f"{model} makes 1080p videos of {allowed} seconds only; use one of {allowed} "
+            "seconds, or a 720p size"
+        )
     if image and not spec.image_input:
         raise RequestRejected(f"{model} takes no photos; use a model that does, or no photos")
 
