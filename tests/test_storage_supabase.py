@@ -347,6 +347,20 @@ async def test_put_overwrites(fake: FakeSupabaseStorage, store: SupabaseStore) -
     assert (second.size, second.sha256) == (6, hashlib.sha256(b"second").hexdigest())
 
 
+async def test_delete_removes_the_object_and_a_missing_one_is_no_error(
+    fake: FakeSupabaseStorage, store: SupabaseStore
+) -> None:
+    """What `prune --apply` does to a Supabase bucket, through storage3's remove()."""
+    fake.add_bucket(VIDEOS, public=True)
+    await store.put(VIDEOS, "old.mp4", chunks(b"old"), "video/mp4")
+    await store.put(VIDEOS, "new.mp4", chunks(b"new"), "video/mp4")
+    await store.delete(VIDEOS, "old.mp4")
+    await store.delete(VIDEOS, "old.mp4")  # already gone: prune may run twice
+    assert set(fake.objects) == {f"{VIDEOS}/new.mp4"}
+    with pytest.raises(StorageError, match="Bucket not found"):
+        await store.delete("no-such-bucket", "a.mp4")
+
+
 @pytest.mark.parametrize(
     ("status", "http_status", "permanent"),
     [

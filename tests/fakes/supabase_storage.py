@@ -286,6 +286,7 @@ class FakeSupabaseStorage:
                 web.get(f"{STORAGE}/object/public/{{bucket}}/{{path:.+}}", self._get_public),
                 web.post(f"{STORAGE}/object/{{bucket}}/{{path:.+}}", self._upload),
                 web.put(f"{STORAGE}/object/{{bucket}}/{{path:.+}}", self._upload),
+                web.delete(f"{STORAGE}/object/{{bucket}}", self._delete_objects),
                 web.post(f"{STORAGE}/upload/resumable", self._tus_create),
                 web.head(f"{STORAGE}/upload/resumable/{{id}}", self._tus_head),
                 web.patch(f"{STORAGE}/upload/resumable/{{id}}", self._tus_patch),
@@ -391,6 +392,35 @@ class FakeSupabaseStorage:
             body=found.read(),
             headers={"Content-Type": found.content_type, "Cache-Control": found.cache_control},
         )
+
+    async def _delete_objects(self, request: web.Request) -> web.Response:
+        """``DELETE /object/{bucket}`` with ``{"prefixes": [...]}`` (1 to 1,000 names, as
+        ``deleteObjects.ts`` validates them): the objects deleted, as a list. Names that
+        do not exist are skipped; so is everything for anon, whom row-level security
+        lets delete nothing (the list comes back empty, not refused)."""
+        role = self._role(request)
+        body = await request.json()
+        prefixes = body.get("prefixes") if isinstance(body, dict) else None
+        if not isinstance(prefixes, list) or not all(isinstance(p, str) for p in prefixes):
+            raise storage_error(
+                400, "InvalidRequest", "body must have required property 'prefixes'"
+            )
+        if not 1 <= len(prefixes) <= 1000:
+            raise storage_error(
+                400,
+                "InvalidRequest",
+                "body/prefixes must NOT have fewer than 1 items"
+                if not prefixes
+                else "body/prefixes must NOT have more than 1000 items",
+            )
+        bucket = self.buckets.get(request.match_info["bucket"])
+        if bucket is None:
+            raise no_such_bucket()
+        deleted = []
+        for name in prefixes if role == "service_role" else []:
+            if self.objects.pop(f"{bucket.id}/{name}", None) is not None:
+                deleted.append({"name": name, "bucket_id": bucket.id, "id": str(uuid.uuid4())})
+        return web.json_response(deleted)
 
     async def _upload(self, request: web.Request) -> web.Response:
         bucket_id, path = request.match_info["bucket"], request.match_info["path"]
