@@ -13,6 +13,7 @@ from service.doctor import examine, worst
 from service.migrations import migrate
 from service.operator import Operator
 from tests.conftest import make_settings
+from tests.fakes.realtime_server import started as realtime_started
 from tests.fakes.supabase_storage import started
 from tests.test_cli import env_for
 from tests.test_database_faults import proxied
@@ -140,6 +141,29 @@ async def test_a_model_the_provider_does_not_serve_fails_with_the_fix(
     assert model.level == "FAIL" and "'veo-9' is not among the served models" in model.detail
     assert "SORA_MODEL" in model.fix
     assert findings["list videos"][0].level == "OK"
+
+
+async def test_realtime_is_checked_with_the_service_key(db_url: str, tmp_path: Path) -> None:
+    async with realtime_started(db_url) as realtime:
+        settings = make_settings(
+            db_url,
+            tmp_path,
+            wakeups="realtime",
+            supabase_url=realtime.url,
+            supabase_service_role_key=realtime.service_key,
+        )
+        opens = by_check(await examine(settings))["realtime"][0]
+        wrong = "sk-not-this-project"
+        refused_key = SecretStr(wrong)
+        refused = by_check(
+            await examine(settings.model_copy(update={"supabase_service_role_key": refused_key}))
+        )["realtime"][0]
+        url = realtime.url
+    assert (opens.level, opens.detail) == ("OK", "the Realtime websocket opens")
+    assert refused.level == "WARN" and "401" in refused.detail
+    assert wrong not in refused.detail + refused.fix
+    gone = by_check(await examine(settings.model_copy(update={"supabase_url": url})))
+    assert gone["realtime"][0].level == "WARN" and "SUPABASE_URL" in gone["realtime"][0].fix
 
 
 async def test_storage_used_per_bucket_on_a_supabase_database(empty_db_url: str) -> None:

@@ -131,7 +131,7 @@ async def test_auto_probes_listen_on_a_real_database(runtime: Runtime) -> None:
 # ------------------------------------------------------- the worker, woken by Realtime
 
 
-async def test_a_row_is_claimed_within_a_second_of_its_insert_through_realtime(
+async def test_a_row_is_woken_through_realtime_when_nothing_else_would_wake_it(
     fake: FakeRealtime, runtime: Runtime
 ) -> None:
     """As on a Supabase project behind the transaction pooler: Supabase Storage, no
