@@ -121,6 +121,12 @@ class Metrics:
             "Rows failed while archiving: the provider's copy expired or vanished first",
             registry=r,
         )
+        self.archived_without_media = Counter(
+            PREFIX + "archived_without_media",
+            "Videos archived without their media facts or poster (the row still completes; "
+            "why is logged as video.media_skipped)",
+            registry=r,
+        )
         # Labelled series appear only once touched: start the known ones at zero, so a
         # dashboard's rate() has a baseline before the first retry or failure.
         for stage in ACTIVE_STAGES:
@@ -152,6 +158,8 @@ class Metrics:
             self.polls.inc()
         if isinstance(event, Archived):
             self.archived_bytes.inc(event.video_bytes)
+            if event.media.duration_seconds is None or event.media.poster_url is None:
+                self.archived_without_media.inc()
         if transition.log_event == "video.retry":
             self.retries.labels(from_stage.value).inc()
         if transition.finished:

@@ -31,6 +31,7 @@ EVERY_METRIC = {
     "sora_retries",
     "sora_rows_finished",
     "sora_expired_before_archived",
+    "sora_archived_without_media",
     "sora_event_source_up",
 }
 
@@ -73,6 +74,7 @@ async def test_metrics_after_a_row_show_every_metric_and_the_table(runtime: Runt
         assert found["sora_oldest_unfinished_seconds"][()] >= 0
         assert found["sora_claims_total"][()] >= 1
         assert found["sora_archived_bytes_total"][()] > 0
+        assert found["sora_archived_without_media_total"][()] == 0  # a real MP4: all made
         assert found["sora_polls_total"][()] >= 1
         assert found["sora_rows_finished_total"][(("stage", "completed"),)] == 1
         calls = found["sora_provider_calls_total"]

@@ -62,7 +62,10 @@ async def test_media_that_cannot_be_made_never_fails_the_row(
 ) -> None:
     # No scratch space at all: the video is still archived, without its media facts.
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
-    async with running(runtime.worker()):
+    worker = runtime.worker()
+    async with running(worker):
         row = await finished(runtime, await runtime.repo.insert_request("no scratch space"))
     assert row["status"] == "completed" and row["video_sha256"]
     assert (row["duration_seconds"], row["poster_url"]) == (None, None)
+    # Counted, so an operator sees it without reading every log line.
+    assert b"sora_archived_without_media_total 1.0" in worker.metrics.render(None)
