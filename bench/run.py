@@ -226,7 +226,31 @@ def archive_table(sizes: Sizes, table: Table) -> None:
         sha / archive["loopback_mib_per_s"],
         "ratio",
     )
+    disk = table.add(
+        "  the same bytes written to local disk, fsync'd",
+        disk_mib_per_s(sizes.archive_mib),
+        "MiB/s",
+    )
+    table.add(
+        "  disk / loopback: the most a local-disk archive could reach",
+        disk / archive["loopback_mib_per_s"],
+        "ratio",
+    )
     table.add("archive RSS growth (target < 64)", archive["rss_growth_mib"], "MiB")
+
+
+def disk_mib_per_s(mib: int) -> float:
+    """Writing as many bytes to a file beside the local store and syncing them, as the
+    local store does before it renames an object into place: the disk's own ceiling."""
+    block = bytes(1024 * 1024)
+    with tempfile.TemporaryDirectory() as scratch:
+        started = time.perf_counter()
+        with (Path(scratch) / "copy").open("wb") as out:
+            for _ in range(mib):
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        return mib / (time.perf_counter() - started)
 
 
 def sha256_mib_per_s(mib: int) -> float:
