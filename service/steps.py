@@ -200,11 +200,22 @@ class Steps:
             return await images.in_photo_thread(compose)
 
     async def create(self, intent: IntentRecorded) -> Event:
-        """The one call that costs money. Its errors say whether a job may exist."""
+        """The one call that costs money. Its errors say whether a job may exist.
+
+        The whole call ends within the provider timeout (the HTTP timeout is per read):
+        reconciliation believes "no job" once that much time has passed since the
+        intent, so a create may never outlive it. One cut short is in doubt."""
         try:
-            job = await self.providers.get(intent.provider).submit(intent.request)
+            provider = self.providers.get(intent.provider)
+            limit = provider.submit_timeout.total_seconds()
+            async with asyncio.timeout(limit) as bound:
+                job = await provider.submit(intent.request)
         except UnknownProvider as err:
             return NotSubmitted(str(err))
+        except TimeoutError as err:
+            if not bound.expired():
+                raise
+            return InDoubt(f"no whole answer to create within {limit:g} s ({err!r})", None)
         except providers.RequestRejected as err:
             return Rejected(str(err), err.kind)
         except providers.ProviderUnavailable as err:
@@ -345,11 +356,13 @@ class Steps:
             # A whole answer within the provider timeout: the HTTP client's timeout is
             # per read, so a host that trickles its answer would hold the row (and its
             # slot, the heartbeat keeping the lease) for ever.
-            async with asyncio.timeout(provider.submit_timeout.total_seconds()):
+            async with asyncio.timeout(provider.submit_timeout.total_seconds()) as bound:
                 state = await provider.retrieve(job.video_id)
         except UnknownProvider as err:
             return Transient(str(err))
         except TimeoutError:
+            if not bound.expired():
+                raise
             return Transient(
                 f"the status of {job.video_id} did not arrive within "
                 f"{provider.submit_timeout.total_seconds():g} s (SORA_PROVIDER_TIMEOUT)"
@@ -429,7 +442,7 @@ class Steps:
         try:
             # Bounded in time as in bytes: the video is stored; a trickling thumbnail
             # must not keep the row from completing.
-            async with asyncio.timeout(provider.submit_timeout.total_seconds()):
+            async with asyncio.timeout(provider.submit_timeout.total_seconds()) as bound:
                 head, data = await _take_image(provider.download(job.video_id, "thumbnail"))
             if data is None:
                 if thumbnails.is_mp4(head):
@@ -442,12 +455,10 @@ class Steps:
         except providers.ProviderError as err:
             log.info("video.thumbnail_missing", video_id=job.video_id, error=str(err))
             return None
-        except TimeoutError:  # before OSError, of which it is a kind
-            log.warning(
-                "video.thumbnail_skipped",
-                row_id=str(job.id),
-                error=f"no whole thumbnail within {provider.submit_timeout.total_seconds():g} s",
-            )
+        except TimeoutError as err:  # before OSError, of which it is a kind
+            within = provider.submit_timeout.total_seconds()
+            said = f"no whole thumbnail within {within:g} s" if bound.expired() else repr(err)
+            log.warning("video.thumbnail_skipped", row_id=str(job.id), error=said)
             return None
         except (StorageError, httpx.HTTPError, OSError) as err:
             log.warning("video.thumbnail_skipped", row_id=str(job.id), error=str(err))

@@ -15,6 +15,7 @@ import contextlib
 import gzip
 import io
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -23,7 +24,7 @@ from aiohttp import web
 from PIL import Image
 
 from service.local.simulator import SimulatorConfig
-from service.runtime import open_runtime
+from service.runtime import Runtime, open_runtime
 from service.serving import serve
 from tests.conftest import FAST_SIMULATOR, eventually, make_settings
 from tests.test_pipeline import finished, running
@@ -247,40 +248,43 @@ async def test_the_demo_photos_need_no_setting(db_url: str, tmp_path: Path) -> N
 # ---------------------------------------------------------------- a hostile provider
 
 
-def trickling_provider() -> web.Application:
-    """An OpenAI-shaped host that accepts a create, then answers its status one byte at
-    a time, each well inside any read timeout, so that no answer ever completes."""
+def trickling_provider(creates: list[str] | None = None) -> web.Application:
+    """An OpenAI-shaped host that answers its status one byte at a time, each well
+    inside any read timeout, so that no answer ever completes; given ``creates``, it
+    answers creates that way too (and notes each one there)."""
     job = {"id": "video_trickle", "object": "video", "status": "queued", "progress": 0,
            "model": "sora-2", "size": "720x1280", "seconds": "4", "created_at": 1}  # fmt: skip
 
-    async def create(request: web.Request) -> web.Response:
-        await request.read()
-        return web.json_response(job)
-
-    async def listing(_request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [], "has_more": False})
-
-    async def status(request: web.Request) -> web.StreamResponse:
+    async def trickle(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
         while True:
             await response.write(b" ")
             await asyncio.sleep(0.1)
 
+    async def create(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        if creates is None:
+            return web.json_response(job)
+        creates.append(request.headers.get("Idempotency-Key", ""))
+        return await trickle(request)
+
+    async def listing(_request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [], "has_more": False})
+
     app = web.Application()
     app.router.add_post("/v1/videos", create)
     app.router.add_get("/v1/videos", listing)
-    app.router.add_get("/v1/videos/{id}", status)
+    app.router.add_get("/v1/videos/{id}", trickle)
     return app
 
 
-async def test_a_provider_that_trickles_its_status_holds_no_row(
-    db_url: str, tmp_path: Path
-) -> None:
-    """Each poll gives up at the provider timeout and the row is let go, to be polled
-    again later (a paid job is never failed for an unwell host before its deadline);
-    without the bound the first poll would hold the row, and its slot, for ever."""
-    runner, port = await serve(trickling_provider(), "127.0.0.1", 0)
+@asynccontextmanager
+async def slow_host_runtime(
+    db_url: str, tmp_path: Path, app: web.Application
+) -> AsyncIterator[Runtime]:
+    """A worker's runtime whose provider is ``app``, with a 1 s provider timeout."""
+    runner, port = await serve(app, "127.0.0.1", 0)
     settings = make_settings(
         db_url,
         tmp_path,
@@ -290,14 +294,44 @@ async def test_a_provider_that_trickles_its_status_holds_no_row(
     )
     try:
         async with open_runtime(settings, apply_migrations=False) as runtime:
-            row_id = await runtime.repo.insert_request("a hug from a slow host")
-            async with running(runtime.worker()):
-                row = await eventually(
-                    lambda: runtime.repo.fetch_row(row_id),
-                    lambda r: r is not None and r["attempts"] >= 2,
-                    within=30,
-                )
+            yield runtime
     finally:
         await runner.cleanup()
+
+
+async def test_a_create_answered_too_slowly_is_in_doubt_not_waited_on_for_ever(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Reconciliation believes "no job" once the provider timeout has passed since the
+    intent, so no create may outlive it: cut short, it is in doubt and reconciled."""
+    creates: list[str] = []
+    async with slow_host_runtime(db_url, tmp_path, trickling_provider(creates)) as runtime:
+        row_id = await runtime.repo.insert_request("a hug from a slow host")
+        async with running(runtime.worker()):
+            row = await eventually(
+                lambda: runtime.repo.fetch_row(row_id),
+                lambda r: (
+                    r is not None and "no whole answer to create within 1 s" in (r["error"] or "")
+                ),
+                within=30,
+            )
+    assert creates and row["submit_key"] is not None
+    assert str(row["submit_key"]) == creates[0]  # the intent was recorded before it was sent
+
+
+async def test_a_provider_that_trickles_its_status_holds_no_row(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Each poll gives up at the provider timeout and the row is let go, to be polled
+    again later (a paid job is never failed for an unwell host before its deadline);
+    without the bound the first poll would hold the row, and its slot, for ever."""
+    async with slow_host_runtime(db_url, tmp_path, trickling_provider()) as runtime:
+        row_id = await runtime.repo.insert_request("a hug from a slow host")
+        async with running(runtime.worker()):
+            row = await eventually(
+                lambda: runtime.repo.fetch_row(row_id),
+                lambda r: r is not None and r["attempts"] >= 2,
+                within=30,
+            )
     assert row["stage"] == "generating"
     assert "did not arrive within 1 s (SORA_PROVIDER_TIMEOUT)" in row["error"], row["error"]
