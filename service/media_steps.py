@@ -9,8 +9,10 @@ because the video itself is what was paid for and what expires at the provider.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
@@ -39,8 +41,11 @@ class ScratchCopy:
         self._dir: str | None = None
 
     async def __aenter__(self) -> ScratchCopy:
+        # Named here, made in the thread: a step cancelled while the thread runs still
+        # knows the directory, so __aexit__ removes it (rmtree ignores one never made).
+        self._dir = os.path.join(tempfile.gettempdir(), f"sora-archive-{uuid.uuid4().hex}")
         try:
-            self._dir = await asyncio.to_thread(tempfile.mkdtemp, prefix="sora-archive-")
+            await asyncio.to_thread(os.mkdir, self._dir, 0o700)
         except OSError as err:
             self._give_up(err)
         else:
