@@ -78,8 +78,9 @@ begin
           group by 1 having count(*) > 1 order by 1 limit 10) as clash;
     if clashes is not null then
         raise exception 'rows hold the same provider job under two spellings of its id: %; '
-            'keep the row that should own each job, set status = ''queued'' on the others '
-            '(or delete them), then run sora-worker migrate again', clashes;
+            'keep the row that should own each job and delete the others (they hold the same '
+            'video), or set status = ''queued'' on them to make and pay for a new video each; '
+            'then run sora-worker migrate again', clashes;
     end if;
 end
 $$;
