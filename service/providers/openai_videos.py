@@ -152,7 +152,8 @@ def _kind_of(code: str | None) -> ErrorKind:
 def _never_connected(err: openai.APIConnectionError) -> bool:
     """True when the request provably never reached the server (connect failed)."""
     cause = err.__cause__
-    return cause is not None and type(cause).__name__ in {"ConnectError", "ConnectTimeout"}
+    never = {"ConnectError", "ConnectTimeout", "PoolTimeout"}  # PoolTimeout: no connection yet
+    return cause is not None and type(cause).__name__ in never
 
 
 class OpenAIVideos:
