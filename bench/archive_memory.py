@@ -54,12 +54,13 @@ def content_app(mib: int) -> web.Application:
     return app
 
 
-async def one(mib: int) -> None:
+async def timed_archive(base_url: str, mib: int) -> tuple[float, float]:
+    """Archive one video of ``mib`` MiB from ``base_url`` as the worker does (the real
+    adapter into the local store); its seconds, and this process's RSS before it."""
     from service.providers.openai_videos import OpenAIVideos
     from service.storage.local import LocalStore
 
-    runner, port = await serve(content_app(mib), "127.0.0.1", 0)
-    provider = OpenAIVideos("sk-bench", f"http://127.0.0.1:{port}/v1")
+    provider = OpenAIVideos("sk-bench", base_url)
     with tempfile.TemporaryDirectory() as root:
         store = LocalStore(Path(root), "http://bench")
         baseline = current_rss_mib()
@@ -68,8 +69,14 @@ async def one(mib: int) -> None:
             stored = await store.put("hug-videos", "bench.mp4", chunks, "video/mp4")
         seconds = time.perf_counter() - started
     await provider.aclose()
-    await runner.cleanup()
     assert stored.size == mib * len(CHUNK)
+    return seconds, baseline
+
+
+async def one(mib: int) -> None:
+    runner, port = await serve(content_app(mib), "127.0.0.1", 0)
+    seconds, baseline = await timed_archive(f"http://127.0.0.1:{port}/v1", mib)
+    await runner.cleanup()
     print(
         f"{mib:>6} MiB  {seconds:6.2f} s  {mib / seconds:7.1f} MiB/s  "
         f"rss before {baseline:6.1f} MiB  peak {peak_rss_mib():6.1f} MiB"
@@ -89,21 +96,9 @@ async def archive_from(base_url: str, mib: int) -> None:
     """Archive one video from ``base_url`` as the worker does; print a JSON line."""
     import json
 
-    from service.providers.openai_videos import OpenAIVideos
-    from service.storage.local import LocalStore
-
-    provider = OpenAIVideos("sk-bench", base_url)
-    with tempfile.TemporaryDirectory() as root:
-        store = LocalStore(Path(root), "http://bench")
-        baseline = current_rss_mib()
-        started = time.perf_counter()
-        async with provider.download("video_bench") as chunks:
-            stored = await store.put("hug-videos", "bench.mp4", chunks, "video/mp4")
-        seconds = time.perf_counter() - started
-    await provider.aclose()
-    assert stored.size == mib * len(CHUNK)
-    rss = {"before": baseline, "peak": peak_rss_mib()}
-    print(json.dumps({"mib_per_s": mib / seconds, "rss_growth_mib": rss["peak"] - rss["before"]}))
+    seconds, baseline = await timed_archive(base_url, mib)
+    growth = peak_rss_mib() - baseline
+    print(json.dumps({"mib_per_s": mib / seconds, "rss_growth_mib": growth}))
 
 
 def main() -> None:
