@@ -52,49 +52,38 @@ class ModelSpec:
         return frozenset(_ratio(size) for size in self.sizes)
 
 
+def _sora(name: str, sizes: frozenset[str]) -> ModelSpec:
+    """A Sora model: retired on OpenAI's own hosts on 2026-09-24, alive elsewhere."""
+    return ModelSpec(
+        name,
+        "openai",
+        sizes,
+        SORA_SECONDS,
+        image_input=True,
+        sunset=date(2026, 9, 24),
+        sunset_hosts=OPENAI_HOSTS,
+        instead="veo-3.1-generate-preview through a gateway or Google",
+    )
+
+
+def _veo(name: str, provider: str) -> ModelSpec:
+    """A Veo 3.1 model. Google's Veo makes 1080p clips of 8 s only; Replicate's listing
+    of the same models states no such rule, so there the host judges."""
+    full_hd = frozenset({"8"}) if provider == "google_veo" else None
+    return ModelSpec(
+        name, provider, VEO_SIZES, VEO_SECONDS, image_input=True, full_hd_seconds=full_hd
+    )
+
+
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec(
-            "sora-2",
-            "openai",
-            SORA_SIZES,
-            SORA_SECONDS,
-            image_input=True,
-            sunset=date(2026, 9, 24),
-            sunset_hosts=OPENAI_HOSTS,
-            instead="veo-3.1-generate-preview through a gateway or Google",
-        ),
-        ModelSpec(
-            "sora-2-pro",
-            "openai",
-            SORA_PRO_SIZES,
-            SORA_SECONDS,
-            image_input=True,
-            sunset=date(2026, 9, 24),
-            sunset_hosts=OPENAI_HOSTS,
-            instead="veo-3.1-generate-preview through a gateway or Google",
-        ),
-        # Google's Veo makes 1080p clips of 8 s only; Replicate's listing of the same
-        # models states no such rule, so there the host judges.
-        ModelSpec(
-            "veo-3.1-generate-preview",
-            "google_veo",
-            VEO_SIZES,
-            VEO_SECONDS,
-            image_input=True,
-            full_hd_seconds=frozenset({"8"}),
-        ),
-        ModelSpec(
-            "veo-3.1-fast-generate-preview",
-            "google_veo",
-            VEO_SIZES,
-            VEO_SECONDS,
-            image_input=True,
-            full_hd_seconds=frozenset({"8"}),
-        ),
-        ModelSpec("google/veo-3.1", "replicate", VEO_SIZES, VEO_SECONDS, True),
-        ModelSpec("google/veo-3.1-fast", "replicate", VEO_SIZES, VEO_SECONDS, True),
+        _sora("sora-2", SORA_SIZES),
+        _sora("sora-2-pro", SORA_PRO_SIZES),
+        _veo("veo-3.1-generate-preview", "google_veo"),
+        _veo("veo-3.1-fast-generate-preview", "google_veo"),
+        _veo("google/veo-3.1", "replicate"),
+        _veo("google/veo-3.1-fast", "replicate"),
     )
 }
 
