@@ -215,7 +215,10 @@ class Steps:
         except TimeoutError as err:
             if not bound.expired():
                 raise
-            return InDoubt(f"no whole answer to create within {limit:g} s ({err!r})", None)
+            return InDoubt(
+                f"no whole answer to create within {limit:g} s (SORA_PROVIDER_TIMEOUT; {err!r})",
+                None,
+            )
         except providers.RequestRejected as err:
             return Rejected(str(err), err.kind)
         except providers.ProviderUnavailable as err:
@@ -356,7 +359,8 @@ class Steps:
             # A whole answer within the provider timeout: the HTTP client's timeout is
             # per read, so a host that trickles its answer would hold the row (and its
             # slot, the heartbeat keeping the lease) for ever.
-            async with asyncio.timeout(provider.submit_timeout.total_seconds()) as bound:
+            limit = provider.submit_timeout.total_seconds()
+            async with asyncio.timeout(limit) as bound:
                 state = await provider.retrieve(job.video_id)
         except UnknownProvider as err:
             return Transient(str(err))
@@ -364,8 +368,8 @@ class Steps:
             if not bound.expired():
                 raise
             return Transient(
-                f"the status of {job.video_id} did not arrive within "
-                f"{provider.submit_timeout.total_seconds():g} s (SORA_PROVIDER_TIMEOUT)"
+                f"the status of {job.video_id} did not arrive within {limit:g} s "
+                "(SORA_PROVIDER_TIMEOUT)"
             )
         except providers.RequestRejected as err:
             return Rejected(str(err), err.kind)

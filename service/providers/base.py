@@ -122,7 +122,8 @@ class VideoProvider(Protocol):
         """Create a job. Never retried blindly inside: ambiguity raises OutcomeUnknown."""
 
     submit_timeout: timedelta
-    """How long a create may still be in flight; "not found" means nothing before that."""
+    """How long a create may still be in flight; "not found" means nothing before that.
+    The steps bound a whole create, status poll and thumbnail download by it too."""
 
     async def find_submitted(
         self, request: VideoRequest, submitted_after: datetime
