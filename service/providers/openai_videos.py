@@ -185,22 +185,12 @@ class OpenAIVideos:
         # (ConnectError, nothing was sent) from one dropped after the request went out.
         # The aiohttp transport reports both as ConnectTimeout, which would let a create
         # that reached the host be sent again.
-        self._create_client = openai.AsyncOpenAI(
-            api_key=api_key,
-            base_url=base_url,
-            timeout=timeout,
-            max_retries=0,
-            http_client=openai.DefaultAsyncHttpxClient(limits=CREATE_LIMITS),
+        self._create_client = self._client.copy(
+            max_retries=0, http_client=openai.DefaultAsyncHttpxClient(limits=CREATE_LIMITS)
         )
         # Downloads hold a connection for as long as a video streams: their own pool, so
         # that polls never wait behind them.
-        self._download_client = openai.AsyncOpenAI(
-            api_key=api_key,
-            base_url=base_url,
-            timeout=timeout,
-            max_retries=max_retries,
-            http_client=openai.DefaultAioHttpClient(),
-        )
+        self._download_client = self._client.copy(http_client=openai.DefaultAioHttpClient())
         self.base_url = str(self._client.base_url).rstrip("/")
         self.lists_jobs: bool | None = None
         """Whether the host can list its jobs: None until ``probe`` or a list tells."""
