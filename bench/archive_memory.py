@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from service.serving import serve
+from service.web.serving import serve
 
 CHUNK = b"\x00\x00\x00\x18ftypmp42" + bytes(1024 * 1024 - 12)
 

@@ -58,9 +58,9 @@ import av
 from aiohttp import web
 from PIL import Image
 
+from service.database.migrations import migrate
 from service.local.simulator import FailureRule, Simulator, SimulatorConfig
-from service.migrations import migrate
-from service.serving import serve
+from service.web.serving import serve
 from tests.fakes.supabase_storage import FakeSupabaseStorage
 from tests.faultproxy import FaultProxy, postgres_upstream
 

@@ -130,7 +130,7 @@ async def child(rows: int, text_only: bool) -> None:
                 statuses = {}
                 while len(statuses) < len(ids):
                     for row_id in ids:
-                        row = await runtime.repo.fetch_row(row_id)
+                        row = await runtime.operator.fetch_row(row_id)
                         if row and row["status"] in ("completed", "failed"):
                             statuses[row_id] = (row["status"], row["error"])
                     await asyncio.sleep(0.2)

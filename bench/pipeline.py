@@ -29,20 +29,21 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from service import logs
-from service.daemon import Worker, WorkerOptions
-from service.fetch import Limits
+from service.core.job import Policy
+from service.core.request import VideoRequest
+from service.database.migrations import migrate
+from service.database.postgres import PostgresRepository
 from service.local.embedded import start_embedded_postgres
 from service.local.simulator.media import render_mp4
-from service.machine import Policy
-from service.migrations import migrate
-from service.providers.base import ProviderJob, VideoRequest
+from service.media.fetch import Limits
+from service.providers.base import ProviderJob
 from service.providers.lookup import Providers
-from service.repository import PostgresRepository
 from service.runtime import keep_session
-from service.steps import Defaults, Steps
 from service.storage.local import LocalStore
 from service.wakeups.listen import Listener
 from service.wakeups.wakeup import Wakeup
+from service.worker.daemon import Worker, WorkerOptions
+from service.worker.steps import Defaults, Steps
 
 PAYLOAD = render_mp4(320, 180, 1, prompt="bench", reference=None, seed="bench")
 """A real (small) MP4, so each row pays what a real one does after archiving: the media

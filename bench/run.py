@@ -27,8 +27,9 @@ from pathlib import Path
 
 from bench import scenarios, yardstick
 from bench.pipeline import PAYLOAD, fresh_database, run_pipeline
-from service import logs, media
+from service import logs
 from service.local.embedded import start_embedded_postgres
+from service.media import probe as media
 
 RESULTS = Path(__file__).with_name("results.json")
 COMMAND = "make bench"

@@ -26,13 +26,14 @@ import asyncpg
 import openai
 
 from bench.pipeline import InstantProvider, instant_steps, open_pool
-from service.daemon import Worker, WorkerOptions
-from service.machine import Policy
-from service.providers.base import ProviderJob, VideoRequest
+from service.core.job import Policy
+from service.core.request import VideoRequest
+from service.database.postgres import PostgresRepository
+from service.providers.base import ProviderJob
 from service.providers.openai_videos import OpenAIVideos
-from service.repository import PostgresRepository
 from service.wakeups.listen import Listener
 from service.wakeups.wakeup import Wakeup
+from service.worker.daemon import Worker, WorkerOptions
 
 # ---------------------------------------------------------------- dispatch
 

@@ -1,6 +1,8 @@
-"""``sora-worker``: run | migrate | demo | simulate | request | show | list | stats, the
-operator's verbs (adopt | retry | cancel | rearchive | prune, in ``verbs.py``), and
-health | doctor | env-example.
+"""``sora-worker``: parses the command line, reads the settings, runs the command.
+
+The commands live in ``service.commands``: run | migrate | simulate | health
+(``serve``), request | show | list | stats (``rows``), the operator's verbs adopt |
+retry | cancel | rearchive | prune (``verbs``), demo, doctor, and env-example.
 
 Every setting comes from the environment (listed by ``--help`` with its default), so
 the same command line works in a shell, a container and a systemd unit.
@@ -10,19 +12,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from uuid import UUID
 
 import asyncpg
-import httpx
 import structlog
 
-from service import logs, verbs
+from service import logs
+from service.commands import verbs
+from service.commands.doctor import run_doctor
+from service.commands.rows import run_list, run_request, run_show, run_stats
+from service.commands.serve import run_health, run_migrate, run_simulator, run_worker
 from service.config import (
     ENV_PREFIX,
     Settings,
@@ -32,16 +35,10 @@ from service.config import (
     load_settings,
     shown_default,
 )
+from service.database.errors import RepositoryError
+from service.database.migrations import MigrationError
 from service.extras import LocalExtraMissing, local_extra
-from service.migrations import MigrationError, migrate
-from service.operator import Operator
-from service.progress import follow
-from service.repository import PostgresRepository, RepositoryError
-from service.repository import as_json as as_json_row
-from service.runtime import create_pool, database_url, open_runtime, open_store
-from service.signals import STOP_SIGNALS, until_signalled
 from service.storage.base import StorageError
-from service.uploads import PhotoFileError, check_photo_file, is_url, upload_photo
 
 log = structlog.get_logger("service.cli")
 
@@ -176,7 +173,7 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await run_migrate(settings)
         case "demo":
             with local_extra("`sora-worker demo` runs on the local stand-ins"):
-                from service.local.demo import run_demo
+                from service.commands.demo import run_demo
 
             return await run_demo(settings, fresh=args.fresh, keep_serving=args.keep_serving)
         case "simulate":
@@ -207,196 +204,6 @@ async def checks(args: argparse.Namespace, settings: Settings) -> int:
             print(env_example(), end="")
             return 0
     raise AssertionError(args.command)
-
-
-async def run_simulator(args: argparse.Namespace, settings: Settings) -> int:
-    with local_extra("`sora-worker simulate` serves the local Sora simulator"):
-        from service.local.simulator import Simulator, SimulatorConfig
-
-    config = SimulatorConfig(
-        generation_seconds=args.generation_seconds,
-        state_dir=args.state_dir,
-        profile=args.profile or settings.simulator_profile,
-    )
-    simulator = Simulator(config)
-    await simulator.start(args.host, args.port)
-    log.info(
-        "simulator.listening",
-        base_url=simulator.base_url,
-        host=args.host,
-        port=args.port,
-        profile=config.profile,
-    )
-    try:
-        await until_signalled()
-    finally:
-        await simulator.stop()
-    return 0
-
-
-async def run_worker(settings: Settings, *, migrate_first: bool, listen: bool) -> int:
-    if not settings.uses_supabase and settings.storage_port == 0 and not settings.public_url:
-        log.warning(
-            "storage.ephemeral_port",
-            message="SORA_STORAGE_PORT=0: video_url will name a port that dies with this "
-            "process; set a fixed port or SORA_PUBLIC_URL for URLs that last",
-        )
-    async with open_runtime(
-        settings, apply_migrations=migrate_first, wait_for_database=True
-    ) as runtime:
-        sources = await runtime.choose_wakeups(listen_allowed=listen)
-        realtime = runtime.realtime_source() if sources.realtime else None
-        worker = runtime.worker(listen=sources.listen, realtime=realtime)
-        loop = asyncio.get_running_loop()
-
-        def stop() -> None:
-            # The first signal asks for a graceful stop; removing the handlers gives the
-            # next Ctrl-C Python's default (KeyboardInterrupt: exit 130 at once), so an
-            # operator who will not wait out SORA_SHUTDOWN_GRACE need not reach for kill.
-            for sig in STOP_SIGNALS:
-                loop.remove_signal_handler(sig)
-            worker.stop()
-
-        for sig in STOP_SIGNALS:
-            loop.add_signal_handler(sig, stop)
-        # Provider webhooks (service/webhooks.py) arrive on the same server as /metrics.
-        receiver = await runtime.webhook_receiver(worker.wakeup)
-        async with runtime.http_server(worker, routes=receiver.routes()):
-            await worker.run()
-    return 0
-
-
-async def run_migrate(settings: Settings) -> int:
-    async with (
-        create_pool(settings, await database_url(settings), 1) as pool,
-        pool.acquire() as conn,
-    ):
-        applied = await migrate(conn)
-    log.info("database.migrated", applied=applied or "nothing to do")
-    return 0
-
-
-@asynccontextmanager
-async def repository(settings: Settings) -> AsyncIterator[PostgresRepository]:
-    """A repository on a one-connection pool, for the short commands."""
-    async with create_pool(settings, await database_url(settings), 1) as pool:
-        yield PostgresRepository(pool, settings.worker_id, settings.lease)
-
-
-async def run_request(settings: Settings, args: argparse.Namespace) -> int:
-    """The seed app's upload + create-video + check-video, in one command."""
-    photos: dict[str, str | None] = {"image1": args.image1, "image2": args.image2}
-    files = {name: Path(value) for name, value in photos.items() if value and not is_url(value)}
-    try:
-        for name, path in files.items():
-            check_photo_file(f"--{name}", path, settings.image_max_bytes)
-    except PhotoFileError as err:
-        print(f"sora-worker: {err}", file=sys.stderr)
-        return 2
-    if files:
-        async with open_store(settings) as store:
-            for name, path in files.items():
-                photos[name] = await upload_photo(
-                    store, settings.image_bucket, f"--{name}", path, settings.image_max_bytes
-                )
-                log.info("request.photo_uploaded", photo=name, url=photos[name])
-    async with repository(settings) as repo:
-        row_id = await repo.insert_request(
-            args.prompt,
-            photos["image1"],
-            photos["image2"],
-            model=args.model,
-            size=args.size,
-            seconds=args.seconds,
-        )
-        if not args.wait:
-            print(row_id)
-            return 0
-        print(f"sora-worker: row {row_id} inserted; waiting for a worker", file=sys.stderr)
-        row = await follow(repo.fetch_row, row_id, "request")
-    print(json.dumps(as_json_row(row), sort_keys=True))
-    return 0 if row["status"] == "completed" else 1
-
-
-async def run_show(settings: Settings, row_id: UUID) -> int:
-    async with repository(settings) as repo:
-        row = await repo.fetch_row(row_id)
-    if row is None:
-        print(f"no row {row_id}", file=sys.stderr)
-        return 1
-    print(json.dumps(as_json_row(row), sort_keys=True))
-    return 0
-
-
-async def run_list(settings: Settings, limit: int, status: str | None, as_json: bool) -> int:
-    async with repository(settings) as repo:
-        rows = await repo.recent(limit, status)
-    if as_json:
-        print(json.dumps([as_json_row(row) for row in rows], sort_keys=True))
-        return 0
-    for row in rows:
-        detail = row["video_url"] or row["error"] or ""
-        if row["error_kind"]:
-            detail = f"[{row['error_kind']}] {detail}"
-        print(
-            f"{row['id']}  {row['created_at']:%Y-%m-%d %H:%M:%S}  {row['stage']:<10} "
-            f"{row['progress']:3d}%  {detail}"
-        )
-    return 0
-
-
-async def run_stats(settings: Settings, as_json: bool) -> int:
-    async with repository(settings) as repo:
-        stats = await repo.stats()
-        stats["storage"] = await verbs.storage_used(settings, Operator(repo.pool))
-    if as_json:
-        print(json.dumps(stats, sort_keys=True))
-        return 0
-    for stage, count in sorted(stats["stages"].items()):
-        print(f"{stage:<12} {count:>8}")
-    oldest = stats["oldest_unfinished_seconds"]
-    print(f"oldest unfinished: {'none' if oldest is None else f'{oldest:.0f} s'}")
-    for bucket, used in (stats["storage"] or {}).items():
-        print(f"bucket {bucket}: {used['objects']} objects, {used['bytes']:,} bytes")
-    return 0
-
-
-async def run_doctor(settings: Settings, as_json: bool) -> int:
-    """Exit code: the worst level found (0 OK, 1 WARN, 2 FAIL)."""
-    from service.doctor import examine, worst
-
-    findings = await examine(settings)
-    code = worst(findings)
-    if as_json:
-        checks = [f.as_json() for f in findings]
-        print(json.dumps({"worst": ["OK", "WARN", "FAIL"][code], "checks": checks}))
-    else:
-        for finding in findings:
-            print(finding.line())
-    return code
-
-
-async def run_health(settings: Settings) -> int:
-    """The container's HEALTHCHECK: this machine's worker answers /readyz with 200."""
-    if settings.http_port == 0:
-        print(
-            "sora-worker: SORA_HTTP_PORT=0 gives the worker a random port; "
-            "set a fixed SORA_HTTP_PORT to probe it",
-            file=sys.stderr,
-        )
-        return 2
-    host = settings.http_host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{settings.http_port}/readyz"
-    try:
-        async with httpx.AsyncClient(timeout=5.0) as client:
-            answer = await client.get(url)
-    except httpx.HTTPError as err:
-        print(f"sora-worker: not ready: {url}: {err or type(err).__name__}", file=sys.stderr)
-        return 1
-    print(answer.text)
-    return 0 if answer.status_code == 200 else 1
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.fetch import parse_host_ports
+from service.media.fetch import parse_host_ports
 
 ENV_PREFIX = "SORA_"
 REMOVED_SETTINGS = {

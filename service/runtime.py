@@ -21,18 +21,17 @@ import httpx
 import structlog
 from aiohttp import web
 
-from service import fetch
 from service.config import Settings
-from service.daemon import Worker, WorkerOptions
+from service.core.job import Policy
+from service.database.health import Health
+from service.database.migrations import migrate
+from service.database.operator import Operator
+from service.database.postgres import PostgresRepository
 from service.extras import local_extra
-from service.http import WorkerHttp, WorkerProbe
-from service.machine import Policy
-from service.migrations import migrate
+from service.media import fetch
 from service.providers.base import ProviderError
 from service.providers.lookup import Providers
 from service.providers.openai_videos import OpenAIVideos
-from service.repository import PostgresRepository
-from service.steps import Defaults, Steps
 from service.storage.base import ObjectStore
 from service.storage.local import PARTIAL_MAX_AGE, LocalStore, remove_stale_partials
 from service.storage.supabase import SupabaseStore, default_bucket_specs
@@ -40,7 +39,11 @@ from service.wakeups import choice
 from service.wakeups.listen import Listener
 from service.wakeups.realtime import RealtimeSource
 from service.wakeups.wakeup import Wakeup
-from service.webhooks import WebhookHealth, WebhookReceiver
+from service.web.server import WorkerHttp, WorkerProbe
+from service.web.webhooks import WebhookReceiver
+from service.worker.daemon import Worker, WorkerOptions
+from service.worker.steps import Defaults, Steps
+from service.worker.webhook_health import WebhookHealth
 
 if TYPE_CHECKING:
     from service.local.fake_host import FakeHost
@@ -168,10 +171,16 @@ class Runtime:
         assert self.webhook_health is not None, "open_runtime sets it"
         return WebhookReceiver(secrets, self.repo, wakeup, self.webhook_health)
 
+    @property
+    def operator(self) -> Operator:
+        """The operator's statements (reads of whole rows, the verbs) on this pool."""
+        return Operator(self.pool)
+
     def http_server(self, worker: Worker, routes: Iterable[web.RouteDef] = ()) -> WorkerHttp:
         """The worker's HTTP server (/metrics, /healthz, /readyz) plus ``routes``."""
         s = self.settings
-        return WorkerHttp(s.http_host, s.http_port, WorkerProbe(worker, self.repo), routes=routes)
+        probe = WorkerProbe(worker, Health(self.pool))
+        return WorkerHttp(s.http_host, s.http_port, probe, routes=routes)
 
 
 async def database_url(settings: Settings) -> str:

@@ -22,9 +22,9 @@ import asyncpg
 import pytest
 
 from service.config import Settings
+from service.database.migrations import migrate
 from service.local.embedded import start_embedded_postgres
 from service.local.simulator import ProfileName, SimulatorConfig
-from service.migrations import migrate
 from service.runtime import Runtime, open_runtime
 
 FAST_SIMULATOR = dict(queue_seconds=0.05, generation_seconds=0.3)

@@ -23,18 +23,21 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from service import fetch
-from service.daemon import Worker, WorkerOptions
-from service.local.memory_repository import MemoryRepository, Row
-from service.machine import Job, Policy, RecordIntent, RowId, Stage, SubmitKey, Transition
-from service.providers.base import ProviderJob, Variant, VideoRequest
+from service.core.events import RecordIntent
+from service.core.job import Job, Policy, RowId, Stage, SubmitKey
+from service.core.machine import Transition
+from service.core.request import VideoRequest
+from service.database.errors import DatabaseUnavailable
+from service.media import fetch
+from service.providers.base import ProviderJob, Variant
 from service.providers.lookup import Providers
-from service.repository import DatabaseUnavailable
-from service.steps import Defaults, Steps
 from service.storage.local import LocalStore
 from service.wakeups.listen import Listener
 from service.wakeups.wakeup import Wakeup
+from service.worker.daemon import Worker, WorkerOptions
+from service.worker.steps import Defaults, Steps
 from tests.conftest import eventually
+from tests.fakes.memory_repository import MemoryRepository, Row
 from tests.faultproxy import PostgresFaultProxy as FlakyProxy
 
 Logs = list[dict[str, Any]]

@@ -20,7 +20,8 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from service.repository import DatabaseUnavailable, PostgresRepository
+from service.database.errors import DatabaseUnavailable
+from service.database.postgres import PostgresRepository
 from service.runtime import Runtime
 from tests.conftest import eventually, replica_of
 from tests.faultproxy import PostgresFaultProxy

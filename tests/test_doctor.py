@@ -8,10 +8,10 @@ from pathlib import Path
 import asyncpg
 from pydantic import SecretStr
 
-from service.diagnosis import Finding
-from service.doctor import examine, worst
-from service.migrations import migrate
-from service.operator import Operator
+from service.commands.doctor import examine, worst
+from service.core.diagnosis import Finding
+from service.database.migrations import migrate
+from service.database.operator import Operator
 from tests.conftest import make_settings
 from tests.fakes.realtime_server import started as realtime_started
 from tests.fakes.supabase_storage import started

@@ -22,7 +22,7 @@ import httpcore
 import pytest
 from aiohttp import web
 
-from service.fetch import (
+from service.media.fetch import (
     Access,
     FetchError,
     Limits,

@@ -134,7 +134,7 @@ async def test_an_adopted_id_the_gateway_did_not_mint_fails_at_once(
     async with gateway(db_url, tmp_path, "litellm") as runtime:
         row_id = await runtime.repo.insert_request("made at OpenAI, adopted at a gateway")
         foreign = "video_68d7512d07848190b3e45da0ecbebcde004da08e1e0678d5"
-        await runtime.repo.adopt(row_id, foreign, "openai")
+        await runtime.operator.adopt(row_id, foreign, "openai")
         started = time.monotonic()
         async with running(runtime.worker()):
             row = await finished(runtime, row_id, within=30)

@@ -25,7 +25,7 @@ from PIL import Image
 
 from service.local.simulator import SimulatorConfig
 from service.runtime import Runtime, open_runtime
-from service.serving import serve
+from service.web.serving import serve
 from tests.conftest import FAST_SIMULATOR, eventually, make_settings
 from tests.test_pipeline import finished, running
 
@@ -236,7 +236,7 @@ async def test_the_demo_photos_need_no_setting(db_url: str, tmp_path: Path) -> N
     async with open_runtime(
         settings, apply_migrations=False, simulator_config=SimulatorConfig(**FAST_SIMULATOR)
     ) as runtime:
-        from service.local.demo import upload_photos
+        from service.commands.demo import upload_photos
 
         first, second = await upload_photos(runtime)
         row_id = await runtime.repo.insert_request("demo", first, second)
@@ -309,7 +309,7 @@ async def test_a_create_answered_too_slowly_is_in_doubt_not_waited_on_for_ever(
         row_id = await runtime.repo.insert_request("a hug from a slow host")
         async with running(runtime.worker()):
             row = await eventually(
-                lambda: runtime.repo.fetch_row(row_id),
+                lambda: runtime.operator.fetch_row(row_id),
                 lambda r: (
                     r is not None and "no whole answer to create within 1 s" in (r["error"] or "")
                 ),
@@ -329,7 +329,7 @@ async def test_a_provider_that_trickles_its_status_holds_no_row(
         row_id = await runtime.repo.insert_request("a hug from a slow host")
         async with running(runtime.worker()):
             row = await eventually(
-                lambda: runtime.repo.fetch_row(row_id),
+                lambda: runtime.operator.fetch_row(row_id),
                 lambda r: r is not None and r["attempts"] >= 2,
                 within=30,
             )

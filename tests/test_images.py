@@ -8,7 +8,7 @@ import threading
 import pytest
 from PIL import Image
 
-from service.images import ImageError, compose_reference, decode, in_photo_thread
+from service.media.images import ImageError, compose_reference, decode, in_photo_thread
 
 
 def solid(color: tuple[int, int, int], size: tuple[int, int], fmt: str = "PNG") -> bytes:

@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from service.config import Settings
+from service.core.request import VideoRequest
 from service.local.sharing import PortTaken, SharedServer, instance_id
 from service.local.storage_server import StorageServer
-from service.providers.base import VideoRequest
 from service.runtime import Runtime, open_runtime
 from tests.conftest import eventually, make_settings
 

@@ -9,23 +9,18 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from service.machine import (
-    ACTIVE_STAGES,
+from service.core.events import (
     Accepted,
-    Action,
     Archived,
     Change,
     Event,
     ForgetIntent,
     Generated,
     GenerationFailed,
-    IllegalTransition,
     InDoubt,
     IntentRecorded,
-    Job,
     NotFoundAtProvider,
     NotSubmitted,
-    Policy,
     Progressed,
     RecordArchive,
     RecordDownload,
@@ -33,19 +28,21 @@ from service.machine import (
     RecordJob,
     RecordProgress,
     Rejected,
-    RowId,
-    Stage,
-    SubmitKey,
     Transient,
-    Transition,
     Unreconcilable,
     Vanished,
     Waiting,
+)
+from service.core.job import ACTIVE_STAGES, Job, Policy, RowId, Stage, SubmitKey
+from service.core.machine import (
+    Action,
+    IllegalTransition,
+    Transition,
     apply,
     next_action,
     retry_delay,
 )
-from service.providers.base import VideoRequest
+from service.core.request import VideoRequest
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 POLICY = Policy(

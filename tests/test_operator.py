@@ -16,12 +16,12 @@ import asyncpg
 import httpx
 import pytest
 
+from service.commands.verbs import run_cancel
 from service.config import Settings
+from service.database.operator import CANCELLED, Operator
 from service.local.simulator import SimulatorConfig
-from service.operator import CANCELLED, Operator
 from service.providers.base import VideoGone
 from service.runtime import Runtime, open_runtime
-from service.verbs import run_cancel
 from tests.conftest import eventually
 from tests.test_cli import CLI, env_for
 from tests.test_pipeline import finished, row_of, running

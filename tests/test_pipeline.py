@@ -25,11 +25,11 @@ from aiohttp import web
 from PIL import Image
 from structlog.testing import capture_logs
 
-from service import thumbnails
-from service.daemon import Worker
 from service.local.simulator import PROFILES, FailureRule
+from service.media import thumbnails
 from service.runtime import Runtime
-from service.serving import serve
+from service.web.serving import serve
+from service.worker.daemon import Worker
 from tests.conftest import eventually, replica_of
 
 
@@ -44,7 +44,7 @@ async def running(worker: Worker) -> AsyncIterator[Worker]:
 
 
 async def row_of(runtime: Runtime, row_id: UUID) -> dict[str, Any]:
-    row = await runtime.repo.fetch_row(row_id)
+    row = await runtime.operator.fetch_row(row_id)
     assert row is not None
     return row
 

@@ -24,7 +24,8 @@ import openai
 import pytest
 from PIL import Image
 
-from service.local.demo import upload_photos
+from service.commands.demo import upload_photos
+from service.core.request import VideoRequest
 from service.local.replicate_server import ReplicateConfig, ReplicateServer
 from service.local.simulator import Simulator, SimulatorConfig
 from service.local.veo_server import VeoConfig, VeoServer
@@ -34,7 +35,6 @@ from service.providers.base import (
     RequestRejected,
     VideoGone,
     VideoProvider,
-    VideoRequest,
 )
 from service.providers.google_veo import GoogleVeo
 from service.providers.openai_videos import OpenAIVideos

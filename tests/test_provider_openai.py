@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from service.core.request import VideoRequest
 from service.local.simulator import FailureRule, Simulator, SimulatorConfig
 from service.providers.base import (
     CannotReconcile,
@@ -21,7 +22,6 @@ from service.providers.base import (
     ProviderUnavailable,
     RequestRejected,
     VideoGone,
-    VideoRequest,
 )
 from service.providers.ids import litellm_id, stable_id
 from service.providers.openai_videos import OpenAIVideos

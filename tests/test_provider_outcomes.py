@@ -11,9 +11,9 @@ from uuid import UUID
 
 from replicate.client import Client
 
+from service.core.request import VideoRequest
 from service.local.replicate_server import ReplicateConfig, ReplicateServer
 from service.local.veo_server import VeoServer
-from service.providers.base import VideoRequest
 from service.providers.replicate_videos import ReplicateVideos
 from service.runtime import Runtime
 from tests.test_pipeline import finished, running

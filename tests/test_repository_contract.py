@@ -17,23 +17,22 @@ from typing import Any
 import asyncpg
 import pytest
 
-from service.local.memory_repository import ManualClock, MemoryRepository
-from service.machine import (
+from service.core.events import (
     ForgetIntent,
-    Job,
     RecordArchive,
     RecordDownload,
     RecordIntent,
     RecordJob,
     RecordProgress,
-    RowId,
-    Stage,
-    SubmitKey,
-    Transition,
 )
+from service.core.job import Job, RowId, Stage, SubmitKey
+from service.core.machine import Transition
+from service.database.errors import Conflict, LeaseLost, Rule
+from service.database.port import Repository
+from service.database.postgres import PostgresRepository
 from service.providers.ids import litellm_id
-from service.repository import Conflict, LeaseLost, PostgresRepository, Repository, Rule
 from tests.conftest import eventually, scratch_database
+from tests.fakes.memory_repository import ManualClock, MemoryRepository
 
 LEASE = timedelta(seconds=30)
 SHORT = timedelta(seconds=2)

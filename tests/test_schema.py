@@ -9,9 +9,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from service.migrations import SQL_DIR, MigrationError, migrate
+from service.database.migrations import SQL_DIR, MigrationError, migrate
+from service.database.postgres import PostgresRepository
 from service.providers.ids import litellm_id
-from service.repository import PostgresRepository
 
 
 async def test_migrations_apply_once_and_a_second_run_changes_nothing(empty_db_url: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from service.migrations import SQL_DIR
+from service.database.migrations import SQL_DIR
 
 MIGRATION = SQL_DIR / "0005_storage_buckets.sql"
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from service import media, thumbnails
 from service.local.simulator.media import render_mp4
+from service.media import probe as media
+from service.media import thumbnails
 
 
 def encoded(kind: str) -> bytes:

@@ -18,8 +18,9 @@ import httpx
 import openai
 from PIL import Image, ImageStat
 
-from service import images, likeness, thumbnails
+from service.core import likeness
 from service.local.simulator.media import render_mp4, render_thumbnail
+from service.media import images, thumbnails
 from service.runtime import Runtime
 from tests.conftest import eventually, replica_of
 from tests.test_pipeline import finished, photo, row_of, running

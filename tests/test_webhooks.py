@@ -22,14 +22,17 @@ import httpx
 from aiohttp import web
 from standardwebhooks import Webhook
 
+from service.core.events import Progressed
+from service.core.job import Job, Policy, RowId, Stage
+from service.core.machine import apply
 from service.local.replicate_server import ReplicateServer
-from service.machine import Job, Policy, Progressed, RowId, Stage, apply
 from service.providers.lookup import Providers
 from service.providers.replicate_videos import ReplicateVideos
 from service.runtime import Runtime
-from service.serving import serve
 from service.wakeups.wakeup import Wakeup
-from service.webhooks import WebhookHealth, WebhookReceiver, signed_headers
+from service.web.serving import serve
+from service.web.webhooks import WebhookReceiver, signed_headers
+from service.worker.webhook_health import WebhookHealth
 from tests.conftest import eventually
 from tests.test_cli import CLI, env_for
 from tests.test_pipeline import finished, running
@@ -175,7 +178,7 @@ async def test_forged_unsigned_stale_and_replayed_deliveries_change_nothing(
         answer = await http.post(f"{base}/webhooks/openai", content=body, headers=genuine)
         assert answer.status_code == 404
 
-    row = await runtime.repo.fetch_row(row_id)
+    row = await runtime.operator.fetch_row(row_id)
     assert row is not None and (row["stage"], row["status"]) == ("generating", "processing")
 
 

@@ -1,7 +1,7 @@
 """What every local stand-in for a provider's servers shares: an app on a real socket.
 
 Each fake (``veo_server``, ``replicate_server``, the ``simulator``) builds its aiohttp
-app and is served through ``service.serving.serve``, the project's one way to listen;
+app and is served through ``service.web.serving.serve``, the project's one way to listen;
 this class only keeps the runner, the bound port and the base URL an SDK is pointed
 at, with the same ``start``/``stop`` the shared-server keeper (``sharing.SharedServer``)
 expects.
@@ -14,7 +14,7 @@ from typing import Self
 
 from aiohttp import web
 
-from service.serving import serve
+from service.web.serving import serve
 
 
 class FakeHost:

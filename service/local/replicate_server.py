@@ -39,7 +39,7 @@ from PIL import Image
 
 from service.local.fake_host import FakeHost
 from service.local.simulator.media import render_mp4
-from service.webhooks import signed_headers
+from service.web.webhooks import signed_headers
 
 _MAX_BODY = 64 * 1024 * 1024
 _PAGE = 100

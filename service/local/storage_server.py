@@ -12,9 +12,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from service.serving import serve
 from service.storage.base import PUBLIC_PREFIX, StorageError
 from service.storage.local import object_path
+from service.web.serving import serve
 
 mimetypes.add_type("video/mp4", ".mp4")
 mimetypes.add_type("image/webp", ".webp")

@@ -15,28 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, Protocol, runtime_checkable
 
-from service.diagnosis import Finding
+from service.core.diagnosis import Finding
+from service.core.request import ErrorKind, VideoRequest
 
 JobStatus = Literal["queued", "running", "completed", "failed"]
-
-ErrorKind = Literal[
-    "invalid_request", "safety_filtered", "model_retired", "provider_error", "in_doubt", "expired"
-]
-"""Why a row failed, in words an app can show (the row's ``error_kind`` column)."""
-
-
-@dataclass(frozen=True)
-class VideoRequest:
-    """One submission. ``idempotency_key`` is recorded in the row before submitting."""
-
-    prompt: str
-    model: str
-    size: str
-    seconds: str
-    idempotency_key: str
-    reference: bytes | None = None
-    reference_filename: str = "reference.jpg"
-    reference_content_type: str = "image/jpeg"
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,9 @@ import structlog
 from google import genai
 from google.genai import errors, types
 
+from service.core.request import ErrorKind, VideoRequest
 from service.providers.base import (
     CannotReconcile,
-    ErrorKind,
     OutcomeUnknown,
     ProviderError,
     ProviderJob,
@@ -51,7 +51,6 @@ from service.providers.base import (
     RequestRejected,
     Variant,
     VideoGone,
-    VideoRequest,
 )
 from service.providers.inline_video import InlineVideoScanner, scan
 from service.providers.sizes import frame_of

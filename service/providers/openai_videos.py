@@ -32,10 +32,10 @@ from openai._constants import (  # pinned SDK
     RAW_RESPONSE_HEADER,  # with_raw_response's switch
 )
 
-from service.diagnosis import Finding
+from service.core.diagnosis import Finding
+from service.core.request import ErrorKind, VideoRequest
 from service.providers.base import (
     CannotReconcile,
-    ErrorKind,
     JobStatus,
     OutcomeUnknown,
     ProviderError,
@@ -44,7 +44,6 @@ from service.providers.base import (
     RequestRejected,
     Variant,
     VideoGone,
-    VideoRequest,
 )
 from service.providers.ids import is_litellm_id
 

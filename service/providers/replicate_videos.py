@@ -39,8 +39,8 @@ from replicate.client import Client
 from replicate.exceptions import ReplicateError
 from replicate.prediction import Prediction
 
+from service.core.request import ErrorKind, VideoRequest
 from service.providers.base import (
-    ErrorKind,
     JobStatus,
     OutcomeUnknown,
     ProviderError,
@@ -49,7 +49,6 @@ from service.providers.base import (
     RequestRejected,
     Variant,
     VideoGone,
-    VideoRequest,
 )
 from service.providers.sizes import frame_of
 

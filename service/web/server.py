@@ -26,12 +26,13 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.daemon import Worker
-from service.metrics import TableSnapshot
-from service.repository import PostgresRepository, RepositoryError
-from service.serving import serve
+from service.database.errors import RepositoryError
+from service.database.health import Health
+from service.database.port import TableSnapshot
+from service.web.serving import serve
+from service.worker.daemon import Worker
 
-log = structlog.get_logger("service.http")
+log = structlog.get_logger("service.web.server")
 
 READY_TIMEOUT = 2.0
 """Seconds the database may take to answer a readiness probe."""
@@ -53,14 +54,14 @@ class Readiness:
 class WorkerProbe:
     """What the HTTP server asks of a running worker: its readiness and its metrics."""
 
-    def __init__(self, worker: Worker, repo: PostgresRepository) -> None:
+    def __init__(self, worker: Worker, health: Health) -> None:
         self.worker = worker
-        self.repo = repo
+        self.health = health
 
     async def readiness(self) -> Readiness:
         database = "ok"
         try:
-            await self.repo.ping(READY_TIMEOUT)
+            await self.health.ping(READY_TIMEOUT)
         except RepositoryError as err:
             database = str(err)
         sources = self.worker.source_states()
@@ -69,7 +70,7 @@ class WorkerProbe:
     async def metrics(self) -> bytes:
         table: TableSnapshot | None
         try:
-            table = await self.repo.table_snapshot(SCRAPE_TIMEOUT)
+            table = await self.health.table_snapshot(SCRAPE_TIMEOUT)
         except RepositoryError as err:
             log.warning("metrics.table_unreadable", error=str(err))
             table = None

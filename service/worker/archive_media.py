@@ -19,11 +19,11 @@ from typing import BinaryIO
 
 import structlog
 
-from service import media
-from service.machine import Media
+from service.core.events import Media
+from service.media import probe as media
 from service.storage.base import ObjectStore, StorageError
 
-log = structlog.get_logger("service.media")
+log = structlog.get_logger("service.worker.archive_media")
 
 READ_CHUNK = 1024 * 1024
 

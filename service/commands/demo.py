@@ -24,12 +24,12 @@ import av
 import httpx
 from PIL import Image, ImageDraw
 
+from service.commands.output import as_json
+from service.commands.progress import follow
 from service.config import Settings
 from service.local.replicate_server import ReplicateConfig
 from service.local.simulator import SimulatorConfig
 from service.local.veo_server import VeoConfig
-from service.progress import follow
-from service.repository import as_json
 from service.runtime import Runtime, open_runtime
 from service.signals import until_signalled
 
@@ -131,7 +131,7 @@ async def run_demo(settings: Settings, *, fresh: bool, keep_serving: bool) -> in
         worker_task = asyncio.create_task(worker.run())
         try:
             async with asyncio.timeout(TIMEOUT):
-                row = await follow(runtime.repo.fetch_row, row_id, "demo")
+                row = await follow(runtime.operator.fetch_row, row_id, "demo")
         finally:
             worker.stop()
             await worker_task

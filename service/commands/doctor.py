@@ -22,9 +22,9 @@ import asyncpg
 import httpx
 
 from service.config import Settings
-from service.diagnosis import SEVERITY, Finding
+from service.core.diagnosis import SEVERITY, Finding
+from service.database.migrations import load
 from service.extras import LocalExtraMissing
-from service.migrations import load
 from service.providers.base import Diagnosable
 from service.runtime import database_url, open_providers
 from service.wakeups.choice import listen_works
@@ -357,3 +357,16 @@ async def _disk(settings: Settings) -> list[Finding]:
     if free < DISK_WARN:
         return [Finding("disk", "WARN", what, f"free space soon: SORA_DATA_DIR holds {uses}")]
     return [Finding("disk", "OK", what)]
+
+
+async def run_doctor(settings: Settings, as_json: bool) -> int:
+    """Exit code: the worst level found (0 OK, 1 WARN, 2 FAIL)."""
+    findings = await examine(settings)
+    code = worst(findings)
+    if as_json:
+        checks = [f.as_json() for f in findings]
+        print(json.dumps({"worst": ["OK", "WARN", "FAIL"][code], "checks": checks}))
+    else:
+        for finding in findings:
+            print(finding.line())
+    return code

@@ -22,8 +22,8 @@ from typing import Protocol
 import httpx
 import structlog
 
-from service import fetch, images, likeness, thumbnails
-from service.machine import (
+from service.core import likeness
+from service.core.events import (
     Accepted,
     Archived,
     Event,
@@ -31,26 +31,27 @@ from service.machine import (
     GenerationFailed,
     InDoubt,
     IntentRecorded,
-    Job,
     NotFoundAtProvider,
     NotSubmitted,
     Progressed,
     Rejected,
-    SubmitKey,
     Transient,
     Unreconcilable,
     Vanished,
     Waiting,
 )
-from service.media_steps import Describer, ScratchCopy
+from service.core.job import Job, SubmitKey
+from service.core.request import VideoRequest
+from service.media import fetch, images, thumbnails
 from service.providers import base as providers
 from service.providers import models
-from service.providers.base import VideoProvider, VideoRequest
+from service.providers.base import VideoProvider
 from service.providers.lookup import Providers, UnknownProvider
 from service.storage.base import ObjectStore, StorageError
-from service.webhooks import WebhookHealth
+from service.worker.archive_media import Describer, ScratchCopy
+from service.worker.webhook_health import WebhookHealth
 
-log = structlog.get_logger("service.steps")
+log = structlog.get_logger("service.worker.steps")
 
 
 class Ledger(Protocol):
@@ -113,7 +114,7 @@ class Steps:
         self._photo_slots = asyncio.Semaphore(PHOTO_ROWS_AT_ONCE)
         self.ledger = ledger
         self.webhooks = webhooks
-        """Whose webhooks arrive: their rows are polled less often (service.webhooks)."""
+        """Whose webhooks arrive: their rows are polled less often (service.web.webhooks)."""
         self.describer = Describer(store, video_bucket, rendition_kbps)
         self._frames: OrderedDict[str, likeness.Print] = OrderedDict()
 
@@ -233,7 +234,7 @@ class Steps:
         Our job is a match created after our intent that no row has recorded. When it
         is the only one and no identical request (a twin) is in doubt beside us, it is
         ours. Otherwise jobs made from photos are told apart by their first frames
-        (``service.likeness``): a row takes a job only when it clearly looks like its
+        (``service.core.likeness``): a row takes a job only when it clearly looks like its
         own reference and not like any twin's; twins with the same photos are
         interchangeable; text-only twins are interchangeable too, but never take a
         job that looks like a photo twin's. What cannot be settled stays in doubt.

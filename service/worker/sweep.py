@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from service.repository import Repository
+from service.database.port import Repository
 from service.wakeups.wakeup import Wakeup
 
 MIN_WAIT = 0.01

@@ -32,86 +32,33 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import NewType
-from uuid import UUID
 
-from service.providers.base import ErrorKind, VideoRequest
-
-RowId = NewType("RowId", UUID)
-"""The ``id`` of a ``videos`` row."""
-
-SubmitKey = NewType("SubmitKey", UUID)
-"""The idempotency key recorded before a create: the intent to pay for one job."""
-
-
-class Stage(StrEnum):
-    """Where a row is in its life. Only the first four are work the worker owes."""
-
-    PENDING = "pending"
-    """Waiting for its first (or a new) submission."""
-    SUBMITTING = "submitting"
-    """Intent recorded; whether the provider accepted the job may be unknown."""
-    GENERATING = "generating"
-    """The provider holds the job; poll it."""
-    ARCHIVING = "archiving"
-    """The provider finished; copy the video into permanent storage before it expires."""
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-
-ACTIVE_STAGES: tuple[Stage, ...] = (
-    Stage.PENDING,
-    Stage.SUBMITTING,
-    Stage.GENERATING,
-    Stage.ARCHIVING,
+from service.core.events import (
+    Accepted,
+    Archived,
+    Change,
+    Event,
+    ForgetIntent,
+    Generated,
+    GenerationFailed,
+    InDoubt,
+    IntentRecorded,
+    NotFoundAtProvider,
+    NotSubmitted,
+    Progressed,
+    RecordArchive,
+    RecordDownload,
+    RecordIntent,
+    RecordJob,
+    RecordProgress,
+    Rejected,
+    Transient,
+    Unreconcilable,
+    Vanished,
+    Waiting,
 )
-
-
-@dataclass(frozen=True)
-class Job:
-    """The part of a ``videos`` row the machine decides on, as read at ``as_of``."""
-
-    id: RowId
-    stage: Stage
-    as_of: datetime
-    """The database's clock when the row was read: the machine's only "now". Every time
-    it compares with (``submitted_at``, lease ends) was written by the same clock."""
-    attempts: int = 0
-    prompt: str | None = None
-    image1_url: str | None = None
-    image2_url: str | None = None
-    model: str | None = None
-    size: str | None = None
-    seconds: str | None = None
-    provider: str | None = None
-    video_id: str | None = None
-    submit_key: SubmitKey | None = None
-    submitted_at: datetime | None = None
-    progress: int = 0
-    expires_at: datetime | None = None
-    error_kind: ErrorKind | None = None
-    """A failed row's outcome (read back for operators; the machine decides on stage)."""
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Retry rules, from settings."""
-
-    poll_interval: timedelta
-    """The shortest pause between two polls of a job (and the first poll's delay)."""
-    max_attempts: int
-    retry_base: timedelta
-    retry_cap: timedelta
-    generation_timeout: timedelta = timedelta(hours=3)
-    poll_ceiling: timedelta = timedelta(seconds=60)
-    """The longest pause between two polls, whatever the job's pace suggests."""
-    typical_generation: timedelta | None = None
-    """How long the model usually takes, if known: a job that reports no progress yet
-    is next looked at when it should be about done."""
-    archive_grace: timedelta = timedelta(hours=24)
-    """How long after the generation deadline an archive is tried when the provider
-    gave no ``expires_at`` (OpenAI documented about a day)."""
-
+from service.core.job import ACTIVE_STAGES, Job, Policy, Stage
+from service.core.request import ErrorKind
 
 # ---------------------------------------------------------------- actions
 
@@ -154,221 +101,6 @@ def next_action(job: Job, *, intent: IntentRecorded | None) -> Action | None:
             return Action.ARCHIVE
         case Stage.COMPLETED | Stage.FAILED:
             return None
-
-
-# ---------------------------------------------------------------- events
-
-
-@dataclass(frozen=True)
-class IntentRecorded:
-    """Inputs are ready and valid; ``request`` (keyed by ``submit_key``) goes to
-    ``provider`` once the intent is checkpointed."""
-
-    submit_key: SubmitKey
-    provider: str
-    request: VideoRequest
-    reference_print: bytes | None = None
-    """The reference reduced to a print (``service.likeness``): the evidence that later
-    tells this row's job from its identical twins'."""
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """The provider created the job (directly, or found by reconciliation)."""
-
-    video_id: str
-    progress: int = 0
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """Permanent: the input or the request can never succeed as it is."""
-
-    reason: str
-    kind: ErrorKind = "invalid_request"
-    """``model_retired`` when the model is gone; otherwise the request itself is wrong."""
-
-
-@dataclass(frozen=True)
-class NotSubmitted:
-    """Transient, and the provider certainly created nothing (refused, unreachable)."""
-
-    reason: str
-    retry_after: timedelta | None = None
-
-
-@dataclass(frozen=True)
-class InDoubt:
-    """A create failed in a way that may still have made the job (timeout, 5xx, reset)."""
-
-    reason: str
-    retry_after: timedelta | None = None
-
-
-@dataclass(frozen=True)
-class Unreconcilable:
-    """A create is in doubt and ``host`` cannot list its jobs: nobody but a person can
-    find out whether it made one, so waiting longer only delays that person."""
-
-    reason: str
-    host: str
-
-
-@dataclass(frozen=True)
-class NotFoundAtProvider:
-    """Reconciliation found no job for our intent: it is safe to submit again."""
-
-
-@dataclass(frozen=True)
-class Progressed:
-    """The provider is still working."""
-
-    progress: int
-    provider_status: str
-    next_poll: timedelta | None = None
-    """Poll again after this instead of the policy's interval (webhooks seen to work)."""
-    poll_after: timedelta | None = None
-    """When the provider asked to be polled again (``openai-poll-after-ms``), if it did."""
-
-
-@dataclass(frozen=True)
-class Generated:
-    """The provider finished; the video can be downloaded until ``expires_at``."""
-
-    content_url: str
-    expires_at: datetime | None
-
-
-@dataclass(frozen=True)
-class GenerationFailed:
-    """The provider ended the job without a video (safety filter, error, expiry)."""
-
-    reason: str
-    kind: ErrorKind = "provider_error"
-    """``safety_filtered`` and ``expired`` are outcomes of their own, never retried."""
-
-
-@dataclass(frozen=True)
-class Media:
-    """What the archived file is (read from it), and the files made from it. Each part
-    is best effort: a row completes whether or not they could be made."""
-
-    duration_seconds: float | None = None
-    width: int | None = None
-    height: int | None = None
-    poster_url: str | None = None
-    rendition_url: str | None = None
-
-
-@dataclass(frozen=True)
-class Archived:
-    """The video is in permanent storage."""
-
-    video_url: str
-    video_bytes: int
-    video_sha256: str
-    thumbnail_url: str | None
-    media: Media = Media()
-
-
-@dataclass(frozen=True)
-class Waiting:
-    """Nothing failed; the step cannot go on yet (an earlier create may still be in
-    flight, twins' jobs cannot be told apart yet). Look again as often as a job is
-    polled, or at ``retry_after`` when that comes sooner (the moment an in-flight create
-    would have timed out), until a paid job's deadline. Looking often is what lets a
-    create that lands late be adopted in seconds instead of after the whole timeout."""
-
-    reason: str
-    retry_after: timedelta | None
-
-
-@dataclass(frozen=True)
-class Vanished:
-    """The provider says the job or its file does not exist (deleted, expired, lost)."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class Transient:
-    """A step failed in a way worth retrying (network, 429, 5xx, storage hiccup)."""
-
-    reason: str
-    retry_after: timedelta | None = None
-
-
-Event = (
-    IntentRecorded
-    | Accepted
-    | Rejected
-    | NotSubmitted
-    | InDoubt
-    | Unreconcilable
-    | NotFoundAtProvider
-    | Progressed
-    | Generated
-    | GenerationFailed
-    | Archived
-    | Vanished
-    | Waiting
-    | Transient
-)
-
-
-# ---------------------------------------------------------------- transitions
-
-
-@dataclass(frozen=True)
-class RecordIntent:
-    """Remember the key and parameters before the create (and when, by the DB's clock)."""
-
-    submit_key: SubmitKey
-    provider: str
-    model: str
-    size: str
-    seconds: str
-    reference_print: bytes | None = None
-
-
-@dataclass(frozen=True)
-class ForgetIntent:
-    """The provider certainly holds no job for the key: drop it, so the next try is fresh."""
-
-
-@dataclass(frozen=True)
-class RecordJob:
-    """The provider's job that this row now owns."""
-
-    video_id: str
-    progress: int
-
-
-@dataclass(frozen=True)
-class RecordProgress:
-    progress: int
-
-
-@dataclass(frozen=True)
-class RecordDownload:
-    """Where the provider's finished video can be fetched, and until when."""
-
-    content_url: str
-    expires_at: datetime | None
-
-
-@dataclass(frozen=True)
-class RecordArchive:
-    """The permanent copy (and the moment of completion, by the DB's clock)."""
-
-    video_url: str
-    video_bytes: int
-    video_sha256: str
-    thumbnail_url: str | None
-    media: Media = Media()
-
-
-Change = RecordIntent | ForgetIntent | RecordJob | RecordProgress | RecordDownload | RecordArchive
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The operator's commands: ``adopt``, ``retry``, ``cancel``, ``rearchive``, ``prune``
-(and the storage part of ``stats``). The SQL and its guards live in ``service.operator``; this
-module opens what each command needs and says what happened, in a line or in JSON.
+(and the storage part of ``stats``). The SQL and its guards live in
+``service.database.operator``; this module opens what each command needs and says what
+happened, in a line or in JSON.
 
 Exit codes: 0 when the command did (or, for a dry run, would do) what was asked; 1 when
 nothing matched or the row was refused (the line says why).
@@ -24,15 +25,15 @@ from uuid import UUID
 import structlog
 
 from service.config import Settings
-from service.operator import Operator, Prunable, as_dict
+from service.database.errors import Conflict, Refused
+from service.database.operator import Operator, Prunable, as_dict
 from service.providers.base import Cancellable, ProviderError
 from service.providers.ids import litellm_id
 from service.providers.lookup import UnknownProvider
-from service.repository import Conflict, PostgresRepository, Refused
 from service.runtime import create_pool, database_url, open_providers, open_store
 from service.storage.base import StorageError, locate
 
-log = structlog.get_logger("service.verbs")
+log = structlog.get_logger("service.commands.verbs")
 
 CANCEL_PATIENCE = 30.0
 """Seconds ``cancel`` waits for a worker to finish the step it is in on the row."""
@@ -123,6 +124,7 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 @asynccontextmanager
 async def operator(settings: Settings) -> AsyncIterator[Operator]:
+    """The operator's statements on a one-connection pool."""
     async with create_pool(settings, await database_url(settings), 1) as pool:
         yield Operator(pool)
 
@@ -138,16 +140,15 @@ def say(as_json: bool, payload: dict[str, Any], line: str, *, ok: bool) -> int:
 
 async def run_adopt(settings: Settings, row_id: UUID, video_id: str, as_json: bool) -> int:
     """Attach the job a person found (after an in-doubt failure) to its row."""
-    async with create_pool(settings, await database_url(settings), 1) as pool:
-        repo = PostgresRepository(pool, settings.worker_id, settings.lease)
+    async with operator(settings) as op:
         try:
-            await repo.adopt(row_id, video_id, settings.provider)
+            await op.adopt(row_id, video_id, settings.provider)
         except Refused as err:
             return say(
                 as_json, {"adopted": False, "reason": str(err)}, f"sora-worker: {err}", ok=False
             )
         except Conflict:
-            holder = await repo.holder_of(video_id)
+            holder = await op.holder_of(video_id)
             why = f"job {video_id} already belongs to row {holder}"
             return say(as_json, {"adopted": False, "reason": why}, f"sora-worker: {why}", ok=False)
     log.info("video.adopted", row_id=str(row_id), video_id=video_id)

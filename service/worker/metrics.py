@@ -13,13 +13,15 @@ so several workers in one process (tests, the demo) never collide.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from service.machine import ACTIVE_STAGES, Action, Archived, Event, Stage, Transition
+from service.core.events import Archived, Event
+from service.core.job import ACTIVE_STAGES, Stage
+from service.core.machine import Action, Transition
+from service.database.port import TableSnapshot
 
 PREFIX = "sora_"
 
@@ -32,15 +34,6 @@ PROVIDER_CALLS: Mapping[Action, str] = {
 """The actions that call the provider, named by the call they make."""
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-
-
-@dataclass(frozen=True)
-class TableSnapshot:
-    """What one query read from ``public.videos`` for a scrape."""
-
-    rows_by_stage: Mapping[str, int] = field(default_factory=dict)
-    oldest_unfinished_seconds: float | None = None
-    in_doubt: int = 0
 
 
 class _Live(Collector):

@@ -39,7 +39,7 @@ import httpcore
 import httpx
 import structlog
 
-log = structlog.get_logger("service.fetch")
+log = structlog.get_logger("service.media.fetch")
 
 MAX_REDIRECTS = 5
 RETRYABLE_STATUS = frozenset({408, 425, 429})

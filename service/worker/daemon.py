@@ -21,29 +21,19 @@ from dataclasses import dataclass
 
 import structlog
 
-from service.machine import (
-    Action,
-    Event,
-    IntentRecorded,
-    Job,
-    Policy,
-    RecordProgress,
-    RowId,
-    SubmitKey,
-    Transient,
-    Transition,
-    apply,
-    next_action,
-)
-from service.metrics import Metrics
-from service.repository import Conflict, LeaseLost, Repository, RepositoryError
-from service.steps import Steps
+from service.core.events import Event, IntentRecorded, RecordProgress, Transient
+from service.core.job import Job, Policy, RowId, SubmitKey
+from service.core.machine import Action, Transition, apply, next_action
+from service.database.errors import Conflict, LeaseLost, RepositoryError
+from service.database.port import Repository
 from service.wakeups.listen import Listener
 from service.wakeups.realtime import RealtimeSource
-from service.wakeups.sweep import wait_for_work
 from service.wakeups.wakeup import Wakeup
+from service.worker.metrics import Metrics
+from service.worker.steps import Steps
+from service.worker.sweep import wait_for_work
 
-log = structlog.get_logger("service.daemon")
+log = structlog.get_logger("service.worker.daemon")
 
 
 @dataclass(frozen=True)

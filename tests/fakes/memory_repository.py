@@ -17,25 +17,21 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from service.likeness import Twin
-from service.machine import (
-    ACTIVE_STAGES,
+from service.core.events import (
     ForgetIntent,
-    Job,
     Media,
     RecordArchive,
     RecordDownload,
     RecordIntent,
     RecordJob,
     RecordProgress,
-    RowId,
-    Stage,
-    SubmitKey,
-    Transition,
 )
-from service.providers.base import ErrorKind
+from service.core.job import ACTIVE_STAGES, Job, RowId, Stage, SubmitKey
+from service.core.likeness import Twin
+from service.core.machine import Transition
+from service.core.request import ErrorKind
+from service.database.errors import Conflict, LeaseLost, Rule
 from service.providers.ids import stable_id
-from service.repository import STATUS_OF, Conflict, LeaseLost, Rule
 
 Clock = Callable[[], datetime]
 
@@ -205,7 +201,7 @@ class MemoryRepository:
         after = replace(
             row,
             stage=transition.stage,
-            status=STATUS_OF[transition.stage],
+            status=transition.stage.status,
             attempts=transition.attempts,
             next_attempt_at=now + (self.lease if keep_lease else transition.delay),
             locked_by=row.locked_by if keep_lease else None,

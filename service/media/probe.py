@@ -15,7 +15,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from service.thumbnails import webp
+from service.media.thumbnails import webp
 
 RENDITION_PRESET = "veryfast"
 

@@ -35,16 +35,25 @@ from uuid import UUID
 
 import asyncpg
 
-from service.repository import ACTIVE, driver_errors
+from service.core.job import Stage
+from service.database.errors import Refused, driver_errors
+from service.database.rows import ACTIVE
 
 FREE = "(locked_until is null or locked_until < now())"
 """No live lease: no worker is in the middle of a step on the row."""
 
 CANCELLED = "cancelled by operator"
 
+
+def set_stage(stage: Stage) -> str:
+    """``stage = ..., status = ...``: a stage with the status it shows (``Stage.status``,
+    the one source of that pairing), for the verbs that move a row by hand."""
+    return f"stage = '{stage.value}', status = '{stage.status}'"
+
+
 RETRY = f"""
 update public.videos
-set status = 'queued'
+set status = '{Stage.PENDING.status}'
 where stage = 'failed' and {FREE}
   and ($1::uuid is null or id = $1)
   and ($2::timestamptz is null or updated_at >= $2)
@@ -55,7 +64,7 @@ included. The row keeps its provider and model: what it was asked of stays consi
 
 CANCEL = f"""
 update public.videos
-set stage = 'failed', status = 'failed', error = '{CANCELLED}',
+set {set_stage(Stage.FAILED)}, error = '{CANCELLED}',
     next_attempt_at = now(), locked_by = null, locked_until = null
 where id = $1 and {FREE}
   and (stage in ('pending', 'generating') or (stage = 'submitting' and submit_key is null))
@@ -64,7 +73,7 @@ returning id, video_id, provider
 
 REARCHIVE = f"""
 update public.videos
-set stage = 'archiving', status = 'processing', attempts = 0, error = null,
+set {set_stage(Stage.ARCHIVING)}, attempts = 0, error = null,
     next_attempt_at = now(), locked_by = null, locked_until = null, pruned_at = null
 where id = $1 and stage in ('completed', 'failed') and {FREE}
   and video_id is not null and openai_url is not null and openai_expires_at > now()
@@ -90,6 +99,30 @@ select bucket_id, count(*) as objects,
        coalesce(sum((metadata->>'size')::bigint), 0) as bytes
 from storage.objects where bucket_id = any($1::text[]) group by bucket_id
 """
+
+
+ADOPT = f"""
+with adopted as (
+    update public.videos
+    set {set_stage(Stage.GENERATING)}, video_id = $2,
+        provider = coalesce(provider, $3),
+        submit_key = null,            -- the intent is settled: this is its job
+        submitted_at = now(),         -- the generation deadline counts from here
+        attempts = 0, progress = 0, error = null, error_kind = null,
+        next_attempt_at = now(), locked_by = null, locked_until = null,
+        openai_url = null, openai_expires_at = null, video_url = null, video_bytes = null,
+        video_sha256 = null, thumbnail_url = null, completed_at = null,
+        reference_print = null, duration_seconds = null, width = null, height = null,
+        poster_url = null, rendition_url = null, pruned_at = null
+    where id = $1
+      and stage in ('pending', 'submitting', 'failed')        -- holds no job yet
+      and (locked_until is null or locked_until < now())      -- no worker is on it
+    returning id
+)
+select id from adopted, pg_notify('sora_worker', adopted.id::text)
+"""
+"""``sora-worker adopt``: one statement, so a worker claiming the row meanwhile either
+sees it before (and its guarded write then misses) or after (and polls the job)."""
 
 
 @dataclass(frozen=True)
@@ -224,6 +257,83 @@ class Operator:
         for r in rows:
             used[r["bucket_id"]] = {"objects": r["objects"], "bytes": r["bytes"]}
         return used
+
+    # ------------------------------------------------------------ reads and adopt
+
+    async def recent(self, limit: int, status: str | None = None) -> list[dict[str, Any]]:
+        """The newest rows, optionally of one status (for ``sora-worker list``)."""
+        with driver_errors("listing rows"):
+            rows = await self.pool.fetch(
+                """select id, status, stage, progress, attempts, created_at, video_url, error,
+                          error_kind
+                   from public.videos where $2::text is null or status = $2
+                   order by created_at desc limit $1""",
+                limit,
+                status,
+            )
+        return [dict(r) for r in rows]
+
+    async def adopt(self, row_id: UUID, video_id: str, provider: str) -> None:
+        """Attach a provider job a person found to a row (``sora-worker adopt``).
+
+        One guarded statement, safe while workers run: only a row that holds no job yet
+        (queued, in doubt, or failed) and that no live lease holds is changed; it becomes
+        ``generating`` with the job, as if its create had answered, and the worker is
+        woken to poll it. Raises Refused (saying why) when the row cannot take it, and
+        Conflict when another row already holds that job (however its id is spelt).
+        """
+        with driver_errors(f"adopting {video_id} into row {row_id}"):
+            adopted = await self.pool.fetchval(ADOPT, row_id, video_id, provider)
+            if adopted is not None:
+                return
+            row = await self.pool.fetchrow(
+                """select stage, video_id, locked_until > now() as leased
+                   from public.videos where id = $1""",
+                row_id,
+            )
+        if row is None:
+            raise Refused(f"no row {row_id}")
+        if row["stage"] in ("generating", "archiving", "completed"):
+            raise Refused(
+                f"row {row_id} is {row['stage']} with job {row['video_id']}; only a row "
+                "that holds no job (queued, in doubt or failed) can adopt one"
+            )
+        raise Refused(
+            f"a worker is working on row {row_id} right now; try again once it has "
+            "finished its step (sora-worker show shows its stage)"
+        )
+
+    async def holder_of(self, video_id: str) -> UUID | None:
+        """The row that holds this provider job, compared in stable form."""
+        with driver_errors(f"looking up {video_id}"):
+            found: UUID | None = await self.pool.fetchval(
+                """select id from public.videos where video_id is not null
+                   and public.video_stable_id(video_id) = public.video_stable_id($1)""",
+                video_id,
+            )
+        return found
+
+    async def stats(self) -> dict[str, Any]:
+        """Rows per stage and how long the oldest unfinished one has waited."""
+        with driver_errors("counting rows"):
+            counts = await self.pool.fetch(
+                "select stage, count(*) as n from public.videos group by 1"
+            )
+            oldest = await self.pool.fetchval(
+                "select extract(epoch from now() - min(created_at)) from public.videos "
+                "where stage = any($1::text[])",
+                ACTIVE,
+            )
+        return {
+            "stages": {r["stage"]: r["n"] for r in counts},
+            "oldest_unfinished_seconds": None if oldest is None else round(float(oldest), 1),
+        }
+
+    async def fetch_row(self, row_id: UUID) -> dict[str, Any] | None:
+        """Every column of a row, as front ends see it (for ``show`` and the demo)."""
+        with driver_errors(f"reading row {row_id}"):
+            record = await self.pool.fetchrow("select * from public.videos where id = $1", row_id)
+        return None if record is None else dict(record)
 
 
 def as_dict(item: Prunable) -> dict[str, Any]:

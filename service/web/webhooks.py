@@ -24,10 +24,9 @@ An unsigned, forged or replayed delivery changes nothing and is logged
 from __future__ import annotations
 
 import binascii
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
@@ -35,11 +34,12 @@ from aiohttp import web
 from standardwebhooks import Webhook
 from standardwebhooks.exceptions import WebhookVerificationError
 
-from service.machine import RowId
-from service.repository import RepositoryError
+from service.core.job import RowId
+from service.database.errors import RepositoryError
 from service.wakeups.wakeup import Wakeup
+from service.worker.webhook_health import WebhookHealth
 
-log = structlog.get_logger("service.webhooks")
+log = structlog.get_logger("service.web.webhooks")
 
 PATH = "/webhooks/{provider}"
 MAX_BODY = 1024 * 1024
@@ -51,34 +51,6 @@ class Waker(Protocol):
     """The one database operation a delivery may cause (part of the Repository port)."""
 
     async def wake(self, provider: str, video_id: str) -> RowId | None: ...
-
-
-class WebhookHealth:
-    """Which providers' webhooks are seen to arrive, and so how often to poll their rows."""
-
-    def __init__(
-        self,
-        stretched: timedelta,
-        *,
-        trust_for: timedelta = timedelta(hours=1),
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.stretched = stretched
-        self.trust_for = trust_for
-        self._clock = clock
-        self._seen: dict[str, float] = {}
-
-    def seen(self, provider: str) -> None:
-        """A verified delivery from ``provider`` arrived just now."""
-        self._seen[provider] = self._clock()
-
-    def working(self, provider: str) -> bool:
-        at = self._seen.get(provider)
-        return at is not None and self._clock() - at <= self.trust_for.total_seconds()
-
-    def poll_interval(self, provider: str) -> timedelta | None:
-        """The stretched interval for a provider whose webhooks work; None: the usual one."""
-        return self.stretched if self.working(provider) else None
 
 
 def job_id_of(provider: str, payload: Any) -> str | None:

@@ -1,0 +1,109 @@
+"""The long-running and setup commands: ``run`` (the worker), ``migrate``, ``simulate``
+(the local Sora simulator alone) and ``health`` (the container's probe)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import httpx
+import structlog
+
+from service.config import Settings
+from service.database.migrations import migrate
+from service.extras import local_extra
+from service.runtime import create_pool, database_url, open_runtime
+from service.signals import STOP_SIGNALS, until_signalled
+
+log = structlog.get_logger("service.commands.serve")
+
+
+async def run_simulator(args: argparse.Namespace, settings: Settings) -> int:
+    with local_extra("`sora-worker simulate` serves the local Sora simulator"):
+        from service.local.simulator import Simulator, SimulatorConfig
+
+    config = SimulatorConfig(
+        generation_seconds=args.generation_seconds,
+        state_dir=args.state_dir,
+        profile=args.profile or settings.simulator_profile,
+    )
+    simulator = Simulator(config)
+    await simulator.start(args.host, args.port)
+    log.info(
+        "simulator.listening",
+        base_url=simulator.base_url,
+        host=args.host,
+        port=args.port,
+        profile=config.profile,
+    )
+    try:
+        await until_signalled()
+    finally:
+        await simulator.stop()
+    return 0
+
+
+async def run_worker(settings: Settings, *, migrate_first: bool, listen: bool) -> int:
+    if not settings.uses_supabase and settings.storage_port == 0 and not settings.public_url:
+        log.warning(
+            "storage.ephemeral_port",
+            message="SORA_STORAGE_PORT=0: video_url will name a port that dies with this "
+            "process; set a fixed port or SORA_PUBLIC_URL for URLs that last",
+        )
+    async with open_runtime(
+        settings, apply_migrations=migrate_first, wait_for_database=True
+    ) as runtime:
+        sources = await runtime.choose_wakeups(listen_allowed=listen)
+        realtime = runtime.realtime_source() if sources.realtime else None
+        worker = runtime.worker(listen=sources.listen, realtime=realtime)
+        loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            # The first signal asks for a graceful stop; removing the handlers gives the
+            # next Ctrl-C Python's default (KeyboardInterrupt: exit 130 at once), so an
+            # operator who will not wait out SORA_SHUTDOWN_GRACE need not reach for kill.
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+            worker.stop()
+
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, stop)
+        # Provider webhooks (service/webhooks.py) arrive on the same server as /metrics.
+        receiver = await runtime.webhook_receiver(worker.wakeup)
+        async with runtime.http_server(worker, routes=receiver.routes()):
+            await worker.run()
+    return 0
+
+
+async def run_migrate(settings: Settings) -> int:
+    async with (
+        create_pool(settings, await database_url(settings), 1) as pool,
+        pool.acquire() as conn,
+    ):
+        applied = await migrate(conn)
+    log.info("database.migrated", applied=applied or "nothing to do")
+    return 0
+
+
+async def run_health(settings: Settings) -> int:
+    """The container's HEALTHCHECK: this machine's worker answers /readyz with 200."""
+    if settings.http_port == 0:
+        print(
+            "sora-worker: SORA_HTTP_PORT=0 gives the worker a random port; "
+            "set a fixed SORA_HTTP_PORT to probe it",
+            file=sys.stderr,
+        )
+        return 2
+    host = settings.http_host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{settings.http_port}/readyz"
+    try:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            answer = await client.get(url)
+    except httpx.HTTPError as err:
+        print(f"sora-worker: not ready: {url}: {err or type(err).__name__}", file=sys.stderr)
+        return 1
+    print(answer.text)
+    return 0 if answer.status_code == 200 else 1

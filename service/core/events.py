@@ -1,0 +1,225 @@
+"""What can happen to a row (events, from the steps' IO) and what a checkpoint records
+(changes, chosen by the machine). Plain data: the machine decides, the shell performs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from service.core.job import SubmitKey
+from service.core.request import ErrorKind, VideoRequest
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class IntentRecorded:
+    """Inputs are ready and valid; ``request`` (keyed by ``submit_key``) goes to
+    ``provider`` once the intent is checkpointed."""
+
+    submit_key: SubmitKey
+    provider: str
+    request: VideoRequest
+    reference_print: bytes | None = None
+    """The reference reduced to a print (``service.core.likeness``): the evidence that later
+    tells this row's job from its identical twins'."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The provider created the job (directly, or found by reconciliation)."""
+
+    video_id: str
+    progress: int = 0
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """Permanent: the input or the request can never succeed as it is."""
+
+    reason: str
+    kind: ErrorKind = "invalid_request"
+    """``model_retired`` when the model is gone; otherwise the request itself is wrong."""
+
+
+@dataclass(frozen=True)
+class NotSubmitted:
+    """Transient, and the provider certainly created nothing (refused, unreachable)."""
+
+    reason: str
+    retry_after: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class InDoubt:
+    """A create failed in a way that may still have made the job (timeout, 5xx, reset)."""
+
+    reason: str
+    retry_after: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class Unreconcilable:
+    """A create is in doubt and ``host`` cannot list its jobs: nobody but a person can
+    find out whether it made one, so waiting longer only delays that person."""
+
+    reason: str
+    host: str
+
+
+@dataclass(frozen=True)
+class NotFoundAtProvider:
+    """Reconciliation found no job for our intent: it is safe to submit again."""
+
+
+@dataclass(frozen=True)
+class Progressed:
+    """The provider is still working."""
+
+    progress: int
+    provider_status: str
+    next_poll: timedelta | None = None
+    """Poll again after this instead of the policy's interval (webhooks seen to work)."""
+    poll_after: timedelta | None = None
+    """When the provider asked to be polled again (``openai-poll-after-ms``), if it did."""
+
+
+@dataclass(frozen=True)
+class Generated:
+    """The provider finished; the video can be downloaded until ``expires_at``."""
+
+    content_url: str
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class GenerationFailed:
+    """The provider ended the job without a video (safety filter, error, expiry)."""
+
+    reason: str
+    kind: ErrorKind = "provider_error"
+    """``safety_filtered`` and ``expired`` are outcomes of their own, never retried."""
+
+
+@dataclass(frozen=True)
+class Media:
+    """What the archived file is (read from it), and the files made from it. Each part
+    is best effort: a row completes whether or not they could be made."""
+
+    duration_seconds: float | None = None
+    width: int | None = None
+    height: int | None = None
+    poster_url: str | None = None
+    rendition_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Archived:
+    """The video is in permanent storage."""
+
+    video_url: str
+    video_bytes: int
+    video_sha256: str
+    thumbnail_url: str | None
+    media: Media = Media()
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Nothing failed; the step cannot go on yet (an earlier create may still be in
+    flight, twins' jobs cannot be told apart yet). Look again as often as a job is
+    polled, or at ``retry_after`` when that comes sooner (the moment an in-flight create
+    would have timed out), until a paid job's deadline. Looking often is what lets a
+    create that lands late be adopted in seconds instead of after the whole timeout."""
+
+    reason: str
+    retry_after: timedelta | None
+
+
+@dataclass(frozen=True)
+class Vanished:
+    """The provider says the job or its file does not exist (deleted, expired, lost)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Transient:
+    """A step failed in a way worth retrying (network, 429, 5xx, storage hiccup)."""
+
+    reason: str
+    retry_after: timedelta | None = None
+
+
+Event = (
+    IntentRecorded
+    | Accepted
+    | Rejected
+    | NotSubmitted
+    | InDoubt
+    | Unreconcilable
+    | NotFoundAtProvider
+    | Progressed
+    | Generated
+    | GenerationFailed
+    | Archived
+    | Vanished
+    | Waiting
+    | Transient
+)
+
+
+# ---------------------------------------------------------------- transitions
+
+
+@dataclass(frozen=True)
+class RecordIntent:
+    """Remember the key and parameters before the create (and when, by the DB's clock)."""
+
+    submit_key: SubmitKey
+    provider: str
+    model: str
+    size: str
+    seconds: str
+    reference_print: bytes | None = None
+
+
+@dataclass(frozen=True)
+class ForgetIntent:
+    """The provider certainly holds no job for the key: drop it, so the next try is fresh."""
+
+
+@dataclass(frozen=True)
+class RecordJob:
+    """The provider's job that this row now owns."""
+
+    video_id: str
+    progress: int
+
+
+@dataclass(frozen=True)
+class RecordProgress:
+    progress: int
+
+
+@dataclass(frozen=True)
+class RecordDownload:
+    """Where the provider's finished video can be fetched, and until when."""
+
+    content_url: str
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RecordArchive:
+    """The permanent copy (and the moment of completion, by the DB's clock)."""
+
+    video_url: str
+    video_bytes: int
+    video_sha256: str
+    thumbnail_url: str | None
+    media: Media = Media()
+
+
+Change = RecordIntent | ForgetIntent | RecordJob | RecordProgress | RecordDownload | RecordArchive

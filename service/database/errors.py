@@ -1,0 +1,104 @@
+"""The database port's errors, and the one place driver failures become them.
+
+Every statement the adapters run goes through ``driver_errors`` (or ``bounded``), so no
+layer above ever sees asyncpg's exceptions: a lost connection is ``DatabaseUnavailable``,
+a broken rule is ``Refused`` or ``Conflict``, a schema not migrated ``SchemaMissing``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Iterator
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import asyncpg
+
+T = TypeVar("T")
+
+
+class RepositoryError(Exception):
+    """Base of the port's errors; ``str()`` says what failed without driver internals."""
+
+
+class DatabaseUnavailable(RepositoryError):
+    """The database could not be reached or could not run the statement: try again later."""
+
+
+class SchemaMissing(RepositoryError):
+    """The table or a column is missing: the migrations have not run."""
+
+
+class Refused(RepositoryError):
+    """The database refused the values (a CHECK or NOT NULL rule): retrying the same
+    write cannot help; it is a bug in the caller or a row the schema does not allow."""
+
+
+class LeaseLost(RepositoryError):
+    """The row is no longer ours (another worker claimed it, it was re-queued, or its
+    stage moved on): the write changed nothing."""
+
+
+class Rule(StrEnum):
+    """The uniqueness rules a checkpoint can run into."""
+
+    ONE_ROW_PER_VIDEO = "videos_video_id_key"
+    """A provider job belongs to one row."""
+
+
+class Conflict(RepositoryError):
+    """The write would break a uniqueness rule; nothing changed. ``rule`` names it."""
+
+    def __init__(self, rule: Rule | None, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+@contextlib.contextmanager
+def driver_errors(doing: str) -> Iterator[None]:
+    """Turn every driver and socket failure into the port's own errors."""
+    try:
+        yield
+    except asyncpg.UniqueViolationError as err:
+        rule = next((r for r in Rule if r.value == err.constraint_name), None)
+        raise Conflict(rule, f"{doing}: {err.constraint_name or 'a uniqueness rule'}") from err
+    except asyncpg.IntegrityConstraintViolationError as err:
+        raise Refused(f"{doing}: refused by {err.constraint_name or 'a rule'}: {err}") from err
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as err:
+        raise SchemaMissing(f"{doing}: {err}; run `sora-worker migrate`") from err
+    except (
+        OSError,
+        TimeoutError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+    ) as err:
+        raise DatabaseUnavailable(f"{doing}: {err or type(err).__name__}") from err
+
+
+_ABANDONED: set[asyncio.Future[Any]] = set()
+
+
+async def bounded(query: Awaitable[T], within: float, doing: str) -> T:
+    """``query``'s result, or DatabaseUnavailable after ``within`` seconds.
+
+    Not ``asyncio.timeout``: cancelling a query whose connection swallows packets waits
+    for the pool to take the connection back, which can take as long as the freeze.
+    Here the query is cancelled and left to finish its cleanup on its own.
+    """
+    task = asyncio.ensure_future(query)
+    done, _ = await asyncio.wait({task}, timeout=within)
+    if not done:
+        task.cancel()
+        _ABANDONED.add(task)
+        task.add_done_callback(_forget)
+        raise DatabaseUnavailable(f"{doing}: no answer within {within:g} s")
+    with driver_errors(doing):
+        return task.result()
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    _ABANDONED.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: a cancelled query's error is expected, not news

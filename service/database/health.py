@@ -1,0 +1,48 @@
+"""The reads behind ``/readyz`` and ``/metrics``: bounded in time, no locks taken.
+
+A frozen database must not hang a probe or a scrape, so each read gives up after its
+``within`` seconds (``bounded``) and says so as ``DatabaseUnavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from service.core.job import Stage
+from service.database.errors import bounded
+from service.database.port import TableSnapshot
+from service.database.rows import ACTIVE
+
+
+class Health:
+    """Readiness and the table's gauges, on the worker's pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def ping(self, within: float) -> None:
+        """Raise DatabaseUnavailable unless the database answers within ``within`` s
+        (readiness: a frozen connection must not hang the probe)."""
+        await bounded(self.pool.fetchval("select 1"), within, "asking the database")
+
+    async def table_snapshot(self, within: float) -> TableSnapshot:
+        """Rows per stage, the oldest unfinished row's age and the rows in doubt, in one
+        query (for a metrics scrape; one pass over the table, no locks taken), or
+        DatabaseUnavailable after ``within`` s (a frozen database must not hang a scrape)."""
+        rows: list[asyncpg.Record] = await bounded(
+            self.pool.fetch(
+                """select stage, count(*) as n,
+                          extract(epoch from now() - min(created_at))::float8 as oldest,
+                          count(*) filter (where submit_key is not null) as keyed
+                   from public.videos group by stage"""
+            ),
+            within,
+            "reading the table for metrics",
+        )
+        active = [r for r in rows if r["stage"] in ACTIVE]
+        ages = [r["oldest"] for r in active if r["oldest"] is not None]
+        return TableSnapshot(
+            rows_by_stage={r["stage"]: r["n"] for r in rows},
+            oldest_unfinished_seconds=max(ages) if ages else None,
+            in_doubt=sum(r["keyed"] for r in rows if r["stage"] == Stage.SUBMITTING.value),
+        )

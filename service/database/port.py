@@ -1,0 +1,94 @@
+"""The database port: what the worker needs from the table, in domain types only.
+
+The daemon, the steps and the webhook receiver talk to ``Repository`` and see only
+``Job``, ``Transition`` and the errors of ``service.database.errors``; no layer above
+names asyncpg or a column. ``PostgresRepository`` (``service.database.postgres``) is the
+adapter; tests have an in-memory one, and both pass the same contract suite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Protocol
+
+from service.core.job import Job, RowId, SubmitKey
+from service.core.likeness import Twin
+from service.core.machine import Transition
+
+
+class Repository(Protocol):
+    """What the worker needs from the table. Two adapters: PostgreSQL and in-memory."""
+
+    worker_id: str
+
+    async def claim(self, limit: int, exclude: Iterable[RowId] = ()) -> list[Job]:
+        """Lease up to ``limit`` due rows, oldest debt first, skipping rows locked elsewhere
+        and ``exclude`` (rows whose task still runs here); a lapsed lease is claimable."""
+
+    async def checkpoint(self, job: Job, transition: Transition, *, keep_lease: bool) -> Job:
+        """Write ``transition`` if ``job`` is still ours as read; return the row after it.
+
+        Raises LeaseLost when it is not, Conflict when a uniqueness rule refuses it.
+        """
+
+    async def heartbeat(self, ids: Iterable[RowId]) -> frozenset[RowId]:
+        """Extend the leases of rows still ours; return which are."""
+
+    async def release(self, ids: Iterable[RowId]) -> None:
+        """Give rows back untouched at once (shutdown), so nobody waits the lease out."""
+
+    async def defer(self, job: Job, delay: timedelta) -> None:
+        """Give a row back untouched, due again after ``delay``."""
+
+    async def withdraw_intent(self, row_id: RowId, submit_key: SubmitKey) -> None:
+        """Undo an intent whose create was certainly never sent (the answer to its
+        checkpoint was lost, so whether it landed is unknown): drop the key if it landed,
+        and give the row back, due now. Rows no longer ours are left alone."""
+
+    async def next_due_in(self) -> timedelta | None:
+        """How long until some active row can be claimed; None when none is active.
+
+        A leased row is due when its lease ends (a claim and a heartbeat say so), so
+        this is one index probe, whatever the number of active rows."""
+
+    async def wake(self, provider: str, video_id: str) -> RowId | None:
+        """A webhook said the provider's job moved: make the row holding it due now.
+
+        Only rows waiting on that job (generating or archiving) are touched; nothing
+        else changes (the poll asks the provider what happened). Returns the row, or
+        None when no such row waits (an unknown or already finished job).
+        """
+
+    async def recorded_video_ids(self, candidates: Iterable[str]) -> frozenset[str]:
+        """Which of these provider ids some row already holds, compared in stable form
+        (``providers.ids.stable_id``): never adopt one job twice, however it is spelt."""
+
+    async def twins_in_doubt(self, prompt: str, model: str, size: str, seconds: str) -> list[Twin]:
+        """Every row whose request is this one and whose submission is in doubt (intent
+        recorded, job not): whether it has photos, and the print of its reference."""
+
+    async def insert_request(
+        self,
+        prompt: str,
+        image1_url: str | None = None,
+        image2_url: str | None = None,
+        *,
+        model: str | None = None,
+        size: str | None = None,
+        seconds: str | None = None,
+    ) -> RowId:
+        """Ask for a video, as an app would."""
+
+    async def load(self, row_id: RowId) -> Job | None:
+        """The row as the machine sees it (unleased), or None."""
+
+
+@dataclass(frozen=True)
+class TableSnapshot:
+    """What one query read from ``public.videos`` for a metrics scrape."""
+
+    rows_by_stage: Mapping[str, int] = field(default_factory=dict)
+    oldest_unfinished_seconds: float | None = None
+    in_doubt: int = 0
