@@ -41,7 +41,6 @@ from service.providers.lookup import Providers
 from service.runtime import keep_session
 from service.storage.local import LocalStore
 from service.wakeups.listen import Listener
-from service.wakeups.wakeup import Wakeup
 from service.worker.daemon import Worker, WorkerOptions
 from service.worker.steps import Defaults, Steps
 
@@ -146,10 +145,10 @@ async def run_pipeline(
         repo,
         instant_steps(repo, scratch),
         WorkerOptions(concurrency, 5.0, 30.0, 10.0, policy),
-        listener=Listener(dsn, Wakeup()),
+        sources=[Listener(dsn)],
     )
     task = asyncio.create_task(worker.run())
-    await asyncio.wait_for(worker.listener.connected.wait(), 10)  # type: ignore[union-attr]
+    await asyncio.wait_for(worker.sources["listen"].connected.wait(), 10)  # type: ignore[attr-defined]
     before = (statements.total, statements.claims, statements.checkpoints)
     started, cpu = time.perf_counter(), time.process_time()
     await watch.executemany(

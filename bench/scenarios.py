@@ -32,7 +32,6 @@ from service.database.postgres import PostgresRepository
 from service.providers.base import ProviderJob
 from service.providers.openai_videos import OpenAIVideos
 from service.wakeups.listen import Listener
-from service.wakeups.wakeup import Wakeup
 from service.worker.daemon import Worker, WorkerOptions
 
 # ---------------------------------------------------------------- dispatch
@@ -92,12 +91,12 @@ async def dispatch(dsn: str, scratch: Path, samples: int, background: int) -> di
         repo,
         instant_steps(repo, scratch, provider),
         WorkerOptions(32, 30.0, 30.0, 5.0, POLLED),
-        listener=Listener(dsn, Wakeup()),
+        sources=[Listener(dsn)],
     )
     if background:
         await generating_rows(pool, [f"video_bg_{i}" for i in range(background)], 5.0)
     task = asyncio.create_task(worker.run())
-    await asyncio.wait_for(worker.listener.connected.wait(), 10)  # type: ignore[union-attr]
+    await asyncio.wait_for(worker.sources["listen"].connected.wait(), 10)  # type: ignore[attr-defined]
     await asyncio.sleep(6 if background else 0.5)  # every background row polled once
     latencies = []
     polls_before, measured_from = provider.polls, time.perf_counter()

@@ -10,7 +10,7 @@ imported only when one is needed, so a production worker never loads them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -21,6 +21,7 @@ import httpx
 import structlog
 from aiohttp import web
 
+from service.backoff import Backoff, Outage
 from service.config import Settings
 from service.core.job import Policy
 from service.database.health import Health
@@ -38,6 +39,7 @@ from service.storage.supabase import SupabaseStore, default_bucket_specs
 from service.wakeups import choice
 from service.wakeups.listen import Listener
 from service.wakeups.realtime import RealtimeSource
+from service.wakeups.source import WakeupSource
 from service.wakeups.wakeup import Wakeup
 from service.web.server import WorkerHttp, WorkerProbe
 from service.web.webhooks import WebhookReceiver
@@ -92,25 +94,22 @@ class Runtime:
         return sources
 
     def realtime_source(self) -> RealtimeSource:
-        """Realtime on the project's URL with its service-role key; ``worker()`` shares
-        its Wakeup with LISTEN."""
+        """Realtime on the project's URL with its service-role key."""
         s = self.settings
         assert s.supabase_url is not None and s.supabase_service_role_key is not None
         key = s.supabase_service_role_key.get_secret_value()
-        return RealtimeSource(s.supabase_url, key, Wakeup())
+        return RealtimeSource(s.supabase_url, key)
 
     def worker(
         self,
         *,
         listen: bool = True,
-        realtime: RealtimeSource | None = None,
+        sources: Sequence[WakeupSource] = (),
         wakeup: Wakeup | None = None,
     ) -> Worker:
-        """A worker; ``realtime`` (built on its Wakeup) runs beside LISTEN when given.
-
-        ``wakeup``: the one a webhook receiver sets (``webhook_receiver``); realtime's
-        own Wakeup wins when both are given (build the receiver on ``worker.wakeup``).
-        """
+        """A worker woken by LISTEN (when ``listen``), ``sources`` (Realtime, ...) and
+        its sweep. ``wakeup``: one a webhook receiver also sets (or build the receiver
+        on ``worker.wakeup`` afterwards)."""
         s = self.settings
         steps = Steps(
             self.providers,
@@ -140,9 +139,8 @@ class Runtime:
                 else timedelta(seconds=s.typical_generation_seconds),
             ),
         )
-        wakeup = realtime.wakeup if realtime is not None else (wakeup or Wakeup())
-        listener = Listener(self.dsn, wakeup) if listen else None
-        return Worker(self.repo, steps, options, listener=listener, realtime=realtime)
+        pushed = [Listener(self.dsn)] if listen else []
+        return Worker(self.repo, steps, options, sources=[*pushed, *sources], wakeup=wakeup)
 
     async def webhook_receiver(self, wakeup: Wakeup) -> WebhookReceiver:
         """The webhook routes for the worker's HTTP server; ``wakeup`` is the worker's.
@@ -289,25 +287,19 @@ password, an unknown database) is a setting to fix, and is said at once."""
 async def _patiently(connect: Callable[[], Awaitable[asyncpg.Pool]]) -> asyncpg.Pool:
     """Connect, waiting (with capped backoff, said once and then every 30 s) while the
     database is not up yet."""
-    pause, waited, said_at = 0.25, 0.0, -1.0
+    pauses = Backoff(0.25, 2.0)
+    waiting = Outage(log, down="database.waiting", back="database.ready")
     while True:
         try:
             pool = await connect()
         except NOT_UP_YET as err:
-            if said_at < 0 or waited - said_at >= 30:
-                said_at = waited
-                log.warning(
-                    "database.waiting",
-                    error=str(err) or type(err).__name__,
-                    waited_s=round(waited, 1),
-                    message="the database is not reachable yet; retrying until it is",
-                )
-            await asyncio.sleep(pause)
-            waited += pause
-            pause = min(pause * 2, 2.0)
+            waiting.failed(
+                str(err) or type(err).__name__,
+                message="the database is not reachable yet; retrying until it is",
+            )
+            await asyncio.sleep(pauses.next())
             continue
-        if waited:
-            log.info("database.ready", waited_s=round(waited, 1))
+        waiting.over()
         return pool
 
 

@@ -354,8 +354,8 @@ async def listening_through(proxy: FlakyProxy, db_url: str, logs: Logs) -> Async
     async with proxy as port:
         dsn = f"postgresql://{parts.username}@127.0.0.1:{port}{parts.path}?sslmode=disable"
         wakeup = Wakeup()
-        listener = Listener(dsn, wakeup, check_every=0.1, echo_timeout=1.0, max_backoff=0.5)
-        task = asyncio.create_task(listener.run())
+        listener = Listener(dsn, check_every=0.1, echo_timeout=1.0, max_backoff=0.5)
+        task = asyncio.create_task(listener.run(wakeup))
         try:
             await logged(logs, "listen.ready")
             assert "listen.connected" in await wakeup.wait(4)

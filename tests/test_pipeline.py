@@ -301,9 +301,9 @@ async def test_a_huge_size_for_an_unchecked_model_fails_without_composing(
 async def test_notify_wakes_an_idle_worker_without_waiting_for_a_sweep(runtime: Runtime) -> None:
     async with replica_of(runtime, sweep_interval=3600.0) as quiet:
         worker = quiet.worker(listen=True)
-        assert worker.listener is not None
+        assert "listen" in worker.sources
         async with running(worker):
-            await asyncio.wait_for(worker.listener.connected.wait(), 10)
+            await asyncio.wait_for(worker.sources["listen"].connected.wait(), 10)
             row_id = await runtime.repo.insert_request("woken by notify")
             row = await finished(runtime, row_id, within=15)
     assert row["status"] == "completed", row["error"]
@@ -565,9 +565,9 @@ async def test_requeueing_a_finished_row_wakes_the_worker_and_makes_a_new_video(
 ) -> None:
     async with replica_of(runtime, sweep_interval=3600.0) as quiet:
         worker = quiet.worker(listen=True)
-        assert worker.listener is not None
+        assert "listen" in worker.sources
         async with running(worker):
-            await asyncio.wait_for(worker.listener.connected.wait(), 10)
+            await asyncio.wait_for(worker.sources["listen"].connected.wait(), 10)
             row_id = await runtime.repo.insert_request("again, please")
             first = await finished(runtime, row_id)
             requeued = await runtime.pool.fetchrow(

@@ -24,7 +24,6 @@ from structlog.testing import capture_logs
 from service.runtime import Runtime
 from service.wakeups.choice import Sources, choose
 from service.wakeups.realtime import KEY_HINT, PUBLICATION_HINT, RealtimeSource
-from service.wakeups.wakeup import Wakeup
 from tests.conftest import eventually, replica_of
 from tests.fakes.realtime_server import FakeRealtime, started
 from tests.fakes.supabase_storage import started as supabase_storage
@@ -43,14 +42,14 @@ def fast_source(fake: FakeRealtime, *, key: str | None = None, **options: Any) -
     """A source with test-sized backoffs (the defaults are 0.5 s, capped at 30 s)."""
     values: dict[str, Any] = dict(first_backoff=0.05, max_backoff=0.5, check_every=0.5)
     values.update(options)
-    return RealtimeSource(fake.url, key or fake.service_key, Wakeup(), **values)
+    return RealtimeSource(fake.url, key or fake.service_key, **values)
 
 
 @pytest.fixture
 async def source(fake: FakeRealtime) -> AsyncIterator[RealtimeSource]:
     """A running source, not yet necessarily ready."""
     src = fast_source(fake)
-    task = asyncio.create_task(src.run())
+    task = asyncio.create_task(src.run(src.wakeup))
     yield src
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -146,8 +145,8 @@ async def test_a_row_is_woken_through_realtime_when_nothing_else_would_wake_it(
             supabase_service_role_key=SecretStr(storage.service_key),
         ) as quiet,
     ):
-        worker = quiet.worker(listen=False, realtime=src)
-        assert worker.listener is None
+        worker = quiet.worker(listen=False, sources=[src])
+        assert "listen" not in worker.sources
         with capture_logs() as logs:
             async with running(worker):
                 await asyncio.wait_for(src.ready.wait(), 10)
@@ -181,7 +180,7 @@ async def test_fifty_rows_complete_while_the_realtime_server_dies_five_times(
     ids = []
     started_at = time.monotonic()
     async with replica_of(runtime, sweep_interval=600.0) as quiet:
-        worker = quiet.worker(listen=False, realtime=src)
+        worker = quiet.worker(listen=False, sources=[src])
         with capture_logs() as logs:
             async with running(worker):
                 for outage in range(5):
@@ -225,7 +224,7 @@ async def test_a_refused_join_is_said_once_and_retried_until_it_works(
     fake.refuse_joins = "Unauthorized: You do not have permissions to read from this Channel"
     src = fast_source(fake)
     with capture_logs() as logs:
-        task = asyncio.create_task(src.run())
+        task = asyncio.create_task(src.run(src.wakeup))
         try:
             await eventually(lambda: asyncio.sleep(0, fake.joins), lambda n: n >= 2, within=10)
             fake.refuse_joins = None
@@ -244,7 +243,7 @@ async def test_a_bad_key_is_said_once_and_retried_with_capped_backoff(
 ) -> None:
     src = fast_source(fake, key="wrong-key", max_backoff=0.2)
     with capture_logs() as logs:
-        task = asyncio.create_task(src.run())
+        task = asyncio.create_task(src.run(src.wakeup))
         try:
             await eventually(lambda: asyncio.sleep(0, src.attempts), lambda n: n >= 6, within=10)
         finally:
@@ -261,7 +260,7 @@ async def test_a_table_missing_from_the_publication_is_said_once_with_the_fix(
     fake.publication = set()
     src = fast_source(fake)
     with capture_logs() as logs:
-        task = asyncio.create_task(src.run())
+        task = asyncio.create_task(src.run(src.wakeup))
         try:
             await eventually(lambda: asyncio.sleep(0, fake.joins), lambda n: n >= 2, within=10)
             fake.publication = {("public", "videos")}
@@ -286,7 +285,7 @@ async def test_a_channel_error_and_a_slow_join_are_survived(
     fake.reply_delay = 1.5  # beyond the 1 s join timeout below
     slow = fast_source(fake, join_timeout=1)
     with capture_logs() as logs:
-        task = asyncio.create_task(slow.run())
+        task = asyncio.create_task(slow.run(slow.wakeup))
         try:
             await eventually(
                 lambda: asyncio.sleep(0, logs),

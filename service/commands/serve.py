@@ -55,8 +55,8 @@ async def run_worker(settings: Settings, *, migrate_first: bool, listen: bool) -
         settings, apply_migrations=migrate_first, wait_for_database=True
     ) as runtime:
         sources = await runtime.choose_wakeups(listen_allowed=listen)
-        realtime = runtime.realtime_source() if sources.realtime else None
-        worker = runtime.worker(listen=sources.listen, realtime=realtime)
+        pushed = [runtime.realtime_source()] if sources.realtime else []
+        worker = runtime.worker(listen=sources.listen, sources=pushed)
         loop = asyncio.get_running_loop()
 
         def stop() -> None:

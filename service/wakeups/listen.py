@@ -15,6 +15,7 @@ import uuid
 import asyncpg
 import structlog
 
+from service.backoff import Backoff, Outage
 from service.wakeups.wakeup import Wakeup
 
 CHANNEL = "sora_worker"  # the channel the trigger in sql/0002 notifies
@@ -26,36 +27,43 @@ log = structlog.get_logger("service.wakeups.listen")
 class Listener:
     """Keeps one LISTEN connection alive and turns notifications into wake-ups."""
 
+    name = "listen"
+
     def __init__(
         self,
         dsn: str,
-        wakeup: Wakeup,
         *,
         check_every: float = 15.0,
         echo_timeout: float = 5.0,
         max_backoff: float = 30.0,
     ) -> None:
         self.dsn = dsn
-        self.wakeup = wakeup
+        self.wakeup = Wakeup()
+        """The wake-up this listener sets (the worker's, once ``run`` is given it)."""
         self.check_every = check_every
         self.echo_timeout = echo_timeout
         self.max_backoff = max_backoff
         self.connected = asyncio.Event()
+        self._pauses = Backoff(0.5, max_backoff)
+        self._outage = Outage(log, down="listen.lost")
         self._echo: asyncio.Future[None] | None = None
         self._token = ""
 
-    async def run(self) -> None:
-        """Listen until cancelled, reconnecting whenever the connection fails."""
-        backoff = 0.5
+    def is_up(self) -> bool:
+        return self.connected.is_set()
+
+    async def run(self, wakeup: Wakeup) -> None:
+        """Listen until cancelled, reconnecting whenever the connection fails; the loss
+        is said once (``listen.lost``), reminded every 30 s, and ``listen.ready`` says
+        each connection that works."""
+        self.wakeup = wakeup
         while True:
             try:
                 await self._session()
-                backoff = 0.5
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
                 self.connected.clear()
-                log.warning("listen.lost", error=str(err) or type(err).__name__, retry_in=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
+                self._outage.failed(str(err) or type(err).__name__, retry_in=self._pauses.upcoming)
+                await asyncio.sleep(self._pauses.next())
 
     async def _session(self) -> None:
         # Bounded like the self-check: a path that swallows packets must not hold a
@@ -68,6 +76,8 @@ class Listener:
         try:
             await conn.add_listener(CHANNEL, self._on_notify)
             self.connected.set()
+            self._pauses.reset()
+            self._outage.over()
             self.wakeup.set("listen.connected")
             log.info("listen.ready", channel=CHANNEL)
             while True:

@@ -16,8 +16,9 @@ the policy around it:
   away are never replayed: at SUBSCRIBED, and again at the server's "Subscribed to
   PostgreSQL" system message, since changes only flow after it (contracts/supabase.md).
 - **Each problem is said once**, with what to do (a wrong key, the table missing from
-  the publication, a server that is down), then again only when it changes; coming
-  back is said too. The client's own per-attempt ERROR lines are silenced for that.
+  the publication, a server that is down), again when it changes, and reminded every
+  30 s while it lasts (``service.backoff.Outage``); coming back is said too. The
+  client's own per-attempt ERROR lines are silenced for that.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from service.backoff import Backoff, Outage
 from service.wakeups.wakeup import Wakeup
 
 if TYPE_CHECKING:  # the client is imported when a source runs: most workers never need it
@@ -54,11 +56,12 @@ class RealtimeSource:
     connection attempt), so a test can see that reconnecting is bounded.
     """
 
+    name = "realtime"
+
     def __init__(
         self,
         url: str,
         key: str,
-        wakeup: Wakeup,
         *,
         first_backoff: float = 0.5,
         max_backoff: float = 30.0,
@@ -68,7 +71,8 @@ class RealtimeSource:
         base = url.rstrip("/")
         self.url = base if base.endswith("/realtime/v1") else f"{base}/realtime/v1"
         self._key = key
-        self.wakeup = wakeup
+        self.wakeup = Wakeup()
+        """The wake-up this source sets (the worker's, once ``run`` is given it)."""
         self.first_backoff = first_backoff
         self.max_backoff = max_backoff
         self.check_every = check_every
@@ -76,7 +80,13 @@ class RealtimeSource:
         self.attempts = 0
         self.ready = asyncio.Event()
         """Set while changes flow (after "Subscribed to PostgreSQL"); cleared on loss."""
-        self._problem: str | None = None
+        self._outage = Outage(
+            log,
+            down="realtime.unavailable",
+            back="realtime.back",
+            new_cause_said=True,
+            cause_field="problem",
+        )
         # The client logs every failed attempt at ERROR; this source says each problem
         # once, with what to do, so the client's lines would only repeat it.
         logging.getLogger("realtime").setLevel(logging.CRITICAL)
@@ -84,11 +94,15 @@ class RealtimeSource:
     def __repr__(self) -> str:
         return f"RealtimeSource(url={self.url!r})"
 
-    async def run(self) -> None:
+    def is_up(self) -> bool:
+        return self.ready.is_set()
+
+    async def run(self, wakeup: Wakeup) -> None:
         """Subscribe until cancelled, building a new client whenever the last one is lost."""
         from realtime import AsyncRealtimeClient
 
-        backoff = self.first_backoff
+        self.wakeup = wakeup
+        pauses = Backoff(self.first_backoff, self.max_backoff)
         while True:
             self.attempts += 1
             client = AsyncRealtimeClient(
@@ -106,9 +120,8 @@ class RealtimeSource:
                 with contextlib.suppress(Exception):
                     await client.close()
             if subscribed:
-                backoff = self.first_backoff  # it worked for a while: come back fast
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.max_backoff)
+                pauses.reset()  # it worked for a while: come back fast
+            await asyncio.sleep(pauses.next())
 
     async def _session(self, client: AsyncRealtimeClient) -> bool:
         """One client's life; returns whether it ever subscribed, when its socket is gone."""
@@ -156,22 +169,17 @@ class RealtimeSource:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), self.check_every)
             changed.clear()
-        if subscribed and self._problem is None:
+        if subscribed and not self._outage.ongoing:
             self._said("the connection was lost; reconnecting")
         return subscribed
 
     def _said(self, problem: str) -> None:
-        """Say a problem once; the same problem again stays quiet."""
-        if problem != self._problem:
-            self._problem = problem
-            log.warning("realtime.unavailable", url=self.url, problem=problem)
+        """Say a problem once (again when it changes, reminded while it lasts)."""
+        self._outage.failed(problem, url=self.url)
 
     def _recovered(self) -> None:
-        if self._problem is not None:
-            log.info("realtime.back", url=self.url)
-        else:
+        if self._outage.over(url=self.url) is None:
             log.info("realtime.ready", url=self.url, topic=TOPIC)
-        self._problem = None
 
 
 def _alive(client: AsyncRealtimeClient) -> bool:

@@ -14,26 +14,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
 
+from service.backoff import Backoff, Outage
 from service.core.events import Event, IntentRecorded, RecordProgress, Transient
 from service.core.job import Job, Policy, RowId, SubmitKey
 from service.core.machine import Action, Transition, apply, next_action
 from service.database.errors import Conflict, LeaseLost, RepositoryError
 from service.database.port import Repository
-from service.wakeups.listen import Listener
-from service.wakeups.realtime import RealtimeSource
+from service.wakeups.source import WakeupSource
 from service.wakeups.wakeup import Wakeup
 from service.worker.metrics import Metrics
 from service.worker.steps import Steps
 from service.worker.sweep import wait_for_work
 
 log = structlog.get_logger("service.worker.daemon")
+
+FIRST_PAUSE = 0.25
+"""The first pause after a failed claim (or withdrawal), doubled up to ``max_backoff``:
+work resumes within about ``max_backoff`` of the database's return even when no LISTEN
+reconnect announces it."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,8 @@ class WorkerOptions:
     shutdown_grace: float
     policy: Policy
     restart_delay: float = 1.0
-    """How long a side task (listener, heartbeat) that died waits before it restarts."""
+    """How long a side task (a wake-up source, the heartbeat) that died waits before it
+    restarts."""
     max_backoff: float = 1.0
     """The longest pause between claims while the database is failing: also the longest
     it takes to notice the database is back when no LISTEN reconnect says so."""
@@ -59,20 +66,18 @@ class Worker:
         steps: Steps,
         options: WorkerOptions,
         *,
-        listener: Listener | None = None,
-        realtime: RealtimeSource | None = None,
+        sources: Sequence[WakeupSource] = (),
+        wakeup: Wakeup | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.repo = repo
         self.metrics = metrics or Metrics()
         self.steps = steps
         self.options = options
-        self.listener = listener
-        self.realtime = realtime
-        sources = [s for s in (listener, realtime) if s is not None]
-        # Every event source must set the one Wakeup the claim loop waits on.
-        assert all(s.wakeup is sources[0].wakeup for s in sources), "sources share one Wakeup"
-        self.wakeup = sources[0].wakeup if sources else Wakeup()
+        self.sources = {source.name: source for source in sources}
+        """The push sources besides the sweep (LISTEN, Realtime, ...), by name; each sets
+        ``wakeup`` when it hears of work."""
+        self.wakeup = wakeup or Wakeup()
         self.stopping = asyncio.Event()
         self._inflight: dict[RowId, asyncio.Task[None]] = {}
         self._leased: set[RowId] = set()
@@ -82,14 +87,10 @@ class Worker:
         self.metrics.watch_sources(self.source_states)
 
     def source_states(self) -> dict[str, bool]:
-        """Whether each event source delivers: LISTEN and Realtime when configured, and
-        the sweep (the claim loop itself) while it comes round within two intervals."""
-        states: dict[str, bool] = {"sweep": self.sweeping()}
-        if self.listener is not None:
-            states["listen"] = self.listener.connected.is_set()
-        if self.realtime is not None:
-            states["realtime"] = self.realtime.ready.is_set()
-        return states
+        """Whether each event source delivers: the push sources configured, and the sweep
+        (the claim loop itself) while it comes round within two intervals."""
+        states = {name: source.is_up() for name, source in self.sources.items()}
+        return {"sweep": self.sweeping(), **states}
 
     def sweeping(self) -> bool:
         """The claim loop runs: it came round within two sweep intervals (plus slack for
@@ -111,14 +112,12 @@ class Worker:
             "worker.started",
             worker=self.repo.worker_id,
             concurrency=self.options.concurrency,
-            listen=self.listener is not None,
-            realtime=self.realtime is not None,
+            sources=sorted(self.sources),
         )
         side_tasks = [asyncio.create_task(self._supervise("heartbeat", self._heartbeat))]
-        if self.listener is not None:
-            side_tasks.append(asyncio.create_task(self._supervise("listen", self.listener.run)))
-        if self.realtime is not None:
-            side_tasks.append(asyncio.create_task(self._supervise("realtime", self.realtime.run)))
+        for name, source in self.sources.items():
+            hear = functools.partial(source.run, self.wakeup)
+            side_tasks.append(asyncio.create_task(self._supervise(name, hear)))
         try:
             await self._claim_loop()
         finally:
@@ -129,7 +128,14 @@ class Worker:
             log.info("worker.stopped", worker=self.repo.worker_id)
 
     async def _claim_loop(self) -> None:
-        outage = Outage(self.options.max_backoff)
+        pauses = Backoff(FIRST_PAUSE, self.options.max_backoff)
+        outage = Outage(
+            log,
+            down="worker.database_unavailable",
+            still="worker.database_still_unavailable",
+            back="worker.database_back",
+            level="error",
+        )
         while not self.stopping.is_set():
             self._looped_at = time.monotonic()
             try:
@@ -139,7 +145,8 @@ class Worker:
                     await self.wakeup.wait(self.options.sweep_interval)
                     continue
                 claimed = await self.repo.claim(free, exclude=self._inflight.keys())
-                outage.over()
+                if outage.over() is not None:
+                    pauses.reset()
                 self.metrics.claimed(len(claimed))
                 for job in claimed:
                     self._start(job)
@@ -154,7 +161,8 @@ class Worker:
             except RepositoryError as err:
                 # Any wake-up (the listener reconnected, a row finished, stop) ends the
                 # pause early: the next claim is the probe that tells the outage is over.
-                await self.wakeup.wait(outage.failed(err))
+                outage.failed(str(err), retry_in=pauses.upcoming)
+                await self.wakeup.wait(pauses.next())
             except Exception:
                 # A bug of ours: said once with its traceback; the loop goes on.
                 log.exception("worker.claim_loop_failed")
@@ -195,7 +203,7 @@ class Worker:
                 await asyncio.shield(self.repo.release(ids))
 
     async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
-        """Keep a side task alive: a dead listener or heartbeat is said loudly and restarted."""
+        """Keep a side task alive: a dead source or heartbeat is said loudly and restarted."""
         while not self.stopping.is_set():
             try:
                 await run()
@@ -280,16 +288,15 @@ class Worker:
     async def _withdraw(self, job: Job, submit_key: SubmitKey) -> None:
         """Withdraw an intent whose create was never sent, trying while the lease lasts."""
         self._let_go(job.id)
-        pause = Outage.FIRST_PAUSE
+        pauses = Backoff(FIRST_PAUSE, self.options.max_backoff)
         deadline = time.monotonic() + self.options.lease_seconds / 2
         while True:
             try:
                 await self.repo.withdraw_intent(job.id, submit_key)
             except RepositoryError:
-                if time.monotonic() + pause > deadline:
+                if time.monotonic() + pauses.upcoming > deadline:
                     return  # the row stays in doubt; reconciliation settles it
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, self.options.max_backoff)
+                await asyncio.sleep(pauses.next())
                 continue
             log.info("video.intent_withdrawn", submit_key=str(submit_key))
             return
@@ -351,49 +358,6 @@ class Worker:
         if transition.log_event == "video.progress":
             level = log.debug if after.progress == before.progress else log.info
         level(transition.log_event, **fields, event_type=type(event).__name__)
-
-
-class Outage:
-    """The claim loop's view of a database outage: how long to pause, what to say.
-
-    The pause grows from a quarter second to ``max_backoff`` (1 s by default), so work
-    resumes within about that long after the database returns even when no LISTEN
-    reconnect announces it; the log says the outage once, reminds every
-    ``REMIND_EVERY`` seconds, and says when it is over and how long it lasted.
-    """
-
-    FIRST_PAUSE = 0.25
-    REMIND_EVERY = 30.0
-
-    def __init__(self, max_backoff: float) -> None:
-        self.max_backoff = max_backoff
-        self.pause = self.FIRST_PAUSE
-        self.since: float | None = None
-        self.reminded = 0.0
-
-    def failed(self, err: RepositoryError) -> float:
-        """Record a failed claim; return how long to pause before the next one."""
-        now = time.monotonic()
-        if self.since is None:
-            self.since = self.reminded = now
-            log.error("worker.database_unavailable", error=str(err), retry_in=self.pause)
-        elif now - self.reminded >= self.REMIND_EVERY:
-            self.reminded = now
-            log.warning(
-                "worker.database_still_unavailable",
-                error=str(err),
-                down_for_s=round(now - self.since, 1),
-            )
-        pause = min(self.pause, self.max_backoff)
-        self.pause = min(self.pause * 2, self.max_backoff)
-        return pause
-
-    def over(self) -> None:
-        """A claim succeeded: if there was an outage, say it ended and reset the pause."""
-        if self.since is not None:
-            log.info("worker.database_back", down_for_s=round(time.monotonic() - self.since, 1))
-        self.since = None
-        self.pause = self.FIRST_PAUSE
 
 
 async def _land(write: Awaitable[Job]) -> Job:
