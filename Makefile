@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test chaos bench lint typecheck check clean install
+.PHONY: demo test test-fast chaos bench lint typecheck check clean install
 
 install: $(STAMP)
 
@@ -16,8 +16,16 @@ $(STAMP): pyproject.toml constraints.txt scripts/bootstrap.sh
 demo: $(STAMP)
 	$(BIN)/sora-worker demo
 
+# The suite runs in parallel (pytest-xdist): each worker process has its own embedded
+# PostgreSQL and free ports, and most of a test's time is waiting, so 4 processes fit
+# this 2-core machine. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 4
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+
+# The inner loop: everything but the slow tests (wheel builds, the demo, chaos).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow"
 
 # An operator's worst night in a few minutes (bench/chaos.py): SIGKILLed replicas,
 # PostgreSQL restarts, cut connections, provider and storage faults. Exits 1 on any

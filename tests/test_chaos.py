@@ -17,6 +17,8 @@ import pytest
 
 from bench.chaos import Plan, run_chaos
 
+pytestmark = pytest.mark.slow  # a whole bad night: SIGKILLs, database restarts
+
 SHORT_NIGHT = Plan(
     rows=24,
     replicas=3,

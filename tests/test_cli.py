@@ -129,6 +129,7 @@ async def test_a_second_ctrl_c_during_the_grace_period_exits_at_once(
         await photos.wait_closed()
 
 
+@pytest.mark.slow
 async def test_demo_prints_the_completed_row_as_json_on_its_last_line(
     db_url: str, tmp_path: Path
 ) -> None:

@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import httpx
+import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -140,6 +141,7 @@ async def test_readyz_is_503_while_the_database_is_gone_and_200_when_back(
                 await eventually(lambda: client.get(url), lambda r: r.status_code == 200)
 
 
+@pytest.mark.slow
 async def test_health_command_follows_the_running_worker(db_url: str, tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         *CLI, "run", env=env_for(db_url, tmp_path), stderr=asyncio.subprocess.PIPE

@@ -20,7 +20,7 @@ from PIL import Image, ImageStat
 
 from service.core import likeness
 from service.local.simulator.media import render_mp4, render_thumbnail
-from service.media import images, thumbnails
+from service.media import images, prints, thumbnails
 from service.runtime import Runtime
 from tests.conftest import eventually, replica_of
 from tests.test_pipeline import finished, photo, row_of, running
@@ -70,7 +70,7 @@ async def twins_in_doubt(
                locked_until = now() - interval '1 second', next_attempt_at = now()
                where id = $1""",
             row_id,
-            likeness.print_of_image(reference_of(colour)),
+            prints.print_of_image(reference_of(colour)),
         )
         ids.append(row_id)
     for colour in reversed(colours):
@@ -175,15 +175,15 @@ def test_the_simulators_first_frame_is_the_reference_it_was_given() -> None:
         720,
         1280,
     )
-    mine = likeness.print_of_image(reference)
+    mine = prints.print_of_image(reference)
     thumb = render_thumbnail(720, 1280, 4, prompt="p", reference=reference, seed="s")
     assert thumbnails.image_type(thumb[:16]) is not None
-    assert likeness.distance(mine, likeness.print_of_image(thumb)) < 3
+    assert likeness.distance(mine, prints.print_of_image(thumb)) < 3
     with tempfile.NamedTemporaryFile(suffix=".mp4") as file:
         file.write(render_mp4(720, 1280, 1, prompt="p", reference=reference, seed="s"))
         file.flush()
-        assert likeness.distance(mine, likeness.print_of_video(file.name)) < 3
-    other = likeness.print_of_image(
+        assert likeness.distance(mine, prints.print_of_video(file.name)) < 3
+    other = prints.print_of_image(
         render_thumbnail(720, 1280, 4, prompt="p", reference=None, seed="s")
     )
     assert likeness.distance(mine, other) > likeness.CAP

@@ -25,6 +25,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+pytestmark = pytest.mark.slow  # builds and installs the wheel into fresh venvs
+
 ROOT = Path(__file__).resolve().parent.parent
 # What importing service.runtime must not load: the stand-ins, and clients or media
 # libraries only some need. (aiohttp is a core dependency, and the openai SDK imports it

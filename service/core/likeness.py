@@ -15,12 +15,11 @@ apart (different people, clothes, light), and blind to what an encoder changes
 (compression noise, a few pixels of scaling). The distance is the mean absolute
 difference per channel, 0 (same) to 255.
 
-Pure except for decoding, which the caller runs on the photo thread.
+Pure: prints are made from images and videos by ``service.media.prints``.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NewType
@@ -40,45 +39,6 @@ MARGIN = 4.0
 distance to this row plus this (compression noise on flat images is about 1-3)."""
 UNLIKE = 20.0
 """A text-only row takes a job only if it is at least this far from every photo twin."""
-
-
-def print_of_image(data: bytes) -> Print:
-    """The print of an encoded image (the composed reference, a thumbnail).
-
-    Raises ValueError for bytes Pillow cannot decode.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.draft("RGB", (SIDE * 4, SIDE * 4))  # JPEG: decode small from the start
-            return _reduce(image)
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
-        raise ValueError(f"not a decodable image: {err}") from err
-
-
-def print_of_video(path: str) -> Print:
-    """The print of a video's first decoded frame (a file, perhaps only its start).
-
-    Raises ValueError when no frame can be decoded from it.
-    """
-    import av
-
-    try:
-        with av.open(path) as container:
-            for frame in container.decode(video=0):
-                return _reduce(frame.to_image())  # type: ignore[no-untyped-call]
-    except (av.FFmpegError, OSError, IndexError) as err:
-        raise ValueError(f"no decodable first frame: {err}") from err
-    raise ValueError("the video has no frames")
-
-
-def _reduce(image: object) -> Print:
-    from PIL import Image
-
-    assert isinstance(image, Image.Image)
-    small = image.convert("RGB").resize((SIDE, SIDE), Image.Resampling.BOX)
-    return Print(small.tobytes())
 
 
 def distance(a: bytes, b: bytes) -> float:

@@ -42,7 +42,7 @@ from service.core.events import (
 )
 from service.core.job import Job, SubmitKey
 from service.core.request import VideoRequest
-from service.media import fetch, images, thumbnails
+from service.media import fetch, images, prints, thumbnails
 from service.providers import base as providers
 from service.providers import models
 from service.providers.base import VideoProvider
@@ -196,7 +196,7 @@ class Steps:
                     for (label, _), blob in zip(labelled, blobs, strict=True)
                 ]
                 reference = images.compose_reference(photos, width, height)
-                return reference, likeness.print_of_image(reference)
+                return reference, prints.print_of_image(reference)
 
             return await images.in_photo_thread(compose)
 
@@ -328,7 +328,7 @@ class Steps:
         if data is None:
             return None
         try:
-            return await images.in_photo_thread(lambda: likeness.print_of_image(data))
+            return await images.in_photo_thread(lambda: prints.print_of_image(data))
         except ValueError:
             return None
 
@@ -347,7 +347,7 @@ class Steps:
                     return None
             spool.flush()
             try:
-                return await images.in_photo_thread(lambda: likeness.print_of_video(spool.name))
+                return await images.in_photo_thread(lambda: prints.print_of_video(spool.name))
             except ValueError:
                 return None
 
