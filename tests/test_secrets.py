@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -45,12 +46,12 @@ def with_password(dsn: str, password: str) -> str:
 
 
 @contextmanager
-def production_logs() -> Iterator[None]:
-    """JSON logs at debug level to the (captured) stderr, as a deployment renders them;
-    the test harness's logging is restored afterwards."""
+def production_logs(fmt: logs.LogFormat = "json") -> Iterator[None]:
+    """Logs at debug level to the (captured) stderr, as a deployment renders them; the
+    test harness's logging is restored afterwards."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    logs.configure("json", "debug")
+    logs.configure(fmt, "debug")
     try:
         yield
     finally:
@@ -139,3 +140,132 @@ async def _run_with_failures(
 
 async def _chunks() -> Any:
     yield b"\x00\x00\x00\x18ftypmp42"
+
+
+# ---------------------------------------------------------------- crashes and tracebacks
+
+SB_SECRET = "sb_secret_" + "N7fQ2xVb9LmK3pRt8WyZ1aCd"
+GOOGLE_KEY = "AIzaSy" + "D-9tSqP0lMkNjBhVgCfXdZeWaQsRtYuIo1"
+REPLICATE_TOKEN = "r8_" + "Zx81LmQp3Ws9Te7Yu5Io2Pa4Sd6Fg0Hj1Kl3Mn"
+CRASH_SECRETS = (SB_SECRET, GOOGLE_KEY, REPLICATE_TOKEN, OPENAI_KEY)
+
+
+@contextmanager
+def logs_redacting(fmt: logs.LogFormat, secrets: tuple[str, ...]) -> Iterator[None]:
+    """Logs configured as ``run`` configures them: the settings' secrets redacted."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    logs.configure(fmt, "debug", secrets)
+    try:
+        yield
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:], root.level = handlers, level
+
+
+def _crash(apikey: str) -> None:
+    headers = {"apikey": apikey, "Authorization": f"Bearer {apikey}"}  # noqa: F841
+    raise ValueError("the resumable upload broke")
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_a_traceback_carries_no_frame_locals(
+    fmt: logs.LogFormat, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """structlog renders every frame's locals by default, each cut to 80 characters:
+    enough for a whole key. Not one of them, and no secret, may reach the line."""
+    with production_logs(fmt):  # no secrets given: the locals alone must not show
+        try:
+            _crash(SB_SECRET)
+        except ValueError:
+            structlog.get_logger("test").exception("upload.crashed")
+    err = capfd.readouterr().err
+    assert "the resumable upload broke" in err  # the traceback itself is kept
+    assert SB_SECRET not in err and SB_SECRET[:40] not in err
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_secrets_in_messages_and_library_records_are_redacted(
+    fmt: logs.LogFormat, capfd: pytest.CaptureFixture[str]
+) -> None:
+    password = "p@ss/wo rd-SECRET-9"
+    with logs_redacting(fmt, (*CRASH_SECRETS, password)):
+        log = structlog.get_logger("test")
+        log.warning("provider.refused", error=f"key {GOOGLE_KEY} is not valid")
+        try:
+            raise RuntimeError(f"token {REPLICATE_TOKEN} refused")
+        except RuntimeError:
+            log.exception("step.crashed")
+        logging.getLogger("somelib").warning("dsn postgresql://u:%s@db/x", quote(password))
+        log.info("nested", found={"keys": [SB_SECRET, {"deep": OPENAI_KEY}]})
+    err = capfd.readouterr().err
+    assert "[redacted]" in err
+    leaks = [s for s in (*CRASH_SECRETS, password, quote(password)) if s in err]
+    assert leaks == []
+
+
+async def _crash_in(adapter_name: str) -> None:
+    """Run one real call of an adapter whose HTTP send fails with a bug-like error (not
+    an HTTP error the adapter would translate): it leaves through the adapter's frames."""
+    from service.core.request import VideoRequest
+    from service.providers.google_veo import GoogleVeo
+    from service.providers.openai_videos import OpenAIVideos
+    from service.providers.replicate_videos import ReplicateVideos
+    from service.storage.supabase import SupabaseStore
+
+    request = VideoRequest("a hug", "veo-3.1-generate-001", "1280x720", "4", "k")
+    base = "http://127.0.0.1:9"
+    match adapter_name:
+        case "openai":
+            openai_videos = OpenAIVideos(OPENAI_KEY, base)
+            try:
+                await openai_videos.submit(request)
+            finally:
+                await openai_videos.aclose()
+        case "google_veo":
+            veo = GoogleVeo(GOOGLE_KEY, base)
+            try:
+                await veo.submit(request)
+            finally:
+                await veo.aclose()
+        case "replicate":
+            replicate = ReplicateVideos(REPLICATE_TOKEN, base)
+            try:
+                await replicate.submit(replace(request, model="google/veo-3.1"))
+            finally:
+                await replicate.aclose()
+        case "supabase":
+            store = SupabaseStore(base, SB_SECRET)
+
+            async def video() -> Any:
+                yield b"\x00" * (7 * 1024 * 1024)  # beyond one request: the TUS path
+
+            try:
+                await store.put("hug-videos", "row/video.mp4", video(), "video/mp4")
+            finally:
+                await store.aclose()
+
+
+@pytest.mark.parametrize("adapter_name", ["openai", "google_veo", "replicate", "supabase"])
+async def test_a_crash_inside_an_adapter_logs_no_secret(
+    adapter_name: str, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import httpx
+    import httpx2
+
+    async def broken_send(*_args: Any, **_kwargs: Any) -> Any:
+        raise ValueError("injected crash")
+
+    monkeypatch.setattr(httpx.AsyncClient, "send", broken_send)
+    monkeypatch.setattr(httpx2.AsyncClient, "send", broken_send)
+    with logs_redacting("json", CRASH_SECRETS):
+        try:
+            await _crash_in(adapter_name)
+        except Exception:
+            # What the daemon does with a bug in a step (video.step_crashed).
+            structlog.get_logger("test").exception("video.step_crashed")
+        else:
+            raise AssertionError("the injected crash did not surface")
+    err = capfd.readouterr().err
+    assert "injected crash" in err
+    assert [s for s in CRASH_SECRETS if s in err] == []
