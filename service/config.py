@@ -250,6 +250,23 @@ class Settings(BaseSettings):
         description="Port of the worker's HTTP server; 0 takes any free port (said in the "
         "log). Replicas on one machine each need their own.",
     )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="If set, /metrics answers only requests carrying "
+        "'Authorization: Bearer <token>' (/healthz and /readyz stay open for probes).",
+    )
+    webhook_host: str = Field(
+        "127.0.0.1",
+        description="Address of the webhook listener when SORA_WEBHOOK_PORT is set.",
+    )
+    webhook_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve provider webhooks on a listener of their own on this port (the "
+        "one to expose to providers), apart from /metrics and the probes; unset: on "
+        "SORA_HTTP_PORT.",
+    )
     rendition_bitrate: int = Field(
         0,
         ge=0,

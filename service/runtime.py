@@ -41,7 +41,7 @@ from service.wakeups.listen import Listener
 from service.wakeups.realtime import RealtimeSource
 from service.wakeups.source import WakeupSource
 from service.wakeups.wakeup import Wakeup
-from service.web.server import WorkerHttp, WorkerProbe
+from service.web.server import WebhookHttp, WorkerHttp, WorkerProbe
 from service.web.webhooks import WebhookReceiver
 from service.worker.daemon import Worker, WorkerOptions
 from service.worker.steps import Defaults, Steps
@@ -178,7 +178,14 @@ class Runtime:
         """The worker's HTTP server (/metrics, /healthz, /readyz) plus ``routes``."""
         s = self.settings
         probe = WorkerProbe(worker, Health(self.pool))
-        return WorkerHttp(s.http_host, s.http_port, probe, routes=routes)
+        token = s.metrics_token.get_secret_value() if s.metrics_token else None
+        return WorkerHttp(s.http_host, s.http_port, probe, routes=routes, metrics_token=token)
+
+    def webhook_server(self, routes: Iterable[web.RouteDef]) -> WebhookHttp:
+        """Provider webhooks on a listener of their own (SORA_WEBHOOK_HOST/PORT)."""
+        s = self.settings
+        assert s.webhook_port is not None
+        return WebhookHttp(s.webhook_host, s.webhook_port, routes)
 
 
 async def database_url(settings: Settings) -> str:

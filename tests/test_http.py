@@ -12,8 +12,11 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.database.health import Health
 from service.local.simulator import SimulatorConfig
 from service.runtime import Runtime, open_runtime
+from service.web.guard import Limits
+from service.web.server import WorkerHttp, WorkerProbe
 from tests.conftest import FAST_SIMULATOR, eventually, make_settings
 from tests.test_cli import CLI, env_for
 from tests.test_database_faults import proxied
@@ -204,3 +207,93 @@ async def test_other_routes_mount_on_the_same_server(runtime: Runtime) -> None:
         answer = await client.post(f"{base}/webhooks/test", json={"id": "video_1"})
         assert answer.json() == {"got": "video_1"}
         assert (await client.get(f"{base}/healthz")).status_code == 200
+
+
+# ---------------------------------------------------------------- a hostile visitor
+
+
+async def _hang(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """A slowloris connection: a request whose headers never end."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: worker\r\nX-Slow: ")
+        await writer.drain()
+    except OSError:
+        return None  # refused at once: the cap at work
+    return reader, writer
+
+
+async def _closed_by_server(reader: asyncio.StreamReader) -> bool:
+    try:
+        return await reader.read(1) == b""
+    except OSError:
+        return True  # reset: aborted by the server
+
+
+async def test_the_worker_claims_and_archives_while_a_thousand_connections_hang(
+    runtime: Runtime,
+) -> None:
+    worker = runtime.worker()
+    limits = Limits(max_connections=64, header_timeout=1.0, lifetime=30.0)
+    server = WorkerHttp("127.0.0.1", 0, WorkerProbe(worker, Health(runtime.pool)), limits=limits)
+    async with server, running(worker), httpx.AsyncClient() as client:
+        hanging = [c for c in await asyncio.gather(*(_hang(server.port) for _ in range(1000))) if c]
+        try:
+            # The worker's own work goes on: a row is claimed, generated and archived.
+            row_id = await runtime.repo.insert_request("a hug under siege")
+            row = await finished(runtime, row_id)
+            assert row["status"] == "completed", row["error"]
+            # Every hanging connection is closed by the server: beyond the cap at once,
+            # the others when their headers did not arrive in time.
+            closed = await asyncio.gather(*(_closed_by_server(r) for r, _ in hanging))
+            assert all(closed)
+            ready = await eventually(
+                lambda: client.get(f"http://127.0.0.1:{server.port}/readyz"),
+                lambda r: r.status_code == 200,
+            )
+            assert ready.json()["ready"] is True
+        finally:
+            for _, writer in hanging:
+                writer.close()
+
+
+async def test_readyz_names_no_database_detail_and_metrics_can_require_a_token(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with proxied(db_url) as (proxy, dsn):
+        settings = make_settings(dsn, tmp_path, http_port=0, metrics_token="scrape-me-7f")
+        async with open_runtime(
+            settings, apply_migrations=False, simulator_config=SimulatorConfig(**FAST_SIMULATOR)
+        ) as rt:
+            worker = rt.worker(listen=False)
+            async with rt.http_server(worker) as server, httpx.AsyncClient() as client:
+                base = f"http://127.0.0.1:{server.port}"
+                assert (await client.get(f"{base}/metrics")).status_code == 401
+                wrong = {"Authorization": "Bearer guess"}
+                assert (await client.get(f"{base}/metrics", headers=wrong)).status_code == 401
+                right = {"Authorization": "Bearer scrape-me-7f"}
+                assert (await client.get(f"{base}/metrics", headers=right)).status_code == 200
+                proxy.refuse()
+                proxy.cut_all()
+                gone = await eventually(
+                    lambda: client.get(f"{base}/readyz"), lambda r: r.status_code == 503
+                )
+    # Whoever probes learns that the database is away, not where it lives or why.
+    assert gone.json()["database"] == "unavailable"
+    assert "127.0.0.1" not in gone.text and str(proxy.port) not in gone.text
+
+
+async def test_a_scrape_while_the_table_is_locked_is_served_from_the_last_read(
+    runtime: Runtime,
+) -> None:
+    worker = runtime.worker()
+    async with runtime.http_server(worker) as server, httpx.AsyncClient() as client:
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        first = samples((await client.get(url)).text)
+        assert first["sora_table_read_ok"][()] == 1
+        async with runtime.pool.acquire() as conn, conn.transaction():
+            # Any read of the table now waits for this lock: a scrape that queried the
+            # table per request would hang here; one served from the last read does not.
+            await conn.execute("lock table public.videos in access exclusive mode")
+            again = await client.get(url, timeout=3)
+        assert samples(again.text)["sora_table_read_ok"][()] == 1

@@ -8,6 +8,7 @@ server will mount it, on a real socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import signal
@@ -31,7 +32,7 @@ from service.providers.replicate_videos import ReplicateVideos
 from service.runtime import Runtime
 from service.wakeups.wakeup import Wakeup
 from service.web.serving import serve
-from service.web.webhooks import WebhookReceiver, signed_headers
+from service.web.webhooks import MAX_BODY, WebhookReceiver, signed_headers
 from service.worker.webhook_health import WebhookHealth
 from tests.conftest import eventually
 from tests.test_cli import CLI, env_for
@@ -45,7 +46,7 @@ OTHER_SECRET = "whsec_" + "b3RoZXItb3RoZXItb3RoZXItb3RoZXI="
 @asynccontextmanager
 async def receiving(receiver: WebhookReceiver) -> AsyncIterator[str]:
     """The receiver's routes on a real socket, as the worker's HTTP server mounts them."""
-    app = web.Application()
+    app = web.Application(client_max_size=MAX_BODY)
     app.add_routes(receiver.routes())
     runner, port = await serve(app, "127.0.0.1", 0)
     try:
@@ -180,6 +181,41 @@ async def test_forged_unsigned_stale_and_replayed_deliveries_change_nothing(
 
     row = await runtime.operator.fetch_row(row_id)
     assert row is not None and (row["stage"], row["status"]) == ("generating", "processing")
+
+
+async def test_a_signed_body_that_arrives_in_several_writes_is_read_whole(
+    runtime: Runtime,
+) -> None:
+    """A sender (or a proxy) may write a body in pieces; Replicate's carry the whole
+    prediction, photo included. The signature covers all of it, so all of it is read."""
+    row_id = await generating_row(runtime, "replicate", "pred-big")
+    health = WebhookHealth(timedelta(minutes=1))
+    receiver = WebhookReceiver({"replicate": SECRET}, runtime.repo, Wakeup(), health)
+    photo = "data:image/jpeg;base64," + "A" * (3 * 1024 * 1024)  # as Replicate echoes input
+    body = json.dumps({"id": "pred-big", "status": "succeeded", "input": {"image": photo}})
+    head = "".join(f"{k}: {v}\r\n" for k, v in signed_headers(SECRET, "msg_big", body).items())
+    raw = body.encode()
+    async with receiving(receiver) as base:
+        port = int(base.rpartition(":")[2])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(
+                f"POST /webhooks/replicate HTTP/1.1\r\nHost: worker\r\n{head}"
+                f"Content-Length: {len(raw)}\r\n\r\n".encode()
+                + raw[: len(raw) // 2]
+            )
+            await writer.drain()
+            # Half the body is there: a receiver that judged it now would answer 401.
+            with contextlib.suppress(TimeoutError):
+                early = await asyncio.wait_for(reader.readline(), 0.5)
+                raise AssertionError(f"answered before the body was whole: {early!r}")
+            writer.write(raw[len(raw) // 2 :])
+            await writer.drain()
+            status = await asyncio.wait_for(reader.readline(), 10)
+        finally:
+            writer.close()
+    assert status.startswith(b"HTTP/1.1 200"), status
+    assert await due_in(runtime, row_id) <= timedelta(0)  # the row was woken
 
 
 async def test_openai_video_events_wake_their_row_and_other_events_are_ignored(

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import sys
+from contextlib import AsyncExitStack
 
 import httpx
 import structlog
@@ -44,7 +46,23 @@ async def run_simulator(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+FD_WANTED = 65536
+"""Open files the worker asks for (up to the hard limit): its HTTP server caps its own
+connections, and the rest must stay free for the database, providers and storage."""
+
+
+def raise_fd_limit() -> None:
+    """Take the soft limit of open files up to the hard one (often 1024 soft for 512k
+    hard): no unit file or image setting is then needed for the worker to have room."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = FD_WANTED if hard == resource.RLIM_INFINITY else min(FD_WANTED, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        log.info("process.open_files_raised", soft_from=soft, soft_to=target)
+
+
 async def run_worker(settings: Settings, *, migrate_first: bool, listen: bool) -> int:
+    raise_fd_limit()
     if not settings.uses_supabase and settings.storage_port == 0 and not settings.public_url:
         log.warning(
             "storage.ephemeral_port",
@@ -69,9 +87,15 @@ async def run_worker(settings: Settings, *, migrate_first: bool, listen: bool) -
 
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, stop)
-        # Provider webhooks (service/webhooks.py) arrive on the same server as /metrics.
+        # Provider webhooks arrive on their own listener when SORA_WEBHOOK_PORT is set,
+        # else on the same server as /metrics.
         receiver = await runtime.webhook_receiver(worker.wakeup)
-        async with runtime.http_server(worker, routes=receiver.routes()):
+        async with AsyncExitStack() as servers:
+            routes = receiver.routes()
+            if settings.webhook_port is not None:
+                await servers.enter_async_context(runtime.webhook_server(routes))
+                routes = []
+            await servers.enter_async_context(runtime.http_server(worker, routes=routes))
             await worker.run()
     return 0
 

@@ -17,6 +17,7 @@ take a replica out of service: the sweep still finds every row.
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,16 +29,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.database.errors import RepositoryError
 from service.database.health import Health
-from service.database.port import TableSnapshot
-from service.web.serving import serve
+from service.web.gauges import TableGauges
+from service.web.guard import GuardedServer, Limits, one_request_per_connection
+from service.web.webhooks import MAX_BODY
 from service.worker.daemon import Worker
 
 log = structlog.get_logger("service.web.server")
 
 READY_TIMEOUT = 2.0
 """Seconds the database may take to answer a readiness probe."""
-SCRAPE_TIMEOUT = 5.0
-"""Seconds the table query of a scrape may take (a scraper's own timeout is often 10 s)."""
 
 
 @dataclass(frozen=True)
@@ -57,49 +57,75 @@ class WorkerProbe:
     def __init__(self, worker: Worker, health: Health) -> None:
         self.worker = worker
         self.health = health
+        self.gauges = TableGauges(health)
+        self._unready: str | None = None
 
     async def readiness(self) -> Readiness:
+        """Whether the worker can make progress. The body says only "unavailable" for a
+        database that does not answer: its error text (hosts, addresses, the driver's
+        words) goes to the log, said once per change, never to whoever asks."""
         database = "ok"
         try:
             await self.health.ping(READY_TIMEOUT)
         except RepositoryError as err:
-            database = str(err)
+            database = "unavailable"
+            if str(err) != self._unready:
+                log.warning("readiness.database_unavailable", error=str(err))
+            self._unready = str(err)
+        else:
+            self._unready = None
         sources = self.worker.source_states()
         return Readiness(database == "ok" and sources["sweep"], database, sources)
 
     async def metrics(self) -> bytes:
-        table: TableSnapshot | None
-        try:
-            table = await self.health.table_snapshot(SCRAPE_TIMEOUT)
-        except RepositoryError as err:
-            log.warning("metrics.table_unreadable", error=str(err))
-            table = None
-        return self.worker.metrics.render(table)
+        return self.worker.metrics.render(await self.gauges.snapshot())
 
 
 class WorkerHttp:
-    """The server; ``async with`` it around the worker's run. ``port`` is the bound one."""
+    """The server; ``async with`` it around the worker's run. ``port`` is the bound one.
+
+    Bounded (``service.web.guard``): a connection cap, a deadline for headers, one
+    request per connection. ``metrics_token``, when set, is required of ``/metrics``
+    (``Authorization: Bearer ...``)."""
 
     def __init__(
-        self, host: str, port: int, probe: WorkerProbe, *, routes: Iterable[web.RouteDef] = ()
+        self,
+        host: str,
+        port: int,
+        probe: WorkerProbe,
+        *,
+        routes: Iterable[web.RouteDef] = (),
+        metrics_token: str | None = None,
+        limits: Limits | None = None,
     ) -> None:
-        self.host = host
-        self.port = port
         self.probe = probe
-        self.app = web.Application()
-        self.app.add_routes(
+        self.metrics_token = metrics_token
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[one_request_per_connection])
+        app.add_routes(
             [
                 web.get("/metrics", self._metrics),
                 web.get("/healthz", self._healthz),
                 web.get("/readyz", self._readyz),
             ]
         )
-        self.app.add_routes(list(routes))
-        self._runner: web.AppRunner | None = None
+        app.add_routes(list(routes))
+        self.server = GuardedServer(app, host, port, limits or Limits())
+
+    @property
+    def app(self) -> web.Application:
+        return self.server.app
+
+    @property
+    def host(self) -> str:
+        return self.server.host
+
+    @property
+    def port(self) -> int:
+        return self.server.port
 
     async def __aenter__(self) -> WorkerHttp:
         try:
-            self._runner, self.port = await serve(self.app, self.host, self.port)
+            await self.server.start()
         except OSError as err:
             raise OSError(
                 f"the HTTP server cannot listen on {self.host}:{self.port} "
@@ -115,11 +141,14 @@ class WorkerHttp:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self.server.stop()
+        await self.probe.gauges.aclose()
 
-    async def _metrics(self, _request: web.Request) -> web.Response:
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if self.metrics_token is not None and not hmac.compare_digest(
+            request.headers.get("Authorization", ""), f"Bearer {self.metrics_token}"
+        ):
+            return web.json_response({"error": "a bearer token is required"}, status=401)
         body = await self.probe.metrics()
         # CONTENT_TYPE_LATEST carries a charset, which aiohttp wants in its own argument.
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -134,3 +163,33 @@ class WorkerHttp:
             text=json.dumps(state.as_json(), sort_keys=True),
             content_type="application/json",
         )
+
+
+class WebhookHttp:
+    """Provider webhooks alone, on a listener of their own (``SORA_WEBHOOK_PORT``): the
+    one port exposed to providers, bounded like the worker's own server."""
+
+    def __init__(
+        self, host: str, port: int, routes: Iterable[web.RouteDef], limits: Limits | None = None
+    ) -> None:
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[one_request_per_connection])
+        app.add_routes(list(routes))
+        self.server = GuardedServer(app, host, port, limits or Limits())
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def __aenter__(self) -> WebhookHttp:
+        try:
+            await self.server.start()
+        except OSError as err:
+            raise OSError(
+                f"the webhook listener cannot listen on {self.server.host}:{self.server.port} "
+                f"({err.strerror or err}): set SORA_WEBHOOK_PORT to a free port"
+            ) from err
+        log.info("http.webhooks_listening", host=self.server.host, port=self.port)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.server.stop()

@@ -23,6 +23,7 @@ An unsigned, forged or replayed delivery changes nothing and is logged
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -42,7 +43,12 @@ from service.worker.webhook_health import WebhookHealth
 log = structlog.get_logger("service.web.webhooks")
 
 PATH = "/webhooks/{provider}"
-MAX_BODY = 1024 * 1024
+MAX_BODY = 16 * 1024 * 1024
+"""The largest delivery read (the worker's HTTP server takes bodies up to this size).
+Replicate's bodies carry the whole prediction, its input included: the reference photo
+travels there as a data: URI, so a megabyte is not enough."""
+BODY_TIMEOUT = 30.0
+"""Seconds a delivery's body may take to arrive whole (a sender trickling it is cut)."""
 REMEMBERED_IDS = 10_000
 OPENAI_VIDEO_EVENTS = frozenset({"video.completed", "video.failed"})
 
@@ -94,10 +100,17 @@ class WebhookReceiver:
         verifier = self._verifiers.get(provider)
         if verifier is None:
             return web.json_response({"error": f"no webhooks from {provider}"}, status=404)
-        body = await request.content.read(MAX_BODY + 1)
-        if len(body) > MAX_BODY:
+        try:
+            # Whole: a body may arrive in many writes (``content.read(n)`` returns what
+            # has arrived so far, and the signature covers all of it).
+            async with asyncio.timeout(BODY_TIMEOUT):
+                body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
             log.warning("webhook.rejected", provider=provider, reason="body too large")
             return web.json_response({"error": "body too large"}, status=413)
+        except TimeoutError:
+            log.warning("webhook.rejected", provider=provider, reason="body too slow")
+            return web.json_response({"error": "body too slow"}, status=408)
         delivery = request.headers.get("webhook-id", "")
         try:
             payload = verifier.verify(body, dict(request.headers))
