@@ -20,6 +20,7 @@ from service.commands.output import as_json as as_json_row
 from service.commands.progress import follow
 from service.commands.verbs import operator
 from service.config import Settings
+from service.core.text import printable
 from service.database.operator import Operator
 from service.database.postgres import PostgresRepository
 from service.runtime import create_pool, database_url, open_store
@@ -87,7 +88,8 @@ async def run_list(settings: Settings, limit: int, status: str | None, as_json: 
         print(json.dumps([as_json_row(row) for row in rows], sort_keys=True))
         return 0
     for row in rows:
-        detail = row["video_url"] or row["error"] or ""
+        # A row's text comes from apps and providers: one line, no terminal escapes.
+        detail = printable(row["video_url"] or row["error"] or "")
         if row["error_kind"]:
             detail = f"[{row['error_kind']}] {detail}"
         print(

@@ -25,6 +25,7 @@ from uuid import UUID
 import structlog
 
 from service.config import Settings
+from service.core.text import printable
 from service.database.errors import Conflict, Refused
 from service.database.operator import Operator, Prunable, as_dict
 from service.providers.base import Cancellable, ProviderError
@@ -134,7 +135,7 @@ def say(as_json: bool, payload: dict[str, Any], line: str, *, ok: bool) -> int:
     if as_json:
         print(json.dumps(payload, sort_keys=True, default=str))
     else:
-        print(line, file=sys.stdout if ok else sys.stderr)
+        print(printable(line), file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 
 

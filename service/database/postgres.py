@@ -35,6 +35,7 @@ from service.core.events import (
 from service.core.job import Job, RowId, SubmitKey
 from service.core.likeness import Twin
 from service.core.machine import Transition
+from service.core.text import one_line
 from service.database.errors import LeaseLost, driver_errors
 from service.database.rows import ACTIVE_SQL, JOB_COLUMNS, ROW_COLUMNS, WAKEABLE, job_from_record
 
@@ -174,7 +175,7 @@ class PostgresRepository:
                 transition.delay,
                 keep_lease,
                 self.lease,
-                transition.error,
+                None if transition.error is None else one_line(transition.error),
                 transition.error_kind,
                 *_change_values(change),
             )
