@@ -227,6 +227,42 @@ async def test_prune_is_a_dry_run_until_applied_and_deletes_only_old_files(
     assert await row_of(runtime, new["id"]) == new
 
 
+async def test_prune_deletes_only_the_files_a_row_archived_itself(
+    runtime: Runtime, db_url: str
+) -> None:
+    """A row may hold any URL (a person or a backend can write one): an old row pointing
+    at another row's video and at a photo must not make prune delete them."""
+    async with running(runtime.worker()):
+        victim = await finished(runtime, await runtime.repo.insert_request("still wanted"))
+        old = await finished(runtime, await runtime.repo.insert_request("old, and hostile"))
+
+    async def one() -> Any:
+        yield b"\xff\xd8\xff\xe0 a photo"
+
+    photo = await runtime.store.put(
+        runtime.settings.image_bucket, "p/photo.jpg", one(), "image/jpeg"
+    )
+    await runtime.pool.execute(
+        """update videos set completed_at = now() - interval '400 days',
+                  video_url = $2, poster_url = $3
+           where id = $1""",
+        old["id"],
+        victim["video_url"],
+        photo.url,
+    )
+    status, out, err = await cli(
+        cli_env(runtime, db_url), "prune", "--older-than", "30", "--apply", "--json"
+    )
+    assert status == 0, err
+    done = json.loads(out)
+    assert [r["id"] for r in done["rows"]] == [str(old["id"])]
+    assert (await stored_file(runtime, victim["video_url"])).exists()
+    assert (await stored_file(runtime, photo.url)).exists()
+    assert len(done["left_alone"]) == 2
+    # The row's own poster (written by its archive, under its own prefix) did go.
+    assert not (await stored_file(runtime, old["thumbnail_url"])).exists()
+
+
 async def test_stats_shows_storage_per_bucket(runtime: Runtime, db_url: str) -> None:
     async with running(runtime.worker()):
         row = await finished(runtime, await runtime.repo.insert_request("count my bytes"))

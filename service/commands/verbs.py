@@ -32,7 +32,7 @@ from service.providers.base import Cancellable, ProviderError
 from service.providers.ids import litellm_id
 from service.providers.lookup import UnknownProvider
 from service.runtime import create_pool, database_url, open_providers, open_store
-from service.storage.base import StorageError, locate
+from service.storage.base import ObjectStore, StorageError, locate
 
 log = structlog.get_logger("service.commands.verbs")
 
@@ -221,36 +221,53 @@ async def run_prune(settings: Settings, days: float, apply: bool, as_json: bool)
     async with operator(settings) as op:
         rows = await op.mark_pruned(age) if apply else await op.prunable(age)
     failures: list[str] = []
+    left: list[str] = []
     if apply and rows:
-        failures = await _delete_files(settings, rows)
+        failures, left = await _delete_files(settings, rows)
     total = sum(r.video_bytes for r in rows)
     payload = {
         "dry_run": not apply,
         "rows": [as_dict(r) for r in rows],
         "video_bytes": total,
         "failed_deletes": failures,
+        "left_alone": left,
     }
     verb = "pruned" if apply else "would prune (dry run; --apply to act)"
     line = f"{verb} {len(rows)} row(s) completed over {days:g} days ago, {total:,} video bytes"
-    for failure in failures:
-        print(f"sora-worker: {failure}", file=sys.stderr)
+    for failure in [*failures, *left]:
+        print(printable(f"sora-worker: {failure}"), file=sys.stderr)
     return say(as_json, payload, line, ok=not failures)
 
 
-async def _delete_files(settings: Settings, rows: list[Prunable]) -> list[str]:
-    failures = []
+def own_file(
+    item: Prunable, url: str, store: ObjectStore, video_bucket: str
+) -> tuple[str, str] | None:
+    """Where ``url`` is stored, if it is a file the row's own archive wrote: in the
+    video bucket under the row's own prefix (``{row id}/...``: its video, thumbnail,
+    poster, rendition). A row may hold any URL; prune deletes only these."""
+    where = locate(store, url)
+    if where is None or where[0] != video_bucket or not where[1].startswith(f"{item.id}/"):
+        return None
+    return where
+
+
+async def _delete_files(settings: Settings, rows: list[Prunable]) -> tuple[list[str], list[str]]:
+    """Delete the rows' own files; return what failed and what was left alone (URLs a
+    row holds that its archive did not write: another row's file, a photo, elsewhere)."""
+    failures: list[str] = []
+    left: list[str] = []
     async with open_store(settings) as store:
         for row in rows:
             for url in row.urls:
-                where = locate(store, url)
+                where = own_file(row, url, store, settings.video_bucket)
                 if where is None:
-                    failures.append(f"row {row.id}: {url} is not in this store; left alone")
+                    left.append(f"row {row.id}: {url} was not written by its archive; left alone")
                     continue
                 try:
                     await store.delete(*where)
                 except (StorageError, OSError) as err:
                     failures.append(f"row {row.id}: could not delete {url}: {err}")
-    return failures
+    return failures, left
 
 
 async def storage_used(settings: Settings, op: Operator) -> dict[str, dict[str, int]] | None:
