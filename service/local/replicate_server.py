@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx
@@ -39,6 +40,7 @@ from PIL import Image
 
 from service.local.fake_host import FakeHost
 from service.local.simulator.media import render_mp4
+from service.providers.registry import ReplicateFakeSettings
 from service.web.webhooks import signed_headers
 
 _MAX_BODY = 64 * 1024 * 1024
@@ -427,6 +429,15 @@ class ReplicateServer(FakeHost):
             p.created_at -= (
                 self.config.output_ttl + self.config.queue_seconds + self.config.generation_seconds
             )
+
+
+def stand_in(
+    _settings: ReplicateFakeSettings, _data_dir: Path, config: ReplicateConfig | None
+) -> Callable[[], ReplicateServer]:
+    """The fake as SORA_PROVIDER=replicate's stand-in (``providers.registry``): what
+    makes it, again when a replica takes a dead one's port over."""
+    kept = config or ReplicateConfig()
+    return lambda: ReplicateServer(kept)
 
 
 def _prediction_id() -> str:

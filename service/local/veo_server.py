@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from aiohttp import web
@@ -35,6 +36,7 @@ from PIL import Image
 
 from service.local.fake_host import FakeHost
 from service.local.simulator.media import render_mp4
+from service.providers.registry import VeoFakeSettings
 
 PROJECT = "sora-worker-local"
 LOCATION = "us-central1"
@@ -236,6 +238,15 @@ class VeoServer(FakeHost):
     def forget(self, name: str) -> None:
         """Drop an operation, as Google does once its retention ends."""
         self._operations.pop(name, None)
+
+
+def stand_in(
+    _settings: VeoFakeSettings, _data_dir: Path, config: VeoConfig | None
+) -> Callable[[], VeoServer]:
+    """The fake as SORA_PROVIDER=google_veo's stand-in (``providers.registry``): what
+    makes it, again when a replica takes a dead one's port over."""
+    kept = config or VeoConfig()
+    return lambda: VeoServer(kept)
 
 
 def _dimensions(aspect: str, resolution: str) -> tuple[int, int]:
