@@ -13,7 +13,7 @@ The environment names are the ones operators have always set (``DATABASE_URL``,
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler
 from pydantic.fields import FieldInfo
@@ -87,9 +87,7 @@ class Seconds:
             _seconds_of,
             core_schema.no_info_after_validator_function(_duration, number),
             # As written in the environment (seconds) in JSON; as it is in Python.
-            serialization=core_schema.plain_serializer_function_ser_schema(
-                _dumped, info_arg=True
-            ),
+            serialization=core_schema.plain_serializer_function_ser_schema(_dumped, info_arg=True),
         )
 
 
@@ -106,3 +104,9 @@ def _duration(seconds: float) -> timedelta:
         return timedelta(seconds=seconds)
     except OverflowError:
         raise ValueError("is too long for a duration") from None
+
+
+Duration = Annotated[timedelta, Seconds(gt=0)]
+"""A duration longer than nothing, written in seconds."""
+Port = Annotated[int, Field(ge=0, le=65535)]
+"""A TCP port; 0 takes any free one."""

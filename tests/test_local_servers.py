@@ -12,7 +12,7 @@ from service.config import Settings
 from service.core.request import VideoRequest
 from service.local.sharing import PortTaken, SharedServer, instance_id
 from service.local.storage_server import StorageServer
-from service.runtime import Runtime, open_runtime
+from service.runtime import Runtime, open_providers, open_runtime
 from tests.conftest import eventually, make_settings
 
 
@@ -109,3 +109,36 @@ async def test_a_port_held_by_a_stranger_is_a_clear_error_or_moves_when_flexible
 
 async def _noop() -> None:
     return None
+
+
+async def test_a_stand_in_serves_the_default_provider_only_and_a_key_adds_its_real_host(
+    db_url: str, tmp_path: Path
+) -> None:
+    unreached = "http://127.0.0.1:9"  # never called: building an adapter sends nothing
+    settings = make_settings(
+        db_url,
+        tmp_path,
+        provider="replicate",
+        google_api_key="a-vertex-key",
+        google_vertex_base_url=unreached,
+    )
+    async with open_providers(settings) as providers:
+        assert "openai" not in providers  # no key, not the default: no simulator
+        assert providers.where("google_veo") == unreached
+        assert providers.host("replicate") == "127.0.0.1"  # its local fake
+
+
+async def test_a_fakes_port_held_by_a_stranger_names_its_own_setting(
+    db_url: str, tmp_path: Path
+) -> None:
+    stranger = StorageServer(tmp_path / "stranger")
+    await stranger.start(port=0)
+    try:
+        settings = make_settings(
+            db_url, tmp_path, provider="google_veo", veo_fake_port=stranger.port
+        )
+        with pytest.raises(PortTaken, match="set SORA_VEO_FAKE_PORT"):
+            async with open_providers(settings):
+                pass
+    finally:
+        await stranger.stop()

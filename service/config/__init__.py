@@ -29,9 +29,9 @@ from service.config._groups import (
     LogSettings,
     PhotoSettings,
     PollSettings,
-    Providers,
+    ProviderGroups,
     RetrySettings,
-    StandIns,
+    StandInGroups,
     StorageSettings,
     WorkerSettings,
 )
@@ -83,7 +83,7 @@ class Settings(BaseSettings):
 
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
-    providers: Providers = Field(default_factory=Providers)
+    providers: ProviderGroups = Field(default_factory=ProviderGroups)
     polls: PollSettings = Field(default_factory=PollSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     retries: RetrySettings = Field(default_factory=RetrySettings)
@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     photos: PhotoSettings = Field(default_factory=PhotoSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     logs: LogSettings = Field(default_factory=LogSettings)
-    stand_ins: StandIns = Field(default_factory=StandIns)
+    stand_ins: StandInGroups = Field(default_factory=StandInGroups)
 
     @classmethod
     def settings_customise_sources(

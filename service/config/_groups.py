@@ -29,7 +29,7 @@ from service.providers.registry import (
     StandInSettings,
     provider_named,
 )
-from service.setting import Group, Seconds, setting
+from service.setting import Duration, Group, Port, Seconds, setting
 
 SIZE_PATTERN = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
 S = TypeVar("S", bound=StandInSettings)
@@ -84,12 +84,12 @@ class GenerationSettings(Group):
     seconds: str = setting(
         "4", env="SORA_DEFAULT_SECONDS", description="Default clip length for rows that name none."
     )
-    call_timeout: Annotated[timedelta, Seconds(gt=0)] = setting(
+    call_timeout: Duration = setting(
         timedelta(seconds=120),
         env="SORA_PROVIDER_TIMEOUT",
         description="Seconds one call to the provider may take (create included).",
     )
-    timeout: Annotated[timedelta, Seconds(gt=0)] = setting(
+    timeout: Duration = setting(
         timedelta(hours=3),
         env="SORA_GENERATION_TIMEOUT",
         description="Seconds a provider may take before the row is failed.",
@@ -127,24 +127,24 @@ class GenerationSettings(Group):
 
 
 class PollSettings(Group):
-    interval: Annotated[timedelta, Seconds(gt=0)] = setting(
+    interval: Duration = setting(
         timedelta(seconds=5),
         env="SORA_POLL_INTERVAL",
         description="Fewest seconds between two status polls of a job (the floor).",
     )
-    ceiling: Annotated[timedelta, Seconds(gt=0)] = setting(
+    ceiling: Duration = setting(
         timedelta(seconds=60),
         env="SORA_POLL_CEILING",
         description="Most seconds between two status polls of a job; between floor and "
         "ceiling, polls follow the provider's openai-poll-after-ms or the job's own pace.",
     )
-    typical_generation: Annotated[timedelta, Seconds(gt=0)] | None = setting(
+    typical_generation: Duration | None = setting(
         None,
         env="SORA_TYPICAL_GENERATION_SECONDS",
         description="How long the model usually takes; a job with no progress yet is next "
         "polled when it should be done (unset: after half the time it has taken so far).",
     )
-    with_webhooks: Annotated[timedelta, Seconds(gt=0)] = setting(
+    with_webhooks: Duration = setting(
         timedelta(seconds=60),
         env="SORA_WEBHOOK_POLL_INTERVAL",
         description="Seconds between polls of a job whose provider's webhooks are seen to "
@@ -162,12 +162,12 @@ class WorkerSettings(Group):
     concurrency: int = setting(
         16, env="SORA_CONCURRENCY", ge=1, le=1000, description="Rows one worker handles at once."
     )
-    lease: Annotated[timedelta, Seconds(gt=0)] = setting(
+    lease: Duration = setting(
         timedelta(seconds=30),
         env="SORA_LEASE_SECONDS",
         description="How long a claim lasts without a heartbeat before others take it.",
     )
-    sweep_interval: Annotated[timedelta, Seconds(gt=0)] = setting(
+    sweep_interval: Duration = setting(
         timedelta(seconds=30),
         env="SORA_SWEEP_INTERVAL",
         description="Seconds between sweeps for work that no notification announced.",
@@ -192,12 +192,12 @@ class RetrySettings(Group):
         ge=1,
         description="Transient failures of one step before the row is failed.",
     )
-    base: Annotated[timedelta, Seconds(gt=0)] = setting(
+    base: Duration = setting(
         timedelta(seconds=2),
         env="SORA_RETRY_BASE",
         description="First retry delay, doubled per attempt.",
     )
-    cap: Annotated[timedelta, Seconds(gt=0)] = setting(
+    cap: Duration = setting(
         timedelta(seconds=300), env="SORA_RETRY_CAP", description="Longest retry delay."
     )
 
@@ -243,7 +243,7 @@ class PhotoSettings(Group):
     max_bytes: int = setting(
         15_000_000, env="SORA_IMAGE_MAX_BYTES", gt=0, description="Largest input photo accepted."
     )
-    timeout: Annotated[timedelta, Seconds(gt=0)] = setting(
+    timeout: Duration = setting(
         timedelta(seconds=20),
         env="SORA_IMAGE_TIMEOUT",
         description="Seconds allowed to fetch one photo.",
@@ -274,11 +274,9 @@ class HttpSettings(Group):
         description="Address of the worker's HTTP server (/metrics, /healthz, /readyz); "
         "0.0.0.0 in a container so that a scraper can reach it.",
     )
-    port: int = setting(
+    port: Port = setting(
         8091,
         env="SORA_HTTP_PORT",
-        ge=0,
-        le=65535,
         description="Port of the worker's HTTP server; 0 takes any free port (said in the "
         "log). Replicas on one machine each need their own.",
     )
@@ -301,7 +299,7 @@ class LogSettings(Group):
     )
 
 
-class ProviderGroups(Group):
+class _ProviderGroups(Group):
     """Each provider's own settings, one group per registry entry (composed below)."""
 
     def of(self, name: str) -> ProviderSettings:
@@ -311,7 +309,7 @@ class ProviderGroups(Group):
         return group
 
 
-class StandInGroups(Group):
+class _StandInGroups(Group):
     """The local stand-ins: never read by a worker whose settings name real services.
 
     Besides these, one group per provider's local fake (composed below).
@@ -325,11 +323,9 @@ class StandInGroups(Group):
     storage_host: str = setting(
         "127.0.0.1", env="SORA_STORAGE_HOST", description="Address the local storage server binds."
     )
-    storage_port: int = setting(
+    storage_port: Port = setting(
         8090,
         env="SORA_STORAGE_PORT",
-        ge=0,
-        le=65535,
         description="Port of the local storage server.",
     )
     public_url: str | None = setting(
@@ -350,12 +346,13 @@ def _composed(base: type[Group], groups: dict[str, type[Group]]) -> Any:
     fields: dict[str, Any] = {
         name: (group, Field(default_factory=group)) for name, group in groups.items()
     }
-    return create_model(base.__name__, __base__=base, __module__=__name__, **fields)
+    name = base.__name__.removeprefix("_")
+    return create_model(name, __base__=base, __module__=__name__, **fields)
 
 
 if TYPE_CHECKING:  # the type checker reads the bases; pydantic validates the composed
-    Providers = ProviderGroups
-    StandIns = StandInGroups
+    ProviderGroups = _ProviderGroups
+    StandInGroups = _StandInGroups
 else:
-    Providers = _composed(ProviderGroups, {p.name: p.settings for p in REGISTRY})
-    StandIns = _composed(StandInGroups, {p.name: p.stand_in.settings for p in REGISTRY})
+    ProviderGroups = _composed(_ProviderGroups, {p.name: p.settings for p in REGISTRY})
+    StandInGroups = _composed(_StandInGroups, {p.name: p.stand_in.settings for p in REGISTRY})

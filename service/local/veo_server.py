@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 from aiohttp import web
 from PIL import Image
 
-from service.local.fake_host import FakeHost
+from service.local.fake_host import FakeHost, made_with
 from service.local.simulator.media import render_mp4
 from service.providers.registry import VeoFakeSettings
 
@@ -243,10 +243,8 @@ class VeoServer(FakeHost):
 def stand_in(
     _settings: VeoFakeSettings, _data_dir: Path, config: VeoConfig | None
 ) -> Callable[[], VeoServer]:
-    """The fake as SORA_PROVIDER=google_veo's stand-in (``providers.registry``): what
-    makes it, again when a replica takes a dead one's port over."""
-    kept = config or VeoConfig()
-    return lambda: VeoServer(kept)
+    """The fake as SORA_PROVIDER=google_veo's stand-in."""
+    return made_with(VeoServer, config or VeoConfig())
 
 
 def _dimensions(aspect: str, resolution: str) -> tuple[int, int]:

@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 from pydantic import SecretStr
 
 from service.providers.base import VideoProvider
-from service.setting import Group, env_names, setting
+from service.setting import Group, Port, env_names, setting
 
 
 class ProviderSettings(Group):
@@ -156,8 +156,8 @@ class OpenAISettings(ProviderSettings):
 
 
 class SimulatorSettings(StandInSettings):
-    port: int = setting(
-        8089, env="SORA_SIMULATOR_PORT", ge=0, le=65535, description="Port of the local simulator."
+    port: Port = setting(
+        8089, env="SORA_SIMULATOR_PORT", description="Port of the local simulator."
     )
     profile: Literal["openai", "litellm", "new-api"] = setting(
         "openai",
@@ -185,11 +185,9 @@ class GoogleVeoSettings(ProviderSettings):
 
 
 class VeoFakeSettings(StandInSettings):
-    port: int = setting(
+    port: Port = setting(
         8092,
         env="SORA_VEO_FAKE_PORT",
-        ge=0,
-        le=65535,
         description="Port of the local Veo fake (no GOOGLE_API_KEY).",
     )
 
@@ -217,11 +215,9 @@ class ReplicateSettings(ProviderSettings):
 
 
 class ReplicateFakeSettings(StandInSettings):
-    port: int = setting(
+    port: Port = setting(
         8093,
         env="SORA_REPLICATE_FAKE_PORT",
-        ge=0,
-        le=65535,
         description="Port of the local Replicate fake (no REPLICATE_API_TOKEN).",
     )
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from service.local.fake_host import FakeHost
+from service.local.fake_host import FakeHost, made_with
 from service.providers.registry import SimulatorSettings
 
 from .app import create_app
@@ -55,11 +55,8 @@ class Simulator(FakeHost):
 def stand_in(
     settings: SimulatorSettings, data_dir: Path, config: SimulatorConfig | None
 ) -> Callable[[], Simulator]:
-    """The simulator as SORA_PROVIDER=openai's stand-in (``providers.registry``): what
-    makes it, again when a replica takes a dead one's port over. It plays the settings'
-    profile unless ``config`` says otherwise, and keeps its jobs under the data
-    directory, so that a replica taking over finds them."""
-    kept = replace(
-        config or SimulatorConfig(profile=settings.profile), state_dir=data_dir / "simulator"
-    )
-    return lambda: Simulator(kept)
+    """The simulator as SORA_PROVIDER=openai's stand-in: it plays the settings' profile
+    unless ``config`` says otherwise, and keeps its jobs under the data directory, so
+    that a replica taking its port over finds them."""
+    given = config or SimulatorConfig(profile=settings.profile)
+    return made_with(Simulator, replace(given, state_dir=data_dir / "simulator"))
