@@ -96,14 +96,10 @@ async def child(rows: int, text_only: bool) -> None:
     simulator, simulator_url = await start_simulator()
     with tempfile.TemporaryDirectory(prefix="photo-memory-") as scratch:
         settings = Settings(
-            openai_api_key="sk-bench",
-            openai_base_url=simulator_url,
-            data_dir=Path(scratch),
-            storage_port=0,
-            simulator_port=0,
-            poll_interval=0.05,
-            log_level="warning",
-            log_format="json",
+            providers={"openai": {"api_key": "sk-bench", "base_url": simulator_url}},
+            stand_ins={"data_dir": Path(scratch), "storage_port": 0, "openai": {"port": 0}},
+            polls={"interval": 0.05},
+            logs={"level": "warning", "format": "json"},
         )
         async with open_runtime(settings) as runtime:
             urls = [

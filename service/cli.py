@@ -15,6 +15,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from uuid import UUID
 
@@ -27,18 +28,17 @@ from service.commands.doctor import run_doctor
 from service.commands.rows import run_list, run_request, run_show, run_stats
 from service.commands.serve import run_health, run_migrate, run_simulator, run_worker
 from service.config import (
-    ENV_PREFIX,
     Settings,
     SettingsError,
+    declared_settings,
     env_example,
-    env_name,
     load_settings,
     secret_values,
-    shown_default,
 )
 from service.database.errors import RepositoryError
 from service.database.migrations import MigrationError
 from service.extras import LocalExtraMissing, local_extra
+from service.providers.registry import SPELLINGS
 from service.storage.base import StorageError
 
 log = structlog.get_logger("service.cli")
@@ -46,9 +46,9 @@ log = structlog.get_logger("service.cli")
 
 def settings_help() -> str:
     lines = ["settings (environment variables):"]
-    for name, field in Settings.model_fields.items():
-        shown = "host:pid" if name == "worker_id" else shown_default(name) or "unset"
-        lines.append(f"  {env_name(name):<28} {field.description or ''} [default: {shown}]")
+    for declared in declared_settings():
+        shown = declared.default or "unset"
+        lines.append(f"  {declared.env_name:<28} {declared.description} [default: {shown}]")
     return "\n".join(lines)
 
 
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--provider",
-        choices=["openai", "veo", "replicate"],
+        choices=sorted(SPELLINGS),
         help="the generator to run through (default: SORA_PROVIDER); without its key, "
         "its local fake",
     )
@@ -138,17 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides: dict[str, object] = {}
-    if args.command == "demo" and f"{ENV_PREFIX}POLL_INTERVAL" not in os.environ:
-        overrides["poll_interval"] = 1.0  # the demo's simulated job takes seconds, not minutes
+    overrides: dict[str, dict[str, object]] = {}
+    if args.command == "demo" and "SORA_POLL_INTERVAL" not in os.environ:
+        # The demo's simulated job takes seconds, not minutes.
+        overrides["polls"] = {"interval": timedelta(seconds=1)}
     if args.command == "demo" and args.provider:
-        overrides["provider"] = args.provider  # "veo" is read as google_veo
+        overrides["generation"] = {"provider": args.provider}  # "veo" is read as google_veo
     try:
         settings = load_settings(**overrides)
     except SettingsError as err:
         print(f"sora-worker: bad settings: {err}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_format, settings.log_level, secret_values(settings))
+    logs.configure(settings.logs.format, settings.logs.level, secret_values(settings))
     try:
         return asyncio.run(dispatch(args, settings))
     except KeyboardInterrupt:

@@ -21,10 +21,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from service.config import Settings
+from service.config import Settings, declared_settings
 from service.database.migrations import migrate
 from service.local.embedded import start_embedded_postgres
-from service.local.simulator import ProfileName, SimulatorConfig
+from service.local.simulator import ProfileName, Simulator, SimulatorConfig
 from service.runtime import Runtime, open_runtime
 
 FAST_SIMULATOR = dict(queue_seconds=0.05, generation_seconds=0.3)
@@ -105,7 +105,34 @@ async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
     await connection.close()
 
 
+def grouped(**flat: Any) -> dict[str, Any]:
+    """Settings by their flat names, as the groups ``Settings`` takes.
+
+    A flat name is the setting's environment name in lower case without ``SORA_``
+    (``poll_interval``, ``storage_port``, ``openai_api_key``, ``database_url``), so
+    tests say a setting the way an operator does.
+    """
+    paths = {d.env_name.lower().removeprefix("sora_"): d.path for d in declared_settings()}
+    values: dict[str, Any] = {}
+    for name, value in flat.items():
+        *groups, field = paths[name]
+        target = values
+        for group in groups:
+            target = target.setdefault(group, {})
+        target[field] = value
+    return values
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        inner = merged.get(key)
+        merged[key] = _merged(inner, value) if isinstance(inner, dict) else value
+    return merged
+
+
 def make_settings(db_url: str, data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a test on ``db_url`` (flat names in ``overrides``, see ``grouped``)."""
     values: dict[str, Any] = dict(
         database_url=db_url,
         openai_api_key=None,
@@ -127,7 +154,12 @@ def make_settings(db_url: str, data_dir: Path, **overrides: Any) -> Settings:
         log_format="json",
     )
     values.update(overrides)
-    return Settings(**values)
+    return Settings(**grouped(**values))
+
+
+def changed(settings: Settings, **flat: Any) -> Settings:
+    """``settings`` with the ``flat`` ones changed, validated like any others."""
+    return Settings(**_merged(settings.model_dump(), grouped(**flat)))
 
 
 @pytest.fixture
@@ -145,8 +177,16 @@ def simulator_profile() -> ProfileName:
 @pytest.fixture
 async def runtime(settings: Settings, simulator_profile: ProfileName) -> AsyncIterator[Runtime]:
     config = SimulatorConfig(**FAST_SIMULATOR, profile=simulator_profile)
-    async with open_runtime(settings, apply_migrations=False, simulator_config=config) as opened:
+    async with open_runtime(
+        settings, apply_migrations=False, stand_in_configs={"openai": config}
+    ) as opened:
         yield opened
+
+
+def simulator_of(runtime: Runtime) -> Simulator:
+    """The simulator ``runtime`` hosts (SORA_PROVIDER=openai without a key)."""
+    assert isinstance(runtime.stand_in, Simulator), runtime.stand_in
+    return runtime.stand_in
 
 
 @asynccontextmanager
@@ -157,22 +197,20 @@ async def replica_of(runtime: Runtime, **overrides: Any) -> AsyncIterator[Runtim
     storage server (as replicas on one machine do) and has its own pool and worker id.
     ``overrides`` change its settings (``sweep_interval``, ``worker_id``, ...).
     """
-    assert runtime.simulator is not None, "replicas share the first one's simulator"
+    simulator = simulator_of(runtime)  # replicas share the first one's simulator
     storage_port = urlsplit(runtime.store.public_url("b", "k")).port
     values: dict[str, Any] = {
-        "worker_id": f"{runtime.settings.worker_id}-replica",
-        "simulator_port": urlsplit(runtime.simulator.base_url).port,
+        "worker_id": f"{runtime.settings.worker.id}-replica",
+        "simulator_port": urlsplit(simulator.base_url).port,
         "storage_port": storage_port,
         **overrides,
     }
-    async with open_runtime(
-        runtime.settings.model_copy(update=values), apply_migrations=False
-    ) as opened:
+    async with open_runtime(changed(runtime.settings, **values), apply_migrations=False) as opened:
         yield opened
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[Any]], check: Callable[[Any], bool], *, within: float = 20.0
+    probe: Callable[[], Awaitable[Any]], check: Callable[[Any], bool], *, within: float = 60.0
 ) -> Any:
     """Re-read state until ``check`` holds; fail with the last value seen after ``within`` seconds.
 

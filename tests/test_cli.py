@@ -272,7 +272,8 @@ async def test_request_uploads_local_photos_and_waits_for_the_finished_row(
     storage = urlsplit(runtime.store.public_url("b", "k"))
     env = env_for(
         db_url,
-        runtime.settings.data_dir,  # the worker's data directory: its storage server is shared
+        # The worker's data directory: its storage server is shared.
+        runtime.settings.stand_ins.data_dir,
         SORA_STORAGE_PORT=str(storage.port),
     )
     async with running(runtime.worker()):

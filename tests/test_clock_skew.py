@@ -25,7 +25,7 @@ import time_machine
 
 from service.local.simulator import SimulatorConfig
 from service.runtime import Runtime, open_runtime
-from tests.conftest import FAST_SIMULATOR, eventually, make_settings
+from tests.conftest import FAST_SIMULATOR, eventually, make_settings, simulator_of
 from tests.test_pipeline import create_at_provider, finished, leave_in_doubt, row_of, running
 
 SUBMIT_TIMEOUT = 3.0
@@ -53,7 +53,7 @@ async def runtime_with_timeout(
     settings = make_settings(db_url, tmp_path, provider_timeout=provider_timeout)
     simulator = SimulatorConfig(**FAST_SIMULATOR, clock=true_clock())
     async with open_runtime(
-        settings, apply_migrations=False, simulator_config=simulator
+        settings, apply_migrations=False, stand_in_configs={"openai": simulator}
     ) as runtime:
         yield runtime
 
@@ -101,7 +101,7 @@ async def test_a_create_still_in_flight_is_waited_for_and_adopted_not_paid_twice
             row = await finished(runtime, row_id, within=PATIENT_TIMEOUT)
     assert row["status"] == "completed", row["error"]
     assert row["video_id"] == landed
-    assert runtime.simulator is not None and len(runtime.simulator.created) == 1
+    assert len(simulator_of(runtime).created) == 1
 
 
 @pytest.mark.parametrize("skew", SKEWS, ids=SKEW_IDS)
@@ -116,6 +116,6 @@ async def test_a_create_that_never_arrived_is_submitted_once_after_its_timeout(
             await waiting_for_the_create_in_flight(runtime, row_id)
             row = await finished(runtime, row_id, within=SUBMIT_TIMEOUT + 15)
     assert row["status"] == "completed", row["error"]
-    assert runtime.simulator is not None and len(runtime.simulator.created) == 1
+    assert len(simulator_of(runtime).created) == 1
     # Submitted again only once the earlier create would have timed out, by the DB's clock.
     assert row["submitted_at"] - in_doubt_since >= timedelta(seconds=SUBMIT_TIMEOUT)

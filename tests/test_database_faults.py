@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from service.database.errors import DatabaseUnavailable
 from service.database.postgres import PostgresRepository
 from service.runtime import Runtime
-from tests.conftest import eventually, replica_of
+from tests.conftest import eventually, replica_of, simulator_of
 from tests.faultproxy import PostgresFaultProxy
 from tests.test_cli import CLI, env_for
 from tests.test_pipeline import finished, running
@@ -89,7 +89,7 @@ async def test_a_worker_keeps_serving_through_repeated_connection_cuts(
                 rows = [await finished(runtime, row_id, within=40) for row_id in ids]
         loop.set_exception_handler(None)
     assert all(r["status"] == "completed" for r in rows), [r["error"] for r in rows]
-    assert runtime.simulator is not None and len(runtime.simulator.created) == len(ids)
+    assert len(simulator_of(runtime).created) == len(ids)
     assert unretrieved == []  # no "Task exception was never retrieved"
 
 

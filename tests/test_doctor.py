@@ -12,7 +12,7 @@ from service.commands.doctor import examine, worst
 from service.core.diagnosis import Finding
 from service.database.migrations import migrate
 from service.database.operator import Operator
-from tests.conftest import make_settings
+from tests.conftest import changed, make_settings
 from tests.fakes.realtime_server import started as realtime_started
 from tests.fakes.supabase_storage import started
 from tests.test_cli import env_for
@@ -116,7 +116,7 @@ async def test_a_supabase_key_that_storage_refuses_fails_with_the_fix(
         )
         assert by_check(await examine(good))["service key"][0].level == "OK"
         wrong = "sk-not-this-project"
-        bad = good.model_copy(update={"supabase_service_role_key": SecretStr(wrong)})
+        bad = changed(good, supabase_service_role_key=SecretStr(wrong))
         refused = by_check(await examine(bad))["service key"][0]
     assert refused.level == "FAIL" and "SUPABASE_SERVICE_ROLE_KEY" in refused.fix
     assert wrong not in refused.detail + refused.fix
@@ -155,14 +155,14 @@ async def test_realtime_is_checked_with_the_service_key(db_url: str, tmp_path: P
         opens = by_check(await examine(settings))["realtime"][0]
         wrong = "sk-not-this-project"
         refused_key = SecretStr(wrong)
-        refused = by_check(
-            await examine(settings.model_copy(update={"supabase_service_role_key": refused_key}))
-        )["realtime"][0]
+        refused = by_check(await examine(changed(settings, supabase_service_role_key=refused_key)))[
+            "realtime"
+        ][0]
         url = realtime.url
     assert (opens.level, opens.detail) == ("OK", "the Realtime websocket opens")
     assert refused.level == "WARN" and "401" in refused.detail
     assert wrong not in refused.detail + refused.fix
-    gone = by_check(await examine(settings.model_copy(update={"supabase_url": url})))
+    gone = by_check(await examine(changed(settings, supabase_url=url)))
     assert gone["realtime"][0].level == "WARN" and "SUPABASE_URL" in gone["realtime"][0].fix
 
 

@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 from service.local.simulator import FailureRule, ProfileName, SimulatorConfig
 from service.providers.ids import litellm_id, stable_id
 from service.runtime import Runtime, open_runtime
-from tests.conftest import FAST_SIMULATOR, eventually, make_settings
+from tests.conftest import FAST_SIMULATOR, eventually, make_settings, simulator_of
 from tests.test_cli import CLI, env_for
 from tests.test_pipeline import finished, row_of, running
 
@@ -33,7 +33,7 @@ async def gateway(
     async with open_runtime(
         make_settings(db_url, tmp_path, **settings),
         apply_migrations=False,
-        simulator_config=config,
+        stand_in_configs={"openai": config},
     ) as runtime:
         yield runtime
 
@@ -66,7 +66,7 @@ async def settled_by_hand(
     db_url: str, tmp_path: Path, runtime: Runtime, logs: list[dict[str, Any]]
 ) -> None:
     assert any(e["event"] == "provider.cannot_list" for e in logs)
-    sim = runtime.simulator
+    sim = simulator_of(runtime)
     assert sim is not None
     sim.config.failure_rules.append(FailureRule("lost answer", "slow_create", delay=3.0))
     prompt = "a lost answer at the gateway"
@@ -141,15 +141,14 @@ async def test_an_adopted_id_the_gateway_did_not_mint_fails_at_once(
         assert time.monotonic() - started < 30
     assert (row["status"], row["error_kind"]) == ("failed", "invalid_request")
     assert "did not mint" in row["error"] and foreign in row["error"]
-    assert runtime.simulator is not None and runtime.simulator.created == []
+    assert simulator_of(runtime).created == []
 
 
 async def test_a_new_api_status_outside_the_enum_is_waited_out_and_said_once(
     db_url: str, tmp_path: Path
 ) -> None:
     async with gateway(db_url, tmp_path, "new-api") as runtime:
-        assert runtime.simulator is not None
-        runtime.simulator.config.queue_seconds = 0.6  # several polls see NOT_START
+        simulator_of(runtime).config.queue_seconds = 0.6  # several polls see NOT_START
         row_id = await runtime.repo.insert_request("a gateway that invents statuses")
         with capture_logs() as logs:
             async with running(runtime.worker()):

@@ -26,7 +26,7 @@ from PIL import Image
 from service.local.simulator import SimulatorConfig
 from service.runtime import Runtime, open_runtime
 from service.web.serving import serve
-from tests.conftest import FAST_SIMULATOR, eventually, make_settings
+from tests.conftest import FAST_SIMULATOR, eventually, make_settings, simulator_of
 from tests.test_pipeline import finished, running
 
 MAX_BYTES = 2_000_000
@@ -193,7 +193,7 @@ async def test_hostile_rows_fail_alone_and_the_canary_is_never_contacted(
             async with open_runtime(
                 settings,
                 apply_migrations=False,
-                simulator_config=SimulatorConfig(**FAST_SIMULATOR),
+                stand_in_configs={"openai": SimulatorConfig(**FAST_SIMULATOR)},
             ) as runtime:
                 rows: dict[str, UUID] = {
                     url: await runtime.repo.insert_request("two friends hug", url) for url in cases
@@ -208,8 +208,7 @@ async def test_hostile_rows_fail_alone_and_the_canary_is_never_contacted(
                     results = {url: await finished(runtime, rid) for url, rid in rows.items()}
                     shadow_row = await finished(runtime, shadow)
                     good_row = await finished(runtime, good)
-                assert runtime.simulator is not None
-                created = len(runtime.simulator.created)
+                created = len(simulator_of(runtime).created)
     finally:
         await canary.stop()
 
@@ -234,7 +233,9 @@ async def test_the_demo_photos_need_no_setting(db_url: str, tmp_path: Path) -> N
     """The one exception the worker makes by itself: its own storage server's origin."""
     settings = make_settings(db_url, tmp_path)
     async with open_runtime(
-        settings, apply_migrations=False, simulator_config=SimulatorConfig(**FAST_SIMULATOR)
+        settings,
+        apply_migrations=False,
+        stand_in_configs={"openai": SimulatorConfig(**FAST_SIMULATOR)},
     ) as runtime:
         from service.commands.demo import upload_photos
 

@@ -113,7 +113,9 @@ async def test_readyz_is_503_while_the_database_is_gone_and_200_when_back(
     async with proxied(db_url) as (proxy, dsn):
         settings = make_settings(dsn, tmp_path, http_port=0)
         async with open_runtime(
-            settings, apply_migrations=False, simulator_config=SimulatorConfig(**FAST_SIMULATOR)
+            settings,
+            apply_migrations=False,
+            stand_in_configs={"openai": SimulatorConfig(**FAST_SIMULATOR)},
         ) as rt:
             worker = rt.worker(listen=False)
             async with (
@@ -263,7 +265,9 @@ async def test_readyz_names_no_database_detail_and_metrics_can_require_a_token(
     async with proxied(db_url) as (proxy, dsn):
         settings = make_settings(dsn, tmp_path, http_port=0, metrics_token="scrape-me-7f")
         async with open_runtime(
-            settings, apply_migrations=False, simulator_config=SimulatorConfig(**FAST_SIMULATOR)
+            settings,
+            apply_migrations=False,
+            stand_in_configs={"openai": SimulatorConfig(**FAST_SIMULATOR)},
         ) as rt:
             worker = rt.worker(listen=False)
             async with rt.http_server(worker) as server, httpx.AsyncClient() as client:

@@ -12,7 +12,7 @@ from service.config import Settings
 from service.core.request import VideoRequest
 from service.local.sharing import PortTaken, SharedServer, instance_id
 from service.local.storage_server import StorageServer
-from service.runtime import Runtime, open_runtime
+from service.runtime import Runtime, open_providers, open_runtime
 from tests.conftest import eventually, make_settings
 
 
@@ -22,11 +22,11 @@ def ports_of(db_url: str, data_dir: Path, first: Runtime) -> Settings:
     Binding port 0 and passing on what was bound leaves no window in which another
     program could take a port picked in advance.
     """
-    assert first.simulator is not None
+    assert first.stand_in is not None
     storage_port = urlsplit(first.store.public_url("b", "k")).port
     assert storage_port is not None
     return make_settings(
-        db_url, data_dir, simulator_port=first.simulator.port, storage_port=storage_port
+        db_url, data_dir, simulator_port=first.stand_in.port, storage_port=storage_port
     )
 
 
@@ -36,7 +36,7 @@ async def test_a_second_replica_shares_the_hosts_simulator_and_storage(
     async with open_runtime(make_settings(db_url, tmp_path), apply_migrations=False) as first:
         settings = ports_of(db_url, tmp_path, first)
         async with open_runtime(settings, apply_migrations=False) as second:
-            assert first.simulator is not None and second.simulator is None
+            assert first.stand_in is not None and second.stand_in is None
             job = await second.providers.get(None).submit(
                 VideoRequest(
                     prompt="shared",
@@ -50,18 +50,28 @@ async def test_a_second_replica_shares_the_hosts_simulator_and_storage(
             assert (await first.providers.get(None).retrieve(job.id)).id == job.id
             assert second.store.public_url("b", "k") == first.store.public_url("b", "k")
         async with open_runtime(settings, apply_migrations=False) as third:
-            assert third.simulator is None  # still shared: the first one hosts
+            assert third.stand_in is None  # still shared: the first one hosts
 
 
 async def test_a_sharer_takes_over_when_the_host_goes_away(tmp_path: Path) -> None:
     identity = instance_id(tmp_path)
     host = SharedServer(
-        "storage", lambda: StorageServer(tmp_path), identity=identity, host="127.0.0.1", port=0
+        "storage",
+        lambda: StorageServer(tmp_path),
+        identity=identity,
+        host="127.0.0.1",
+        port=0,
+        port_setting="SORA_STORAGE_PORT",
     )
     await host.open(flexible=False)
     port = host.port  # bound now; the sharer is told it, as a sibling's settings would
     sharer = SharedServer(
-        "storage", lambda: StorageServer(tmp_path), identity=identity, host="127.0.0.1", port=port
+        "storage",
+        lambda: StorageServer(tmp_path),
+        identity=identity,
+        host="127.0.0.1",
+        port=port,
+        port_setting="SORA_STORAGE_PORT",
     )
     await sharer.open(flexible=False)
     assert host.hosted is not None and sharer.hosted is None
@@ -86,6 +96,7 @@ async def test_a_port_held_by_a_stranger_is_a_clear_error_or_moves_when_flexible
             identity=instance_id(tmp_path / "other"),
             host="127.0.0.1",
             port=port,
+            port_setting="SORA_SIMULATOR_PORT",
         )
         with pytest.raises(PortTaken, match="SORA_SIMULATOR_PORT"):
             await ours.open(flexible=False)
@@ -98,3 +109,36 @@ async def test_a_port_held_by_a_stranger_is_a_clear_error_or_moves_when_flexible
 
 async def _noop() -> None:
     return None
+
+
+async def test_a_stand_in_serves_the_default_provider_only_and_a_key_adds_its_real_host(
+    db_url: str, tmp_path: Path
+) -> None:
+    unreached = "http://127.0.0.1:9"  # never called: building an adapter sends nothing
+    settings = make_settings(
+        db_url,
+        tmp_path,
+        provider="replicate",
+        google_api_key="a-vertex-key",
+        google_vertex_base_url=unreached,
+    )
+    async with open_providers(settings) as providers:
+        assert "openai" not in providers  # no key, not the default: no simulator
+        assert providers.where("google_veo") == unreached
+        assert providers.host("replicate") == "127.0.0.1"  # its local fake
+
+
+async def test_a_fakes_port_held_by_a_stranger_names_its_own_setting(
+    db_url: str, tmp_path: Path
+) -> None:
+    stranger = StorageServer(tmp_path / "stranger")
+    await stranger.start(port=0)
+    try:
+        settings = make_settings(
+            db_url, tmp_path, provider="google_veo", veo_fake_port=stranger.port
+        )
+        with pytest.raises(PortTaken, match="set SORA_VEO_FAKE_PORT"):
+            async with open_providers(settings):
+                pass
+    finally:
+        await stranger.stop()

@@ -14,7 +14,7 @@ from PIL import Image
 from service.config import Settings
 from service.local.simulator import SimulatorConfig
 from service.runtime import Runtime, open_runtime
-from tests.conftest import FAST_SIMULATOR
+from tests.conftest import FAST_SIMULATOR, changed
 from tests.test_pipeline import finished, running
 
 
@@ -47,9 +47,11 @@ async def test_a_completed_row_has_its_length_size_and_a_poster(runtime: Runtime
 
 
 async def test_a_rendition_is_stored_beside_the_video_when_asked(settings: Settings) -> None:
-    asked = settings.model_copy(update={"rendition_bitrate": 200})
+    asked = changed(settings, rendition_bitrate=200)
     config = SimulatorConfig(**FAST_SIMULATOR)
-    async with open_runtime(asked, apply_migrations=False, simulator_config=config) as rt:
+    async with open_runtime(
+        asked, apply_migrations=False, stand_in_configs={"openai": config}
+    ) as rt:
         async with running(rt.worker()):
             row = await finished(rt, await rt.repo.insert_request("a small copy too"))
         original, small = await fetch(row["video_url"]), await fetch(row["rendition_url"])

@@ -21,8 +21,9 @@ from service.config import Settings
 from service.database.operator import CANCELLED, Operator
 from service.local.simulator import SimulatorConfig
 from service.providers.base import VideoGone
+from service.providers.registry import SimulatorSettings
 from service.runtime import Runtime, open_runtime
-from tests.conftest import eventually
+from tests.conftest import changed, eventually, simulator_of
 from tests.test_cli import CLI, env_for
 from tests.test_pipeline import finished, row_of, running
 
@@ -56,12 +57,10 @@ async def cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
 
 def shared_settings(runtime: Runtime) -> Settings:
     """The runtime's settings, pointed at its simulator and storage (as a CLI beside it)."""
-    assert runtime.simulator is not None
-    return runtime.settings.model_copy(
-        update={
-            "simulator_port": urlsplit(runtime.simulator.base_url).port,
-            "storage_port": urlsplit(runtime.store.public_url("b", "k")).port,
-        }
+    return changed(
+        runtime.settings,
+        simulator_port=urlsplit(simulator_of(runtime).base_url).port,
+        storage_port=urlsplit(runtime.store.public_url("b", "k")).port,
     )
 
 
@@ -69,9 +68,9 @@ def cli_env(runtime: Runtime, db_url: str) -> dict[str, str]:
     s = shared_settings(runtime)
     return env_for(
         db_url,
-        s.data_dir,
-        SORA_SIMULATOR_PORT=str(s.simulator_port),
-        SORA_STORAGE_PORT=str(s.storage_port),
+        s.stand_ins.data_dir,
+        SORA_SIMULATOR_PORT=str(s.stand_ins.of("openai", SimulatorSettings).port),
+        SORA_STORAGE_PORT=str(s.stand_ins.storage_port),
     )
 
 
@@ -111,8 +110,10 @@ async def slow_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     """A worker whose simulated jobs take a minute: rows stay generating for the test,
     polled at least every second (a job's pace alone would put polls up to a minute apart)."""
     config = SimulatorConfig(queue_seconds=0.05, generation_seconds=60)
-    settings = settings.model_copy(update={"poll_ceiling": 1.0})
-    async with open_runtime(settings, apply_migrations=False, simulator_config=config) as rt:
+    settings = changed(settings, poll_ceiling=1.0)
+    async with open_runtime(
+        settings, apply_migrations=False, stand_in_configs={"openai": config}
+    ) as rt:
         yield rt
 
 
@@ -156,7 +157,7 @@ async def test_cancel_refuses_a_finished_row(runtime: Runtime, db_url: str) -> N
 
 async def stored_file(runtime: Runtime, url: str) -> Path:
     key = url.split("/object/public/", 1)[1]
-    return runtime.settings.data_dir / "storage" / key
+    return runtime.settings.stand_ins.data_dir / "storage" / key
 
 
 async def test_rearchive_copies_the_video_again_and_touches_no_other_row(
@@ -240,7 +241,7 @@ async def test_prune_deletes_only_the_files_a_row_archived_itself(
         yield b"\xff\xd8\xff\xe0 a photo"
 
     photo = await runtime.store.put(
-        runtime.settings.image_bucket, "p/photo.jpg", one(), "image/jpeg"
+        runtime.settings.storage.image_bucket, "p/photo.jpg", one(), "image/jpeg"
     )
     await runtime.pool.execute(
         """update videos set completed_at = now() - interval '400 days',
@@ -270,5 +271,5 @@ async def test_stats_shows_storage_per_bucket(runtime: Runtime, db_url: str) -> 
     assert status == 0, err
     stats = json.loads(out)
     assert stats["stages"] == {"completed": 1}
-    videos = stats["storage"][runtime.settings.video_bucket]
+    videos = stats["storage"][runtime.settings.storage.video_bucket]
     assert videos["objects"] >= 1 and videos["bytes"] >= row["video_bytes"]

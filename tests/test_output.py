@@ -9,6 +9,7 @@ from service.commands.rows import run_list
 from service.core.text import MAX_STORED, one_line, printable
 from service.local.simulator import FailureRule
 from service.runtime import Runtime
+from tests.conftest import simulator_of
 from tests.test_operator import shared_settings
 from tests.test_pipeline import finished, running
 
@@ -36,8 +37,7 @@ def test_one_line_keeps_both_ends_of_a_long_text() -> None:
 async def test_a_hostile_provider_error_is_stored_as_one_bounded_line_and_listed_inert(
     runtime: Runtime, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert runtime.simulator is not None
-    runtime.simulator.config.failure_rules.append(
+    simulator_of(runtime).config.failure_rules.append(
         FailureRule("hostile", "create", status=400, code="invalid_request", message=HOSTILE)
     )
     async with running(runtime.worker()):

@@ -236,9 +236,11 @@ async def provider_runtime(
     async with open_runtime(
         settings,
         apply_migrations=False,
-        simulator_config=SimulatorConfig(**FAST),
-        veo_config=VeoConfig(**FAST),
-        replicate_config=ReplicateConfig(**FAST),
+        stand_in_configs={
+            "openai": SimulatorConfig(**FAST),
+            "google_veo": VeoConfig(**FAST),
+            "replicate": ReplicateConfig(**FAST),
+        },
     ) as runtime:
         yield runtime
 

@@ -38,7 +38,7 @@ async def test_a_safety_filtered_veo_video_fails_once_and_is_never_retried(
     db_url: str, tmp_path: Path
 ) -> None:
     async with provider_runtime(db_url, tmp_path, "google_veo") as runtime:
-        fake = runtime.provider_fake
+        fake = runtime.stand_in
         assert isinstance(fake, VeoServer)
         row_id = await runtime.repo.insert_request("two friends hug [rai-filtered]")
         async with running(runtime.worker()):
@@ -56,7 +56,7 @@ async def test_a_flagged_replicate_prediction_fails_as_safety_filtered(
     db_url: str, tmp_path: Path
 ) -> None:
     async with provider_runtime(db_url, tmp_path, "replicate") as runtime:
-        fake = runtime.provider_fake
+        fake = runtime.stand_in
         assert isinstance(fake, ReplicateServer)
         row_id = await runtime.repo.insert_request("a hug [flagged]")
         async with running(runtime.worker()):
@@ -73,7 +73,7 @@ async def test_a_veo_create_in_doubt_fails_with_what_settles_it_and_is_never_res
     db_url: str, tmp_path: Path
 ) -> None:
     async with provider_runtime(db_url, tmp_path, "google_veo") as runtime:
-        fake = runtime.provider_fake
+        fake = runtime.stand_in
         assert isinstance(fake, VeoServer)
         row_id = await runtime.repo.insert_request("a hug that may have been paid for")
         key = await leave_in_doubt(runtime, row_id, "google_veo", "veo-3.1-generate-preview")
@@ -91,7 +91,7 @@ async def test_a_replicate_create_in_doubt_is_found_in_the_list_and_adopted(
     db_url: str, tmp_path: Path
 ) -> None:
     async with provider_runtime(db_url, tmp_path, "replicate") as runtime:
-        fake = runtime.provider_fake
+        fake = runtime.stand_in
         assert isinstance(fake, ReplicateServer)
         prompt = "a hug whose answer was lost"
         row_id = await runtime.repo.insert_request(prompt)
@@ -158,15 +158,19 @@ def request(prompt: str) -> VideoRequest:
 def test_settings_choose_the_provider_and_its_default_model() -> None:
     from pydantic import ValidationError
 
-    from service.config import Settings
+    from service.config import GenerationSettings, Settings
+    from tests.conftest import grouped
 
-    assert Settings(provider="veo").provider == "google_veo"  # the demo's short name
-    assert Settings(provider="google_veo").provider_model == "veo-3.1-generate-preview"
-    assert Settings(provider="replicate").provider_model == "google/veo-3.1"
-    assert Settings(provider="openai").provider_model == "sora-2"
-    assert Settings(provider="replicate", model="openai/sora-2").provider_model == "openai/sora-2"
+    def generation(**values: str) -> GenerationSettings:
+        return Settings(**grouped(**values)).generation
+
+    assert generation(provider="veo").provider == "google_veo"  # the demo's short name
+    assert generation(provider="google_veo").default_model == "veo-3.1-generate-preview"
+    assert generation(provider="replicate").default_model == "google/veo-3.1"
+    assert generation(provider="openai").default_model == "sora-2"
+    assert generation(provider="replicate", model="openai/sora-2").default_model == "openai/sora-2"
     try:
-        Settings(provider="vertex")
+        generation(provider="vertex")
     except ValidationError as err:
         assert "google_veo" in str(err)
     else:

@@ -24,7 +24,7 @@ from structlog.testing import capture_logs
 from service.runtime import Runtime
 from service.wakeups.choice import Sources, choose
 from service.wakeups.realtime import KEY_HINT, PUBLICATION_HINT, RealtimeSource
-from tests.conftest import eventually, replica_of
+from tests.conftest import eventually, replica_of, simulator_of
 from tests.fakes.realtime_server import FakeRealtime, started
 from tests.fakes.supabase_storage import started as supabase_storage
 from tests.test_pipeline import finished, row_of, running
@@ -175,8 +175,7 @@ async def test_fifty_rows_complete_while_the_realtime_server_dies_five_times(
 ) -> None:
     src = fast_source(fake)
     # Small clips: the test is about waking, not about encoding 50 videos at 720p.
-    assert runtime.simulator is not None
-    runtime.simulator.config.models["tiny"] = ("160x96",)
+    simulator_of(runtime).config.models["tiny"] = ("160x96",)
     ids = []
     started_at = time.monotonic()
     async with replica_of(runtime, sweep_interval=600.0) as quiet:

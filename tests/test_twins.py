@@ -22,7 +22,7 @@ from service.core import likeness
 from service.local.simulator.media import render_mp4, render_thumbnail
 from service.media import images, prints, thumbnails
 from service.runtime import Runtime
-from tests.conftest import eventually, replica_of
+from tests.conftest import eventually, replica_of, simulator_of
 from tests.test_pipeline import finished, photo, row_of, running
 
 RED, BLUE = (200, 30, 30), (30, 30, 200)
@@ -79,8 +79,7 @@ async def twins_in_doubt(
 
 
 async def create_at_provider(runtime: Runtime, prompt: str, reference: bytes) -> str:
-    assert runtime.simulator is not None
-    client = openai.AsyncOpenAI(base_url=runtime.simulator.base_url, api_key="test")
+    client = openai.AsyncOpenAI(base_url=simulator_of(runtime).base_url, api_key="test")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         video = await client.videos.create(
@@ -105,7 +104,7 @@ async def test_twins_in_doubt_with_different_photos_each_get_the_video_of_their_
     ):
         rows = [await finished(runtime, row_id, within=30) for row_id in ids]
     assert [r["status"] for r in rows] == ["completed", "completed"], [r["error"] for r in rows]
-    assert runtime.simulator is not None and len(runtime.simulator.created) == 2  # paid once each
+    assert len(simulator_of(runtime).created) == 2  # paid once each
     assert rows[0]["video_id"] != rows[1]["video_id"]
     for row, colour in zip(rows, (RED, BLUE), strict=True):
         got = await first_frame_colour(row["video_url"])
@@ -129,9 +128,8 @@ async def test_twins_whose_photos_look_alike_stay_in_doubt_rather_than_guess(
         ]
         # Both jobs are finished at the provider (their first frames known), and still
         # neither row took one.
-        assert runtime.simulator is not None
-        for created in runtime.simulator.created:
-            job = runtime.simulator.store.get(created.video_id)
+        for created in simulator_of(runtime).created:
+            job = simulator_of(runtime).store.get(created.video_id)
             await eventually(
                 lambda job=job: _status(runtime, job), lambda s: s == "completed", within=10
             )
@@ -149,12 +147,11 @@ async def test_twins_whose_photos_look_alike_stay_in_doubt_rather_than_guess(
     for row in [*rows, *again]:
         assert row["stage"] == "submitting" and row["video_id"] is None, row
         assert row["attempts"] == 0  # waiting to tell them apart spends no attempt
-    assert runtime.simulator is not None and len(runtime.simulator.created) == 2  # none more
+    assert len(simulator_of(runtime).created) == 2  # none more
 
 
 async def _status(runtime: Runtime, job: object) -> str:
-    assert runtime.simulator is not None
-    return str(job.video(runtime.simulator.config)["status"])  # type: ignore[attr-defined]
+    return str(job.video(simulator_of(runtime).config)["status"])  # type: ignore[attr-defined]
 
 
 async def test_twins_with_the_same_photos_are_interchangeable(runtime: Runtime) -> None:
@@ -162,7 +159,7 @@ async def test_twins_with_the_same_photos_are_interchangeable(runtime: Runtime) 
     async with running(runtime.worker()):
         rows = [await finished(runtime, row_id, within=30) for row_id in ids]
     assert [r["status"] for r in rows] == ["completed", "completed"], [r["error"] for r in rows]
-    assert runtime.simulator is not None and len(runtime.simulator.created) == 2
+    assert len(simulator_of(runtime).created) == 2
     assert rows[0]["video_id"] != rows[1]["video_id"]
     for row in rows:
         assert close_to(await first_frame_colour(row["video_url"]), RED)

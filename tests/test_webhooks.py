@@ -60,7 +60,7 @@ async def test_a_replicate_webhook_wakes_the_row_long_before_its_next_poll(
 ) -> None:
     # Polls an hour apart: only the webhook can make the row finish within the test.
     async with provider_runtime(db_url, tmp_path, "replicate", poll_interval=3600.0) as runtime:
-        fake = runtime.provider_fake
+        fake = runtime.stand_in
         assert isinstance(fake, ReplicateServer)
         # Long enough that the job is recorded on the row before its "completed" webhook
         # is sent: one sent before that finds no row to wake (the first poll, at the
@@ -94,7 +94,7 @@ async def test_the_receiver_asks_replicate_for_its_secret(db_url: str, tmp_path:
     async with provider_runtime(
         db_url, tmp_path, "replicate", webhook_url="https://worker.example"
     ) as runtime:
-        fake = runtime.provider_fake
+        fake = runtime.stand_in
         assert isinstance(fake, ReplicateServer)
         replicate = runtime.providers.get("replicate")
         assert isinstance(replicate, ReplicateVideos)

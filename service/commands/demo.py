@@ -30,6 +30,7 @@ from service.config import Settings
 from service.local.replicate_server import ReplicateConfig
 from service.local.simulator import SimulatorConfig
 from service.local.veo_server import VeoConfig
+from service.providers.registry import SimulatorSettings
 from service.runtime import Runtime, open_runtime
 from service.signals import until_signalled
 
@@ -72,7 +73,7 @@ async def _one_chunk(data: bytes) -> Any:
 
 
 async def upload_photos(runtime: Runtime) -> tuple[str, str]:
-    bucket = runtime.settings.image_bucket
+    bucket = runtime.settings.storage.image_bucket
     urls = []
     for name, shirt, sky in (
         ("Alex", (200, 60, 60), (170, 210, 240)),
@@ -112,14 +113,18 @@ async def verify_video(http: httpx.AsyncClient, row: dict[str, Any]) -> Probe:
 
 
 async def run_demo(settings: Settings, *, fresh: bool, keep_serving: bool) -> int:
-    if fresh and settings.data_dir.exists():
-        shutil.rmtree(settings.data_dir)
+    data_dir = settings.stand_ins.data_dir
+    if fresh and data_dir.exists():
+        shutil.rmtree(data_dir)
     say = _say
+    simulator = settings.stand_ins.of("openai", SimulatorSettings)
     async with open_runtime(
         settings,
-        simulator_config=replace(DEMO_SIMULATOR, profile=settings.simulator_profile),
-        veo_config=DEMO_VEO,
-        replicate_config=DEMO_REPLICATE,
+        stand_in_configs={
+            "openai": replace(DEMO_SIMULATOR, profile=simulator.profile),
+            "google_veo": DEMO_VEO,
+            "replicate": DEMO_REPLICATE,
+        },
         flexible_ports=True,
     ) as runtime:
         say(f"demo: generating through {runtime.providers.default}")

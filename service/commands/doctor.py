@@ -26,6 +26,7 @@ from service.core.diagnosis import SEVERITY, Finding
 from service.database.migrations import load
 from service.extras import LocalExtraMissing
 from service.providers.base import Diagnosable
+from service.providers.registry import provider_named
 from service.runtime import database_url, open_providers
 from service.wakeups.choice import listen_works
 
@@ -75,7 +76,7 @@ async def examine(settings: Settings) -> list[Finding]:
             with suppress(Exception):
                 await conn.close(timeout=2)
         await _guarded(findings, "listen", lambda: _listen(settings))
-    if settings.uses_supabase:
+    if settings.storage.uses_supabase:
         await _guarded(findings, "realtime", lambda: _realtime(settings))
         await _guarded(findings, "service key", lambda: _service_key(settings))
     else:
@@ -100,7 +101,7 @@ async def _database(settings: Settings, findings: list[Finding]) -> asyncpg.Conn
         conn: asyncpg.Connection = await asyncpg.connect(
             dsn,
             timeout=CONNECT_TIMEOUT,
-            statement_cache_size=100 if settings.prepared_statements else 0,
+            statement_cache_size=100 if settings.database.prepared_statements else 0,
         )
     except Exception as err:
         findings.append(
@@ -114,7 +115,7 @@ async def _database(settings: Settings, findings: list[Finding]) -> asyncpg.Conn
         )
         return None
     version = await conn.fetchval("show server_version")
-    where = "embedded server" if settings.database_url is None else "DATABASE_URL"
+    where = "embedded server" if settings.database.url is None else "DATABASE_URL"
     findings.append(Finding("database", "OK", f"PostgreSQL {version} answers ({where})"))
     return conn
 
@@ -145,7 +146,7 @@ async def _buckets_in_sql(conn: asyncpg.Connection, settings: Settings) -> list[
     """On a Supabase database the buckets are rows: exist, and public (permanent URLs)."""
     if await conn.fetchval("select to_regclass('storage.buckets')") is None:
         return []  # plain PostgreSQL: storage is checked where it lives
-    buckets = [settings.video_bucket, settings.image_bucket]
+    buckets = [settings.storage.video_bucket, settings.storage.image_bucket]
     rows = await conn.fetch(
         "select id, public from storage.buckets where id = any($1::text[])", buckets
     )
@@ -179,7 +180,9 @@ async def _buckets_in_sql(conn: asyncpg.Connection, settings: Settings) -> list[
 async def _policies(conn: asyncpg.Connection, settings: Settings) -> list[Finding]:
     if await conn.fetchval("select to_regclass('storage.objects')") is None:
         return []
-    names = "|".join(f"'{b}'" for b in (settings.video_bucket, settings.image_bucket))
+    names = "|".join(
+        f"'{b}'" for b in (settings.storage.video_bucket, settings.storage.image_bucket)
+    )
     offending = await conn.fetch(PUBLIC_WRITE_POLICIES, f"({names})")
     guarded = await conn.fetchval(GUARDS) == 3
     if not offending:
@@ -206,30 +209,31 @@ async def _policies(conn: asyncpg.Connection, settings: Settings) -> list[Findin
 
 
 async def _listen(settings: Settings) -> list[Finding]:
-    if settings.wakeups in ("none", "realtime"):
-        return [Finding("listen", "OK", f"not used (SORA_WAKEUPS={settings.wakeups})")]
+    if settings.worker.wakeups in ("none", "realtime"):
+        return [Finding("listen", "OK", f"not used (SORA_WAKEUPS={settings.worker.wakeups})")]
     if await listen_works(await database_url(settings)):
         return [Finding("listen", "OK", "LISTEN hears its own NOTIFY")]
-    needed = settings.wakeups in ("listen", "both")
+    needed = settings.worker.wakeups in ("listen", "both")
     return [
         Finding(
             "listen",
             "FAIL" if needed else "WARN",
             "LISTEN heard nothing: new rows wait for the sweep "
-            f"(up to SORA_SWEEP_INTERVAL={settings.sweep_interval:g} s)",
+            f"(up to SORA_SWEEP_INTERVAL={settings.worker.sweep_interval.total_seconds():g} s)",
             POOLER_FIX,
         )
     ]
 
 
 async def _realtime(settings: Settings) -> list[Finding]:
-    if settings.wakeups in ("none", "listen"):
-        return [Finding("realtime", "OK", f"not used (SORA_WAKEUPS={settings.wakeups})")]
+    if settings.worker.wakeups in ("none", "listen"):
+        return [Finding("realtime", "OK", f"not used (SORA_WAKEUPS={settings.worker.wakeups})")]
     from websockets.asyncio.client import connect
 
-    assert settings.supabase_url is not None and settings.supabase_service_role_key is not None
-    key = settings.supabase_service_role_key.get_secret_value()
-    base = settings.supabase_url.rstrip("/").replace("https://", "wss://", 1)
+    storage = settings.storage
+    assert storage.supabase_url is not None and storage.service_role_key is not None
+    key = storage.service_role_key.get_secret_value()
+    base = storage.supabase_url.rstrip("/").replace("https://", "wss://", 1)
     url = base.replace("http://", "ws://", 1) + "/realtime/v1/websocket?vsn=1.0.0"
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT), connect(url + f"&apikey={key}"):
@@ -248,9 +252,10 @@ async def _realtime(settings: Settings) -> list[Finding]:
 
 
 async def _service_key(settings: Settings) -> list[Finding]:
-    assert settings.supabase_url is not None and settings.supabase_service_role_key is not None
-    key = settings.supabase_service_role_key.get_secret_value()
-    url = settings.supabase_url.rstrip("/") + "/storage/v1/bucket"
+    storage = settings.storage
+    assert storage.supabase_url is not None and storage.service_role_key is not None
+    key = storage.service_role_key.get_secret_value()
+    url = storage.supabase_url.rstrip("/") + "/storage/v1/bucket"
     async with httpx.AsyncClient(timeout=CONNECT_TIMEOUT) as client:
         try:
             answer = await client.get(
@@ -297,7 +302,8 @@ def _jwt_role(key: str) -> str | None:
 
 
 async def _local_storage(settings: Settings) -> list[Finding]:
-    root = settings.data_dir / "storage"
+    local = settings.stand_ins
+    root = local.data_dir / "storage"
     probe = root / ".doctor"
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -312,46 +318,35 @@ async def _local_storage(settings: Settings) -> list[Finding]:
                 "make SORA_DATA_DIR writable by the worker, or set SUPABASE_URL",
             )
         ]
-    port = settings.storage_port or "<any free port>"
-    served = settings.public_url or f"http://{settings.storage_host}:{port}"
+    port = local.storage_port or "<any free port>"
+    served = local.public_url or f"http://{local.storage_host}:{port}"
     return [Finding("local storage", "OK", f"{root} is writable; served at {served}")]
 
 
-KEY_NAMES = {
-    "openai": "OPENAI_API_KEY (and OPENAI_BASE_URL)",
-    "google_veo": "GOOGLE_API_KEY",
-    "replicate": "REPLICATE_API_TOKEN",
-}
-
-
 async def _provider(settings: Settings) -> list[Finding]:
-    key_name = KEY_NAMES[settings.provider]
+    chosen = provider_named(settings.generation.provider)
     try:
         async with open_providers(settings) as providers:
             provider = providers.get(None)
             if not isinstance(provider, Diagnosable):
                 return [Finding("provider", "WARN", f"{provider.name} cannot check itself")]
-            found = await provider.diagnose(settings.provider_model)
+            found = await provider.diagnose(settings.generation.default_model)
     except LocalExtraMissing as err:
-        return [Finding("provider", "FAIL", str(err), f"set {key_name}")]
-    keys = {
-        "openai": settings.openai_api_key,
-        "google_veo": settings.google_api_key,
-        "replicate": settings.replicate_api_token,
-    }
-    if keys[settings.provider] is None:
-        stand_in = (
-            f"{key_name} is unset: a local {settings.provider} stand-in makes synthetic clips"
-        )
+        return [Finding("provider", "FAIL", str(err), f"set {chosen.to_set}")]
+    if settings.providers.of(chosen.name).api_key is None:
+        stand_in = f"{chosen.to_set} is unset: a local {chosen.name} stand-in makes synthetic clips"
         found.insert(0, Finding("provider", "OK", stand_in))
     return found
 
 
 async def _disk(settings: Settings) -> list[Finding]:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(settings.data_dir).free
-    what = f"{free / 1024**3:.1f} GiB free under SORA_DATA_DIR ({settings.data_dir})"
-    uses = "the embedded database and local videos" if not settings.uses_supabase else "temp files"
+    data_dir = settings.stand_ins.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(data_dir).free
+    what = f"{free / 1024**3:.1f} GiB free under SORA_DATA_DIR ({data_dir})"
+    uses = (
+        "temp files" if settings.storage.uses_supabase else "the embedded database and local videos"
+    )
     if free < DISK_FAIL:
         return [Finding("disk", "FAIL", what, f"free space or move SORA_DATA_DIR: it holds {uses}")]
     if free < DISK_WARN:

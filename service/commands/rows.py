@@ -33,7 +33,7 @@ log = structlog.get_logger("service.commands.rows")
 async def repository(settings: Settings) -> AsyncIterator[PostgresRepository]:
     """A repository on a one-connection pool, for the short commands."""
     async with create_pool(settings, await database_url(settings), 1) as pool:
-        yield PostgresRepository(pool, settings.worker_id, settings.lease)
+        yield PostgresRepository(pool, settings.worker.id, settings.worker.lease)
 
 
 async def run_request(settings: Settings, args: argparse.Namespace) -> int:
@@ -42,16 +42,15 @@ async def run_request(settings: Settings, args: argparse.Namespace) -> int:
     files = {name: Path(value) for name, value in photos.items() if value and not is_url(value)}
     try:
         for name, path in files.items():
-            check_photo_file(f"--{name}", path, settings.image_max_bytes)
+            check_photo_file(f"--{name}", path, settings.photos.max_bytes)
     except PhotoFileError as err:
         print(f"sora-worker: {err}", file=sys.stderr)
         return 2
     if files:
         async with open_store(settings) as store:
             for name, path in files.items():
-                photos[name] = await upload_photo(
-                    store, settings.image_bucket, f"--{name}", path, settings.image_max_bytes
-                )
+                bucket, most = settings.storage.image_bucket, settings.photos.max_bytes
+                photos[name] = await upload_photo(store, bucket, f"--{name}", path, most)
                 log.info("request.photo_uploaded", photo=name, url=photos[name])
     async with repository(settings) as repo:
         row_id = await repo.insert_request(

@@ -15,6 +15,7 @@ import structlog
 from service.config import Settings
 from service.database.migrations import migrate
 from service.extras import local_extra
+from service.providers.registry import SimulatorSettings
 from service.runtime import create_pool, database_url, open_runtime
 from service.signals import STOP_SIGNALS, until_signalled
 
@@ -28,7 +29,7 @@ async def run_simulator(args: argparse.Namespace, settings: Settings) -> int:
     config = SimulatorConfig(
         generation_seconds=args.generation_seconds,
         state_dir=args.state_dir,
-        profile=args.profile or settings.simulator_profile,
+        profile=args.profile or settings.stand_ins.of("openai", SimulatorSettings).profile,
     )
     simulator = Simulator(config)
     await simulator.start(args.host, args.port)
@@ -63,7 +64,8 @@ def raise_fd_limit() -> None:
 
 async def run_worker(settings: Settings, *, migrate_first: bool, listen: bool) -> int:
     raise_fd_limit()
-    if not settings.uses_supabase and settings.storage_port == 0 and not settings.public_url:
+    local = settings.stand_ins
+    if not settings.storage.uses_supabase and local.storage_port == 0 and not local.public_url:
         log.warning(
             "storage.ephemeral_port",
             message="SORA_STORAGE_PORT=0: video_url will name a port that dies with this "
@@ -92,7 +94,7 @@ async def run_worker(settings: Settings, *, migrate_first: bool, listen: bool) -
         receiver = await runtime.webhook_receiver(worker.wakeup)
         async with AsyncExitStack() as servers:
             routes = receiver.routes()
-            if settings.webhook_port is not None:
+            if settings.http.webhook_port is not None:
                 await servers.enter_async_context(runtime.webhook_server(routes))
                 routes = []
             await servers.enter_async_context(runtime.http_server(worker, routes=routes))
@@ -112,17 +114,17 @@ async def run_migrate(settings: Settings) -> int:
 
 async def run_health(settings: Settings) -> int:
     """The container's HEALTHCHECK: this machine's worker answers /readyz with 200."""
-    if settings.http_port == 0:
+    if settings.http.port == 0:
         print(
             "sora-worker: SORA_HTTP_PORT=0 gives the worker a random port; "
             "set a fixed SORA_HTTP_PORT to probe it",
             file=sys.stderr,
         )
         return 2
-    host = settings.http_host
+    host = settings.http.host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{settings.http_port}/readyz"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{settings.http.port}/readyz"
     try:
         async with httpx.AsyncClient(timeout=5.0) as client:
             answer = await client.get(url)

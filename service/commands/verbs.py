@@ -143,7 +143,7 @@ async def run_adopt(settings: Settings, row_id: UUID, video_id: str, as_json: bo
     """Attach the job a person found (after an in-doubt failure) to its row."""
     async with operator(settings) as op:
         try:
-            await op.adopt(row_id, video_id, settings.provider)
+            await op.adopt(row_id, video_id, settings.generation.provider)
         except Refused as err:
             return say(
                 as_json, {"adopted": False, "reason": str(err)}, f"sora-worker: {err}", ok=False
@@ -259,7 +259,7 @@ async def _delete_files(settings: Settings, rows: list[Prunable]) -> tuple[list[
     async with open_store(settings) as store:
         for row in rows:
             for url in row.urls:
-                where = own_file(row, url, store, settings.video_bucket)
+                where = own_file(row, url, store, settings.storage.video_bucket)
                 if where is None:
                     left.append(f"row {row.id}: {url} was not written by its archive; left alone")
                     continue
@@ -272,10 +272,11 @@ async def _delete_files(settings: Settings, rows: list[Prunable]) -> tuple[list[
 
 async def storage_used(settings: Settings, op: Operator) -> dict[str, dict[str, int]] | None:
     """Per bucket: Supabase's storage.objects, or the files of local storage."""
-    buckets = [settings.video_bucket, settings.image_bucket]
-    if settings.uses_supabase:
+    buckets = [settings.storage.video_bucket, settings.storage.image_bucket]
+    if settings.storage.uses_supabase:
         return await op.storage_used(buckets)
-    return await asyncio.to_thread(_local_usage, settings.data_dir / "storage", buckets)
+    root = settings.stand_ins.data_dir / "storage"
+    return await asyncio.to_thread(_local_usage, root, buckets)
 
 
 def _local_usage(root: Path, buckets: list[str]) -> dict[str, dict[str, int]]:

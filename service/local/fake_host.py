@@ -9,12 +9,23 @@ expects.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 
 from aiohttp import web
 
 from service.web.serving import serve
+
+C = TypeVar("C")
+H = TypeVar("H")
+
+
+def made_with(host: Callable[[C], H], config: C) -> Callable[[], H]:
+    """What makes ``host`` as a provider's stand-in (the ``stand_in`` each fake module
+    has, named by ``providers.registry``): called again when a replica takes a dead
+    one's port over, with the same ``config``, so a change made to it holds there too."""
+    return lambda: host(config)
 
 
 class FakeHost:

@@ -77,6 +77,7 @@ class SharedServer(Generic[S]):
         identity: str,
         host: str,
         port: int,
+        port_setting: str,
         suffix: str = "",
     ) -> None:
         self.what = what
@@ -84,6 +85,8 @@ class SharedServer(Generic[S]):
         self.identity = identity
         self.host = host
         self.port = port
+        self.port_setting = port_setting
+        """The environment variable of the port, named when the port is taken."""
         self.suffix = suffix
         self.hosted: S | None = None
         self._keeper: asyncio.Task[None] | None = None
@@ -111,7 +114,7 @@ class SharedServer(Generic[S]):
             raise PortTaken(
                 errno.EADDRINUSE,
                 f"port {self.port} for the local {self.what} is taken by another program; "
-                f"free it or set SORA_{self.what.upper()}_PORT",
+                f"free it or set {self.port_setting}",
             )
         log.warning(f"{self.what}.port_taken", port=self.port, using="a free port")
         if not await self._try_host(0):

@@ -28,13 +28,15 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from aiohttp import web
 from PIL import Image
 
-from service.local.fake_host import FakeHost
+from service.local.fake_host import FakeHost, made_with
 from service.local.simulator.media import render_mp4
+from service.providers.registry import VeoFakeSettings
 
 PROJECT = "sora-worker-local"
 LOCATION = "us-central1"
@@ -236,6 +238,13 @@ class VeoServer(FakeHost):
     def forget(self, name: str) -> None:
         """Drop an operation, as Google does once its retention ends."""
         self._operations.pop(name, None)
+
+
+def stand_in(
+    _settings: VeoFakeSettings, _data_dir: Path, config: VeoConfig | None
+) -> Callable[[], VeoServer]:
+    """The fake as SORA_PROVIDER=google_veo's stand-in."""
+    return made_with(VeoServer, config or VeoConfig())
 
 
 def _dimensions(aspect: str, resolution: str) -> tuple[int, int]:

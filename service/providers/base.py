@@ -149,3 +149,12 @@ class Diagnosable(Protocol):
 
     async def diagnose(self, model: str) -> list[Finding]:
         """One finding per check; never raises for what the provider answers."""
+
+
+@runtime_checkable
+class TellsWebhookSecret(Protocol):
+    """A host that can say the secret its webhooks are signed with (Replicate): asked
+    when this worker asks for webhooks (SORA_WEBHOOK_URL) and no secret is set."""
+
+    async def webhook_secret(self) -> str:
+        """The signing secret; ProviderUnavailable when the host cannot say it now."""

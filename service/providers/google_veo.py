@@ -53,12 +53,18 @@ from service.providers.base import (
     VideoGone,
 )
 from service.providers.inline_video import InlineVideoScanner, scan
+from service.providers.registry import AdapterOptions
 from service.providers.sizes import frame_of
 
 log = structlog.get_logger("service.providers.google_veo")
 
 DEFAULT_BASE_URL = "https://aiplatform.googleapis.com"
 CHUNK_SIZE = 256 * 1024
+
+
+async def open_adapter(api_key: str, base_url: str | None, options: AdapterOptions) -> GoogleVeo:
+    """The adapter as a worker runs it (``providers.registry``)."""
+    return GoogleVeo(api_key, base_url, timeout=options.timeout.total_seconds())
 
 
 class GoogleVeo:

@@ -46,6 +46,7 @@ from service.providers.base import (
     VideoGone,
 )
 from service.providers.ids import is_litellm_id
+from service.providers.registry import AdapterOptions
 
 log = structlog.get_logger("service.providers.openai_videos")
 
@@ -153,6 +154,14 @@ def _never_connected(err: openai.APIConnectionError) -> bool:
     cause = err.__cause__
     never = {"ConnectError", "ConnectTimeout", "PoolTimeout"}  # PoolTimeout: no connection yet
     return cause is not None and type(cause).__name__ in never
+
+
+async def open_adapter(api_key: str, base_url: str | None, options: AdapterOptions) -> OpenAIVideos:
+    """The adapter as a worker runs it (``providers.registry``): probed once, so the log
+    says whether this host can list its jobs (reconcile a create in doubt)."""
+    videos = OpenAIVideos(api_key, base_url, timeout=options.timeout.total_seconds())
+    await videos.probe()
+    return videos
 
 
 class OpenAIVideos:

@@ -50,6 +50,7 @@ from service.providers.base import (
     Variant,
     VideoGone,
 )
+from service.providers.registry import AdapterOptions
 from service.providers.sizes import frame_of
 
 try:
@@ -97,6 +98,22 @@ def _parse_time(value: object) -> datetime | None:
 def _go_duration(delta: timedelta) -> str:
     """``Cancel-After`` takes Go-style durations (``90s``, ``1h30m``); at least 5 s."""
     return f"{max(5, int(delta.total_seconds()))}s"
+
+
+async def open_adapter(
+    api_token: str, base_url: str | None, options: AdapterOptions
+) -> ReplicateVideos:
+    """The adapter as a worker runs it (``providers.registry``): every prediction is
+    cancelled by Replicate when the row would time out, and reports to this worker's
+    ``/webhooks/replicate`` when it has a public URL."""
+    webhook = options.webhook_url
+    return ReplicateVideos(
+        api_token,
+        base_url,
+        timeout=options.timeout.total_seconds(),
+        cancel_after=options.generation_timeout,
+        webhook_url=f"{webhook.rstrip('/')}/webhooks/replicate" if webhook else None,
+    )
 
 
 class ReplicateVideos:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from service.local.fake_host import FakeHost
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from service.local.fake_host import FakeHost, made_with
+from service.providers.registry import SimulatorSettings
 
 from .app import create_app
 from .config import SimulatorConfig
 from .profiles import Profile
 from .store import CreatedVideo, VideoStore
 
-__all__ = ["Simulator"]
+__all__ = ["Simulator", "stand_in"]
 
 
 class Simulator(FakeHost):
@@ -45,3 +50,13 @@ class Simulator(FakeHost):
     def base_url(self) -> str:
         """``http://host:port/v1``, what the SDK takes as ``base_url``."""
         return f"{super().base_url}/v1"
+
+
+def stand_in(
+    settings: SimulatorSettings, data_dir: Path, config: SimulatorConfig | None
+) -> Callable[[], Simulator]:
+    """The simulator as SORA_PROVIDER=openai's stand-in: it plays the settings' profile
+    unless ``config`` says otherwise, and keeps its jobs under the data directory, so
+    that a replica taking its port over finds them."""
+    given = config or SimulatorConfig(profile=settings.profile)
+    return made_with(Simulator, replace(given, state_dir=data_dir / "simulator"))

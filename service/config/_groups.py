@@ -1,0 +1,376 @@
+"""The groups of settings: what each part of the worker is told, with its environment
+names, default and description (``service.setting.setting``).
+
+The production groups come first; the stand-ins' settings (data directory, the local
+storage server, each provider's local fake) sit in a group of their own, last. Each
+provider's own group (key, host, webhook secret) and its stand-in's are declared beside
+its registry entry (``service.providers.registry``) and composed here, one field per
+entry, so that adding a provider needs no line in this package.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+
+from pydantic import Field, SecretStr, create_model, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from service.media.fetch import parse_host_ports
+from service.providers.registry import (
+    NAMES,
+    REGISTRY,
+    SPELLINGS,
+    ProviderSettings,
+    StandInSettings,
+    provider_named,
+)
+from service.setting import Duration, Group, Port, Seconds, setting
+
+SIZE_PATTERN = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
+S = TypeVar("S", bound=StandInSettings)
+
+
+def _listed(names: tuple[str, ...]) -> str:
+    """'a', 'b' or 'c', as pydantic lists a Literal's values."""
+    quoted = [f"'{name}'" for name in names]
+    return f"{', '.join(quoted[:-1])} or {quoted[-1]}" if len(quoted) > 1 else quoted[0]
+
+
+class DatabaseSettings(Group):
+    url: SecretStr | None = setting(
+        None,
+        env="DATABASE_URL",
+        description="PostgreSQL URL; unset starts an embedded server under SORA_DATA_DIR.",
+    )
+    pool_size: int = setting(
+        10,
+        env="SORA_POOL_SIZE",
+        ge=2,
+        le=200,
+        description="Most database connections one worker opens.",
+    )
+    prepared_statements: bool = setting(
+        True,
+        env="SORA_PREPARED_STATEMENTS",
+        description="Set false behind a transaction pooler (Supavisor :6543, PgBouncer).",
+    )
+
+
+class GenerationSettings(Group):
+    provider: str = setting(
+        "openai",
+        env="SORA_PROVIDER",
+        description="Video generator for new rows: "
+        + ", ".join(f"{p.name} ({p.summary})" for p in REGISTRY)
+        + ". A row keeps the provider it was submitted with.",
+    )
+    model: str | None = setting(
+        None,
+        env="SORA_MODEL",
+        description="Default model for rows that name none; unset: the provider's own ("
+        + ", ".join(f"{p.default_model} on {p.name}" for p in REGISTRY)
+        + ").",
+    )
+    size: str = setting(
+        "720x1280",
+        env="SORA_DEFAULT_SIZE",
+        description="Default WIDTHxHEIGHT for rows that name none.",
+    )
+    seconds: str = setting(
+        "4", env="SORA_DEFAULT_SECONDS", description="Default clip length for rows that name none."
+    )
+    call_timeout: Duration = setting(
+        timedelta(seconds=120),
+        env="SORA_PROVIDER_TIMEOUT",
+        description="Seconds one call to the provider may take (create included).",
+    )
+    timeout: Duration = setting(
+        timedelta(hours=3),
+        env="SORA_GENERATION_TIMEOUT",
+        description="Seconds a provider may take before the row is failed.",
+    )
+
+    @field_validator("provider", mode="before")
+    @classmethod
+    def _known_provider(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        if value not in SPELLINGS:
+            raise PydanticCustomError(
+                "literal_error", "Input should be {expected}", {"expected": _listed(NAMES)}
+            )
+        return SPELLINGS[value]  # "veo" is google_veo
+
+    @field_validator("size")
+    @classmethod
+    def _size_shape(cls, value: str) -> str:
+        if not SIZE_PATTERN.match(value):
+            raise ValueError("must look like 720x1280 (WIDTHxHEIGHT)")
+        return value
+
+    @field_validator("seconds")
+    @classmethod
+    def _seconds_shape(cls, value: str) -> str:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError("must be a whole number of seconds, like 4")
+        return value
+
+    @property
+    def default_model(self) -> str:
+        """The model a row that names none gets: SORA_MODEL, else the provider's own."""
+        return self.model or provider_named(self.provider).default_model
+
+
+class PollSettings(Group):
+    interval: Duration = setting(
+        timedelta(seconds=5),
+        env="SORA_POLL_INTERVAL",
+        description="Fewest seconds between two status polls of a job (the floor).",
+    )
+    ceiling: Duration = setting(
+        timedelta(seconds=60),
+        env="SORA_POLL_CEILING",
+        description="Most seconds between two status polls of a job; between floor and "
+        "ceiling, polls follow the provider's openai-poll-after-ms or the job's own pace.",
+    )
+    typical_generation: Duration | None = setting(
+        None,
+        env="SORA_TYPICAL_GENERATION_SECONDS",
+        description="How long the model usually takes; a job with no progress yet is next "
+        "polled when it should be done (unset: after half the time it has taken so far).",
+    )
+    with_webhooks: Duration = setting(
+        timedelta(seconds=60),
+        env="SORA_WEBHOOK_POLL_INTERVAL",
+        description="Seconds between polls of a job whose provider's webhooks are seen to "
+        "arrive (polling stays as the safety net).",
+    )
+
+
+class WorkerSettings(Group):
+    id: str = setting(
+        env="SORA_WORKER_ID",
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}",
+        shown="host:pid",
+        description="Name written into locked_by; defaults to host:pid.",
+    )
+    concurrency: int = setting(
+        16, env="SORA_CONCURRENCY", ge=1, le=1000, description="Rows one worker handles at once."
+    )
+    lease: Duration = setting(
+        timedelta(seconds=30),
+        env="SORA_LEASE_SECONDS",
+        description="How long a claim lasts without a heartbeat before others take it.",
+    )
+    sweep_interval: Duration = setting(
+        timedelta(seconds=30),
+        env="SORA_SWEEP_INTERVAL",
+        description="Seconds between sweeps for work that no notification announced.",
+    )
+    wakeups: Literal["auto", "listen", "realtime", "both", "none"] = setting(
+        "auto",
+        env="SORA_WAKEUPS",
+        description="Push wake-ups besides the sweep: LISTEN, Supabase Realtime, both or none; "
+        "auto: both when SUPABASE_URL is set and LISTEN works, else what works.",
+    )
+    shutdown_grace: Annotated[timedelta, Seconds(ge=0)] = setting(
+        timedelta(seconds=30),
+        env="SORA_SHUTDOWN_GRACE",
+        description="Seconds to let in-flight steps finish after SIGTERM.",
+    )
+
+
+class RetrySettings(Group):
+    max_attempts: int = setting(
+        6,
+        env="SORA_MAX_ATTEMPTS",
+        ge=1,
+        description="Transient failures of one step before the row is failed.",
+    )
+    base: Duration = setting(
+        timedelta(seconds=2),
+        env="SORA_RETRY_BASE",
+        description="First retry delay, doubled per attempt.",
+    )
+    cap: Duration = setting(
+        timedelta(seconds=300), env="SORA_RETRY_CAP", description="Longest retry delay."
+    )
+
+
+class StorageSettings(Group):
+    supabase_url: str | None = setting(
+        None,
+        env="SUPABASE_URL",
+        description="Supabase project URL; unset stores videos on local disk.",
+    )
+    service_role_key: SecretStr | None = setting(
+        None,
+        env="SUPABASE_SERVICE_ROLE_KEY",
+        description="Supabase service-role key (never logged).",
+    )
+    video_bucket: str = setting(
+        "hug-videos", env="SORA_VIDEO_BUCKET", description="Bucket for finished videos."
+    )
+    image_bucket: str = setting(
+        "hug-images", env="SORA_IMAGE_BUCKET", description="Bucket for images (demo photos)."
+    )
+    rendition_bitrate: int = setting(
+        0,
+        env="SORA_RENDITION_BITRATE",
+        ge=0,
+        le=50_000,
+        description="Target kbit/s of a smaller H.264 copy stored beside each video "
+        "(rendition_url); 0: no rendition.",
+    )
+
+    @model_validator(mode="after")
+    def _supabase_pair(self) -> StorageSettings:
+        if (self.supabase_url is None) != (self.service_role_key is None):
+            raise ValueError("set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY together")
+        return self
+
+    @property
+    def uses_supabase(self) -> bool:
+        return self.supabase_url is not None
+
+
+class PhotoSettings(Group):
+    max_bytes: int = setting(
+        15_000_000, env="SORA_IMAGE_MAX_BYTES", gt=0, description="Largest input photo accepted."
+    )
+    timeout: Duration = setting(
+        timedelta(seconds=20),
+        env="SORA_IMAGE_TIMEOUT",
+        description="Seconds allowed to fetch one photo.",
+    )
+    allow_hosts: str = setting(
+        "",
+        env="SORA_IMAGE_ALLOW_HOSTS",
+        description="Photo hosts on loopback/private networks to allow, as host:port "
+        "entries separated by commas (e.g. photos.internal:8443,10.0.0.5:80). Every "
+        "other non-public address is refused; the local storage server is allowed itself.",
+    )
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _allow_hosts_shape(cls, value: str) -> str:
+        parse_host_ports(value)  # raises ValueError naming the bad entry
+        return value
+
+    @property
+    def allow_list(self) -> frozenset[tuple[str, int]]:
+        return parse_host_ports(self.allow_hosts)
+
+
+class HttpSettings(Group):
+    host: str = setting(
+        "127.0.0.1",
+        env="SORA_HTTP_HOST",
+        description="Address of the worker's HTTP server (/metrics, /healthz, /readyz); "
+        "0.0.0.0 in a container so that a scraper can reach it.",
+    )
+    port: Port = setting(
+        8091,
+        env="SORA_HTTP_PORT",
+        description="Port of the worker's HTTP server; 0 takes any free port (said in the "
+        "log). Replicas on one machine each need their own.",
+    )
+    webhook_url: str | None = setting(
+        None,
+        env="SORA_WEBHOOK_URL",
+        description="Public base URL of this worker's HTTP server; Replicate predictions "
+        "then report to {SORA_WEBHOOK_URL}/webhooks/replicate.",
+    )
+    metrics_token: SecretStr | None = setting(
+        None,
+        env="SORA_METRICS_TOKEN",
+        description="If set, /metrics answers only requests carrying "
+        "'Authorization: Bearer <token>' (/healthz and /readyz stay open for probes).",
+    )
+    webhook_host: str = setting(
+        "127.0.0.1",
+        env="SORA_WEBHOOK_HOST",
+        description="Address of the webhook listener when SORA_WEBHOOK_PORT is set.",
+    )
+    webhook_port: Port | None = setting(
+        None,
+        env="SORA_WEBHOOK_PORT",
+        description="Serve provider webhooks on a listener of their own on this port (the "
+        "one to expose to providers), apart from /metrics and the probes; unset: on "
+        "SORA_HTTP_PORT.",
+    )
+
+
+class LogSettings(Group):
+    format: Literal["auto", "json", "console"] = setting(
+        "auto",
+        env="SORA_LOG_FORMAT",
+        description="auto: console on a terminal, JSON lines otherwise.",
+    )
+    level: Literal["debug", "info", "warning", "error"] = setting(
+        "info", env="SORA_LOG_LEVEL", description="debug shows every poll and wake-up."
+    )
+
+
+class _ProviderGroups(Group):
+    """Each provider's own settings, one group per registry entry (composed below)."""
+
+    def of(self, name: str) -> ProviderSettings:
+        """``name``'s group: ``settings.providers.of("openai").api_key``."""
+        group = getattr(self, name)
+        assert isinstance(group, ProviderSettings), name
+        return group
+
+
+class _StandInGroups(Group):
+    """The local stand-ins: never read by a worker whose settings name real services.
+
+    Besides these, one group per provider's local fake (composed below).
+    """
+
+    data_dir: Path = setting(
+        Path(".sora-worker"),
+        env="SORA_DATA_DIR",
+        description="Embedded database, simulator state and local storage live here.",
+    )
+    storage_host: str = setting(
+        "127.0.0.1", env="SORA_STORAGE_HOST", description="Address the local storage server binds."
+    )
+    storage_port: Port = setting(
+        8090,
+        env="SORA_STORAGE_PORT",
+        description="Port of the local storage server.",
+    )
+    public_url: str | None = setting(
+        None,
+        env="SORA_PUBLIC_URL",
+        description="Public base URL of the local storage server, if behind a proxy.",
+    )
+
+    def of(self, name: str, kind: type[S]) -> S:
+        """The settings of ``name``'s stand-in: ``stand_ins.of("openai", SimulatorSettings)``."""
+        group = getattr(self, name)
+        assert isinstance(group, kind), name
+        return group
+
+
+def _composed(base: type[Group], groups: dict[str, type[Group]]) -> Any:
+    """``base`` with a field per provider, each its own group at its defaults."""
+    fields: dict[str, Any] = {
+        name: (group, Field(default_factory=group)) for name, group in groups.items()
+    }
+    name = base.__name__.removeprefix("_")
+    return create_model(name, __base__=base, __module__=__name__, **fields)
+
+
+if TYPE_CHECKING:  # the type checker reads the bases; pydantic validates the composed
+    ProviderGroups = _ProviderGroups
+    StandInGroups = _StandInGroups
+else:
+    ProviderGroups = _composed(_ProviderGroups, {p.name: p.settings for p in REGISTRY})
+    StandInGroups = _composed(_StandInGroups, {p.name: p.stand_in.settings for p in REGISTRY})
