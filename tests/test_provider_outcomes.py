@@ -8,12 +8,14 @@ import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import httpx
 import pytest
 from pydantic.v1 import ValidationError
 from replicate.client import Client
+from replicate.exceptions import ReplicateError
 
 from service.core.request import VideoRequest
 from service.local.replicate_server import ReplicateConfig, ReplicateServer
@@ -193,6 +195,33 @@ async def test_what_the_replicate_adapter_does_around_the_sdk_is_still_needed() 
         f"replicate {version}'s Client no longer sends through Client(transport=...): "
         "ReplicateVideos.aclose would leave the SDK's connections open"
     )
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "field"),
+    [
+        ("google/veo-3.1", {"prompt": " "}, "prompt"),
+        ("google/veo-3.1", {"prompt": "a hug", "duration": 5}, "duration"),
+        ("openai/sora-2", {"prompt": "a hug", "aspect_ratio": "16:9"}, "aspect_ratio"),
+        ("openai/sora-2", {"prompt": "a hug", "input_reference": "data:,x"}, "input_reference"),
+    ],
+)
+async def test_the_replicate_stand_in_refuses_inputs_as_replicate_does(
+    model: str, inputs: dict[str, Any], field: str
+) -> None:
+    """A 422 in problem details naming the field, which the SDK reads into its error."""
+    async with ReplicateServer() as fake:
+        transport = httpx.AsyncHTTPTransport()
+        client = Client(api_token="r8_test", base_url=fake.base_url, transport=transport)
+        try:
+            with pytest.raises(ReplicateError) as refused:
+                await client.predictions.async_create(model=model, input=inputs)
+        finally:
+            await transport.aclose()
+        assert fake.created == []
+    assert refused.value.status == 422
+    assert refused.value.title == "Input validation failed"
+    assert (refused.value.detail or "").startswith(f"- input.{field}: ")
 
 
 class ManualClock:

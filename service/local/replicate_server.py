@@ -13,16 +13,15 @@ ends (an hour on Replicate: the file answers 404 and the prediction says
 ``data_removed``), predictions time out after ``prediction_timeout``, a
 ``Cancel-After`` header cancels (or, before start, aborts) at its deadline, a prompt
 holding ``safety_marker`` fails with E005, and webhooks are signed per Standard
-Webhooks and delivered at most ``webhook_attempts`` times, as Replicate does.
+Webhooks and delivered at most ``webhook_attempts`` times, as Replicate does. Each
+model's inputs are checked as its schema would (``replicate_inputs``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
-import io
 import json
 import re
 import secrets
@@ -35,9 +34,9 @@ from typing import Any, NamedTuple
 
 import httpx
 from aiohttp import web
-from PIL import Image
 
 from service.local.fake_host import FakeHost
+from service.local.replicate_inputs import InvalidInput, check_input, geometry
 from service.local.simulator.media import render_mp4
 from service.web.webhooks import signed_headers
 
@@ -206,7 +205,10 @@ class ReplicateServer(FakeHost):
         inputs = body.get("input")
         if not isinstance(inputs, dict):
             raise Problem(422, "Input validation failed", "- input: input is required")
-        image = await asyncio.to_thread(_check_input, self.config.models[model], inputs)
+        try:
+            image = await asyncio.to_thread(check_input, self.config.models[model], inputs)
+        except InvalidInput as err:
+            raise _invalid(err.field, err.description) from None
         events = body.get("webhook_events_filter") or list(WEBHOOK_EVENTS)
         if not set(events) <= set(WEBHOOK_EVENTS):
             raise Problem(
@@ -367,7 +369,7 @@ class ReplicateServer(FakeHost):
     async def _render(self, p: _Prediction) -> bytes:
         async with p.lock:
             if p.video is None:
-                width, height, seconds = _geometry(self.config.models[p.model], p.input)
+                width, height, seconds = geometry(self.config.models[p.model], p.input)
                 p.video = await asyncio.to_thread(
                     render_mp4,
                     width,
@@ -457,56 +459,3 @@ def _invalid(field_name: str, description: str) -> Problem:
             {"type": "invalid", "field": f"input.{field_name}", "description": description}
         ],
     )
-
-
-def _check_input(shape: str, inputs: dict[str, Any]) -> bytes | None:
-    """Validate ``inputs`` against the model's schema; return the decoded image, if any."""
-    prompt = inputs.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise _invalid("prompt", "prompt is required")
-    if shape == "sora":
-        if inputs.get("seconds", 4) not in (4, 8, 12):
-            raise _invalid("seconds", "seconds must be one of the following: 4, 8, 12")
-        if inputs.get("aspect_ratio", "portrait") not in ("portrait", "landscape"):
-            raise _invalid("aspect_ratio", "aspect_ratio must be one of: portrait, landscape")
-        image = inputs.get("input_reference")
-    else:
-        if inputs.get("duration", 8) not in (4, 6, 8):
-            raise _invalid("duration", "duration must be one of the following: 4, 6, 8")
-        if inputs.get("aspect_ratio", "16:9") not in ("16:9", "9:16"):
-            raise _invalid("aspect_ratio", "aspect_ratio must be one of: 16:9, 9:16")
-        if inputs.get("resolution", "1080p") not in ("720p", "1080p"):
-            raise _invalid("resolution", "resolution must be one of: 720p, 1080p")
-        image = inputs.get("image")
-    if image is None:
-        return None
-    return _data_uri_image(image, "input_reference" if shape == "sora" else "image")
-
-
-def _data_uri_image(value: Any, name: str) -> bytes:
-    if not isinstance(value, str) or not value.startswith("data:") or ";base64," not in value:
-        raise _invalid(name, "this fake takes images as data: URIs only")
-    try:
-        data = base64.b64decode(value.partition(";base64,")[2], validate=True)
-        with Image.open(io.BytesIO(data)) as decoded:
-            decoded.load()
-    except (binascii.Error, ValueError, OSError):
-        raise _invalid(name, "the image could not be decoded") from None
-    return data
-
-
-def _geometry(shape: str, inputs: dict[str, Any]) -> tuple[int, int, int]:
-    if shape == "sora":
-        landscape = inputs.get("aspect_ratio", "portrait") == "landscape"
-        return (
-            (1280, 720, int(inputs.get("seconds", 4)))
-            if landscape
-            else (720, 1280, int(inputs.get("seconds", 4)))
-        )
-    long_side, short_side = (
-        (1920, 1080) if inputs.get("resolution", "1080p") == "1080p" else (1280, 720)
-    )
-    seconds = int(inputs.get("duration", 8))
-    if inputs.get("aspect_ratio", "16:9") == "16:9":
-        return long_side, short_side, seconds
-    return short_side, long_side, seconds
