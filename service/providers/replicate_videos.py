@@ -23,7 +23,8 @@ What the worker relies on, and why:
   such answers are read as plain JSON instead, through our own HTTP client.
 - connections: the SDK's ``Client`` has no close, so it is given a transport of ours
   (its keyword arguments go to its httpx client); our client for plain JSON reads
-  shares that transport, and ``aclose`` closes it.
+  shares that transport, and ``aclose`` closes it. Both facts of the SDK are checked by
+  tests/test_provider_outcomes.py (``..._does_around_the_sdk_is_still_needed``).
 - safety: a prediction that fails with Replicate's E005 ("flagged as sensitive") is
   ``safety_filtered``.
 """
