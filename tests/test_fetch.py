@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpcore
+import httpx
 import pytest
 from aiohttp import web
 
@@ -31,6 +32,7 @@ from service.media.fetch import (
     parse_host_ports,
     system_resolver,
 )
+from service.media.pinned import HTTPX_ERRORS, as_httpx_errors
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Serve = Callable[..., Awaitable[int]]
@@ -456,6 +458,52 @@ async def test_a_broken_connection_is_described_without_internals(
         await internet.fetcher().fetch_url("image1_url", f"{base}/a")
     message = str(caught.value)
     assert "0x" not in message and "<" not in message and "Error(" not in message
+
+
+async def test_a_body_cut_short_is_told_as_a_broken_exchange(
+    internet: Internet, public: Callable[..., Awaitable[str]]
+) -> None:
+    """An error while the body streams reaches the fetcher as httpx's own (our transport
+    translates httpcore's there too), so the row reads what happened and may retry."""
+
+    async def cut(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 500
+        await response.prepare(request)
+        await response.write(b"x" * 10)
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    base = await public({"/a": cut})
+    with pytest.raises(FetchError, match="the host broke the HTTP protocol") as caught:
+        await internet.fetcher().fetch_url("image1_url", f"{base}/a")
+    assert not caught.value.permanent
+
+
+def test_every_httpcore_error_becomes_the_httpx_error_of_its_name() -> None:
+    """Our transport stands where ``httpx.AsyncHTTPTransport`` would and must raise what
+    it raises: each of httpcore's public errors as the httpx error of the same name.
+    An httpcore upgrade that adds an error fails here until HTTPX_ERRORS knows it."""
+    internal = {"ConnectionNotAvailable"}  # the pool retries it; httpx maps it to nothing
+    errors = [
+        getattr(httpcore, name)
+        for name in httpcore.__all__
+        if isinstance(getattr(httpcore, name), type)
+        and issubclass(getattr(httpcore, name), Exception)
+        and name not in internal
+    ]
+    assert len(errors) >= 14, f"httpcore {httpcore.__version__} exports fewer errors than 1.0.9"
+    for error in errors:
+        assert error in HTTPX_ERRORS, (
+            f"httpcore {httpcore.__version__} has a new error {error.__name__}: add it to "
+            "service.media.pinned.HTTPX_ERRORS (as httpx's own transport maps it)"
+        )
+        with pytest.raises(httpx.TransportError) as caught, as_httpx_errors():
+            raise error("what the wire said")
+        assert type(caught.value) is getattr(httpx, error.__name__), error
+        assert str(caught.value) == "what the wire said"
+        assert caught.value.__cause__ is not None
 
 
 async def test_the_byte_limit_holds_without_a_content_length(

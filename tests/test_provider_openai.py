@@ -10,12 +10,14 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import openai
 import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
 from service.core.request import VideoRequest
 from service.local.simulator import FailureRule, Simulator, SimulatorConfig
+from service.providers import openai_sdk
 from service.providers.base import (
     CannotReconcile,
     OutcomeUnknown,
@@ -24,7 +26,8 @@ from service.providers.base import (
     VideoGone,
 )
 from service.providers.ids import litellm_id, stable_id
-from service.providers.openai_videos import OpenAIVideos
+from service.providers.openai_sdk import quiet
+from service.providers.openai_videos import CREATE_LIMITS, STATUS_LIMITS, OpenAIVideos
 from tests.conftest import eventually
 
 
@@ -286,6 +289,62 @@ async def test_download_streams_and_a_deleted_video_is_gone(sim: Simulator) -> N
         async with provider.download(job.id) as chunks:
             pass
     await provider.aclose()
+
+
+# ------------------------------------------------------------ the SDK's edges, pinned
+
+ODD_IDS = ["video_68d7", "a/b c", "=x==?#", "vidéo", litellm_id("video_1", "m-1", "d-1")]
+
+
+async def test_the_sdk_edges_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``openai_sdk.retrieve`` stands in for ``videos.retrieve`` through public API: the
+    same request (path, escaping, credentials: never the admin key) and the same parsing
+    (a gateway's status outside the SDK's enum included). An SDK upgrade that makes the
+    two part fails here, saying how; so does one whose clients refuse our limits."""
+    monkeypatch.setenv("OPENAI_ADMIN_KEY", "sk-admin-never-sent")
+    version = openai.__version__
+    body = {
+        "id": "video_1",
+        "object": "video",
+        "status": "NOT_START",
+        "progress": 5,
+        "created_at": 1_700_000_000,
+        "model": "sora-2",
+        "prompt": "a hug",
+        "size": "720x1280",
+        "seconds": "4",
+    }
+
+    async def answer(_req: web.Request) -> web.Response:
+        return web.json_response(body, headers={"openai-poll-after-ms": "1500"})
+
+    async with fake_host(answer) as (base_url, seen):
+        client = openai.AsyncOpenAI(api_key="sk-test", base_url=base_url, max_retries=0)
+        for video_id in ODD_IDS:
+            ours, headers = await openai_sdk.retrieve(client, video_id)
+            theirs = await quiet(lambda video_id=video_id: client.videos.retrieve(video_id))
+            mine, sdk = seen[-2], seen[-1]
+            assert (mine.method, mine.raw_path) == (sdk.method, sdk.raw_path), (
+                f"openai {version} sends videos.retrieve({video_id!r}) to {sdk.raw_path}, "
+                f"openai_sdk.retrieve to {mine.raw_path}"
+            )
+            assert dict(mine.headers) == dict(sdk.headers), (
+                f"openai {version}: videos.retrieve sends other headers than openai_sdk.retrieve"
+            )
+            assert mine.headers["Authorization"] == "Bearer sk-test"
+            assert ours.model_dump() == theirs.model_dump(), f"openai {version} parses apart"
+            assert headers["openai-poll-after-ms"] == "1500"
+        asked = len(seen)
+        for bad in ("", ".", ".."):
+            with pytest.raises(ValueError):
+                await openai_sdk.retrieve(client, bad)
+            with pytest.raises(ValueError):
+                await quiet(lambda bad=bad: client.videos.retrieve(bad))
+        assert len(seen) == asked  # refused before anything was sent, by both
+        await client.close()
+    for limits in (STATUS_LIMITS, CREATE_LIMITS):
+        for http_client in (openai.DefaultAioHttpClient, openai.DefaultAsyncHttpxClient):
+            await http_client(limits=limits).aclose()
 
 
 # ---------------------------------------------------------------- gateways as they are

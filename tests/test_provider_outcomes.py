@@ -3,13 +3,19 @@ whose answer was lost (reconciled by Replicate's list; settled by hand for Veo).
 
 from __future__ import annotations
 
+import importlib.metadata
 import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
+import httpx
+import pytest
+from pydantic.v1 import ValidationError
 from replicate.client import Client
+from replicate.exceptions import ReplicateError
 
 from service.core.request import VideoRequest
 from service.local.replicate_server import ReplicateConfig, ReplicateServer
@@ -97,12 +103,13 @@ async def test_a_replicate_create_in_doubt_is_found_in_the_list_and_adopted(
         row_id = await runtime.repo.insert_request(prompt)
         await leave_in_doubt(runtime, row_id, "replicate", "google/veo-3.1")
         # The create that reached Replicate before the worker died.
-        client = Client(api_token="r8_test", base_url=fake.base_url)
+        transport = httpx.AsyncHTTPTransport()  # the SDK's Client has no close of its own
+        client = Client(api_token="r8_test", base_url=fake.base_url, transport=transport)
         lost = await client.predictions.async_create(
             model="google/veo-3.1",
             input={"prompt": prompt, "duration": 4, "aspect_ratio": "9:16", "resolution": "720p"},
         )
-        await client._async_client.aclose()
+        await transport.aclose()
         async with running(runtime.worker()):
             row = await finished(runtime, row_id)
 
@@ -141,6 +148,80 @@ async def test_a_replicate_prediction_carries_its_deadline() -> None:
     assert "deadline" in (aborted.error or "") and "deadline" in (canceled.error or "")
     assert (timed_out.status, timed_out.error_kind) == ("failed", "provider_error")
     assert "timed out" in (timed_out.error or "")
+
+
+async def test_what_the_replicate_adapter_does_around_the_sdk_is_still_needed() -> None:
+    """Two facts of replicate 1.0.7 (constraints.txt) that ReplicateVideos works around
+    with public means; an upgrade that changes either fails here, saying which. Its
+    Client has no close, so it is given a transport that can be closed; its Prediction
+    model rejects Replicate's "aborted", so such predictions are read as plain JSON."""
+    version = importlib.metadata.version("replicate")
+    sent: list[str] = []
+
+    class Recording(httpx.AsyncHTTPTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            sent.append(request.url.path)
+            return await super().handle_async_request(request)
+
+    clock = ManualClock()
+    async with ReplicateServer(ReplicateConfig(queue_seconds=60.0, clock=clock)) as fake:
+        transport = Recording()
+        client = Client(
+            api_token="r8_test",
+            base_url=fake.base_url,
+            headers={"Cancel-After": "30s"},
+            transport=transport,
+        )
+        assert not hasattr(client, "aclose") and not hasattr(client, "close"), (
+            f"replicate {version}'s Client can close itself now: ReplicateVideos.aclose "
+            "may use that instead of closing the transport it gave it"
+        )
+        made = await client.predictions.async_create(
+            model="google/veo-3.1", input={"prompt": "a hug in a long queue", "duration": 4}
+        )
+        clock.now += 31  # past Cancel-After, still queued: aborted
+        try:
+            await client.predictions.async_get(made.id)
+        except ValidationError:
+            pass
+        else:
+            pytest.fail(
+                f"replicate {version}'s Prediction accepts status 'aborted' now "
+                "(replicate-python#449): ReplicateVideos._read's plain JSON read may go"
+            )
+        finally:
+            await transport.aclose()
+    assert sent == ["/v1/models/google/veo-3.1/predictions", f"/v1/predictions/{made.id}"], (
+        f"replicate {version}'s Client no longer sends through Client(transport=...): "
+        "ReplicateVideos.aclose would leave the SDK's connections open"
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "field"),
+    [
+        ("google/veo-3.1", {"prompt": " "}, "prompt"),
+        ("google/veo-3.1", {"prompt": "a hug", "duration": 5}, "duration"),
+        ("openai/sora-2", {"prompt": "a hug", "aspect_ratio": "16:9"}, "aspect_ratio"),
+        ("openai/sora-2", {"prompt": "a hug", "input_reference": "data:,x"}, "input_reference"),
+    ],
+)
+async def test_the_replicate_stand_in_refuses_inputs_as_replicate_does(
+    model: str, inputs: dict[str, Any], field: str
+) -> None:
+    """A 422 in problem details naming the field, which the SDK reads into its error."""
+    async with ReplicateServer() as fake:
+        transport = httpx.AsyncHTTPTransport()
+        client = Client(api_token="r8_test", base_url=fake.base_url, transport=transport)
+        try:
+            with pytest.raises(ReplicateError) as refused:
+                await client.predictions.async_create(model=model, input=inputs)
+        finally:
+            await transport.aclose()
+        assert fake.created == []
+    assert refused.value.status == 422
+    assert refused.value.title == "Input validation failed"
+    assert (refused.value.detail or "").startswith(f"- input.{field}: ")
 
 
 class ManualClock:

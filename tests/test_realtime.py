@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 
 from service.runtime import Runtime
 from service.wakeups.choice import Sources, choose
-from service.wakeups.realtime import KEY_HINT, PUBLICATION_HINT, RealtimeSource
+from service.wakeups.realtime import KEY_HINT, PUBLICATION_HINT, RealtimeSource, is_listening
 from tests.conftest import eventually, replica_of, simulator_of
 from tests.fakes.realtime_server import FakeRealtime, started
 from tests.fakes.supabase_storage import started as supabase_storage
@@ -97,6 +97,47 @@ async def test_a_bad_key_is_refused_at_the_handshake(fake: FakeRealtime) -> None
         await client.connect()
     assert getattr(refused.value, "response").status_code == 401  # noqa: B009
     assert fake.connects == 0
+
+
+async def test_a_dead_reader_is_seen_through_listen_task(fake: FakeRealtime) -> None:
+    """The one private attribute the source reads (``is_listening``): realtime 2.34.1
+    keeps its reader in ``AsyncRealtimeClient._listen_task``, a task that ends when a
+    callback raises while ``is_connected`` stays true. An upgrade that changes any of
+    that fails here, saying what to look at."""
+    import realtime
+
+    version = realtime.__version__
+    client = AsyncRealtimeClient(f"{fake.url}/realtime/v1", fake.service_key, auto_reconnect=False)
+    assert hasattr(client, "_listen_task"), (
+        f"realtime {version} has no AsyncRealtimeClient._listen_task any more: "
+        "service.wakeups.realtime.is_listening must find its reader another way"
+    )
+    channel = client.channel("test")
+
+    def broken(_payload: Any) -> None:
+        raise RuntimeError("a bug in a callback")
+
+    channel.on_postgres_changes(RealtimePostgresChangesListenEvent.Insert, print, table="videos")
+    channel.on_system(broken)  # the server's "Subscribed to PostgreSQL" follows the join
+    try:
+        await channel.subscribe(lambda _state, _err: None)
+        reader = client._listen_task
+        assert isinstance(reader, asyncio.Task), (
+            f"realtime {version}: _listen_task is {reader!r}, not the reader's task; "
+            "service.wakeups.realtime.is_listening reads it as one"
+        )
+        await asyncio.wait_for(asyncio.wait({reader}), 10)
+        assert isinstance(reader.exception(), RuntimeError), (
+            f"realtime {version}: a callback's error no longer ends the reader "
+            f"({reader.exception()!r})"
+        )
+        assert client.is_connected, (
+            f"realtime {version} now says a dead reader through is_connected: "
+            "is_listening's private read of _listen_task may go"
+        )
+        assert not is_listening(client)
+    finally:
+        await client.close()
 
 
 # ------------------------------------------------------- choosing the sources

@@ -7,10 +7,10 @@ the address that was checked:
 - http(s) only; the host is resolved once and every address it resolves to must be
   public (see ``is_public``: one rule for IPv4 and IPv6, every spelling, since the
   check is made on the resolved address, never on the text of the URL);
-- the TCP connection is pinned to the checked address (a network backend that refuses
-  any other destination), while the URL, the Host header and TLS (SNI and certificate
-  verification) keep the hostname: DNS that answers differently a second time
-  (rebinding) cannot move the connection anywhere else;
+- the TCP connection is pinned to the checked address (``service.media.pinned``: a
+  network backend that refuses any other destination), while the URL, the Host header
+  and TLS (SNI and certificate verification) keep the hostname: DNS that answers
+  differently a second time (rebinding) cannot move the connection anywhere else;
 - every redirect hop is checked the same way, and both photos of a row are checked
   before either is fetched;
 - the byte limit is enforced while streaming (a lying or missing Content-Length
@@ -31,13 +31,14 @@ import asyncio
 import ipaddress
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpcore
 import httpx
 import structlog
+
+from service.media.pinned import PinnedTransport, bracketed, normal_host
 
 log = structlog.get_logger("service.media.fetch")
 
@@ -171,15 +172,6 @@ def is_public(address: IPAddress) -> bool:
 # ------------------------------------------------------------------- names and origins
 
 
-def normal_host(host: str) -> str:
-    """A host as httpx will connect to it: IDNA-encoded, lower case, IPv6 unbracketed."""
-    return httpx.URL(f"http://{_bracketed(host)}/").raw_host.decode("ascii").lower()
-
-
-def _bracketed(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
 def default_port(scheme: str) -> int:
     return 443 if scheme == "https" else 80
 
@@ -214,65 +206,6 @@ async def system_resolver(host: str, port: int) -> list[str]:
     """The operating system's resolver (it also reads ``2130706433`` and ``127.1``)."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return [str(info[4][0]) for info in infos]
-
-
-# ------------------------------------------------------------------ pinned connections
-
-
-class _PinnedBackend(httpcore.AsyncNetworkBackend):
-    """Connects to the checked address for the checked (host, port), and to nothing else."""
-
-    def __init__(self, target: Target, inner: httpcore.AsyncNetworkBackend) -> None:
-        self._target = target
-        self._inner = inner
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        if (normal_host(host), port) != (self._target.host, self._target.port):
-            raise httpcore.ConnectError("refused: not the destination that was checked")
-        return await self._inner.connect_tcp(
-            self._target.address,
-            port,
-            timeout=timeout,
-            local_address=local_address,
-            socket_options=socket_options,
-        )
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
-        socket_options: Any = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("refused: photos never come from a Unix socket")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-class _PinnedTransport(httpx.AsyncHTTPTransport):
-    """httpx's own transport with its connection pool swapped for one whose network
-    backend is pinned (httpx does not take a network backend as a parameter). TLS is
-    untouched: httpcore still sends SNI for, and verifies the certificate against, the
-    URL's hostname. No proxy: ``trust_env`` is off, since a proxy would resolve the
-    name again itself."""
-
-    def __init__(
-        self, target: Target, inner: httpcore.AsyncNetworkBackend, context: ssl.SSLContext
-    ) -> None:
-        super().__init__(verify=context, trust_env=False, retries=0)
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=context,
-            max_connections=1,
-            max_keepalive_connections=0,
-            network_backend=_PinnedBackend(target, inner),
-        )
 
 
 # ---------------------------------------------------------------------------- fetcher
@@ -352,7 +285,7 @@ class PhotoFetcher:
         internal = self.access.opens(scheme, host, port)
         if not internal and not all(_parses_public(answer) for answer in answers):
             raise FetchError(
-                f"{label} points at an address that is not allowed: {_bracketed(host)}:{port} "
+                f"{label} points at an address that is not allowed: {bracketed(host)}:{port} "
                 f"is not a public address (an operator can allow it with {ALLOW_SETTING})",
                 permanent=True,
             )
@@ -362,7 +295,9 @@ class PhotoFetcher:
         for _ in range(MAX_REDIRECTS + 1):
             async with (
                 httpx.AsyncClient(
-                    transport=_PinnedTransport(target, self._network, self._ssl),
+                    transport=PinnedTransport(
+                        target.host, target.port, target.address, self._network, self._ssl
+                    ),
                     timeout=httpx.Timeout(self.limits.timeout, connect=CONNECT_TIMEOUT),
                     trust_env=False,
                 ) as client,
@@ -431,7 +366,7 @@ class PhotoFetcher:
         )
         return FetchError(
             f"{target.label} could not be fetched from the internal host "
-            f"{_bracketed(target.host)}:{target.port} (details are in the worker's log)",
+            f"{bracketed(target.host)}:{target.port} (details are in the worker's log)",
             permanent=permanent,
         )
 

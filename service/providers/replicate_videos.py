@@ -19,7 +19,12 @@ What the worker relies on, and why:
 - reconcile: ``GET /v1/predictions`` (newest first, cursor pages) lists inputs, so an
   ambiguous create is matched by prompt and model among predictions made since the
   intent. Replicate documents a status ``aborted`` (a deadline reached before start)
-  that the SDK's model rejects; such answers are read as plain JSON instead.
+  that the SDK's model rejects (replicate 1.0.7; replicate-python#449 would add it);
+  such answers are read as plain JSON instead, through our own HTTP client.
+- connections: the SDK's ``Client`` has no close, so it is given a transport of ours
+  (its keyword arguments go to its httpx client); our client for plain JSON reads
+  shares that transport, and ``aclose`` closes it. Both facts of the SDK are checked by
+  tests/test_provider_outcomes.py (``..._does_around_the_sdk_is_still_needed``).
 - safety: a prediction that fails with Replicate's E005 ("flagged as sensitive") is
   ``safety_filtered``.
 """
@@ -27,6 +32,7 @@ What the worker relies on, and why:
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -35,7 +41,7 @@ from typing import Any
 
 import httpx
 import structlog
-from replicate.client import Client
+from replicate.client import Client, RetryTransport
 from replicate.exceptions import ReplicateError
 from replicate.prediction import Prediction
 
@@ -61,6 +67,8 @@ except ImportError:  # pragma: no cover - pydantic 1
 log = structlog.get_logger("service.providers.replicate_videos")
 
 DEFAULT_BASE_URL = "https://api.replicate.com"
+USER_AGENT = f"replicate-python/{importlib.metadata.version('replicate')}"
+"""What the SDK sends as its User-Agent."""
 OUTPUT_LIFETIME = timedelta(hours=1)
 CHUNK_SIZE = 256 * 1024
 RECONCILE_SLACK = timedelta(minutes=2)
@@ -131,12 +139,25 @@ class ReplicateVideos:
         webhook_url: str | None = None,
     ) -> None:
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
-        headers = {} if cancel_after is None else {"Cancel-After": _go_duration(cancel_after)}
+        # The SDK's own headers, said here so that both clients send the same ones.
+        headers = {"Authorization": f"Bearer {api_token}", "User-Agent": USER_AGENT}
+        if cancel_after is not None:
+            headers["Cancel-After"] = _go_duration(cancel_after)
+        http_timeout = httpx.Timeout(timeout, connect=5.0)
+        self._transport = httpx.AsyncHTTPTransport()
         self._client = Client(
             api_token=api_token,
             base_url=self.base_url,
-            timeout=httpx.Timeout(timeout, connect=5.0),
+            timeout=http_timeout,
             headers=headers,
+            transport=self._transport,
+        )
+        # Plain JSON reads, on the same connections, retried as the SDK retries a GET.
+        self._json = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=http_timeout,
+            transport=RetryTransport(wrapped_transport=self._transport),
         )
         self.submit_timeout = timedelta(seconds=timeout)
         self.webhook_url = webhook_url
@@ -234,7 +255,9 @@ class ReplicateVideos:
                 result = await typed()
                 return dict(result.dict())
             except ValidationError:
-                response = await self._client._async_request("GET", path)
+                response = await self._json.get(path)
+                if 400 <= response.status_code < 600:
+                    raise ReplicateError.from_response(response) from None
                 body: dict[str, Any] = response.json()
                 return body
         except ReplicateError as err:
@@ -336,7 +359,7 @@ class ReplicateVideos:
         return str(secret.key)
 
     async def aclose(self) -> None:
-        await self._client._async_client.aclose()
+        await self._json.aclose()  # and with it the transport the SDK's client sends through
 
     def _job(self, prediction: dict[str, Any]) -> ProviderJob:
         job_id = str(prediction["id"])

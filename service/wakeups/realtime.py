@@ -165,7 +165,7 @@ class RealtimeSource:
         channel.on_system(on_system)
         await client.connect()
         await channel.subscribe(on_state)
-        while _alive(client) and channel.topic in client.channels:
+        while is_listening(client) and channel.topic in client.channels:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), self.check_every)
             changed.clear()
@@ -182,10 +182,16 @@ class RealtimeSource:
             log.info("realtime.ready", url=self.url, topic=TOPIC)
 
 
-def _alive(client: AsyncRealtimeClient) -> bool:
-    """Connected, and its reader still running: a reader that died of an unexpected
-    error leaves ``is_connected`` true on a client that hears nothing any more. (The
-    reader task is the client's private ``_listen_task``; the version is pinned.)"""
+def is_listening(client: AsyncRealtimeClient) -> bool:
+    """Connected, and its reader still running.
+
+    The one read of the client's internals, because no public API tells: since
+    supabase/realtime-py#332 the reader task re-raises an unexpected error (from a
+    callback or the client's own handling) and ends, while ``is_connected`` stays true
+    on a client that hears nothing any more. The reader is ``_listen_task``, private in
+    realtime 2.34.1 (pinned in constraints.txt); tests/test_realtime.py
+    (test_a_dead_reader_is_seen_through_listen_task) fails loudly if an upgrade
+    removes or changes it."""
     reader = client._listen_task
     return client.is_connected and reader is not None and not reader.done()
 
