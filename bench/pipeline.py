@@ -133,6 +133,34 @@ async def open_pool(dsn: str, size: int, statements: Statements | None = None) -
     return await asyncpg.create_pool(dsn, min_size=2, max_size=size, reset=keep_session, init=count)
 
 
+async def allow_bench_model(pool: asyncpg.Pool) -> None:
+    """Let rows name the bench's stand-in model: rows name only allowed models (sql/0011),
+    and one the registry does not know is allowed as an operator would allow it."""
+    await pool.execute(
+        "insert into sora_worker.allowed_models (provider, model) values ('openai', 'bench') "
+        "on conflict do nothing"
+    )
+
+
+async def generating_rows(pool: asyncpg.Pool, select: str, *args: object) -> None:
+    """Rows whose provider jobs already run, from ``select`` (prompt, video_id,
+    next_attempt_at): inserted as requests, then moved on as the worker would, since a
+    new row may not arrive carrying a job (sql/0010)."""
+    await allow_bench_model(pool)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(f"""create temporary table seeded on commit drop as {select}""", *args)
+        await conn.execute(
+            """insert into videos (prompt, model, size, seconds)
+               select prompt, 'bench', '64x64', '1' from seeded"""
+        )
+        await conn.execute(
+            """update videos v set stage = 'generating', status = 'processing',
+                   video_id = s.video_id, submitted_at = now(),
+                   next_attempt_at = s.next_attempt_at
+               from seeded s where v.prompt = s.prompt"""
+        )
+
+
 async def run_pipeline(
     dsn: str, rows: int, concurrency: int, same_prompt: bool, scratch: Path
 ) -> dict[str, float]:

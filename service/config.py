@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.media.fetch import parse_host_ports
+from service.providers.models import parse_allowed
 
 ENV_PREFIX = "SORA_"
 REMOVED_SETTINGS = {
@@ -155,6 +156,38 @@ class Settings(BaseSettings):
         "720x1280", description="Default WIDTHxHEIGHT for rows that name none."
     )
     default_seconds: str = Field("4", description="Default clip length for rows that name none.")
+
+    # What the public may ask for and spend (issue 23, docs/security.md). Written into the
+    # database (sora_worker.settings) at every start, where the insert checks read them.
+    allowed_models: str = Field(
+        "default",
+        description="Provider:model pairs rows may name, separated by commas; 'default' is "
+        "every model the registry knows for the configured providers (e.g. "
+        "default,openai:my-gateway-model). The default model is always allowed; other "
+        "rows are refused at insert.",
+    )
+    user_daily_videos: int = Field(
+        5, ge=0, description="Videos one signed-in person may ask for per UTC day."
+    )
+    user_daily_seconds: int = Field(
+        60, ge=0, description="Seconds of video one signed-in person may ask for per UTC day."
+    )
+    daily_budget_usd: float = Field(
+        20.0,
+        ge=0,
+        description="Estimated US dollars all videos together may cost per UTC day (the "
+        "registry's prices; unknown ones count as the dearest). People's requests beyond "
+        "it are refused at insert; any row beyond it waits for the next day.",
+    )
+    public_prompts: bool = Field(
+        False, description="Show prompts in the public gallery view videos_public."
+    )
+
+    @field_validator("allowed_models")
+    @classmethod
+    def _allowed_models_shape(cls, value: str) -> str:
+        parse_allowed(value, DEFAULT_MODELS)  # raises ValueError naming the bad entry
+        return value
 
     poll_interval: float = Field(
         5.0, gt=0, description="Fewest seconds between two status polls of a job (the floor)."

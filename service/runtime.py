@@ -21,14 +21,17 @@ import httpx
 import structlog
 from aiohttp import web
 
-from service.config import Settings
+from service.config import DEFAULT_MODELS, Settings
+from service.core.costs import CostLimits
 from service.core.job import Policy
+from service.database.costs import write_limits
 from service.database.health import Health
 from service.database.migrations import migrate
 from service.database.operator import Operator
 from service.database.postgres import PostgresRepository
 from service.extras import local_extra
 from service.media import fetch
+from service.providers import models
 from service.providers.base import ProviderError
 from service.providers.lookup import Providers
 from service.providers.openai_videos import OpenAIVideos
@@ -122,6 +125,7 @@ class Runtime:
             ledger=self.repo,
             webhooks=self.webhook_health,
             rendition_kbps=s.rendition_bitrate,
+            gate=self.repo,
         )
         options = WorkerOptions(
             concurrency=s.concurrency,
@@ -259,6 +263,8 @@ async def open_runtime(
         simulator, fake, providers = await _open_providers(
             settings, stack, flexible_ports, simulator_config, veo_config, replicate_config
         )
+        async with pool.acquire() as conn:
+            await write_limits(conn, cost_limits(settings, providers), settings.worker_id)
         store, own_origins = await _open_store(settings, stack, flexible_ports)
         yield Runtime(
             settings=settings,
@@ -540,3 +546,25 @@ async def _open_store(
     if settings.public_url:
         own.add(fetch.origin_of(settings.public_url))
     return LocalStore(root, settings.public_url or shared.base_url), frozenset(own)
+
+
+def cost_limits(settings: Settings, providers: Providers) -> CostLimits:
+    """What rows may ask for and spend (docs/security.md), from the settings and the
+    model registry; written into the database at every start (``write_limits``)."""
+    return CostLimits(
+        allowed=models.allowlist(
+            settings.allowed_models,
+            providers.names,
+            (settings.provider, settings.provider_model),
+            DEFAULT_MODELS,
+        ),
+        default_provider=settings.provider,
+        default_model=settings.provider_model,
+        default_size=settings.default_size,
+        default_seconds=settings.default_seconds,
+        user_daily_videos=settings.user_daily_videos,
+        user_daily_seconds=settings.user_daily_seconds,
+        daily_budget_usd=settings.daily_budget_usd,
+        unknown_usd_per_second=models.UNKNOWN_USD_PER_SECOND,
+        public_prompts=settings.public_prompts,
+    )

@@ -22,6 +22,7 @@ import asyncpg
 import pytest
 
 from service.config import Settings
+from service.core.job import Stage
 from service.database.migrations import migrate
 from service.local.embedded import start_embedded_postgres
 from service.local.simulator import ProfileName, SimulatorConfig
@@ -189,3 +190,21 @@ async def eventually(
                 await asyncio.sleep(0.01)
     except TimeoutError:
         raise AssertionError(f"condition never held in {within} s; last value: {last!r}") from None
+
+
+async def row_in(
+    conn: asyncpg.Connection | asyncpg.Pool, stage: str, prompt: str = "x", **columns: Any
+) -> Any:
+    """A row in ``stage`` with ``columns`` set: inserted as a request, then moved there as
+    the worker would move it (a new row may not arrive carrying a stage or a job)."""
+    row_id = await conn.fetchval("insert into videos (prompt) values ($1) returning id", prompt)
+    names = list(columns)
+    assignments = "".join(f", {name} = ${n + 4}" for n, name in enumerate(names))
+    await conn.execute(
+        f"update videos set stage = $2, status = $3{assignments} where id = $1",
+        row_id,
+        stage,
+        Stage(stage).status,
+        *columns.values(),
+    )
+    return row_id

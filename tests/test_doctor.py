@@ -49,7 +49,7 @@ async def test_an_unmigrated_database_fails_with_the_fix(empty_db_url: str, tmp_
 async def test_a_missing_migration_is_named(db_url: str, tmp_path: Path) -> None:
     conn = await asyncpg.connect(db_url)
     try:
-        await conn.execute("delete from sora_worker_migrations where name = '0008_media.sql'")
+        await conn.execute("delete from sora_worker.migrations where name = '0008_media.sql'")
     finally:
         await conn.close()
     found = by_check(await examine(make_settings(db_url, tmp_path)))

@@ -64,7 +64,8 @@ def driver_errors(doing: str) -> Iterator[None]:
         rule = next((r for r in Rule if r.value == err.constraint_name), None)
         raise Conflict(rule, f"{doing}: {err.constraint_name or 'a uniqueness rule'}") from err
     except asyncpg.IntegrityConstraintViolationError as err:
-        raise Refused(f"{doing}: refused by {err.constraint_name or 'a rule'}: {err}") from err
+        said = f"{err}; {err.hint}" if getattr(err, "hint", None) else str(err)
+        raise Refused(f"{doing}: refused by {err.constraint_name or 'a rule'}: {said}") from err
     except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as err:
         raise SchemaMissing(f"{doing}: {err}; run `sora-worker migrate`") from err
     except (
@@ -74,6 +75,10 @@ def driver_errors(doing: str) -> Iterator[None]:
         asyncpg.InterfaceError,
         asyncpg.InternalClientError,
     ) as err:
+        if isinstance(err, asyncpg.PostgresError) and str(err.sqlstate).startswith("PT"):
+            # sql/0011's quota and budget refusals (PostgREST's PTxxx codes): an answer,
+            # not an outage.
+            raise Refused(f"{doing}: {err}; {err.hint}") from err
         raise DatabaseUnavailable(f"{doing}: {err or type(err).__name__}") from err
 
 
