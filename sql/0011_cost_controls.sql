@@ -9,11 +9,12 @@
 -- - per person (rows with a user_id): at most user_daily_videos rows and
 --   user_daily_seconds seconds of video per UTC day;
 -- - a global daily budget in estimated US dollars: spent today (every submission since
---   midnight UTC, and jobs abandoned by a re-queue) plus what waiting requests will cost.
+--   midnight UTC, a job abandoned by a re-queue included) plus what waiting requests
+--   will cost.
 --
 -- The service role and the operator (rows without a user_id) meet the allowlist here and
--- the budget in the worker, which checks it again right before each submission and
--- makes a row over budget wait instead of submitting (service/worker/steps.py).
+-- the budget at submission: the worker looks right before each one and makes a row over
+-- budget wait, and recording an intent past the budget is refused (videos_count_spend).
 
 alter table sora_worker.settings
     add column if not exists default_provider       text    not null default 'openai',
@@ -122,21 +123,19 @@ language sql stable security definer set search_path = '' as $$
     from sora_worker.settings s
 $$;
 
--- Estimated spend of the UTC day so far: every row submitted since midnight (a
--- submission is counted when its intent is recorded, before the provider answers; a
--- request the provider refused or filtered is not charged), and every job a re-queue or
--- a delete abandoned. p_except leaves one row out (the one about to be submitted again).
-create or replace function sora_worker.spent_today(p_except uuid default null) returns numeric
+-- The day's estimated spend, kept as it happens (one row per UTC day): a submission is
+-- charged when its intent is recorded, before the provider is called, and refunded when
+-- the provider certainly made nothing (the worker drops the key) or did not charge (the
+-- request was refused or filtered). A job a re-queue or a delete abandons stays charged.
+create table if not exists sora_worker.daily_spend (
+    day date primary key,
+    usd numeric not null default 0 check (usd >= 0)
+);
+
+create or replace function sora_worker.spent_today() returns numeric
 language sql stable security definer set search_path = '' as $$
-    select coalesce((select sum(sora_worker.estimated_usd(v.provider, v.model, v.seconds))
-                     from public.videos v
-                     where v.submitted_at >= date_trunc('day', now(), 'UTC')
-                       and v.id is distinct from p_except
-                       and not (v.stage = 'failed' and v.error_kind in
-                                ('invalid_request', 'safety_filtered', 'model_retired'))), 0)
-         + coalesce((select sum(sora_worker.estimated_usd(a.provider, a.model, a.seconds))
-                     from sora_worker.abandoned_jobs a
-                     where a.submitted_at >= date_trunc('day', now(), 'UTC')), 0)
+    select coalesce((select d.usd from sora_worker.daily_spend d
+                     where d.day = (now() at time zone 'UTC')::date), 0)
 $$;
 
 -- What the requests still waiting will cost once submitted.
@@ -145,9 +144,6 @@ language sql stable security definer set search_path = '' as $$
     select coalesce(sum(sora_worker.estimated_usd(v.provider, v.model, v.seconds)), 0)
     from public.videos v where v.stage = 'pending'
 $$;
-
-create index if not exists videos_submitted_at_idx on public.videos (submitted_at)
-    where submitted_at is not null;
 
 -- The insert's checks. A person's inserts take turns on an advisory lock of their own,
 -- and then every person's on the budget's, so that 50 inserts at once cannot all see
@@ -213,6 +209,51 @@ $$;
 drop trigger if exists videos_limit_request on public.videos;
 create trigger videos_limit_request before insert on public.videos
     for each row execute function sora_worker.limit_request();
+
+-- The budget's wall for every submission, the service role's and the operator's rows
+-- included: no intent is recorded past it (the worker then lets the row wait; it looks
+-- first, so this answers only when replicas race for the last of the budget). The day's
+-- row is locked by the charge, so intents take turns on it and never overshoot.
+create or replace function sora_worker.count_spend() returns trigger
+language plpgsql security definer set search_path = '' as $$
+declare
+    total numeric;
+begin
+    if new.stage = 'submitting' and new.submit_key is not null
+       and new.submit_key is distinct from old.submit_key then
+        insert into sora_worker.daily_spend as d (day, usd)
+        values ((now() at time zone 'UTC')::date,
+                sora_worker.estimated_usd(new.provider, new.model, new.seconds))
+        on conflict (day) do update set usd = d.usd + excluded.usd
+        returning d.usd into total;
+        if total > (select s.daily_budget_usd from sora_worker.settings s) then
+            raise exception using errcode = 'PT503',
+                message = 'no more videos can be made today: the service has reached its '
+                          'daily budget',
+                hint = 'the row waits for the next day (midnight UTC), or for '
+                       'SORA_DAILY_BUDGET_USD to be raised';
+        end if;
+    elsif old.submitted_at is not null
+          and ((old.submit_key is not null and new.submit_key is null
+                and new.stage = 'submitting')
+               or (new.stage = 'failed' and old.stage <> 'failed'
+                   and (old.submit_key is not null or old.video_id is not null)
+                   and new.error_kind in ('invalid_request', 'safety_filtered',
+                                          'model_retired'))) then
+        update sora_worker.daily_spend d
+        set usd = greatest(d.usd - sora_worker.estimated_usd(old.provider, old.model,
+                                                             old.seconds), 0)
+        where d.day = (old.submitted_at at time zone 'UTC')::date;
+    end if;
+    return new;
+end
+$$;
+
+drop trigger if exists videos_count_spend on public.videos;
+create trigger videos_count_spend before update on public.videos
+    for each row when (new.submit_key is distinct from old.submit_key
+                       or new.stage is distinct from old.stage)
+    execute function sora_worker.count_spend();
 
 -- The CHECKs' upper bounds were absurd (9999 seconds, 99999x99999). A request asks for at
 -- most 60 seconds and 4096 pixels a side, whatever the model (the allowlist narrows it

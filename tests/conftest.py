@@ -27,6 +27,7 @@ from service.database.migrations import migrate
 from service.local.embedded import start_embedded_postgres
 from service.local.simulator import ProfileName, SimulatorConfig
 from service.runtime import Runtime, open_runtime
+from tests.supabase_like import make_supabase_like
 
 FAST_SIMULATOR = dict(queue_seconds=0.05, generation_seconds=0.3)
 
@@ -99,6 +100,44 @@ async def empty_db_url(server_dsn: str) -> AsyncIterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def supabase_template(server_dsn: str) -> str:
+    """A database set up as Supabase sets one up (its roles and default privileges,
+    tests/supabase_like.py), then migrated: what `sora-worker migrate` makes of a real
+    project."""
+    name = f"sora_supabase_{uuid.uuid4().hex[:8]}"
+
+    async def build() -> None:
+        admin = await asyncpg.connect(server_dsn)
+        try:
+            await admin.execute(f'create database "{name}"')
+        finally:
+            await admin.close()
+        await make_supabase_like(with_database(server_dsn, name))
+        conn = await asyncpg.connect(with_database(server_dsn, name))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(build())
+    return name
+
+
+@pytest.fixture
+async def supabase_url(server_dsn: str, supabase_template: str) -> AsyncIterator[str]:
+    """A fresh copy of ``supabase_template`` (connect as the table owner, the worker)."""
+    async with scratch_database(server_dsn, supabase_template) as url:
+        yield url
+
+
+@pytest.fixture
+async def empty_supabase_url(empty_db_url: str) -> str:
+    """A database Supabase has set up and nobody has migrated yet."""
+    await make_supabase_like(empty_db_url)
+    return empty_db_url
+
+
 @pytest.fixture
 async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
     connection = await asyncpg.connect(db_url)
@@ -126,6 +165,8 @@ def make_settings(db_url: str, data_dir: Path, **overrides: Any) -> Settings:
         shutdown_grace=5.0,
         worker_id=f"test-{uuid.uuid4().hex[:6]}",
         log_format="json",
+        # Tests of other things never meet the day's budget (tests/test_public_app.py does).
+        daily_budget_usd=10_000.0,
     )
     values.update(overrides)
     return Settings(**values)

@@ -49,7 +49,7 @@ class Admission:
     refusal: str | None
     """Why the request cannot be made as it is (model, size, length), or None."""
     spent_usd: float
-    """Today's estimated spend (UTC day), this row left out."""
+    """Today's estimated spend (UTC day)."""
     cost_usd: float
     """This video's estimated cost."""
     budget_usd: float

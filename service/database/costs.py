@@ -2,14 +2,16 @@
 asks right before a submission, and what a metrics scrape reads (sql/0011).
 
 The rules themselves are SQL functions (``sora_worker.refusal``, ``estimated_usd``,
-``spent_today``), so the insert trigger an app meets and the worker's last look say the
-same thing from the same tables.
+``spent_today``) and triggers (the insert's checks, the charge of each submission), so
+the insert an app makes and the worker's last look say the same thing from the same
+tables.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -33,12 +35,12 @@ values ($1, $2, $3, $4, $5)
 
 ADMIT = """
 select sora_worker.refusal($1, $2, $3, $4) as refusal,
-       sora_worker.spent_today($5)::float8 as spent,
+       sora_worker.spent_today()::float8 as spent,
        sora_worker.estimated_usd($1, $2, $4)::float8 as cost,
        (select daily_budget_usd from sora_worker.settings)::float8 as budget
 """
 """The worker's last look before an intent: the same allowlist as the insert's, and the
-day's spend with this row left out."""
+day's spend so far."""
 
 SPEND = """
 select sora_worker.spent_today()::float8 as spent,
@@ -63,6 +65,11 @@ class Spend:
     refusals: Mapping[str, int] = field(default_factory=dict)
 
 
+def exact(amount: float) -> Decimal:
+    """Dollars as written (1.2 stays 1.2 in a numeric column, not 1.19999...)."""
+    return Decimal(str(amount))
+
+
 async def write_limits(
     conn: asyncpg.Connection | PoolConnectionProxy, limits: CostLimits, written_by: str
 ) -> None:
@@ -78,8 +85,8 @@ async def write_limits(
                 limits.default_seconds,
                 limits.user_daily_videos,
                 limits.user_daily_seconds,
-                limits.daily_budget_usd,
-                limits.unknown_usd_per_second,
+                exact(limits.daily_budget_usd),
+                exact(limits.unknown_usd_per_second),
                 limits.public_prompts,
                 written_by,
             )
@@ -92,7 +99,7 @@ async def write_limits(
                         m.model,
                         None if m.sizes is None else sorted(m.sizes),
                         None if m.seconds is None else sorted(m.seconds, key=int),
-                        m.usd_per_second,
+                        None if m.usd_per_second is None else exact(m.usd_per_second),
                     )
                     for m in limits.allowed
                 ],
@@ -100,10 +107,10 @@ async def write_limits(
 
 
 async def admit(
-    pool: asyncpg.Pool, provider: str, model: str, size: str, seconds: str, row_id: object
+    pool: asyncpg.Pool, provider: str, model: str, size: str, seconds: str
 ) -> Admission:
     with driver_errors("asking whether the request may be made"):
-        record = await pool.fetchrow(ADMIT, provider, model, size, seconds, row_id)
+        record = await pool.fetchrow(ADMIT, provider, model, size, seconds)
     assert record is not None
     return Admission(record["refusal"], record["spent"], record["cost"], record["budget"])
 

@@ -35,6 +35,11 @@ class Refused(RepositoryError):
     write cannot help; it is a bug in the caller or a row the schema does not allow."""
 
 
+class BudgetSpent(Refused):
+    """The day's budget refused to record a submission's intent (sql/0011's
+    videos_count_spend): nothing was written, and nothing may be sent."""
+
+
 class LeaseLost(RepositoryError):
     """The row is no longer ours (another worker claimed it, it was re-queued, or its
     stage moved on): the write changed nothing."""
@@ -78,7 +83,8 @@ def driver_errors(doing: str) -> Iterator[None]:
         if isinstance(err, asyncpg.PostgresError) and str(err.sqlstate).startswith("PT"):
             # sql/0011's quota and budget refusals (PostgREST's PTxxx codes): an answer,
             # not an outage.
-            raise Refused(f"{doing}: {err}; {err.hint}") from err
+            refused = BudgetSpent if err.sqlstate == "PT503" else Refused
+            raise refused(f"{doing}: {err}; {err.hint}") from err
         raise DatabaseUnavailable(f"{doing}: {err or type(err).__name__}") from err
 
 

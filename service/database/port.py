@@ -85,11 +85,9 @@ class Repository(Protocol):
     async def load(self, row_id: RowId) -> Job | None:
         """The row as the machine sees it (unleased), or None."""
 
-    async def admit(
-        self, provider: str, model: str, size: str, seconds: str, row_id: RowId
-    ) -> Admission:
+    async def admit(self, provider: str, model: str, size: str, seconds: str) -> Admission:
         """Right before an intent: may this request be made (the allowlist the insert
-        met), and what today's spend is without this row (the budget)."""
+        met), and what today's spend is (the budget)."""
 
     async def take_abandoned(self, limit: int) -> list[AbandonedJob]:
         """Jobs a re-queue or a delete left running, due for a cancel; each taken is

@@ -377,10 +377,8 @@ class PostgresRepository:
             )
         return None if record is None else job_from_record(record)
 
-    async def admit(
-        self, provider: str, model: str, size: str, seconds: str, row_id: RowId
-    ) -> Admission:
-        return await costs.admit(self.pool, provider, model, size, seconds, row_id)
+    async def admit(self, provider: str, model: str, size: str, seconds: str) -> Admission:
+        return await costs.admit(self.pool, provider, model, size, seconds)
 
     async def take_abandoned(self, limit: int) -> list[AbandonedJob]:
         with driver_errors("taking abandoned jobs"):

@@ -21,10 +21,18 @@ from dataclasses import dataclass
 
 import structlog
 
-from service.core.events import Accepted, Event, IntentRecorded, RecordProgress, Transient
+from service.core.costs import over_budget_wait
+from service.core.events import (
+    Accepted,
+    Event,
+    IntentRecorded,
+    OverBudget,
+    RecordProgress,
+    Transient,
+)
 from service.core.job import Job, Policy, RowId, Stage, SubmitKey
 from service.core.machine import Action, Transition, apply, next_action
-from service.database.errors import Conflict, LeaseLost, RepositoryError
+from service.database.errors import BudgetSpent, Conflict, LeaseLost, RepositoryError
 from service.database.port import AbandonedJob, Repository
 from service.wakeups.listen import Listener
 from service.wakeups.realtime import RealtimeSource
@@ -320,6 +328,12 @@ class Worker:
             self._let_go(job.id)
             with contextlib.suppress(RepositoryError):
                 await asyncio.shield(self.repo.defer(job, self.options.policy.retry_base))
+        except BudgetSpent:
+            # Another replica took the last of the day's budget between this one's look
+            # and its intent, and the budget's wall (sql/0011) refused the intent:
+            # nothing was written or sent. The row waits like one seen over budget.
+            self._let_go(job.id)
+            await asyncio.shield(self._wait_for_budget(job))
         except RepositoryError as err:
             # The row keeps its last checkpoint; its lease lapses and any worker retakes it.
             log.error("video.checkpoint_failed", error=str(err), stage=job.stage.value)
@@ -333,6 +347,20 @@ class Worker:
             log.exception("video.process_crashed", stage=job.stage.value)
         finally:
             structlog.contextvars.unbind_contextvars("row_id")
+
+    async def _wait_for_budget(self, job: Job) -> None:
+        event = OverBudget(
+            "the daily budget (SORA_DAILY_BUDGET_USD) has no room left for this video",
+            over_budget_wait(job.as_of),
+        )
+        transition = apply(job, event, policy=self.options.policy, jitter=random.random())
+        try:
+            after = await self.repo.checkpoint(job, transition, keep_lease=False)
+        except RepositoryError as err:  # the lease lapses; the next claim looks again
+            log.warning("video.checkpoint_failed", error=str(err), stage=job.stage.value)
+            return
+        self._log(job, after, transition, event, Action.PREPARE, 0.0)
+        self.metrics.stepped(Action.PREPARE, job.stage, event, transition, 0.0)
 
     async def _abandon(self, job: Job, video_id: str) -> None:
         provider = job.provider or self.steps.providers.default

@@ -42,7 +42,7 @@ from service.core.events import (
     Vanished,
     Waiting,
 )
-from service.core.job import Job, RowId, SubmitKey
+from service.core.job import Job, SubmitKey
 from service.core.request import VideoRequest
 from service.database.port import AbandonedJob
 from service.media import fetch, images, thumbnails
@@ -72,9 +72,7 @@ class Gate(Protocol):
     """The database's last word before an intent (part of the Repository port): the
     allowlist an insert met, and the day's budget (sql/0011)."""
 
-    async def admit(
-        self, provider: str, model: str, size: str, seconds: str, row_id: RowId
-    ) -> Admission: ...
+    async def admit(self, provider: str, model: str, size: str, seconds: str) -> Admission: ...
 
 
 FRAME_CACHE = 512
@@ -170,7 +168,7 @@ class Steps:
             return Rejected(str(err), err.kind)
         if self.gate is not None:
             # Before the photos are fetched: a row that may not be made costs nothing.
-            gate = await self.gate.admit(provider.name, model, size, seconds, job.id)
+            gate = await self.gate.admit(provider.name, model, size, seconds)
             if gate.refusal is not None:
                 return Rejected(f"{gate.refusal} (SORA_ALLOWED_MODELS)")
             if gate.over_budget:

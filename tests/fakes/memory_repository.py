@@ -360,9 +360,7 @@ class MemoryRepository:
         row = self.rows.get(row_id)
         return None if row is None else row.job(now)
 
-    async def admit(
-        self, provider: str, model: str, size: str, seconds: str, row_id: RowId
-    ) -> Admission:
+    async def admit(self, provider: str, model: str, size: str, seconds: str) -> Admission:
         self._now("admit")
         return Admission(None, 0.0, 0.0, float("inf"))
 
