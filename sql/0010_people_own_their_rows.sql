@@ -76,7 +76,9 @@ create policy videos_owner_request on public.videos for insert to authenticated
 -- video_id was adopted: anyone whose insert reached the table could attach any job and
 -- have it published. Refused now, whoever inserts (the service role included);
 -- attaching a job is `sora-worker adopt`'s alone. Runs after videos_check_status (an
--- unknown status gets that trigger's answer first) and before videos_prepare_request.
+-- unknown status gets that trigger's answer first) and before videos_prepare_request,
+-- whose INSERT branches for 'processing', 'completed' and 'failed' (sql/0002) it leaves
+-- unreachable: only a request gets past it.
 create sequence if not exists sora_worker.refused_job_or_stage;
 
 create or replace function sora_worker.guard_request() returns trigger
@@ -104,35 +106,6 @@ $$;
 drop trigger if exists videos_guard_request on public.videos;
 create trigger videos_guard_request before insert on public.videos
     for each row execute function sora_worker.guard_request();
-
--- sql/0002's trigger without its adoption branch (the guard refuses those rows first).
-create or replace function public.videos_prepare_request() returns trigger
-language plpgsql as $$
-begin
-    if tg_op = 'UPDATE' and not (new.status = 'queued' and old.status is distinct from 'queued') then
-        return new;
-    end if;
-    new.stage := 'pending';
-    new.progress := 0;
-    new.attempts := 0;
-    new.error := null;
-    new.next_attempt_at := now();
-    new.locked_by := null;
-    new.locked_until := null;
-    new.submit_key := null;
-    new.submitted_at := null;
-    new.video_id := null;
-    new.completed_at := null;
-    -- A remake must not show the old video as if it were the new one.
-    new.video_url := null;
-    new.openai_url := null;
-    new.openai_expires_at := null;
-    new.video_bytes := null;
-    new.video_sha256 := null;
-    new.thumbnail_url := null;
-    return new;
-end
-$$;
 
 -- A row sent back to 'queued' (or deleted) while the provider may hold its job: the job
 -- runs on at the provider, paid for, and nobody would archive it. Written down here for

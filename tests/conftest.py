@@ -47,9 +47,11 @@ def server_dsn() -> Iterator[str]:
         yield start_embedded_postgres(Path(scratch))
 
 
-@pytest.fixture(scope="session")
-def template_db(server_dsn: str) -> str:
-    name = f"sora_template_{uuid.uuid4().hex[:8]}"
+def migrated_template(
+    server_dsn: str, prefix: str, prepare: Callable[[str], Awaitable[None]] | None = None
+) -> str:
+    """A new database, ``prepare``d (if given) and migrated, to copy for each test."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
 
     async def build() -> None:
         admin = await asyncpg.connect(server_dsn)
@@ -57,6 +59,8 @@ def template_db(server_dsn: str) -> str:
             await admin.execute(f'create database "{name}"')
         finally:
             await admin.close()
+        if prepare is not None:
+            await prepare(with_database(server_dsn, name))
         conn = await asyncpg.connect(with_database(server_dsn, name))
         try:
             await migrate(conn)
@@ -65,6 +69,11 @@ def template_db(server_dsn: str) -> str:
 
     asyncio.run(build())
     return name
+
+
+@pytest.fixture(scope="session")
+def template_db(server_dsn: str) -> str:
+    return migrated_template(server_dsn, "sora_template")
 
 
 @asynccontextmanager
@@ -105,23 +114,7 @@ def supabase_template(server_dsn: str) -> str:
     """A database set up as Supabase sets one up (its roles and default privileges,
     tests/supabase_like.py), then migrated: what `sora-worker migrate` makes of a real
     project."""
-    name = f"sora_supabase_{uuid.uuid4().hex[:8]}"
-
-    async def build() -> None:
-        admin = await asyncpg.connect(server_dsn)
-        try:
-            await admin.execute(f'create database "{name}"')
-        finally:
-            await admin.close()
-        await make_supabase_like(with_database(server_dsn, name))
-        conn = await asyncpg.connect(with_database(server_dsn, name))
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
-
-    asyncio.run(build())
-    return name
+    return migrated_template(server_dsn, "sora_supabase", make_supabase_like)
 
 
 @pytest.fixture

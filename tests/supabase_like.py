@@ -19,6 +19,7 @@ connection that first runs ``set_config('role', ..., true)`` and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -29,25 +30,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+ROLES = {
+    "anon": "nologin noinherit",
+    "authenticated": "nologin noinherit",
+    "service_role": "nologin noinherit bypassrls",
+    "authenticator": "login noinherit",
+}
+"""Supabase's roles (cluster-wide: made once per server)."""
+
 SUPABASE_SETUP = """
-do $$
-begin
-    if not exists (select 1 from pg_roles where rolname = 'anon') then
-        create role anon nologin noinherit;
-    end if;
-    if not exists (select 1 from pg_roles where rolname = 'authenticated') then
-        create role authenticated nologin noinherit;
-    end if;
-    if not exists (select 1 from pg_roles where rolname = 'service_role') then
-        create role service_role nologin noinherit bypassrls;
-    end if;
-    if not exists (select 1 from pg_roles where rolname = 'authenticator') then
-        create role authenticator login noinherit;
-    end if;
-exception when duplicate_object or unique_violation then
-    null;  -- another test session's server setup made it meanwhile
-end
-$$;
 grant anon, authenticated, service_role to authenticator;
 
 create schema if not exists auth;
@@ -73,6 +64,10 @@ async def make_supabase_like(dsn: str) -> None:
     """Turn an empty database into one set up as Supabase sets one up (not migrated)."""
     conn = await asyncpg.connect(dsn)
     try:
+        for role, attributes in ROLES.items():
+            if await conn.fetchval("select to_regrole($1)", role) is None:
+                with contextlib.suppress(asyncpg.DuplicateObjectError):
+                    await conn.execute(f"create role {role} {attributes}")
         await conn.execute(SUPABASE_SETUP)
     finally:
         await conn.close()
