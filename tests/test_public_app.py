@@ -598,7 +598,11 @@ async def test_retry_asks_for_abandon_before_it_drops_a_running_job(settings: Se
         why = (await op.why_not(row_id, "retry")).reason
         assert first["video_id"] in why and "retry ID --abandon" in why
         assert await rt.pool.fetchval("select count(*) from sora_worker.abandoned_jobs") == 0
-        assert await op.retry(row_id, failed_since=None, abandon=True) == [row_id]
+        # A poll may hold the row's lease for a moment: the verb then changes nothing.
+        await eventually(
+            lambda: op.retry(row_id, failed_since=None, abandon=True),
+            lambda got: got == [row_id],
+        )
         await eventually(
             lambda: rt.pool.fetchval("select outcome from sora_worker.abandoned_jobs"),
             lambda got: got == "cancelled at openai",
