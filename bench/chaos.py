@@ -593,6 +593,7 @@ def _replica_env(
         SORA_MODEL=MODEL,
         SORA_DEFAULT_SIZE=SIZE,
         SORA_DEFAULT_SECONDS=SECONDS,
+        SORA_DAILY_BUDGET_USD="1000000",  # a night of faults, not of spending
         SORA_DATA_DIR=str(workdir / "replica-data"),
         SORA_POLL_INTERVAL="0.3",
         SORA_SWEEP_INTERVAL="2",

@@ -132,6 +132,34 @@ async def open_pool(dsn: str, size: int, statements: Statements | None = None) -
     return await asyncpg.create_pool(dsn, min_size=2, max_size=size, reset=keep_session, init=count)
 
 
+async def allow_bench_model(pool: asyncpg.Pool) -> None:
+    """Let rows name the bench's stand-in model: rows name only allowed models (sql/0011),
+    and one the registry does not know is allowed as an operator would allow it."""
+    await pool.execute(
+        "insert into sora_worker.allowed_models (provider, model) values ('openai', 'bench') "
+        "on conflict do nothing"
+    )
+
+
+async def generating_rows(pool: asyncpg.Pool, select: str, *args: object) -> None:
+    """Rows whose provider jobs already run, from ``select`` (prompt, video_id,
+    next_attempt_at): inserted as requests, then moved on as the worker would, since a
+    new row may not arrive carrying a job (sql/0010)."""
+    await allow_bench_model(pool)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(f"""create temporary table seeded on commit drop as {select}""", *args)
+        await conn.execute(
+            """insert into videos (prompt, model, size, seconds)
+               select prompt, 'bench', '64x64', '1' from seeded"""
+        )
+        await conn.execute(
+            """update videos v set stage = 'generating', status = 'processing',
+                   video_id = s.video_id, submitted_at = now(),
+                   next_attempt_at = s.next_attempt_at
+               from seeded s where v.prompt = s.prompt"""
+        )
+
+
 async def run_pipeline(
     dsn: str, rows: int, concurrency: int, same_prompt: bool, scratch: Path
 ) -> dict[str, float]:
@@ -192,6 +220,8 @@ async def fresh_database(server: str) -> AsyncIterator[str]:
     dsn = urlunsplit(urlsplit(server)._replace(path="/" + name))
     conn = await asyncpg.connect(dsn)
     await migrate(conn)
+    # The bench measures speed, not spending: no day's budget stops it (sql/0011).
+    await conn.execute("update sora_worker.settings set daily_budget_usd = 1e9")
     await conn.close()
     try:
         yield dsn

@@ -25,7 +25,13 @@ from pathlib import Path
 import asyncpg
 import openai
 
-from bench.pipeline import InstantProvider, instant_steps, open_pool
+from bench.pipeline import (
+    InstantProvider,
+    allow_bench_model,
+    generating_rows,
+    instant_steps,
+    open_pool,
+)
 from service.core.job import Policy
 from service.core.request import VideoRequest
 from service.database.postgres import PostgresRepository
@@ -69,12 +75,12 @@ POLLED = Policy(
 )
 
 
-async def generating_rows(pool: asyncpg.Pool, video_ids: list[str], spread: float) -> None:
+async def polled_rows(pool: asyncpg.Pool, video_ids: list[str], spread: float) -> None:
     """Rows whose jobs the provider already holds, first polls spread over ``spread`` s."""
-    await pool.execute(
-        """insert into videos (prompt, status, video_id, model, size, seconds, next_attempt_at)
-           select 'polled ' || v, 'processing', v, 'bench', '64x64', '1',
-                  now() + random() * $2::float8 * interval '1 second'
+    await generating_rows(
+        pool,
+        """select 'polled ' || v as prompt, v as video_id,
+                  now() + random() * $2::float8 * interval '1 second' as next_attempt_at
            from unnest($1::text[]) as v""",
         video_ids,
         spread,
@@ -94,7 +100,7 @@ async def dispatch(dsn: str, scratch: Path, samples: int, background: int) -> di
         sources=[Listener(dsn)],
     )
     if background:
-        await generating_rows(pool, [f"video_bg_{i}" for i in range(background)], 5.0)
+        await polled_rows(pool, [f"video_bg_{i}" for i in range(background)], 5.0)
     task = asyncio.create_task(worker.run())
     await asyncio.wait_for(worker.sources["listen"].connected.wait(), 10)  # type: ignore[attr-defined]
     await asyncio.sleep(6 if background else 0.5)  # every background row polled once
@@ -208,7 +214,7 @@ async def steady_polls(dsn: str, scratch: Path, rows: int, window: float) -> dic
     ) as base_url:
         video_ids = await create_jobs(base_url, rows)
         async with sdk_worker(dsn, scratch, base_url, POLLED) as (worker, provider, pool):
-            await generating_rows(pool, video_ids, 5.0)
+            await polled_rows(pool, video_ids, 5.0)
             task = asyncio.create_task(worker.run())
             await asyncio.sleep(6)  # warm: every row polled once
             polls, cpu, wall = provider.polls, time.process_time(), time.perf_counter()
@@ -240,6 +246,7 @@ async def compressed_day(dsn: str, scratch: Path, rows: int, factor: float) -> d
         seconds=["1"],
     ) as base_url:
         async with sdk_worker(dsn, scratch, base_url, policy) as (worker, provider, pool):
+            await allow_bench_model(pool)
             task = asyncio.create_task(worker.run())
             cpu, wall = time.process_time(), time.perf_counter()
             await pool.execute(
@@ -277,10 +284,10 @@ async def due_and_claim(dsn: str, active: int, due: int = 1000) -> dict[str, flo
     """Median ms of next-due and of a 10-row claim, with ``active`` rows of which ``due``
     can be claimed (the rest are polled later)."""
     pool = await open_pool(dsn, 4)
-    await pool.execute(
-        """insert into videos (prompt, status, video_id, model, size, seconds, next_attempt_at)
-           select 'idle ' || g, 'processing', 'video_idle_' || g, 'bench', '64x64', '1',
-                  now() + interval '1 hour' + g * interval '1 ms'
+    await generating_rows(
+        pool,
+        """select 'idle ' || g as prompt, 'video_idle_' || g as video_id,
+                  now() + interval '1 hour' + g * interval '1 ms' as next_attempt_at
            from generate_series(1, $1) as g""",
         active - due,
     )

@@ -22,10 +22,12 @@ import asyncpg
 import pytest
 
 from service.config import Settings, declared_settings
+from service.core.job import Stage
 from service.database.migrations import migrate
 from service.local.embedded import start_embedded_postgres
 from service.local.simulator import ProfileName, Simulator, SimulatorConfig
 from service.runtime import Runtime, open_runtime
+from tests.supabase_like import make_supabase_like
 
 FAST_SIMULATOR = dict(queue_seconds=0.05, generation_seconds=0.3)
 
@@ -45,9 +47,11 @@ def server_dsn() -> Iterator[str]:
         yield start_embedded_postgres(Path(scratch))
 
 
-@pytest.fixture(scope="session")
-def template_db(server_dsn: str) -> str:
-    name = f"sora_template_{uuid.uuid4().hex[:8]}"
+def migrated_template(
+    server_dsn: str, prefix: str, prepare: Callable[[str], Awaitable[None]] | None = None
+) -> str:
+    """A new database, ``prepare``d (if given) and migrated, to copy for each test."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
 
     async def build() -> None:
         admin = await asyncpg.connect(server_dsn)
@@ -55,6 +59,8 @@ def template_db(server_dsn: str) -> str:
             await admin.execute(f'create database "{name}"')
         finally:
             await admin.close()
+        if prepare is not None:
+            await prepare(with_database(server_dsn, name))
         conn = await asyncpg.connect(with_database(server_dsn, name))
         try:
             await migrate(conn)
@@ -63,6 +69,11 @@ def template_db(server_dsn: str) -> str:
 
     asyncio.run(build())
     return name
+
+
+@pytest.fixture(scope="session")
+def template_db(server_dsn: str) -> str:
+    return migrated_template(server_dsn, "sora_template")
 
 
 @asynccontextmanager
@@ -96,6 +107,28 @@ async def empty_db_url(server_dsn: str) -> AsyncIterator[str]:
     """A database with no schema at all, for migration tests."""
     async with scratch_database(server_dsn) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def supabase_template(server_dsn: str) -> str:
+    """A database set up as Supabase sets one up (its roles and default privileges,
+    tests/supabase_like.py), then migrated: what `sora-worker migrate` makes of a real
+    project."""
+    return migrated_template(server_dsn, "sora_supabase", make_supabase_like)
+
+
+@pytest.fixture
+async def supabase_url(server_dsn: str, supabase_template: str) -> AsyncIterator[str]:
+    """A fresh copy of ``supabase_template`` (connect as the table owner, the worker)."""
+    async with scratch_database(server_dsn, supabase_template) as url:
+        yield url
+
+
+@pytest.fixture
+async def empty_supabase_url(empty_db_url: str) -> str:
+    """A database Supabase has set up and nobody has migrated yet."""
+    await make_supabase_like(empty_db_url)
+    return empty_db_url
 
 
 @pytest.fixture
@@ -152,6 +185,8 @@ def make_settings(db_url: str, data_dir: Path, **overrides: Any) -> Settings:
         shutdown_grace=5.0,
         worker_id=f"test-{uuid.uuid4().hex[:6]}",
         log_format="json",
+        # Tests of other things never meet the day's budget (tests/test_public_app.py does).
+        daily_budget_usd=10_000.0,
     )
     values.update(overrides)
     return Settings(**grouped(**values))
@@ -227,3 +262,21 @@ async def eventually(
                 await asyncio.sleep(0.01)
     except TimeoutError:
         raise AssertionError(f"condition never held in {within} s; last value: {last!r}") from None
+
+
+async def row_in(
+    conn: asyncpg.Connection | asyncpg.Pool, stage: str, prompt: str = "x", **columns: Any
+) -> Any:
+    """A row in ``stage`` with ``columns`` set: inserted as a request, then moved there as
+    the worker would move it (a new row may not arrive carrying a stage or a job)."""
+    row_id = await conn.fetchval("insert into videos (prompt) values ($1) returning id", prompt)
+    names = list(columns)
+    assignments = "".join(f", {name} = ${n + 4}" for n, name in enumerate(names))
+    await conn.execute(
+        f"update videos set stage = $2, status = $3{assignments} where id = $1",
+        row_id,
+        stage,
+        Stage(stage).status,
+        *columns.values(),
+    )
+    return row_id

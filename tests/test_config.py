@@ -86,8 +86,14 @@ EVERY_NAME = {
 """The environment names operators have set since before the settings were grouped:
 an ``.env`` that worked keeps working."""
 
-ADDED_SINCE = {"SORA_METRICS_TOKEN", "SORA_WEBHOOK_HOST", "SORA_WEBHOOK_PORT"}
-"""Settings added after the grouping (the HTTP surface's bounds, issue 24)."""
+ADDED_SINCE = {
+    # The HTTP surface's bounds (issue 24).
+    "SORA_METRICS_TOKEN", "SORA_WEBHOOK_HOST", "SORA_WEBHOOK_PORT",
+    # What the public may ask for and spend (issue 23).
+    "SORA_ALLOWED_MODELS", "SORA_USER_DAILY_VIDEOS", "SORA_USER_DAILY_SECONDS",
+    "SORA_DAILY_BUDGET_USD", "SORA_PUBLIC_PROMPTS",
+}  # fmt: skip
+"""Settings added after the grouping."""
 
 
 def test_the_environment_names_are_the_ones_operators_have_always_set() -> None:

@@ -49,12 +49,40 @@ async def test_an_unmigrated_database_fails_with_the_fix(empty_db_url: str, tmp_
 async def test_a_missing_migration_is_named(db_url: str, tmp_path: Path) -> None:
     conn = await asyncpg.connect(db_url)
     try:
-        await conn.execute("delete from sora_worker_migrations where name = '0008_media.sql'")
+        await conn.execute("delete from sora_worker.migrations where name = '0008_media.sql'")
     finally:
         await conn.close()
     found = by_check(await examine(make_settings(db_url, tmp_path)))
     assert found["migrations"][0].level == "FAIL"
     assert "0008_media.sql" in found["migrations"][0].detail
+
+
+async def test_a_public_role_that_can_write_the_workers_objects_or_read_rows_fails(
+    supabase_url: str, tmp_path: Path
+) -> None:
+    """On a database set up as Supabase sets one up, then migrated: OK; a grant made by
+    hand since (or an older migrate's ledger in public) is a FAIL naming it."""
+    healthy = by_check(await examine(make_settings(supabase_url, tmp_path)))
+    assert [f.level for f in healthy["public access"]] == ["OK"]
+    conn = await asyncpg.connect(supabase_url)
+    try:
+        await conn.execute(
+            """grant update on sora_worker.migrations to anon;
+               grant usage on schema sora_worker to anon;
+               create policy everyone on public.videos for select to authenticated
+                   using (true);"""
+        )
+    finally:
+        await conn.close()
+    found = by_check(await examine(make_settings(supabase_url, tmp_path)))["public access"]
+    assert [f.level for f in found] == ["FAIL"] * 3
+    assert {f.detail for f in found} == {
+        "anon may use the schema sora_worker (the worker's own)",
+        "anon holds rights on the table sora_worker.migrations (the worker's own)",
+        "policy everyone on public.videos lets authenticated read rows by (true), not only "
+        "their own",
+    }
+    assert "run `sora-worker migrate`" in found[0].fix
 
 
 async def supabase_database(empty_db_url: str) -> asyncpg.Connection:

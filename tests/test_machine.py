@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from service.core.costs import over_budget_wait
 from service.core.events import (
     Accepted,
     Archived,
@@ -21,6 +22,7 @@ from service.core.events import (
     IntentRecorded,
     NotFoundAtProvider,
     NotSubmitted,
+    OverBudget,
     Progressed,
     RecordArchive,
     RecordDownload,
@@ -69,6 +71,7 @@ EVENTS: list[Event] = [
     Transient("network"),
     Vanished("gone"),
     Waiting("an identical request is in doubt", timedelta(seconds=1)),
+    OverBudget("the daily budget is spent", timedelta(minutes=10)),
     Unreconcilable("its list fails (HTTP 400: LLM Provider NOT provided)", "http://gw/v1"),
 ]
 
@@ -82,6 +85,7 @@ EXPECTED: dict[tuple[Stage, bool], dict[type, tuple[Stage, type[Change] | None]]
         NotSubmitted: (S.PENDING, None),
         Transient: (S.PENDING, None),
         Waiting: (S.PENDING, None),
+        OverBudget: (S.PENDING, None),
     },
     (S.SUBMITTING, False): {
         IntentRecorded: (S.SUBMITTING, RecordIntent),
@@ -92,6 +96,7 @@ EXPECTED: dict[tuple[Stage, bool], dict[type, tuple[Stage, type[Change] | None]]
         NotFoundAtProvider: (S.SUBMITTING, ForgetIntent),
         Transient: (S.SUBMITTING, None),
         Waiting: (S.SUBMITTING, None),
+        OverBudget: (S.SUBMITTING, None),
     },
     (S.GENERATING, False): {
         Progressed: (S.GENERATING, RecordProgress),
@@ -111,11 +116,12 @@ EXPECTED: dict[tuple[Stage, bool], dict[type, tuple[Stage, type[Change] | None]]
     (S.COMPLETED, False): {},
     (S.FAILED, False): {},
 }
-# A keyed row takes the same events, except a second intent: its key is not dropped yet.
+# A keyed row takes the same events, except a second intent (its key is not dropped yet)
+# and the budget's word (it is asked only before an intent).
 EXPECTED[(S.SUBMITTING, True)] = {
     event: outcome
     for event, outcome in EXPECTED[(S.SUBMITTING, False)].items()
-    if event is not IntentRecorded
+    if event not in (IntentRecorded, OverBudget)
 }
 # Only a create in doubt can be unreconcilable.
 EXPECTED[(S.SUBMITTING, True)][Unreconcilable] = (S.FAILED, None)
@@ -489,3 +495,16 @@ def test_waiting_to_tell_twins_apart_spends_no_attempt_until_the_paid_deadline()
     t = run(late, Waiting("cannot tell yet which one (video_1, video_2)", None))
     assert t.stage is Stage.FAILED
     assert t.error is not None and "video_1, video_2" in t.error
+
+
+def test_a_row_over_budget_waits_for_the_budget_without_spending_attempts() -> None:
+    t = run(job(Stage.PENDING, attempts=2), OverBudget("spent", timedelta(minutes=10)))
+    assert (t.stage, t.attempts, t.delay, t.change) == (
+        Stage.PENDING,
+        2,
+        timedelta(minutes=10),
+        None,
+    )
+    assert t.error == "waiting: spent" and t.error_kind is None
+    assert over_budget_wait(datetime(2026, 11, 5, 23, 55, tzinfo=UTC)) == timedelta(minutes=5)
+    assert over_budget_wait(datetime(2026, 11, 5, 12, 0, tzinfo=UTC)) == timedelta(minutes=10)

@@ -25,6 +25,7 @@ from aiohttp import web
 from PIL import Image
 from structlog.testing import capture_logs
 
+from service.database.errors import Refused
 from service.local.simulator import PROFILES, FailureRule
 from service.media import thumbnails
 from service.runtime import Runtime
@@ -234,16 +235,22 @@ async def test_a_refused_submission_fails_the_row_and_is_not_retried(runtime: Ru
 async def test_a_model_the_provider_no_longer_serves_fails_with_what_to_change(
     runtime: Runtime,
 ) -> None:
-    row_id = await runtime.repo.insert_request("a cat", model="sora-3-retired")
-    async with running(runtime.worker()):
-        row = await finished(runtime, row_id)
+    # A model the registry does not know, allowed by the operator (SORA_ALLOWED_MODELS).
+    async with replica_of(runtime, allowed_models="default,openai:sora-3-retired") as allowing:
+        row_id = await runtime.repo.insert_request("a cat", model="sora-3-retired")
+        async with running(allowing.worker()):
+            row = await finished(runtime, row_id)
     assert row["status"] == "failed" and row["error_kind"] == "invalid_request"
     assert row["error"].count("SORA_MODEL") == 1 and "sora-3-retired" in row["error"]
     assert "HTTP 400 400" not in row["error"] and "HTTP 404 404" not in row["error"]
 
 
 async def test_sizes_the_model_does_not_offer_fail_before_any_submission(runtime: Runtime) -> None:
-    row_id = await runtime.repo.insert_request("a dog", size="640x480")
+    with pytest.raises(Refused, match="size 640x480 is not offered by sora-2; use one of: "):
+        await runtime.repo.insert_request("a dog", size="640x480")
+    # A row changed after its insert (by the service role) fails in the worker instead.
+    row_id = await runtime.repo.insert_request("a dog")
+    await runtime.pool.execute("update videos set size = '640x480' where id = $1", row_id)
     async with running(runtime.worker()):
         row = await finished(runtime, row_id)
     assert row["status"] == "failed" and "640x480" in row["error"]
@@ -281,16 +288,20 @@ async def test_bad_photos_fail_their_row_and_the_worker_serves_the_others(runtim
     assert len(simulator_of(runtime).created) == 1
 
 
-async def test_a_huge_size_for_an_unchecked_model_fails_without_composing(
-    runtime: Runtime,
-) -> None:
-    async with photo_host({"/a.png": (200, photo((1, 2, 3)), "image/png")}) as host:
-        row_id = await runtime.repo.insert_request(
-            "x", f"{host}/a.png", model="some-gateway-model", size="99999x99999"
+async def test_a_huge_size_is_refused_at_insert_whatever_the_model(runtime: Runtime) -> None:
+    """sql/0011: the CHECKs bound what any model may be asked (60 s, 4096 pixels a side)
+    and a model the registry does not know is refused unless the operator allows it."""
+    with pytest.raises(Refused, match="model some-gateway-model is not offered here"):
+        await runtime.repo.insert_request("x", model="some-gateway-model", size="1280x720")
+    async with replica_of(runtime, allowed_models="default,openai:some-gateway-model"):
+        for size, seconds in (("99999x99999", "4"), ("4097x720", "4"), ("720x1280", "61")):
+            with pytest.raises(Refused, match=r"videos_(size|seconds)_bounded"):
+                await runtime.repo.insert_request(
+                    "x", model="some-gateway-model", size=size, seconds=seconds
+                )
+        await runtime.repo.insert_request(
+            "x", model="some-gateway-model", size="4096x4096", seconds="60"
         )
-        async with running(allowing(runtime, host).worker()):
-            row = await finished(runtime, row_id)
-    assert row["status"] == "failed" and "too large" in row["error"]
 
 
 async def test_notify_wakes_an_idle_worker_without_waiting_for_a_sweep(runtime: Runtime) -> None:

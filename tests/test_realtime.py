@@ -219,7 +219,8 @@ async def test_fifty_rows_complete_while_the_realtime_server_dies_five_times(
     simulator_of(runtime).config.models["tiny"] = ("160x96",)
     ids = []
     started_at = time.monotonic()
-    async with replica_of(runtime, sweep_interval=600.0) as quiet:
+    tiny = "default,openai:tiny"  # a model the registry does not know, allowed
+    async with replica_of(runtime, sweep_interval=600.0, allowed_models=tiny) as quiet:
         worker = quiet.worker(listen=False, sources=[src])
         with capture_logs() as logs:
             async with running(worker):

@@ -12,6 +12,7 @@ import pytest
 from service.database.migrations import SQL_DIR, MigrationError, migrate
 from service.database.postgres import PostgresRepository
 from service.providers.ids import litellm_id
+from tests.conftest import row_in
 
 
 async def test_migrations_apply_once_and_a_second_run_changes_nothing(empty_db_url: str) -> None:
@@ -20,7 +21,7 @@ async def test_migrations_apply_once_and_a_second_run_changes_nothing(empty_db_u
         first = await migrate(conn)
         assert first == sorted(p.name for p in SQL_DIR.glob("*.sql"))
         assert await migrate(conn) == []
-        recorded = await conn.fetchval("select count(*) from sora_worker_migrations")
+        recorded = await conn.fetchval("select count(*) from sora_worker.migrations")
         assert recorded == len(first)
     finally:
         await conn.close()
@@ -90,37 +91,50 @@ async def test_a_seed_table_is_adopted_with_its_rows_kept(empty_db_url: str) -> 
     assert rows["waiting"]["stage"] == "pending"
 
 
-async def test_the_public_can_read_but_not_write(conn: asyncpg.Connection) -> None:
-    row_id = await conn.fetchval("insert into videos (prompt) values ('hello') returning id")
+async def test_the_public_reads_only_the_gallery_and_writes_nothing(
+    conn: asyncpg.Connection,
+) -> None:
+    """sql/0010: anon reads the gallery view, never the table; nobody but the worker
+    (and the service role) writes; a signed-in person is tested in test_public_app."""
+    row_id = await row_in(conn, "completed", video_url="https://x/v.mp4")
     for role in ("anon", "authenticated"):
         async with conn.transaction():
             await conn.execute(f"set local role {role}")
-            assert await conn.fetchval("select count(*) from videos") == 1
             assert await conn.fetchval("select status from videos_public where id = $1", row_id)
         for statement in (
-            "insert into videos (prompt) values ('x')",
             f"update videos set status = 'failed' where id = '{row_id}'",
             f"delete from videos where id = '{row_id}'",
+            "insert into videos (prompt, video_id) values ('x', 'video_theirs')",
         ):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 async with conn.transaction():
                     await conn.execute(f"set local role {role}")
                     await conn.execute(statement)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        async with conn.transaction():
+            await conn.execute("set local role anon")
+            await conn.execute("select count(*) from videos")
     async with conn.transaction():
         await conn.execute("set local role service_role")
         await conn.execute("insert into videos (prompt) values ('from the backend')")
     assert await conn.fetchval("select relrowsecurity from pg_class where relname = 'videos'")
 
 
-async def test_the_public_view_hides_the_workers_bookkeeping(conn: asyncpg.Connection) -> None:
+async def test_the_public_view_hides_everything_personal(conn: asyncpg.Connection) -> None:
     columns = {
         r["column_name"]
         for r in await conn.fetch(
             "select column_name from information_schema.columns where table_name = 'videos_public'"
         )
     }
-    assert {"status", "video_url", "progress", "error"} <= columns
-    assert not {"locked_by", "locked_until", "submit_key", "attempts"} & columns
+    assert {"status", "video_url", "progress", "poster_url", "duration_seconds"} <= columns
+    assert not {
+        "locked_by", "locked_until", "submit_key", "attempts", "image1_url", "image2_url",
+        "error", "reference_print", "user_id", "video_id", "openai_url",
+    } & columns  # fmt: skip
+    # The prompt column is there, empty unless SORA_PUBLIC_PROMPTS turns it on.
+    await row_in(conn, "completed", "a private prompt", video_url="https://x/v.mp4")
+    assert await conn.fetchval("select prompt from videos_public") is None
 
 
 @pytest.mark.parametrize(
@@ -147,6 +161,10 @@ async def test_malformed_requests_are_refused_at_insert(
 
 
 async def test_no_model_size_or_length_list_is_hard_coded(conn: asyncpg.Connection) -> None:
+    """The allowlist is data the worker writes (sql/0011), not a rule of the schema."""
+    await conn.execute(
+        "insert into sora_worker.allowed_models (provider, model) values ('openai', 'veo-3.1')"
+    )
     await conn.execute(
         "insert into videos (prompt, model, size, seconds) "
         "values ('x', 'veo-3.1', '1920x1080', '6')"
@@ -175,9 +193,7 @@ async def test_inserting_notifies_the_worker_channel(conn: asyncpg.Connection, d
 async def test_setting_status_back_to_queued_asks_for_a_fresh_start(
     conn: asyncpg.Connection,
 ) -> None:
-    row_id = await conn.fetchval(
-        "insert into videos (prompt, status, error) values ('x', 'failed', 'boom') returning id"
-    )
+    row_id = await row_in(conn, "failed", error="boom")
     await conn.execute("update videos set status = 'queued' where id = $1", row_id)
     row = await conn.fetchrow("select * from videos where id = $1", row_id)
     assert (row["stage"], row["error"], row["attempts"], row["video_id"]) == (
@@ -191,16 +207,22 @@ async def test_setting_status_back_to_queued_asks_for_a_fresh_start(
 async def test_a_remade_row_sheds_the_old_videos_media_and_pruning(
     conn: asyncpg.Connection,
 ) -> None:
-    row_id = await conn.fetchval(
-        "insert into videos (prompt, status, video_url, duration_seconds, width, height, "
-        "poster_url, rendition_url, pruned_at, reference_print) values ('x', 'completed', "
-        "'http://s/v.mp4', 4.0, 720, 1280, 'http://s/p.webp', 'http://s/s.mp4', now(), "
-        "'\\x00') returning id"
+    row_id = await row_in(
+        conn,
+        "completed",
+        video_url="http://s/v.mp4",
+        duration_seconds=4.0,
+        width=720,
+        height=1280,
+        poster_url="http://s/p.webp",
+        rendition_url="http://s/s.mp4",
+        reference_print=b"\x00",
     )
-    shown = await conn.fetchrow(
-        "select poster_url, pruned_at from videos_public where id = $1", row_id
-    )
-    assert shown["poster_url"] == "http://s/p.webp" and shown["pruned_at"] is not None
+    shown = await conn.fetchval("select poster_url from videos_public where id = $1", row_id)
+    assert shown == "http://s/p.webp"
+    await conn.execute("update videos set pruned_at = now() where id = $1", row_id)
+    # A pruned row's files are gone: the gallery no longer offers it.
+    assert await conn.fetchval("select count(*) from videos_public") == 0
     await conn.execute("update videos set status = 'queued' where id = $1", row_id)
     row = await conn.fetchrow("select * from videos where id = $1", row_id)
     old = ("video_url", "duration_seconds", "width", "height", "poster_url", "rendition_url",
@@ -211,22 +233,14 @@ async def test_a_remade_row_sheds_the_old_videos_media_and_pruning(
 async def test_error_kind_is_one_of_six_and_goes_when_the_row_is_asked_again(
     conn: asyncpg.Connection,
 ) -> None:
-    row_id = await conn.fetchval(
-        "insert into videos (prompt, status, error, error_kind) "
-        "values ('x', 'failed', 'filtered', 'safety_filtered') returning id"
-    )
+    row_id = await row_in(conn, "failed", error="filtered", error_kind="safety_filtered")
     with pytest.raises(asyncpg.CheckViolationError):
         await conn.execute("update videos set error_kind = 'bad luck' where id = $1", row_id)
-    public = await conn.fetchval("select error_kind from videos_public where id = $1", row_id)
-    assert public == "safety_filtered"
     await conn.execute("update videos set status = 'queued' where id = $1", row_id)
     assert await conn.fetchval("select error_kind from videos where id = $1", row_id) is None
     # Only a failed row has one.
-    adopted = await conn.fetchval(
-        "insert into videos (prompt, status, video_id, error_kind) "
-        "values ('y', 'processing', 'v', 'expired') returning error_kind"
-    )
-    assert adopted is None
+    running = await row_in(conn, "generating", video_id="v", error_kind="expired")
+    assert await conn.fetchval("select error_kind from videos where id = $1", running) is None
 
 
 async def test_stage_and_status_can_never_disagree(conn: asyncpg.Connection) -> None:
@@ -236,9 +250,10 @@ async def test_stage_and_status_can_never_disagree(conn: asyncpg.Connection) -> 
 
 
 async def test_the_claim_query_uses_the_partial_index(conn: asyncpg.Connection) -> None:
+    await conn.execute("insert into videos (prompt) select 'x' from generate_series(1, 5000)")
     await conn.execute(
-        "insert into videos (prompt, status, stage, video_url, video_sha256) "
-        "select 'x', 'completed', 'completed', 'u', repeat('a', 64) from generate_series(1, 5000)"
+        "update videos set status = 'completed', stage = 'completed', video_url = 'u', "
+        "video_sha256 = repeat('a', 64)"
     )
     await conn.execute("insert into videos (prompt) select 'y' from generate_series(1, 20)")
     await conn.execute("analyze videos")

@@ -146,7 +146,7 @@ async def test_the_installed_worker_migrates_a_real_database(venv: Path, empty_d
     assert status == 0, stderr
     conn = await asyncpg.connect(empty_db_url)
     try:
-        applied = await conn.fetchval("select count(*) from public.sora_worker_migrations")
+        applied = await conn.fetchval("select count(*) from sora_worker.migrations")
         assert await conn.fetchval("select to_regclass('public.videos') is not null")
     finally:
         await conn.close()

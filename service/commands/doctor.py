@@ -23,7 +23,8 @@ import httpx
 
 from service.config import Settings
 from service.core.diagnosis import SEVERITY, Finding
-from service.database.migrations import load
+from service.database.checks import public_access
+from service.database.migrations import LEDGER, OLD_LEDGER, load
 from service.extras import LocalExtraMissing
 from service.providers.base import Diagnosable
 from service.providers.registry import provider_named
@@ -72,6 +73,7 @@ async def examine(settings: Settings) -> list[Finding]:
             await _guarded(findings, "migrations", lambda: _migrations(conn))
             await _guarded(findings, "buckets", lambda: _buckets_in_sql(conn, settings))
             await _guarded(findings, "storage policies", lambda: _policies(conn, settings))
+            await _guarded(findings, "public access", lambda: _public_access(conn))
         finally:
             with suppress(Exception):
                 await conn.close(timeout=2)
@@ -122,13 +124,11 @@ async def _database(settings: Settings, findings: list[Finding]) -> asyncpg.Conn
 
 async def _migrations(conn: asyncpg.Connection) -> list[Finding]:
     wanted = [m.name for m in load()]
-    if await conn.fetchval("select to_regclass('public.sora_worker_migrations')") is None:
-        return [
-            Finding(
-                "migrations", "FAIL", "the database was never migrated", "run `sora-worker migrate`"
-            )
-        ]
-    applied = {r["name"] for r in await conn.fetch("select name from sora_worker_migrations")}
+    if await conn.fetchval("select to_regclass($1)", LEDGER) is None:
+        older = await conn.fetchval("select to_regclass($1)", OLD_LEDGER) is not None
+        said = "migrated by an older sora-worker" if older else "the database was never migrated"
+        return [Finding("migrations", "FAIL", said, "run `sora-worker migrate`")]
+    applied = {r["name"] for r in await conn.fetch(f"select name from {LEDGER}")}
     missing = [name for name in wanted if name not in applied]
     if missing or await conn.fetchval("select to_regclass('public.videos')") is None:
         return [
@@ -205,6 +205,31 @@ async def _policies(conn: asyncpg.Connection, settings: Settings) -> list[Findin
             "run `sora-worker migrate` (sql/0005 drops them and guards the buckets), or "
             "drop policy <name> on storage.objects",
         )
+    ]
+
+
+async def _public_access(conn: asyncpg.Connection) -> list[Finding]:
+    """anon and authenticated (an app's users) must not write anything of the worker's
+    nor read another person's row (docs/security.md)."""
+    found = await public_access(conn)
+    if not found:
+        return [
+            Finding(
+                "public access",
+                "OK",
+                "anon and authenticated write nothing of the worker's and read only their "
+                "own rows (and the gallery)",
+            )
+        ]
+    return [
+        Finding(
+            "public access",
+            "FAIL",
+            problem,
+            "run `sora-worker migrate` (it says every privilege again); drop a policy or a "
+            "grant made by hand (docs/security.md says who may do what)",
+        )
+        for problem in found
     ]
 
 

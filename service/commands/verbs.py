@@ -77,6 +77,13 @@ def add_parsers(commands: Any) -> list[argparse.ArgumentParser]:
     which.add_argument("id", type=UUID, nargs="?")
     which.add_argument("--failed", action="store_true", help="every failed row")
     retry.add_argument("--since", help="with --failed: failed within this age (6h, 2d) or date")
+    retry.add_argument(
+        "--abandon",
+        action="store_true",
+        help="with an id: re-queue a row whose job the provider may still hold "
+        "(generating, archiving, being submitted); that job is abandoned, paid for, and a "
+        "worker cancels it where the provider can",
+    )
 
     cancel = commands.add_parser(
         "cancel", help="fail a pending or generating row and delete its job at the provider"
@@ -108,12 +115,15 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             if args.since and not args.failed:
                 print("sora-worker: --since goes with --failed", file=sys.stderr)
                 return 2
+            if args.abandon and args.failed:
+                print("sora-worker: --abandon goes with one row's id", file=sys.stderr)
+                return 2
             try:
                 since = parse_since(args.since) if args.since else None
             except ValueError as err:
                 print(f"sora-worker: {err}", file=sys.stderr)
                 return 2
-            return await run_retry(settings, args.id, since, args.json)
+            return await run_retry(settings, args.id, since, args.json, abandon=args.abandon)
         case "cancel":
             return await run_cancel(settings, args.id, args.json)
         case "rearchive":
@@ -159,10 +169,15 @@ async def run_adopt(settings: Settings, row_id: UUID, video_id: str, as_json: bo
 
 
 async def run_retry(
-    settings: Settings, row_id: UUID | None, since: datetime | None, as_json: bool
+    settings: Settings,
+    row_id: UUID | None,
+    since: datetime | None,
+    as_json: bool,
+    *,
+    abandon: bool = False,
 ) -> int:
     async with operator(settings) as op:
-        ids = await op.retry(row_id, failed_since=since)
+        ids = await op.retry(row_id, failed_since=since, abandon=abandon)
         if not ids and row_id is not None:
             why = (await op.why_not(row_id, "retry")).reason
             return say(as_json, {"retried": [], "reason": why}, why, ok=False)

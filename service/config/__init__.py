@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from service.config._environment import Declared, FlatEnvironment, declared_in
 from service.config._groups import (
+    CostSettings,
     DatabaseSettings,
     GenerationSettings,
     HttpSettings,
@@ -40,6 +41,7 @@ from service.config._groups import (
 __all__ = [
     "ENV_PREFIX",
     "REMOVED_SETTINGS",
+    "CostSettings",
     "DatabaseSettings",
     "Declared",
     "GenerationSettings",
@@ -85,6 +87,7 @@ class Settings(BaseSettings):
 
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    costs: CostSettings = Field(default_factory=CostSettings)
     providers: ProviderGroups = Field(default_factory=ProviderGroups)
     polls: PollSettings = Field(default_factory=PollSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)

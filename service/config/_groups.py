@@ -21,6 +21,7 @@ from pydantic import Field, SecretStr, create_model, field_validator, model_vali
 from pydantic_core import PydanticCustomError
 
 from service.media.fetch import parse_host_ports
+from service.providers.models import parse_allowed
 from service.providers.registry import (
     NAMES,
     REGISTRY,
@@ -124,6 +125,51 @@ class GenerationSettings(Group):
     def default_model(self) -> str:
         """The model a row that names none gets: SORA_MODEL, else the provider's own."""
         return self.model or provider_named(self.provider).default_model
+
+
+class CostSettings(Group):
+    """What the public may ask for and spend (docs/security.md). Written into the
+    database (``sora_worker.settings``) at every start, where the insert checks read them."""
+
+    allowed_models: str = setting(
+        "default",
+        env="SORA_ALLOWED_MODELS",
+        description="Provider:model pairs rows may name, separated by commas; 'default' is "
+        "every model the registry knows for the configured providers (e.g. "
+        "default,openai:my-gateway-model). The default model is always allowed; other "
+        "rows are refused at insert.",
+    )
+    user_daily_videos: int = setting(
+        5,
+        env="SORA_USER_DAILY_VIDEOS",
+        ge=0,
+        description="Videos one signed-in person may ask for per UTC day.",
+    )
+    user_daily_seconds: int = setting(
+        60,
+        env="SORA_USER_DAILY_SECONDS",
+        ge=0,
+        description="Seconds of video one signed-in person may ask for per UTC day.",
+    )
+    daily_budget_usd: float = setting(
+        20.0,
+        env="SORA_DAILY_BUDGET_USD",
+        ge=0,
+        description="Estimated US dollars all videos together may cost per UTC day (the "
+        "registry's prices; unknown ones count as the dearest). People's requests beyond "
+        "it are refused at insert; any row beyond it waits for the next day.",
+    )
+    public_prompts: bool = setting(
+        False,
+        env="SORA_PUBLIC_PROMPTS",
+        description="Show prompts in the public gallery view videos_public.",
+    )
+
+    @field_validator("allowed_models")
+    @classmethod
+    def _allowed_models_shape(cls, value: str) -> str:
+        parse_allowed(value, NAMES)  # raises ValueError naming the bad entry
+        return value
 
 
 class PollSettings(Group):

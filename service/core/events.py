@@ -138,6 +138,16 @@ class Waiting:
 
 
 @dataclass(frozen=True)
+class OverBudget:
+    """Nothing was sent: the day's estimated spend leaves no room for this video
+    (SORA_DAILY_BUDGET_USD). The row waits, spending no attempts, and looks again at
+    ``retry_after`` (the budget's day ends at midnight UTC)."""
+
+    reason: str
+    retry_after: timedelta
+
+
+@dataclass(frozen=True)
 class Vanished:
     """The provider says the job or its file does not exist (deleted, expired, lost)."""
 
@@ -166,6 +176,7 @@ Event = (
     | Archived
     | Vanished
     | Waiting
+    | OverBudget
     | Transient
 )
 

@@ -45,6 +45,7 @@ from service.core.events import (
     IntentRecorded,
     NotFoundAtProvider,
     NotSubmitted,
+    OverBudget,
     Progressed,
     RecordArchive,
     RecordDownload,
@@ -160,6 +161,18 @@ def apply(job: Job, event: Event, *, policy: Policy, jitter: float) -> Transitio
                 job.attempts,  # not a failure: the attempt budget is untouched
                 min(policy.poll_interval, event.retry_after or policy.poll_interval),
                 "video.waiting",
+                error=f"waiting: {event.reason}",
+            )
+        case OverBudget() if job.stage is Stage.PENDING or (
+            job.stage is Stage.SUBMITTING and job.submit_key is None
+        ):
+            # Nothing was sent and nothing failed: the row waits for the budget's next
+            # day (or a raised budget), its attempts untouched.
+            return Transition(
+                job.stage,
+                job.attempts,
+                event.retry_after,
+                "video.over_budget",
                 error=f"waiting: {event.reason}",
             )
         case (

@@ -35,6 +35,11 @@ class Refused(RepositoryError):
     write cannot help; it is a bug in the caller or a row the schema does not allow."""
 
 
+class BudgetSpent(Refused):
+    """The day's budget refused to record a submission's intent (sql/0011's
+    videos_count_spend): nothing was written, and nothing may be sent."""
+
+
 class LeaseLost(RepositoryError):
     """The row is no longer ours (another worker claimed it, it was re-queued, or its
     stage moved on): the write changed nothing."""
@@ -64,7 +69,8 @@ def driver_errors(doing: str) -> Iterator[None]:
         rule = next((r for r in Rule if r.value == err.constraint_name), None)
         raise Conflict(rule, f"{doing}: {err.constraint_name or 'a uniqueness rule'}") from err
     except asyncpg.IntegrityConstraintViolationError as err:
-        raise Refused(f"{doing}: refused by {err.constraint_name or 'a rule'}: {err}") from err
+        said = f"{err}; {err.hint}" if getattr(err, "hint", None) else str(err)
+        raise Refused(f"{doing}: refused by {err.constraint_name or 'a rule'}: {said}") from err
     except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as err:
         raise SchemaMissing(f"{doing}: {err}; run `sora-worker migrate`") from err
     except (
@@ -74,6 +80,11 @@ def driver_errors(doing: str) -> Iterator[None]:
         asyncpg.InterfaceError,
         asyncpg.InternalClientError,
     ) as err:
+        if isinstance(err, asyncpg.PostgresError) and str(err.sqlstate).startswith("PT"):
+            # sql/0011's quota and budget refusals (PostgREST's PTxxx codes): an answer,
+            # not an outage.
+            refused = BudgetSpent if err.sqlstate == "PT503" else Refused
+            raise refused(f"{doing}: {err}; {err.hint}") from err
         raise DatabaseUnavailable(f"{doing}: {err or type(err).__name__}") from err
 
 

@@ -6,10 +6,13 @@ A frozen database must not hang a probe or a scrape, so each read gives up after
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import asyncpg
 
 from service.core.job import Stage
-from service.database.errors import bounded
+from service.database import costs
+from service.database.errors import RepositoryError, bounded
 from service.database.port import TableSnapshot
 from service.database.rows import ACTIVE_SQL
 
@@ -42,10 +45,21 @@ class Health:
             "reading the unfinished rows for metrics",
         )
         ages = [r["oldest"] for r in rows if r["oldest"] is not None]
-        return TableSnapshot(
+        snapshot = TableSnapshot(
             rows_by_stage={r["stage"]: r["n"] for r in rows},
             oldest_unfinished_seconds=max(ages) if ages else None,
             in_doubt=sum(r["keyed"] for r in rows if r["stage"] == Stage.SUBMITTING.value),
+        )
+        try:
+            money = await costs.spend(self.pool, within)
+        except RepositoryError:
+            return snapshot  # the table's gauges still count; the money ones go missing
+        return replace(
+            snapshot,
+            spent_today_usd=money.spent_usd,
+            daily_budget_usd=money.budget_usd,
+            abandoned_unsettled=money.abandoned_unsettled,
+            refusals=money.refusals,
         )
 
     async def finished_rows(self, within: float) -> dict[str, int]:

@@ -5,6 +5,13 @@ runners, each file runs in its own transaction together with its record, and a f
 that changed after it was applied is refused (its checksum no longer matches) rather
 than silently skipped.
 
+The ledger lives in the worker's private schema (``sora_worker.migrations``), out of the
+API's reach: in ``public``, Supabase's default privileges let anon rewrite a checksum
+and stop every worker. A ledger left there by a version before 0010 is moved (rows and
+checksums kept) before anything else runs. Every run ends by saying again who may do
+what (``sora_worker.assert_privileges()``, from sql/0010), so a grant made since, by
+hand or by Supabase's default privileges, does not outlive the next deploy.
+
 The files ship inside the package (``service/sql``, a link to the top-level ``sql/`` in
 the repository, real files in the wheel) and are read through ``importlib.resources``,
 so an installed worker migrates just as a checkout does.
@@ -24,6 +31,31 @@ from asyncpg.pool import PoolConnectionProxy
 SQL_DIR: Traversable = files("service") / "sql"
 LOCK_KEY = 0x50_52_41_5F_57_4B  # any constant; identifies our migration lock
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+LEDGER = "sora_worker.migrations"
+OLD_LEDGER = "public.sora_worker_migrations"
+"""Where versions before sql/0010 kept the ledger."""
+REASSERT = "sora_worker.assert_privileges()"
+
+BOOTSTRAP = f"""
+create schema if not exists sora_worker;
+revoke all on schema sora_worker from public;
+do $$
+begin
+    if to_regclass('{OLD_LEDGER}') is not null and to_regclass('{LEDGER}') is null then
+        alter table {OLD_LEDGER} set schema sora_worker;
+        alter table sora_worker.sora_worker_migrations rename to migrations;
+    end if;
+end
+$$;
+create table if not exists {LEDGER} (
+    version text primary key,
+    name text not null,
+    checksum text not null,
+    applied_at timestamptz not null default now());
+revoke all on {LEDGER} from public;
+"""
+"""Run before any file, under the migrations' lock: the private schema, and the ledger
+in it (moved from ``public`` when an older version left it there)."""
 
 
 class MigrationError(Exception):
@@ -66,19 +98,13 @@ async def migrate(
     migrations = load(directory)
     async with conn.transaction():
         await conn.execute("select pg_advisory_xact_lock($1)", LOCK_KEY)
-        await conn.execute(
-            """create table if not exists public.sora_worker_migrations (
-                   version text primary key,
-                   name text not null,
-                   checksum text not null,
-                   applied_at timestamptz not null default now())"""
-        )
+        await conn.execute(BOOTSTRAP)
     applied_now: list[str] = []
     for migration in migrations:
         async with conn.transaction():
             await conn.execute("select pg_advisory_xact_lock($1)", LOCK_KEY)
             done = await conn.fetchrow(
-                "select name, checksum from public.sora_worker_migrations where version = $1",
+                f"select name, checksum from {LEDGER} where version = $1",
                 migration.version,
             )
             if done is not None:
@@ -90,11 +116,14 @@ async def migrate(
                 continue
             await conn.execute(migration.sql)
             await conn.execute(
-                "insert into public.sora_worker_migrations (version, name, checksum) "
-                "values ($1, $2, $3)",
+                f"insert into {LEDGER} (version, name, checksum) values ($1, $2, $3)",
                 migration.version,
                 migration.name,
                 migration.checksum,
             )
         applied_now.append(migration.name)
+    async with conn.transaction():
+        await conn.execute("select pg_advisory_xact_lock($1)", LOCK_KEY)
+        if await conn.fetchval("select to_regprocedure($1)", REASSERT) is not None:
+            await conn.execute(f"select {REASSERT}")
     return applied_now

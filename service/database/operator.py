@@ -11,6 +11,10 @@ What each verb means:
 - ``retry``: a failed row goes back to ``queued`` as a fresh request (attempts, error,
   key, provider job and stored URLs cleared: the same fresh start the
   ``videos_prepare_request`` trigger gives a person who sets ``status = 'queued'``).
+  With ``abandon``, a row whose job the provider may still hold (generating, archiving,
+  or submitting with a key) goes back too: its job is then paid for and abandoned, so
+  sql/0010 writes it down and a worker cancels it where the provider can, with a
+  warning naming it and its estimated cost. Without ``abandon`` such a row is refused.
 - ``cancel``: a pending or generating row (or one waiting to submit afresh, with no
   key recorded) is failed with "cancelled by operator"; the
   caller then deletes the provider's job where the provider can (OpenAI's API has no
@@ -51,10 +55,15 @@ def set_stage(stage: Stage) -> str:
     return f"stage = '{stage.value}', status = '{stage.status}'"
 
 
+HOLDS_JOB = (
+    "(stage in ('generating', 'archiving') or (stage = 'submitting' and submit_key is not null))"
+)
+"""The provider may hold the row's job: re-queuing it abandons a paid job."""
+
 RETRY = f"""
 update public.videos
 set status = '{Stage.PENDING.status}'
-where stage = 'failed' and {FREE}
+where (stage = 'failed' or ($3 and {HOLDS_JOB})) and {FREE}
   and ($1::uuid is null or id = $1)
   and ($2::timestamptz is null or updated_at >= $2)
 returning id
@@ -173,10 +182,13 @@ class Operator:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def retry(self, row_id: UUID | None, *, failed_since: datetime | None) -> list[UUID]:
-        """Re-queue one failed row, or every failed row (changed since ``failed_since``)."""
+    async def retry(
+        self, row_id: UUID | None, *, failed_since: datetime | None, abandon: bool = False
+    ) -> list[UUID]:
+        """Re-queue one failed row, or every failed row (changed since ``failed_since``);
+        with ``abandon``, also a row whose job the provider may still hold."""
         with driver_errors("re-queueing failed rows"):
-            rows = await self.pool.fetch(RETRY, row_id, failed_since)
+            rows = await self.pool.fetch(RETRY, row_id, failed_since, abandon)
         return [r["id"] for r in rows]
 
     async def cancel(self, row_id: UUID) -> Cancelled | None:
@@ -215,7 +227,7 @@ class Operator:
         with driver_errors(f"reading row {row_id}"):
             row = await self.pool.fetchrow(
                 f"""select stage, {FREE} as free, openai_url, openai_expires_at,
-                           video_id, now() as now
+                           video_id, provider, {HOLDS_JOB} as holds_job, now() as now
                     from public.videos where id = $1""",
                 row_id,
             )
@@ -225,6 +237,15 @@ class Operator:
         if not row["free"]:
             return True, f"a worker is on row {row_id} right now ({stage}); try again shortly"
         match verb:
+            case "retry" if row["holds_job"]:
+                job = row["video_id"] or "a job being created"
+                return False, (
+                    f"row {row_id} is {stage}, not failed: the provider "
+                    f"({row['provider'] or 'the default'}) may hold its job ({job}), paid "
+                    "for. Re-queuing it abandons that job and pays for a new one: `sora-worker "
+                    "retry ID --abandon` does so (a worker then cancels the old job where the "
+                    "provider can, and logs its estimated cost)"
+                )
             case "retry":
                 return False, f"row {row_id} is {stage}, not failed: only failed rows are retried"
             case "cancel" if stage == "submitting":

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol
 
+from service.core.costs import Admission
 from service.core.job import Job, RowId, SubmitKey
 from service.core.likeness import Twin
 from service.core.machine import Transition
@@ -84,6 +85,24 @@ class Repository(Protocol):
     async def load(self, row_id: RowId) -> Job | None:
         """The row as the machine sees it (unleased), or None."""
 
+    async def admit(self, provider: str, model: str, size: str, seconds: str) -> Admission:
+        """Right before an intent: may this request be made (the allowlist the insert
+        met), and what today's spend is (the budget)."""
+
+    async def take_abandoned(self, limit: int) -> list[AbandonedJob]:
+        """Jobs a re-queue or a delete left running, due for a cancel; each taken is
+        not due again for a while (another replica skips it meanwhile)."""
+
+    async def settle_abandoned(self, job: AbandonedJob, outcome: str) -> None:
+        """Record what became of an abandoned job; it is not taken again."""
+
+    async def record_abandoned(
+        self, job: Job, provider: str, video_id: str, how: str
+    ) -> AbandonedJob | None:
+        """Write down a job this worker made for ``job`` that no row holds (its row was
+        re-queued or deleted while the create ran), for the cancel that follows.
+        None when some row holds the job after all (another worker recorded it)."""
+
 
 @dataclass(frozen=True)
 class TableSnapshot:
@@ -92,3 +111,29 @@ class TableSnapshot:
     rows_by_stage: Mapping[str, int] = field(default_factory=dict)
     oldest_unfinished_seconds: float | None = None
     in_doubt: int = 0
+    spent_today_usd: float | None = None
+    """Today's estimated spend (UTC day, sql/0011); None when it could not be read."""
+    daily_budget_usd: float | None = None
+    abandoned_unsettled: int = 0
+    """Jobs a re-queue or a delete left running that no worker has settled yet."""
+    refusals: Mapping[str, int] = field(default_factory=dict)
+    """Inserts the database refused so far, by reason (job_or_stage, model, quota, budget)."""
+
+
+@dataclass(frozen=True)
+class AbandonedJob:
+    """A provider job that no row will poll or archive any more: it runs on, paid for."""
+
+    id: int
+    row_id: RowId
+    provider: str | None
+    video_id: str | None
+    """None when the row was submitting: a create may have made a job nobody can name."""
+    submit_key: SubmitKey | None
+    stage: str
+    """The stage the row was in."""
+    how: str
+    """What left it: 're-queued', 'deleted', or the worker's own 'lost the row'."""
+    tries: int
+    """Cancels tried so far, this one included."""
+    estimated_usd: float

@@ -23,6 +23,7 @@ from uuid import UUID
 
 import asyncpg
 
+from service.core.costs import Admission
 from service.core.events import (
     Change,
     ForgetIntent,
@@ -36,7 +37,9 @@ from service.core.job import Job, RowId, SubmitKey
 from service.core.likeness import Twin
 from service.core.machine import Transition
 from service.core.text import one_line
+from service.database import costs
 from service.database.errors import LeaseLost, driver_errors
+from service.database.port import AbandonedJob
 from service.database.rows import ACTIVE_SQL, JOB_COLUMNS, ROW_COLUMNS, WAKEABLE, job_from_record
 
 CLAIM = f"""
@@ -78,6 +81,63 @@ where stage in {ACTIVE_SQL}  -- videos_due_idx
 order by next_attempt_at
 limit 1
 """
+
+ABANDONED_COLUMNS = """a.id, a.row_id, a.provider, a.video_id, a.submit_key, a.stage, a.how,
+    a.tries, sora_worker.estimated_usd(a.provider, a.model, a.seconds)::float8 as usd"""
+
+# Abandoned jobs (sql/0010) due for a cancel, taken by one replica at a time: each is not
+# due again for five minutes, so a cancel that failed is tried again then.
+TAKE_ABANDONED = f"""
+update sora_worker.abandoned_jobs a
+set tries = a.tries + 1, next_try_at = now() + interval '5 minutes'
+from (select id from sora_worker.abandoned_jobs
+      where settled_at is null and next_try_at <= now()   -- abandoned_jobs_due_idx
+      order by next_try_at limit $1
+      for update skip locked) as due
+where a.id = due.id
+returning {ABANDONED_COLUMNS}
+"""
+
+# A job this worker's create made for a row that was re-queued or deleted meanwhile (its
+# checkpoint missed). The re-queue wrote down the intent without a job id: name the job
+# there; else write it down. Unless some row holds the job after all.
+RECORD_ABANDONED = f"""
+with free as (
+    select 1 where not exists (
+        select 1 from public.videos v where v.video_id is not null
+          and public.video_stable_id(v.video_id) = public.video_stable_id($3))
+), named as (
+    update sora_worker.abandoned_jobs
+    set video_id = $3, provider = $2, tries = 1, next_try_at = now() + interval '5 minutes',
+        settled_at = null, outcome = null
+    where row_id = $1 and submit_key = $9 and video_id is null and exists (select 1 from free)
+    returning *
+), added as (
+    insert into sora_worker.abandoned_jobs
+        (row_id, provider, video_id, submit_key, stage, model, size, seconds, submitted_at,
+         how, tries, next_try_at)
+    select $1, $2, $3, $9, 'submitting', $4, $5, $6, $7, $8, 1, now() + interval '5 minutes'
+    from free where not exists (select 1 from named)
+    returning *
+)
+select {ABANDONED_COLUMNS} from (select * from named union all select * from added) as a
+"""
+
+
+def abandoned_from_record(record: asyncpg.Record) -> AbandonedJob:
+    key = record["submit_key"]
+    return AbandonedJob(
+        id=record["id"],
+        row_id=RowId(record["row_id"]),
+        provider=record["provider"],
+        video_id=record["video_id"],
+        submit_key=None if key is None else SubmitKey(key),
+        stage=record["stage"],
+        how=record["how"],
+        tries=record["tries"],
+        estimated_usd=record["usd"],
+    )
+
 
 # The checkpoint: one fixed statement per kind of change. $1-$4 guard the row, $5-$12
 # are what every transition writes, $13... the change's own columns.
@@ -317,5 +377,40 @@ class PostgresRepository:
                 f"select {JOB_COLUMNS} from public.videos where id = $1", row_id
             )
         return None if record is None else job_from_record(record)
+
+    async def admit(self, provider: str, model: str, size: str, seconds: str) -> Admission:
+        return await costs.admit(self.pool, provider, model, size, seconds)
+
+    async def take_abandoned(self, limit: int) -> list[AbandonedJob]:
+        with driver_errors("taking abandoned jobs"):
+            rows = await self.pool.fetch(TAKE_ABANDONED, limit)
+        return [abandoned_from_record(r) for r in rows]
+
+    async def settle_abandoned(self, job: AbandonedJob, outcome: str) -> None:
+        with driver_errors(f"settling abandoned job {job.video_id}"):
+            await self.pool.execute(
+                "update sora_worker.abandoned_jobs set settled_at = now(), outcome = $2 "
+                "where id = $1",
+                job.id,
+                outcome,
+            )
+
+    async def record_abandoned(
+        self, job: Job, provider: str, video_id: str, how: str
+    ) -> AbandonedJob | None:
+        with driver_errors(f"recording abandoned job {video_id}"):
+            record = await self.pool.fetchrow(
+                RECORD_ABANDONED,
+                job.id,
+                provider,
+                video_id,
+                job.model,
+                job.size,
+                job.seconds,
+                job.submitted_at,
+                how,
+                job.submit_key,
+            )
+        return None if record is None else abandoned_from_record(record)
 
     # ------------------------------------------------------------ operators' reads

@@ -34,6 +34,11 @@ class Providers:
     def __contains__(self, name: object) -> bool:
         return name in self._adapters
 
+    @property
+    def names(self) -> frozenset[str]:
+        """Every registered adapter's name."""
+        return frozenset(self._adapters)
+
     def get(self, name: str | None) -> VideoProvider:
         """The adapter for a row's provider (None: the default)."""
         wanted = name or self.default

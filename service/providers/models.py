@@ -9,15 +9,23 @@ Retirement is per host, not per name: OpenAI retired ``sora-2``/``sora-2-pro`` o
 own API (and Azure its deployments) on 2026-09-24, but the name lives on wherever
 someone still serves it (the local simulator, a gateway mapping it to another model).
 So a sunset applies only when the request goes to one of the model's ``sunset_hosts``.
+
+Each model also carries an estimated price per second of video, for the daily budget
+(sql/0011). The sources and dates are beside ``MODELS``; a model without a published
+price counts at ``UNKNOWN_USD_PER_SECOND``, the dearest known price. The registry also
+says which provider/model pairs rows may ask for by default (``allowlist``): a model it
+does not know is refused unless an operator allows it (``SORA_ALLOWED_MODELS``).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import date
 
+from service.core.costs import AllowedModel
 from service.providers.base import RequestRejected
 
 SORA_SECONDS = frozenset({"4", "8", "12"})
@@ -46,13 +54,16 @@ class ModelSpec:
     """What to use once it is retired, said in the refusal."""
     full_hd_seconds: frozenset[str] | None = None
     """Lengths offered at 1080p, where fewer than at 720p (None: the same)."""
+    usd_per_second: float | None = None
+    """Estimated US dollars per second of video, at the dearest size it offers; None:
+    no published price known (counted at UNKNOWN_USD_PER_SECOND)."""
 
     @property
     def aspect_ratios(self) -> frozenset[str]:
         return frozenset(_ratio(size) for size in self.sizes)
 
 
-def _sora(name: str, sizes: frozenset[str]) -> ModelSpec:
+def _sora(name: str, sizes: frozenset[str], usd_per_second: float) -> ModelSpec:
     """A Sora model: retired on OpenAI's own hosts on 2026-09-24, alive elsewhere."""
     return ModelSpec(
         name,
@@ -63,29 +74,49 @@ def _sora(name: str, sizes: frozenset[str]) -> ModelSpec:
         sunset=date(2026, 9, 24),
         sunset_hosts=OPENAI_HOSTS,
         instead="veo-3.1-generate-preview through a gateway or Google",
+        usd_per_second=usd_per_second,
     )
 
 
-def _veo(name: str, provider: str) -> ModelSpec:
+def _veo(name: str, provider: str, usd_per_second: float | None) -> ModelSpec:
     """A Veo 3.1 model. Google's Veo makes 1080p clips of 8 s only; Replicate's listing
     of the same models states no such rule, so there the host judges."""
     full_hd = frozenset({"8"}) if provider == "google_veo" else None
     return ModelSpec(
-        name, provider, VEO_SIZES, VEO_SECONDS, image_input=True, full_hd_seconds=full_hd
+        name,
+        provider,
+        VEO_SIZES,
+        VEO_SECONDS,
+        image_input=True,
+        full_hd_seconds=full_hd,
+        usd_per_second=usd_per_second,
     )
 
 
+# Prices, estimates in US dollars per second of video (what a budget needs, not a bill):
+# - sora-2 0.10 (720x1280, 1280x720); sora-2-pro 0.30 at those sizes and 0.50 at
+#   1024x1792 / 1792x1024, counted at 0.50: OpenAI's API pricing page ("Sora Video API"),
+#   as published 2025-10 and quoted unchanged on 2026-04-08. A gateway serving the name
+#   now charges its own price; set the budget with that in mind.
+# - veo-3.1-generate-preview 0.40, veo-3.1-fast-generate-preview 0.15 (video with audio,
+#   720p and 1080p): Google's Gemini API / Vertex AI pricing, 2025-10, quoted unchanged
+#   in 2026-03.
+# - google/veo-3.1 and google/veo-3.1-fast on Replicate: unknown (no price from Replicate
+#   itself was found); counted at UNKNOWN_USD_PER_SECOND.
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        _sora("sora-2", SORA_SIZES),
-        _sora("sora-2-pro", SORA_PRO_SIZES),
-        _veo("veo-3.1-generate-preview", "google_veo"),
-        _veo("veo-3.1-fast-generate-preview", "google_veo"),
-        _veo("google/veo-3.1", "replicate"),
-        _veo("google/veo-3.1-fast", "replicate"),
+        _sora("sora-2", SORA_SIZES, 0.10),
+        _sora("sora-2-pro", SORA_PRO_SIZES, 0.50),
+        _veo("veo-3.1-generate-preview", "google_veo", 0.40),
+        _veo("veo-3.1-fast-generate-preview", "google_veo", 0.15),
+        _veo("google/veo-3.1", "replicate", None),
+        _veo("google/veo-3.1-fast", "replicate", None),
     )
 }
+
+UNKNOWN_USD_PER_SECOND = max(s.usd_per_second or 0.0 for s in MODELS.values())
+"""What a second of a model without a known price counts as: the dearest known price."""
 
 
 _SNAPSHOT = re.compile(r"^(?P<base>.+)-\d{4}-\d{2}-\d{2}$")
@@ -143,3 +174,48 @@ def _ratio(size: str) -> str:
     width, height = (int(n) for n in size.split("x"))
     common = math.gcd(width, height)
     return f"{width // common}:{height // common}"
+
+
+def parse_allowed(text: str, providers: Collection[str]) -> tuple[bool, list[tuple[str, str]]]:
+    """``SORA_ALLOWED_MODELS``: whether it includes ``default``, and its provider:model
+    pairs. Raises ValueError naming a bad entry."""
+    default = False
+    pairs: list[tuple[str, str]] = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        if entry == "default":
+            default = True
+            continue
+        provider, colon, model = entry.partition(":")
+        if not colon or not model.strip() or provider.strip() not in providers:
+            raise ValueError(
+                f"{entry!r} is not default or PROVIDER:MODEL with PROVIDER one of "
+                f"{', '.join(sorted(providers))} (e.g. openai:my-gateway-model)"
+            )
+        pairs.append((provider.strip(), model.strip()))
+    return default, pairs
+
+
+def allowlist(
+    text: str, configured: Collection[str], default: tuple[str, str], providers: Collection[str]
+) -> tuple[AllowedModel, ...]:
+    """What rows may ask for. ``default`` in ``text`` stands for every model the registry
+    knows for the ``configured`` providers, plus the default model (``default``: the
+    default provider and model; always allowed, or rows naming no model could not be
+    made); the other entries are added, with the registry's facts where it knows them."""
+    include_default, pairs = parse_allowed(text, providers)
+    wanted = [default, *pairs]
+    if include_default:
+        wanted += [(s.provider, s.name) for s in MODELS.values() if s.provider in configured]
+    allowed: dict[tuple[str, str], AllowedModel] = {}
+    for provider, model in wanted:
+        spec = spec_for(model)
+        allowed[provider, model] = AllowedModel(
+            provider,
+            model,
+            None if spec is None else spec.sizes,
+            None if spec is None else spec.seconds,
+            None if spec is None else spec.usd_per_second,
+        )
+    return tuple(allowed.values())

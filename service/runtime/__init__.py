@@ -24,15 +24,18 @@ import structlog
 from aiohttp import web
 
 from service.config import Settings
+from service.core.costs import CostLimits
 from service.core.job import Policy
+from service.database.costs import write_limits
 from service.database.health import Health
 from service.database.migrations import migrate
 from service.database.operator import Operator
 from service.database.postgres import PostgresRepository
 from service.media import fetch
+from service.providers import models
 from service.providers.base import ProviderError, TellsWebhookSecret
 from service.providers.lookup import Providers
-from service.providers.registry import REGISTRY
+from service.providers.registry import NAMES, REGISTRY
 from service.runtime._database import create_pool, database_url, keep_session, patiently
 from service.runtime._providers import open_providers, providers_for
 from service.runtime._store import open_store, store_for
@@ -129,6 +132,7 @@ class Runtime:
             ledger=self.repo,
             webhooks=self.webhook_health,
             rendition_kbps=s.storage.rendition_bitrate,
+            gate=self.repo,
         )
         options = WorkerOptions(
             concurrency=s.worker.concurrency,
@@ -233,6 +237,8 @@ async def open_runtime(
         http = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0))
         stack.push_async_callback(http.aclose)
         stand_in, providers = await providers_for(settings, stack, flexible_ports, stand_in_configs)
+        async with pool.acquire() as conn:
+            await write_limits(conn, cost_limits(settings, providers), settings.worker.id)
         store, own_origins = await store_for(settings, stack, flexible_ports)
         yield Runtime(
             settings=settings,
@@ -246,3 +252,26 @@ async def open_runtime(
             own_photo_origins=own_origins,
             webhook_health=WebhookHealth(settings.polls.with_webhooks),
         )
+
+
+def cost_limits(settings: Settings, providers: Providers) -> CostLimits:
+    """What rows may ask for and spend (docs/security.md), from the settings and the
+    model registry; written into the database at every start (``write_limits``)."""
+    generation, costs = settings.generation, settings.costs
+    return CostLimits(
+        allowed=models.allowlist(
+            costs.allowed_models,
+            providers.names,
+            (generation.provider, generation.default_model),
+            NAMES,
+        ),
+        default_provider=generation.provider,
+        default_model=generation.default_model,
+        default_size=generation.size,
+        default_seconds=generation.seconds,
+        user_daily_videos=costs.user_daily_videos,
+        user_daily_seconds=costs.user_daily_seconds,
+        daily_budget_usd=costs.daily_budget_usd,
+        unknown_usd_per_second=models.UNKNOWN_USD_PER_SECOND,
+        public_prompts=costs.public_prompts,
+    )

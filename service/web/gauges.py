@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import structlog
 
@@ -60,7 +61,7 @@ class TableGauges:
         if self._active is None:
             return None
         counts = {**(self._finished or {}), **self._active.rows_by_stage}
-        return TableSnapshot(counts, self._active.oldest_unfinished_seconds, self._active.in_doubt)
+        return replace(self._active, rows_by_stage=counts)
 
     def _count_in_background(self) -> None:
         if self._counting is None or self._counting.done():

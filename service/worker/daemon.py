@@ -23,11 +23,19 @@ from dataclasses import dataclass
 import structlog
 
 from service.backoff import Backoff, Outage
-from service.core.events import Event, IntentRecorded, RecordProgress, Transient
-from service.core.job import Job, Policy, RowId, SubmitKey
+from service.core.costs import over_budget_wait
+from service.core.events import (
+    Accepted,
+    Event,
+    IntentRecorded,
+    OverBudget,
+    RecordProgress,
+    Transient,
+)
+from service.core.job import Job, Policy, RowId, Stage, SubmitKey
 from service.core.machine import Action, Transition, apply, next_action
-from service.database.errors import Conflict, LeaseLost, RepositoryError
-from service.database.port import Repository
+from service.database.errors import BudgetSpent, Conflict, LeaseLost, RepositoryError
+from service.database.port import AbandonedJob, Repository
 from service.wakeups.source import WakeupSource
 from service.wakeups.wakeup import Wakeup
 from service.worker.metrics import Metrics
@@ -40,6 +48,10 @@ FIRST_PAUSE = 0.25
 """The first pause after a failed claim (or withdrawal), doubled up to ``max_backoff``:
 work resumes within about ``max_backoff`` of the database's return even when no LISTEN
 reconnect announces it."""
+ABANDONED_BATCH = 20
+"""Abandoned jobs taken per look (each is one cancel call to its provider)."""
+ABANDONED_COOLDOWN = 1.0
+"""Seconds between two looks for abandoned jobs, however often the loop is woken."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +96,8 @@ class Worker:
         """Rows whose lease this worker holds and keeps alive (a subset of _inflight)."""
         self._looped_at: float | None = None
         """When the claim loop last came round (monotonic); None before it started."""
+        self._abandoned_due = asyncio.Event()
+        """Set by the claim loop when woken: a re-queue or a delete may have left a job."""
         self.metrics.watch_sources(self.source_states)
 
     def source_states(self) -> dict[str, bool]:
@@ -114,7 +128,10 @@ class Worker:
             concurrency=self.options.concurrency,
             sources=sorted(self.sources),
         )
-        side_tasks = [asyncio.create_task(self._supervise("heartbeat", self._heartbeat))]
+        side_tasks = [
+            asyncio.create_task(self._supervise("heartbeat", self._heartbeat)),
+            asyncio.create_task(self._supervise("abandoned", self._cancel_abandoned)),
+        ]
         for name, source in self.sources.items():
             hear = functools.partial(source.run, self.wakeup)
             side_tasks.append(asyncio.create_task(self._supervise(name, hear)))
@@ -145,6 +162,7 @@ class Worker:
                     await self.wakeup.wait(self.options.sweep_interval)
                     continue
                 claimed = await self.repo.claim(free, exclude=self._inflight.keys())
+                self._abandoned_due.set()
                 if outage.over() is not None:
                     pauses.reset()
                 self.metrics.claimed(len(claimed))
@@ -232,11 +250,52 @@ class Worker:
             if lost:
                 log.warning("worker.leases_lost", rows=sorted(str(i) for i in lost))
 
+    async def _cancel_abandoned(self) -> None:
+        """Cancel the jobs that re-queues and deletes left running (sql/0010 writes them
+        down) where their providers can, each said in a warning with its estimated cost.
+        Looks when the claim loop is woken (a re-queue notifies) or every sweep, at most
+        once per ABANDONED_COOLDOWN."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.options.sweep_interval):
+                    await self._abandoned_due.wait()
+            self._abandoned_due.clear()
+            try:
+                taken = await self.repo.take_abandoned(ABANDONED_BATCH)
+            except RepositoryError as err:
+                log.warning("worker.abandoned_jobs_unread", error=str(err))
+                taken = []
+            for job in taken:
+                await self._settle(job)
+            if len(taken) < ABANDONED_BATCH:
+                await asyncio.sleep(ABANDONED_COOLDOWN)
+
+    async def _settle(self, job: AbandonedJob) -> None:
+        """One abandoned job: cancel it where its provider can, and say so either way."""
+        settled, outcome = await self.steps.cancel_abandoned(job)
+        log.warning(
+            "video.abandoned_job",
+            row_id=str(job.row_id),
+            video_id=job.video_id,
+            provider=job.provider,
+            from_stage=job.stage,
+            how=job.how,
+            estimated_usd=round(job.estimated_usd, 2),
+            outcome=outcome,
+            message="a paid job no row will archive: the row was "
+            f"{job.how} while the provider held it",
+        )
+        self.metrics.abandoned(outcome.startswith("cancelled"))
+        if settled:
+            with contextlib.suppress(RepositoryError):  # not settled: tried again later
+                await self.repo.settle_abandoned(job, outcome)
+
     # ------------------------------------------------------------ one row
 
     async def _process(self, job: Job) -> None:
         """Run a claimed row's steps until it must wait, finishes, or is no longer ours."""
         intent: IntentRecorded | None = None
+        made: Accepted | None = None  # a job made for this row, until a checkpoint records it
         structlog.contextvars.bind_contextvars(row_id=str(job.id))
         try:
             while (action := next_action(job, intent=intent)) is not None:
@@ -250,6 +309,7 @@ class Worker:
                     self._let_go(job.id)
                     await asyncio.shield(self.repo.release([job.id]))
                     return
+                made = event if isinstance(event, Accepted) else None
                 transition = apply(job, event, policy=self.options.policy, jitter=random.random())
                 go_on = transition.delay.total_seconds() <= 0 and not transition.finished
                 go_on = go_on and not self.stopping.is_set()
@@ -258,11 +318,15 @@ class Worker:
                 job_after = await _land(self.repo.checkpoint(job, transition, keep_lease=go_on))
                 self._log(job, job_after, transition, event, action, time.monotonic() - started)
                 self.metrics.stepped(action, job.stage, event, transition, performed)
-                job = job_after
+                job, made = job_after, None
                 if not go_on:
                     return
         except LeaseLost as err:
             log.warning("video.lease_lost", error=str(err))
+            if made is not None and job.stage is Stage.SUBMITTING:
+                # The row was re-queued or deleted while the create ran: the job it just
+                # made is paid for and nobody will archive it.
+                await asyncio.shield(self._abandon(job, made.video_id))
         except Conflict as err:
             # The row is unchanged and nothing was sent: another row recorded this
             # provider job first (a twin with the same photos, or text only, took
@@ -271,6 +335,12 @@ class Worker:
             self._let_go(job.id)
             with contextlib.suppress(RepositoryError):
                 await asyncio.shield(self.repo.defer(job, self.options.policy.retry_base))
+        except BudgetSpent:
+            # Another replica took the last of the day's budget between this one's look
+            # and its intent, and the budget's wall (sql/0011) refused the intent:
+            # nothing was written or sent. The row waits like one seen over budget.
+            self._let_go(job.id)
+            await asyncio.shield(self._wait_for_budget(job))
         except RepositoryError as err:
             # The row keeps its last checkpoint; its lease lapses and any worker retakes it.
             log.error("video.checkpoint_failed", error=str(err), stage=job.stage.value)
@@ -284,6 +354,30 @@ class Worker:
             log.exception("video.process_crashed", stage=job.stage.value)
         finally:
             structlog.contextvars.unbind_contextvars("row_id")
+
+    async def _wait_for_budget(self, job: Job) -> None:
+        event = OverBudget(
+            "the daily budget (SORA_DAILY_BUDGET_USD) has no room left for this video",
+            over_budget_wait(job.as_of),
+        )
+        transition = apply(job, event, policy=self.options.policy, jitter=random.random())
+        try:
+            after = await self.repo.checkpoint(job, transition, keep_lease=False)
+        except RepositoryError as err:  # the lease lapses; the next claim looks again
+            log.warning("video.checkpoint_failed", error=str(err), stage=job.stage.value)
+            return
+        self._log(job, after, transition, event, Action.PREPARE, 0.0)
+        self.metrics.stepped(Action.PREPARE, job.stage, event, transition, 0.0)
+
+    async def _abandon(self, job: Job, video_id: str) -> None:
+        provider = job.provider or self.steps.providers.default
+        try:
+            recorded = await self.repo.record_abandoned(job, provider, video_id, "lost the row")
+        except RepositoryError as err:
+            log.error("video.abandoned_job_unrecorded", video_id=video_id, error=str(err))
+            return
+        if recorded is not None:
+            await self._settle(recorded)
 
     async def _withdraw(self, job: Job, submit_key: SubmitKey) -> None:
         """Withdraw an intent whose create was never sent, trying while the lease lasts."""

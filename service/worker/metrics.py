@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from service.core.events import Archived, Event
+from service.core.events import Archived, Event, OverBudget
 from service.core.job import ACTIVE_STAGES, Stage
 from service.core.machine import Action, Transition
 from service.database.port import TableSnapshot
@@ -77,6 +77,40 @@ class _Live(Collector):
         )
         doubt.add_metric([], float(self.table.in_doubt))
         yield doubt
+        yield from self._money(self.table)
+
+    @staticmethod
+    def _money(table: TableSnapshot) -> Iterator[Metric]:
+        """The day's estimated spend and the refusals at insert (sql/0011), shared by
+        every replica like the rest of the table's gauges."""
+        if table.spent_today_usd is not None and table.daily_budget_usd is not None:
+            spent = GaugeMetricFamily(
+                PREFIX + "estimated_spend_today_usd",
+                "Estimated US dollars spent on videos since midnight UTC (submissions and "
+                "abandoned jobs, at the registry's prices)",
+            )
+            spent.add_metric([], table.spent_today_usd)
+            yield spent
+            budget = GaugeMetricFamily(
+                PREFIX + "daily_budget_usd", "The daily budget (SORA_DAILY_BUDGET_USD)"
+            )
+            budget.add_metric([], table.daily_budget_usd)
+            yield budget
+        abandoned = GaugeMetricFamily(
+            PREFIX + "abandoned_jobs_unsettled",
+            "Provider jobs a re-queue or a delete left running that no worker has settled",
+        )
+        abandoned.add_metric([], float(table.abandoned_unsettled))
+        yield abandoned
+        refusals = CounterMetricFamily(
+            PREFIX + "insert_refusals",
+            "Inserts the database refused: a row carrying a job or a stage, a model, size "
+            "or length not allowed, a person's daily quota, the daily budget",
+            labels=["reason"],
+        )
+        for reason, count in sorted(table.refusals.items()):
+            refusals.add_metric([reason], float(count))
+        yield refusals
 
 
 class Metrics:
@@ -120,6 +154,20 @@ class Metrics:
             "why is logged as video.media_skipped)",
             registry=r,
         )
+        self.over_budget = Counter(
+            PREFIX + "over_budget",
+            "Submissions put off because the day's estimated spend left no room "
+            "(the row waits; nothing was sent)",
+            registry=r,
+        )
+        self.abandoned_jobs = Counter(
+            PREFIX + "abandoned_jobs",
+            "Provider jobs a re-queue or a delete left running, by what the worker could do",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("cancelled", "not_cancelled"):
+            self.abandoned_jobs.labels(outcome)
         # Labelled series appear only once touched: start the known ones at zero, so a
         # dashboard's rate() has a baseline before the first retry or failure.
         for stage in ACTIVE_STAGES:
@@ -153,12 +201,18 @@ class Metrics:
             self.archived_bytes.inc(event.video_bytes)
             if event.media.duration_seconds is None or event.media.poster_url is None:
                 self.archived_without_media.inc()
+        if isinstance(event, OverBudget):
+            self.over_budget.inc()
         if transition.log_event == "video.retry":
             self.retries.labels(from_stage.value).inc()
         if transition.finished:
             self.finished.labels(transition.stage.value).inc()
             if transition.stage is Stage.FAILED and from_stage is Stage.ARCHIVING:
                 self.expired_before_archived.inc()
+
+    def abandoned(self, cancelled: bool) -> None:
+        """A job left running by a re-queue or a delete was looked at."""
+        self.abandoned_jobs.labels("cancelled" if cancelled else "not_cancelled").inc()
 
     # ------------------------------------------------------------ scraping
 

@@ -21,6 +21,7 @@ import httpx
 import structlog
 
 from service.core import likeness
+from service.core.costs import Admission, over_budget_wait
 from service.core.events import (
     Accepted,
     Event,
@@ -30,6 +31,7 @@ from service.core.events import (
     IntentRecorded,
     NotFoundAtProvider,
     NotSubmitted,
+    OverBudget,
     Progressed,
     Rejected,
     Transient,
@@ -39,6 +41,7 @@ from service.core.events import (
 )
 from service.core.job import Job, SubmitKey
 from service.core.request import VideoRequest
+from service.database.port import AbandonedJob
 from service.media import fetch, images, prints
 from service.providers import base as providers
 from service.providers import models
@@ -62,6 +65,13 @@ class Ledger(Protocol):
     ) -> list[likeness.Twin]: ...
 
 
+class Gate(Protocol):
+    """The database's last word before an intent (part of the Repository port): the
+    allowlist an insert met, and the day's budget (sql/0011)."""
+
+    async def admit(self, provider: str, model: str, size: str, seconds: str) -> Admission: ...
+
+
 FRAME_CACHE = 512
 """First-frame prints kept per process (a job's first frame never changes): a crash
 that leaves many twins in doubt fetches each candidate's thumbnail about once."""
@@ -72,6 +82,9 @@ FIRST_FRAME_MAX_BYTES = 32 * 1024 * 1024
 PHOTO_ROWS_AT_ONCE = 4
 """Rows that may hold downloaded photos at once: at most this many x 2 x
 SORA_IMAGE_MAX_BYTES of photo bytes in memory, whatever the concurrency."""
+
+ABANDONED_TRIES = 5
+"""Cancels tried on an abandoned job (five minutes apart) before it is left to run."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,7 @@ class Steps:
         ledger: Ledger,
         webhooks: WebhookHealth | None = None,
         rendition_kbps: int = 0,
+        gate: Gate | None = None,
     ) -> None:
         self.providers = providers
         self.store = store
@@ -110,6 +124,8 @@ class Steps:
         self.webhooks = webhooks
         """Whose webhooks arrive: their rows are polled less often (service.web.webhooks)."""
         self.archiver = Archiver(providers, store, video_bucket, rendition_kbps)
+        self.gate = gate
+        """Asked right before each intent when given (the worker's runtime gives it)."""
         self._frames: OrderedDict[str, likeness.Print] = OrderedDict()
 
     # ------------------------------------------------------------ submit
@@ -144,6 +160,18 @@ class Steps:
             provider.validate(model, size, seconds)
         except providers.RequestRejected as err:
             return Rejected(str(err), err.kind)
+        if self.gate is not None:
+            # Before the photos are fetched: a row that may not be made costs nothing.
+            gate = await self.gate.admit(provider.name, model, size, seconds)
+            if gate.refusal is not None:
+                return Rejected(f"{gate.refusal} (SORA_ALLOWED_MODELS)")
+            if gate.over_budget:
+                return OverBudget(
+                    f"today's estimated spend ({gate.spent_usd:.2f} USD) and this video's "
+                    f"({gate.cost_usd:.2f}) would pass the daily budget of "
+                    f"{gate.budget_usd:.2f} USD (SORA_DAILY_BUDGET_USD)",
+                    over_budget_wait(job.as_of),
+                )
         try:
             composed = await self._reference(job, size)
         except (fetch.FetchError, images.ImageError) as err:
@@ -344,6 +372,33 @@ class Steps:
                 return await images.in_photo_thread(lambda: prints.print_of_video(spool.name))
             except ValueError:
                 return None
+
+    # ------------------------------------------------------------ abandoned jobs
+
+    async def cancel_abandoned(self, job: AbandonedJob) -> tuple[bool, str]:
+        """Stop a job no row will archive, where its provider can; returns whether that
+        is settled, and what became of it (for the warning and the record).
+
+        Not settled (tried again later, at most ``ABANDONED_TRIES`` times): the provider
+        is not configured on this worker, or refused the cancel for now."""
+        if job.video_id is None:
+            return True, (
+                f"not cancelled: the row was being submitted (idempotency key "
+                f"{job.submit_key}), so a job may exist that nobody can name; look for it "
+                "at the provider"
+            )
+        last_try = job.tries >= ABANDONED_TRIES
+        try:
+            provider = self.providers.get(job.provider)
+        except UnknownProvider as err:
+            return last_try, f"not cancelled: {err}"
+        if not isinstance(provider, providers.Cancellable):
+            return True, f"not cancelled: {provider.name} cannot cancel jobs; it runs to its end"
+        try:
+            await provider.cancel(job.video_id)
+        except providers.ProviderError as err:
+            return last_try, f"not cancelled ({job.tries} of {ABANDONED_TRIES} tries): {err}"
+        return True, f"cancelled at {provider.name}"
 
     # ------------------------------------------------------------ poll
 

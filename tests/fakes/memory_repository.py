@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from service.core.costs import Admission
 from service.core.events import (
     ForgetIntent,
     Media,
@@ -31,6 +32,7 @@ from service.core.likeness import Twin
 from service.core.machine import Transition
 from service.core.request import ErrorKind
 from service.database.errors import Conflict, LeaseLost, Rule
+from service.database.port import AbandonedJob
 from service.providers.ids import stable_id
 
 Clock = Callable[[], datetime]
@@ -122,6 +124,9 @@ class Table:
 
     clock: Clock = system_clock
     rows: dict[RowId, Row] = field(default_factory=dict)
+    abandoned: list[AbandonedJob] = field(default_factory=list)
+    """Jobs left running (sql/0010's table), as ``record_abandoned`` or a test put them."""
+    settled: dict[int, str] = field(default_factory=dict)
 
 
 class MemoryRepository:
@@ -132,8 +137,10 @@ class MemoryRepository:
     set, every call (or only those named in ``fail_methods``) raises it and changes
     nothing: an outage, or a bug, on demand; ``failures`` counts them.
 
-    Not mirrored: the CHECK constraints (a bad insert is stored as given) and row locks
-    (there are no transactions for a claim to skip over).
+    Not mirrored: the CHECK constraints (a bad insert is stored as given), row locks
+    (there are no transactions for a claim to skip over) and the cost controls, which
+    live in SQL (sql/0011): here every request is admitted. The abandoned jobs' calls
+    take no injected failure (they run beside the loop, on their own schedule).
     """
 
     def __init__(
@@ -352,3 +359,33 @@ class MemoryRepository:
         now = self._now("load")
         row = self.rows.get(row_id)
         return None if row is None else row.job(now)
+
+    async def admit(self, provider: str, model: str, size: str, seconds: str) -> Admission:
+        self._now("admit")
+        return Admission(None, 0.0, 0.0, float("inf"))
+
+    async def take_abandoned(self, limit: int) -> list[AbandonedJob]:
+        due = [j for j in self.table.abandoned if j.id not in self.table.settled][:limit]
+        self.table.abandoned = [j for j in self.table.abandoned if j not in due]
+        return [replace(j, tries=j.tries + 1) for j in due]
+
+    async def settle_abandoned(self, job: AbandonedJob, outcome: str) -> None:
+        self.table.settled[job.id] = outcome
+
+    async def record_abandoned(
+        self, job: Job, provider: str, video_id: str, how: str
+    ) -> AbandonedJob | None:
+        if stable_id(video_id) in {stable_id(r.video_id) for r in self.rows.values() if r.video_id}:
+            return None
+        recorded = AbandonedJob(
+            len(self.table.settled) + len(self.table.abandoned) + 1,
+            job.id,
+            provider,
+            video_id,
+            job.submit_key,
+            "submitting",
+            how,
+            1,
+            0.0,
+        )
+        return recorded

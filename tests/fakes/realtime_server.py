@@ -24,9 +24,17 @@ supabase/realtime:
   UPDATE's ``old_record`` holds only the primary key (no REPLICA IDENTITY FULL).
 - Heartbeats: topic ``phoenix``, event ``heartbeat``, answered ``phx_reply`` ok.
 
+- ``lib/extensions/postgres_cdc_rls`` with supabase/walrus's ``realtime.apply_rls``:
+  a subscriber's role and claims come from its JWT (the join's ``access_token``, else
+  the ``apikey``); for each change, a role without SELECT on the table gets the change
+  with ``errors: ["Error 401: Unauthorized"]`` and no record, and with RLS on the table
+  a role gets the change only if the row is visible to it under ``set role`` and
+  ``request.jwt.claims`` (the service role bypasses RLS and gets every change).
+
 Where the real server reads the WAL, this one installs a trigger on ``public.videos``
 in the test database that NOTIFYs ``fake_realtime`` with the operation and the row
-(after commit, as the WAL would have it); the server LISTENs. Faults: ``kill()``
+(after commit, as the WAL would have it); the server LISTENs and delivers each change in
+order, checked per subscriber as above on a connection of its own. Faults: ``kill()``
 (every socket cut, the port closed until ``start()``), ``drop_sockets()``,
 ``refuse_joins``, ``reply_delay``, ``send_error()``, and ``publication`` (the tables
 that emit changes).
@@ -35,7 +43,10 @@ that emit changes).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import zlib
 from dataclasses import dataclass, field
@@ -69,10 +80,37 @@ create trigger fake_realtime_capture after insert or update on public.videos
 
 @dataclass
 class Joined:
-    """One joined channel on one socket: its topic and its bindings with their ids."""
+    """One joined channel on one socket: its topic and its bindings with their ids, and
+    the claims its changes are checked with (None: the service role, which sees all)."""
 
     topic: str
     bindings: list[dict[str, Any]]
+    claims: dict[str, Any] | None = None
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def sign(claims: dict[str, Any], secret: str) -> str:
+    """An HS256 JWT, as Supabase Auth issues them."""
+    head = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = _b64(json.dumps(claims).encode())
+    mac = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{_b64(mac)}"
+
+
+def verified(token: str, secret: str) -> dict[str, Any] | None:
+    """The claims of an HS256 JWT signed with ``secret``, or None."""
+    try:
+        head, body, mac = token.split(".")
+        expected = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+        if not hmac.compare_digest(_b64(expected), mac):
+            return None
+        claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    except ValueError:
+        return None
+    return claims if isinstance(claims, dict) else None
 
 
 @dataclass(eq=False)
@@ -92,9 +130,18 @@ def binding_id(binding: dict[str, Any]) -> int:
 class FakeRealtime:
     """Realtime for one project; ``url`` is the project URL once started."""
 
-    def __init__(self, dsn: str, *, service_key: str = "service-role-key") -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        service_key: str = "service-role-key",
+        jwt_secret: str = "super-secret-jwt-token-with-at-least-32-characters",
+    ) -> None:
         self.dsn = dsn
         self.service_key = service_key
+        self.jwt_secret = jwt_secret
+        self.anon_key = sign({"role": "anon"}, jwt_secret)
+        """The project's anon key (a JWT of role anon, as Supabase's are)."""
         self.url = ""
         self.port = 0
         self.publication: set[tuple[str, str]] = {("public", "videos")}
@@ -108,15 +155,24 @@ class FakeRealtime:
         self._connections: set[Connection] = set()
         self._runner: web.AppRunner | None = None
         self._db: asyncpg.Connection | None = None
+        self._rls_db: asyncpg.Connection | None = None
+        self._changes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def token_for(self, sub: str, *, anonymous: bool = False) -> str:
+        """A signed-in person's access token (Supabase's anonymous sign-ins included)."""
+        claims = {"sub": sub, "role": "authenticated", "aud": "authenticated"}
+        return sign({**claims, "is_anonymous": anonymous}, self.jwt_secret)
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         """Listen (on the same port as before, after a kill) and follow the database."""
         self._db = await asyncpg.connect(self.dsn)
+        self._rls_db = await asyncpg.connect(self.dsn)
         await self._db.execute(CAPTURE_SQL)
         await self._db.add_listener(NOTIFY_CHANNEL, self._on_change)
+        self._spawn(self._dispatch())
         app = web.Application()
         app.router.add_get("/realtime/v1/websocket", self._socket)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -132,9 +188,10 @@ class FakeRealtime:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        for db in (self._db, self._rls_db):
+            if db is not None:
+                await db.close()
+        self._db = self._rls_db = None
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -160,7 +217,7 @@ class FakeRealtime:
     # ------------------------------------------------------------ the socket
 
     async def _socket(self, request: web.Request) -> web.StreamResponse:
-        if request.query.get("apikey") != self.service_key:
+        if request.query.get("apikey") not in (self.service_key, self.anon_key):
             # user_socket.ex: refused before the upgrade, with a JSON body.
             return web.json_response(
                 {"error": "Failed to validate JWT signature"}
@@ -213,9 +270,14 @@ class FakeRealtime:
         if self.refuse_joins is not None:
             self._reply(connection, topic, ref, "error", {"reason": self.refuse_joins})
             return
+        token = payload.get("access_token") or connection.request.query["apikey"]
+        claims = None if token == self.service_key else verified(token, self.jwt_secret)
+        if token != self.service_key and claims is None:
+            self._reply(connection, topic, ref, "error", {"reason": "Invalid JWT"})
+            return
         asked = payload.get("config", {}).get("postgres_changes") or []
         bindings = [{**b, "id": binding_id(b)} for b in asked]
-        connection.channels[topic] = Joined(topic, bindings)
+        connection.channels[topic] = Joined(topic, bindings, claims)
         self._reply(connection, topic, ref, "ok", {"postgres_changes": bindings})
         if not bindings:
             return
@@ -240,9 +302,34 @@ class FakeRealtime:
 
     def _on_change(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         if isinstance(payload, str):
-            self._deliver(json.loads(payload))
+            self._changes.put_nowait(json.loads(payload))
 
-    def _deliver(self, change: dict[str, Any]) -> None:
+    async def _dispatch(self) -> None:
+        """Deliver changes one after another, in commit order."""
+        while True:
+            await self._deliver(await self._changes.get())
+
+    async def _visible(self, claims: dict[str, Any], row_id: str) -> bool | None:
+        """Whether the row is visible to a subscriber with ``claims`` (walrus's check);
+        None when its role may not read the table at all (Error 401)."""
+        assert self._rls_db is not None
+        role = str(claims.get("role") or "anon")
+        async with self._rls_db.transaction():
+            allowed = await self._rls_db.fetchval(
+                "select has_column_privilege($1, 'public.videos', 'id', 'SELECT')", role
+            )
+            if not allowed:
+                return None
+            await self._rls_db.execute("select set_config('role', $1, true)", role)
+            await self._rls_db.execute(
+                "select set_config('request.jwt.claims', $1, true)", json.dumps(claims)
+            )
+            seen: bool = await self._rls_db.fetchval(
+                "select exists (select 1 from public.videos where id = $1::uuid)", row_id
+            )
+        return seen
+
+    async def _deliver(self, change: dict[str, Any]) -> None:
         record: dict[str, Any] = change["record"]
         kind = change["type"]
         data: dict[str, Any] = {
@@ -256,19 +343,27 @@ class FakeRealtime:
         }
         if kind == "UPDATE":
             data["old_record"] = {"id": record["id"]}
+        unauthorized = {
+            key: data[key] for key in ("schema", "table", "commit_timestamp", "type")
+        } | {"columns": [], "errors": ["Error 401: Unauthorized"]}
         for connection in list(self._connections):
-            for joined in connection.channels.values():
+            for joined in list(connection.channels.values()):
                 ids = [
                     b["id"]
                     for b in joined.bindings
                     if (b.get("schema"), b.get("table")) == ("public", "videos")
                     and b["event"] in (kind, "*")
                 ]
-                if ids:
-                    self.changes_sent += 1
-                    self._push(
-                        connection, joined.topic, "postgres_changes", {"ids": ids, "data": data}
-                    )
+                if not ids:
+                    continue
+                sent = data
+                if joined.claims is not None:
+                    visible = await self._visible(joined.claims, record["id"])
+                    if visible is False:
+                        continue
+                    sent = data if visible else unauthorized
+                self.changes_sent += 1
+                self._push(connection, joined.topic, "postgres_changes", {"ids": ids, "data": sent})
 
     # ------------------------------------------------------------ frames
 
