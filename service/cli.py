@@ -30,6 +30,7 @@ from service.commands.serve import run_health, run_migrate, run_simulator, run_w
 from service.config import (
     Settings,
     SettingsError,
+    StandInRefused,
     declared_settings,
     env_example,
     load_settings,
@@ -39,6 +40,7 @@ from service.database.errors import RepositoryError
 from service.database.migrations import MigrationError
 from service.extras import LocalExtraMissing, local_extra
 from service.providers.registry import SPELLINGS
+from service.runtime import DatabaseRefused, DatabaseUnreachable
 from service.storage.base import StorageError
 
 log = structlog.get_logger("service.cli")
@@ -144,19 +146,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["polls"] = {"interval": timedelta(seconds=1)}
     if args.command == "demo" and args.provider:
         overrides["generation"] = {"provider": args.provider}  # "veo" is read as google_veo
+    if args.command == "demo":
+        # The demo knows it runs on stand-ins: whatever is unset gets one.
+        overrides["stand_ins"] = {"mode": "allow"}
     try:
         settings = load_settings(**overrides)
     except SettingsError as err:
         print(f"sora-worker: bad settings: {err}", file=sys.stderr)
         return 2
-    logs.configure(settings.logs.format, settings.logs.level, secret_values(settings))
+    # doctor's findings are its output: the log says only what went wrong beyond them.
+    level = "error" if args.command == "doctor" else settings.logs.level
+    logs.configure(settings.logs.format, level, secret_values(settings))
     try:
         return asyncio.run(dispatch(args, settings))
     except KeyboardInterrupt:
         return 130
-    except LocalExtraMissing as err:
+    except (LocalExtraMissing, StandInRefused, DatabaseRefused) as err:
+        # A setting to give or to fix: one line, and no restart will help (exit 2).
         print(f"sora-worker: {err}", file=sys.stderr)
         return 2
+    except DatabaseUnreachable as err:
+        print(f"sora-worker: {err}", file=sys.stderr)
+        return 1
     except asyncpg.UndefinedTableError as err:
         log.error("command.failed", command=args.command, error=f"{err}: run `sora-worker migrate`")
         return 1

@@ -23,7 +23,7 @@ from service.config import Settings
 from service.core.text import printable
 from service.database.operator import Operator
 from service.database.postgres import PostgresRepository
-from service.runtime import create_pool, database_url, open_store
+from service.runtime import open_pool, open_store
 from service.storage.uploads import PhotoFileError, check_photo_file, is_url, upload_photo
 
 log = structlog.get_logger("service.commands.rows")
@@ -32,7 +32,7 @@ log = structlog.get_logger("service.commands.rows")
 @asynccontextmanager
 async def repository(settings: Settings) -> AsyncIterator[PostgresRepository]:
     """A repository on a one-connection pool, for the short commands."""
-    async with create_pool(settings, await database_url(settings), 1) as pool:
+    async with open_pool(settings) as pool:
         yield PostgresRepository(pool, settings.worker.id, settings.worker.lease)
 
 

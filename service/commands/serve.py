@@ -16,7 +16,7 @@ from service.config import Settings
 from service.database.migrations import migrate
 from service.extras import local_extra
 from service.providers.registry import SimulatorSettings
-from service.runtime import create_pool, database_url, open_runtime
+from service.runtime import open_pool, open_runtime
 from service.signals import STOP_SIGNALS, until_signalled
 
 log = structlog.get_logger("service.commands.serve")
@@ -103,10 +103,7 @@ async def run_worker(settings: Settings, *, migrate_first: bool, listen: bool) -
 
 
 async def run_migrate(settings: Settings) -> int:
-    async with (
-        create_pool(settings, await database_url(settings), 1) as pool,
-        pool.acquire() as conn,
-    ):
+    async with open_pool(settings) as pool, pool.acquire() as conn:
         applied = await migrate(conn)
     log.info("database.migrated", applied=applied or "nothing to do")
     return 0
