@@ -69,7 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-listen", action="store_true", help="no LISTEN (poolers in transaction mode)"
     )
 
-    commands.add_parser("migrate", help="apply the SQL migrations (safe to repeat)")
+    migrate = commands.add_parser("migrate", help="apply the SQL migrations (safe to repeat)")
+    migrate.add_argument(
+        "--storage-sql",
+        action="store_true",
+        help="print the SQL that makes the storage policies (sql/0005), to run in the "
+        "Supabase dashboard where the worker's role may not (see doctor); change nothing",
+    )
 
     demo = commands.add_parser("demo", help="run the whole pipeline once on embedded defaults")
     demo.add_argument("--fresh", action="store_true", help="start from an empty data directory")
@@ -183,7 +189,7 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 settings, migrate_first=not args.no_migrate, listen=not args.no_listen
             )
         case "migrate":
-            return await run_migrate(settings)
+            return await run_migrate(settings, storage_sql=args.storage_sql)
         case "demo":
             with local_extra("`sora-worker demo` runs on the local stand-ins"):
                 from service.commands.demo import run_demo

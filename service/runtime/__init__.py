@@ -30,7 +30,6 @@ from service.core.costs import CostLimits
 from service.core.job import Policy
 from service.database.costs import write_limits
 from service.database.health import Health
-from service.database.migrations import migrate
 from service.database.operator import Operator
 from service.database.postgres import PostgresRepository
 from service.media import fetch
@@ -45,6 +44,7 @@ from service.runtime._database import (
     create_pool,
     database_url,
     keep_session,
+    migrate_and_say,
     open_pool,
     patiently,
 )
@@ -69,9 +69,11 @@ __all__ = [
     "DatabaseRefused",
     "DatabaseUnreachable",
     "Runtime",
+    "connecting",
     "create_pool",
     "database_url",
     "keep_session",
+    "migrate_and_say",
     "open_pool",
     "open_providers",
     "open_runtime",
@@ -247,9 +249,7 @@ async def open_runtime(
         stack.push_async_callback(pool.close)
         if apply_migrations:
             async with pool.acquire() as conn:
-                applied = await migrate(conn)
-            if applied:
-                log.info("database.migrated", applied=applied)
+                await migrate_and_say(conn)
 
         timeout = settings.photos.timeout.total_seconds()
         http = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0))

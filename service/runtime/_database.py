@@ -18,6 +18,7 @@ import structlog
 
 from service.backoff import Backoff, Outage
 from service.config import Settings, dsn, refuse
+from service.database.migrations import Conn, migrate, waiting_for_owner
 from service.extras import local_extra
 
 log = structlog.get_logger("service.runtime")
@@ -146,3 +147,20 @@ async def patiently(connect: Callable[[], Awaitable[asyncpg.Pool]], url: str) ->
             continue
         waiting.over()
         return pool
+
+
+async def migrate_and_say(conn: Conn) -> list[str]:
+    """Apply pending migrations and log what was done, and what waits for the owner of a
+    table (hosted Supabase's storage.objects: the dashboard's part, which doctor says)."""
+    applied = await migrate(conn)
+    log.info("database.migrated", applied=applied or "nothing to do")
+    for waiting in await waiting_for_owner(conn):
+        log.warning(
+            "database.needs_owner",
+            migration=waiting.name,
+            refused=waiting.refusal,
+            message="applied without the statements only the table's owner may run: the "
+            "buckets exist, but the public's write policies on storage.objects were not "
+            "dropped nor guarded; `sora-worker doctor` says what to run in the dashboard",
+        )
+    return applied
