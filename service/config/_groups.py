@@ -11,7 +11,6 @@ entry, so that adding a provider needs no line in this package.
 from __future__ import annotations
 
 import os
-import re
 import socket
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +20,7 @@ from pydantic import Field, SecretStr, create_model, field_validator, model_vali
 from pydantic_core import PydanticCustomError
 
 from service.config import dsn
+from service.core.request import SIZE_PATTERN
 from service.media.fetch import parse_host_ports
 from service.providers.models import parse_allowed
 from service.providers.registry import (
@@ -33,7 +33,6 @@ from service.providers.registry import (
 )
 from service.setting import Duration, Group, Port, Seconds, setting
 
-SIZE_PATTERN = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
 S = TypeVar("S", bound=StandInSettings)
 
 
