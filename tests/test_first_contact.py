@@ -22,6 +22,7 @@ from service.core.request import request_problem
 from tests.conftest import grouped, make_settings
 from tests.fakes.supabase_storage import started
 from tests.test_doctor import by_check
+from tests.test_operator import cli
 
 CLI = [sys.executable, "-m", "service.cli"]
 COMMANDS = [
@@ -46,21 +47,6 @@ def bare(data_dir: Path, **settings: str) -> dict[str, str]:
     env.update(SORA_DATA_DIR=str(data_dir), SORA_LOG_FORMAT="json", SORA_HTTP_PORT="0")
     env.update(settings)
     return env
-
-
-async def sora(env: dict[str, str], *args: str, within: float = 60) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *CLI, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        async with asyncio.timeout(within):
-            out, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def settings_of(**flat: object) -> Settings:
@@ -123,7 +109,7 @@ async def test_run_with_a_database_but_nothing_else_refuses_in_one_line(
 ) -> None:
     """Before: it started, wrote http://127.0.0.1 URLs into real rows and sent them to
     the simulator, with one info line to say so."""
-    status, _, err = await sora(bare(tmp_path, DATABASE_URL=db_url), "run")
+    status, _, err = await cli(bare(tmp_path, DATABASE_URL=db_url), "run")
     assert status == 2, err
     (line,) = err.splitlines()
     assert line.startswith("sora-worker: SUPABASE_URL is unset (DATABASE_URL is set")
@@ -158,7 +144,7 @@ async def test_a_malformed_database_url_is_one_line_from_every_command(tmp_path:
     """Before: 45-66 lines of traceback from run, migrate, list and the others."""
     url = "postgresql://postgres:p@ss@db.example.com:5432/postgres"
     for command in COMMANDS:
-        status, out, err = await sora(bare(tmp_path, DATABASE_URL=url), *command)
+        status, out, err = await cli(bare(tmp_path, DATABASE_URL=url), *command)
         assert status == 2, (command, err)
         (line,) = err.splitlines()
         assert line.startswith("sora-worker: bad settings: DATABASE_URL: holds more than one")
@@ -168,7 +154,7 @@ async def test_a_malformed_database_url_is_one_line_from_every_command(tmp_path:
 async def test_an_unknown_host_is_named_at_once_and_while_run_waits(tmp_path: Path) -> None:
     """Before: run waited for ever on "Name or service not known", naming no host."""
     url = "postgresql://postgres:pw@no-such-host.invalid:5432/postgres"
-    status, _, err = await sora(bare(tmp_path, DATABASE_URL=url), "migrate")
+    status, _, err = await cli(bare(tmp_path, DATABASE_URL=url), "migrate")
     assert status == 1
     (line,) = err.splitlines()
     assert line.startswith("sora-worker: cannot reach the database at no-such-host.invalid:5432")
@@ -189,7 +175,7 @@ async def test_an_unknown_host_is_named_at_once_and_while_run_waits(tmp_path: Pa
 
 async def test_a_refused_login_is_one_line_naming_the_setting(db_url: str, tmp_path: Path) -> None:
     wrong = db_url.replace("/sora_test_", "/no_such_database_", 1)
-    status, _, err = await sora(bare(tmp_path, DATABASE_URL=wrong, SORA_STAND_INS="allow"), "list")
+    status, _, err = await cli(bare(tmp_path, DATABASE_URL=wrong, SORA_STAND_INS="allow"), "list")
     assert status == 2
     (line,) = err.splitlines()
     assert "does not exist; check the user, password and database name in DATABASE_URL" in line
@@ -220,7 +206,7 @@ async def test_request_refuses_bad_size_length_or_prompt_in_one_line(
         (("a hug", "--model", "nope"), "model nope is not offered here"),
     ]
     for args, said in cases:
-        status, out, err = await sora(env, "request", *args)
+        status, out, err = await cli(env, "request", *args)
         assert status == 2, (args, err)
         (line,) = err.splitlines()
         assert line.startswith("sora-worker: not requested: ") and said in line, line

@@ -402,7 +402,8 @@ class _ProviderGroups(Group):
 
 
 class _StandInGroups(Group):
-    """The local stand-ins: never read by a worker whose settings name real services.
+    """The local stand-ins: whether they may serve at all (``mode``, read by every worker),
+    and how, which a worker whose settings name real services never reads.
 
     Besides these, one group per provider's local fake (composed below).
     """
