@@ -97,7 +97,12 @@ async def child(rows: int, text_only: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="photo-memory-") as scratch:
         settings = Settings(
             providers={"openai": {"api_key": "sk-bench", "base_url": simulator_url}},
-            stand_ins={"data_dir": Path(scratch), "storage_port": 0, "openai": {"port": 0}},
+            stand_ins={
+                "mode": "allow",  # an embedded database and local storage beside the simulator
+                "data_dir": Path(scratch),
+                "storage_port": 0,
+                "openai": {"port": 0},
+            },
             polls={"interval": 0.05},
             logs={"level": "warning", "format": "json"},
         )

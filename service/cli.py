@@ -30,6 +30,7 @@ from service.commands.serve import run_health, run_migrate, run_simulator, run_w
 from service.config import (
     Settings,
     SettingsError,
+    StandInRefused,
     declared_settings,
     env_example,
     load_settings,
@@ -39,6 +40,7 @@ from service.database.errors import RepositoryError
 from service.database.migrations import MigrationError
 from service.extras import LocalExtraMissing, local_extra
 from service.providers.registry import SPELLINGS
+from service.runtime import DatabaseRefused, DatabaseUnreachable
 from service.storage.base import StorageError
 
 log = structlog.get_logger("service.cli")
@@ -67,7 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-listen", action="store_true", help="no LISTEN (poolers in transaction mode)"
     )
 
-    commands.add_parser("migrate", help="apply the SQL migrations (safe to repeat)")
+    migrate = commands.add_parser("migrate", help="apply the SQL migrations (safe to repeat)")
+    migrate.add_argument(
+        "--storage-sql",
+        action="store_true",
+        help="print the SQL that makes the storage policies (sql/0005), to run in the "
+        "Supabase dashboard where the worker's role may not (see doctor); change nothing",
+    )
 
     demo = commands.add_parser("demo", help="run the whole pipeline once on embedded defaults")
     demo.add_argument("--fresh", action="store_true", help="start from an empty data directory")
@@ -144,19 +152,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["polls"] = {"interval": timedelta(seconds=1)}
     if args.command == "demo" and args.provider:
         overrides["generation"] = {"provider": args.provider}  # "veo" is read as google_veo
+    if args.command == "demo":
+        # The demo knows it runs on stand-ins: whatever is unset gets one.
+        overrides["stand_ins"] = {"mode": "allow"}
     try:
         settings = load_settings(**overrides)
     except SettingsError as err:
         print(f"sora-worker: bad settings: {err}", file=sys.stderr)
         return 2
-    logs.configure(settings.logs.format, settings.logs.level, secret_values(settings))
+    # doctor's findings are its output: the log says only what went wrong beyond them.
+    level = "error" if args.command == "doctor" else settings.logs.level
+    logs.configure(settings.logs.format, level, secret_values(settings))
     try:
         return asyncio.run(dispatch(args, settings))
     except KeyboardInterrupt:
         return 130
-    except LocalExtraMissing as err:
+    except (LocalExtraMissing, StandInRefused, DatabaseRefused) as err:
+        # A setting to give or to fix: one line, and no restart will help (exit 2).
         print(f"sora-worker: {err}", file=sys.stderr)
         return 2
+    except DatabaseUnreachable as err:
+        print(f"sora-worker: {err}", file=sys.stderr)
+        return 1
     except asyncpg.UndefinedTableError as err:
         log.error("command.failed", command=args.command, error=f"{err}: run `sora-worker migrate`")
         return 1
@@ -172,7 +189,7 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 settings, migrate_first=not args.no_migrate, listen=not args.no_listen
             )
         case "migrate":
-            return await run_migrate(settings)
+            return await run_migrate(settings, storage_sql=args.storage_sql)
         case "demo":
             with local_extra("`sora-worker demo` runs on the local stand-ins"):
                 from service.commands.demo import run_demo

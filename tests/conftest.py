@@ -187,6 +187,8 @@ def make_settings(db_url: str, data_dir: Path, **overrides: Any) -> Settings:
         log_format="json",
         # Tests of other things never meet the day's budget (tests/test_public_app.py does).
         daily_budget_usd=10_000.0,
+        # The tests know they run on stand-ins beside a real PostgreSQL.
+        stand_ins="allow",
     )
     values.update(overrides)
     return Settings(**grouped(**values))

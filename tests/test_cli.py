@@ -32,6 +32,7 @@ def env_for(db_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
         SORA_SIMULATOR_PORT="0",
         SORA_HTTP_PORT="0",
         SORA_LOG_FORMAT="json",
+        SORA_STAND_INS="allow",  # a real PostgreSQL, stand-ins for the rest
     )
     env.update(extra)
     return env

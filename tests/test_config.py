@@ -92,6 +92,8 @@ ADDED_SINCE = {
     # What the public may ask for and spend (issue 23).
     "SORA_ALLOWED_MODELS", "SORA_USER_DAILY_VIDEOS", "SORA_USER_DAILY_SECONDS",
     "SORA_DAILY_BUDGET_USD", "SORA_PUBLIC_PROMPTS",
+    # Production never falls back to a stand-in (issue 28).
+    "SORA_STAND_INS", "SORA_STORAGE",
 }  # fmt: skip
 """Settings added after the grouping."""
 

@@ -10,11 +10,13 @@ from pydantic import SecretStr
 
 from service.commands.doctor import examine, worst
 from service.core.diagnosis import Finding
-from service.database.migrations import migrate
+from service.database.migrations import load, migrate
 from service.database.operator import Operator
-from tests.conftest import changed, make_settings
+from service.local.simulator import Simulator, SimulatorConfig
+from tests.conftest import FAST_SIMULATOR, changed, make_settings
 from tests.fakes.realtime_server import started as realtime_started
 from tests.fakes.supabase_storage import started
+from tests.supabase_like import make_supabase_like
 from tests.test_cli import env_for
 from tests.test_database_faults import proxied
 from tests.test_operator import cli
@@ -28,22 +30,50 @@ def by_check(findings: list[Finding]) -> dict[str, list[Finding]]:
     return out
 
 
-async def test_the_embedded_defaults_are_all_ok(db_url: str, tmp_path: Path) -> None:
-    status, out, err = await cli(env_for(db_url, tmp_path), "doctor", "--json")
+async def test_the_embedded_defaults_are_all_ok_and_nothing_is_created(
+    db_url: str, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "fresh"
+    status, out, err = await cli(env_for(db_url, data_dir), "doctor", "--json")
     report = json.loads(out)
     assert status == 0, (out, err)
     assert report["worst"] == "OK"
     checks = {c["check"] for c in report["checks"]}
-    assert checks >= {"database", "migrations", "listen", "local storage", "provider", "model"}
-    assert {"list videos", "disk"} <= checks
+    assert checks >= {"database", "migrations", "listen", "local storage", "provider", "disk"}
     assert all(c["level"] == "OK" for c in report["checks"]), report
+    assert "simulator" in next(c for c in report["checks"] if c["check"] == "provider")["detail"]
+    # Before: the data directory, the simulator's state and a storage probe appeared.
+    assert not data_dir.exists()
+    assert err == ""  # no log line to interleave with the findings
 
 
-async def test_an_unmigrated_database_fails_with_the_fix(empty_db_url: str, tmp_path: Path) -> None:
+async def test_with_nothing_set_doctor_starts_no_database_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    """Before: a 39 MB embedded database appeared in a fresh directory."""
+    env = {k: v for k, v in env_for("", tmp_path).items() if k != "DATABASE_URL"}
+    env.pop("SORA_STAND_INS")
+    fresh = tmp_path / "data"
+    status, out, err = await cli(dict(env, SORA_DATA_DIR=str(fresh)), "doctor")
+    assert status == 0, (out, err)
+    database = next(line for line in out.splitlines() if " database " in line)
+    assert database.startswith("OK") and "embedded PostgreSQL" in database
+    assert not fresh.exists() and err == ""
+
+
+async def test_an_unmigrated_database_is_what_run_will_apply(
+    empty_db_url: str, tmp_path: Path
+) -> None:
     status, out, _ = await cli(env_for(empty_db_url, tmp_path), "doctor")
-    assert status == 2
+    assert status == 1  # a warning: `run` migrates by itself
     line = next(line for line in out.splitlines() if "migrations" in line)
-    assert line.startswith("FAIL") and "run `sora-worker migrate`" in line
+    assert line.startswith("WARN") and f"{len(load())} to apply" in line
+    assert "`sora-worker run` applies them when it starts" in line
+    conn = await asyncpg.connect(empty_db_url)
+    try:  # doctor changed nothing
+        assert await conn.fetchval("select to_regnamespace('sora_worker')") is None
+    finally:
+        await conn.close()
 
 
 async def test_a_missing_migration_is_named(db_url: str, tmp_path: Path) -> None:
@@ -53,8 +83,20 @@ async def test_a_missing_migration_is_named(db_url: str, tmp_path: Path) -> None
     finally:
         await conn.close()
     found = by_check(await examine(make_settings(db_url, tmp_path)))
-    assert found["migrations"][0].level == "FAIL"
+    assert found["migrations"][0].level == "WARN"
     assert "0008_media.sql" in found["migrations"][0].detail
+
+
+async def test_a_migration_changed_after_it_was_applied_fails(db_url: str, tmp_path: Path) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(
+            "update sora_worker.migrations set checksum = 'x' where name = '0008_media.sql'"
+        )
+    finally:
+        await conn.close()
+    found = by_check(await examine(make_settings(db_url, tmp_path)))["migrations"][0]
+    assert found.level == "FAIL" and "0008_media.sql" in found.detail
 
 
 async def test_a_public_role_that_can_write_the_workers_objects_or_read_rows_fails(
@@ -87,6 +129,7 @@ async def test_a_public_role_that_can_write_the_workers_objects_or_read_rows_fai
 
 async def supabase_database(empty_db_url: str) -> asyncpg.Connection:
     """A database with Supabase's storage schema (as the seed left it), then migrated."""
+    await make_supabase_like(empty_db_url)  # its roles, which the storage schema grants to
     conn = await asyncpg.connect(empty_db_url)
     await conn.execute(SUPABASE_STORAGE)
     await migrate(conn)
@@ -164,7 +207,19 @@ async def test_listen_through_a_transaction_pooler_is_a_warning_with_the_fix(
 async def test_a_model_the_provider_does_not_serve_fails_with_the_fix(
     db_url: str, tmp_path: Path
 ) -> None:
-    findings = by_check(await examine(make_settings(db_url, tmp_path, model="veo-9")))
+    simulator = Simulator(SimulatorConfig(**FAST_SIMULATOR))
+    await simulator.start()
+    try:
+        settings = make_settings(
+            db_url,
+            tmp_path,
+            model="veo-9",
+            openai_api_key="sk-test",
+            openai_base_url=simulator.base_url,
+        )
+        findings = by_check(await examine(settings))
+    finally:
+        await simulator.stop()
     model = findings["model"][0]
     assert model.level == "FAIL" and "'veo-9' is not among the served models" in model.detail
     assert "SORA_MODEL" in model.fix

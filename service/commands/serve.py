@@ -13,13 +13,16 @@ import httpx
 import structlog
 
 from service.config import Settings
-from service.database.migrations import migrate
+from service.database.migrations import load
 from service.extras import local_extra
 from service.providers.registry import SimulatorSettings
-from service.runtime import create_pool, database_url, open_runtime
+from service.runtime import migrate_and_say, open_pool, open_runtime
 from service.signals import STOP_SIGNALS, until_signalled
 
 log = structlog.get_logger("service.commands.serve")
+
+STORAGE_POLICIES = "0005"
+"""sql/0005_storage_buckets.sql: the buckets, and the policies that keep the public out."""
 
 
 async def run_simulator(args: argparse.Namespace, settings: Settings) -> int:
@@ -102,13 +105,15 @@ async def run_worker(settings: Settings, *, migrate_first: bool, listen: bool) -
     return 0
 
 
-async def run_migrate(settings: Settings) -> int:
-    async with (
-        create_pool(settings, await database_url(settings), 1) as pool,
-        pool.acquire() as conn,
-    ):
-        applied = await migrate(conn)
-    log.info("database.migrated", applied=applied or "nothing to do")
+async def run_migrate(settings: Settings, *, storage_sql: bool = False) -> int:
+    """Apply the migrations; ``storage_sql``: print, for the dashboard's SQL editor, the
+    migration whose storage policies need the owner of storage.objects, and change
+    nothing (docs/supabase.md)."""
+    if storage_sql:
+        print(next(m.sql for m in load() if m.version == STORAGE_POLICIES), end="")
+        return 0
+    async with open_pool(settings) as pool, pool.acquire() as conn:
+        await migrate_and_say(conn)
     return 0
 
 

@@ -31,7 +31,7 @@ from service.database.operator import Operator, Prunable, as_dict
 from service.providers.base import Cancellable, ProviderError
 from service.providers.ids import litellm_id
 from service.providers.lookup import UnknownProvider
-from service.runtime import create_pool, database_url, open_providers, open_store
+from service.runtime import open_pool, open_providers, open_store
 from service.storage.base import ObjectStore, StorageError, locate
 
 log = structlog.get_logger("service.commands.verbs")
@@ -136,7 +136,7 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
 @asynccontextmanager
 async def operator(settings: Settings) -> AsyncIterator[Operator]:
     """The operator's statements on a one-connection pool."""
-    async with create_pool(settings, await database_url(settings), 1) as pool:
+    async with open_pool(settings) as pool:
         yield Operator(pool)
 
 

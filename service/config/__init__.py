@@ -37,6 +37,9 @@ from service.config._groups import (
     StorageSettings,
     WorkerSettings,
 )
+from service.config._stand_ins import StandInRefused, allowed, is_loopback, refusal, refuse
+from service.providers.registry import REGISTRY
+from service.setting import env_names
 
 __all__ = [
     "ENV_PREFIX",
@@ -52,14 +55,19 @@ __all__ = [
     "RetrySettings",
     "Settings",
     "SettingsError",
+    "StandInRefused",
     "StorageSettings",
     "WorkerSettings",
+    "allowed",
     "check_environment",
     "declared_settings",
     "env_example",
     "explain",
+    "is_loopback",
     "known_env_names",
     "load_settings",
+    "refusal",
+    "refuse",
     "secret_values",
 ]
 
@@ -109,6 +117,17 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """What the code passes, over each setting's own environment name."""
         return init_settings, FlatEnvironment(settings_cls)
+
+    @model_validator(mode="after")
+    def _no_host_that_is_gone(self) -> Settings:
+        for provider in REGISTRY:
+            own = self.providers.of(provider.name)
+            if provider.host_gone and own.api_key is not None and own.base_url is None:
+                base = env_names(type(own).model_fields["base_url"])[0]
+                raise ValueError(
+                    f"{provider.key_name} is set but {base} is not: {provider.host_gone}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _realtime_needs_supabase(self) -> Settings:

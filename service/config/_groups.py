@@ -11,7 +11,6 @@ entry, so that adding a provider needs no line in this package.
 from __future__ import annotations
 
 import os
-import re
 import socket
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 from pydantic import Field, SecretStr, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from service.config import dsn
+from service.core.request import SIZE_PATTERN
 from service.media.fetch import parse_host_ports
 from service.providers.models import parse_allowed
 from service.providers.registry import (
@@ -32,7 +33,6 @@ from service.providers.registry import (
 )
 from service.setting import Duration, Group, Port, Seconds, setting
 
-SIZE_PATTERN = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
 S = TypeVar("S", bound=StandInSettings)
 
 
@@ -46,7 +46,9 @@ class DatabaseSettings(Group):
     url: SecretStr | None = setting(
         None,
         env="DATABASE_URL",
-        description="PostgreSQL URL; unset starts an embedded server under SORA_DATA_DIR.",
+        description="PostgreSQL URL (postgresql://USER:PASSWORD@HOST:5432/DATABASE, the "
+        "password percent-encoded); unset: an embedded server under SORA_DATA_DIR, on a "
+        "trial only (SORA_STAND_INS).",
     )
     pool_size: int = setting(
         10,
@@ -60,6 +62,14 @@ class DatabaseSettings(Group):
         env="SORA_PREPARED_STATEMENTS",
         description="Set false behind a transaction pooler (Supavisor :6543, PgBouncer).",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _url_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        said = None if value is None else dsn.problem(value.get_secret_value())
+        if said is not None:
+            raise ValueError(said)  # never the value: it holds the password
+        return value
 
 
 class GenerationSettings(Group):
@@ -252,12 +262,21 @@ class StorageSettings(Group):
     supabase_url: str | None = setting(
         None,
         env="SUPABASE_URL",
-        description="Supabase project URL; unset stores videos on local disk.",
+        description="Supabase project URL (https://<ref>.supabase.co): videos go to its "
+        "Storage; unset: see SORA_STORAGE.",
     )
     service_role_key: SecretStr | None = setting(
         None,
         env="SUPABASE_SERVICE_ROLE_KEY",
         description="Supabase service-role key (never logged).",
+    )
+    backend: Literal["auto", "supabase", "local"] = setting(
+        "auto",
+        env="SORA_STORAGE",
+        description="Where videos go: supabase (SUPABASE_URL); local: this machine's disk, "
+        "served by the worker behind a reverse proxy at SORA_PUBLIC_URL (not loopback); "
+        "auto: Supabase when SUPABASE_URL is set, else local disk only where stand-ins are "
+        "allowed (SORA_STAND_INS).",
     )
     video_bucket: str = setting(
         "hug-videos", env="SORA_VIDEO_BUCKET", description="Bucket for finished videos."
@@ -278,6 +297,15 @@ class StorageSettings(Group):
     def _supabase_pair(self) -> StorageSettings:
         if (self.supabase_url is None) != (self.service_role_key is None):
             raise ValueError("set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY together")
+        if self.backend == "supabase" and self.supabase_url is None:
+            raise ValueError(
+                "SORA_STORAGE=supabase needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY"
+            )
+        if self.backend == "local" and self.supabase_url is not None:
+            raise ValueError(
+                "SORA_STORAGE=local and SUPABASE_URL are both set: videos go to one place; "
+                "unset one"
+            )
         return self
 
     @property
@@ -374,11 +402,21 @@ class _ProviderGroups(Group):
 
 
 class _StandInGroups(Group):
-    """The local stand-ins: never read by a worker whose settings name real services.
+    """The local stand-ins: whether they may serve at all (``mode``, read by every worker),
+    and how, which a worker whose settings name real services never reads.
 
     Besides these, one group per provider's local fake (composed below).
     """
 
+    mode: Literal["auto", "allow", "never"] = setting(
+        "auto",
+        env="SORA_STAND_INS",
+        description="When an unset service may be replaced by its local stand-in (embedded "
+        "PostgreSQL, a provider's simulator, local-disk storage on loopback URLs): auto: "
+        "only on a trial, when none of DATABASE_URL, SUPABASE_URL, SORA_STORAGE or a "
+        "provider's key or base URL is set; allow: always (tests, a trial on your own "
+        "PostgreSQL); never. Otherwise an unset service stops the worker, naming it.",
+    )
     data_dir: Path = setting(
         Path(".sora-worker"),
         env="SORA_DATA_DIR",

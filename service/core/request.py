@@ -6,8 +6,16 @@ so they live below both (an adapter may import the core, never the reverse).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
+
+PROMPT_MAX = 4000
+"""Characters a request's prompt may have (sql/0001's videos_prompt_length)."""
+SECONDS_MAX = 60
+SIDE_MAX = 4096
+"""What any request may ask for, whatever the model (sql/0011's bounds)."""
+SIZE_PATTERN = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
 
 ErrorKind = Literal[
     "invalid_request", "safety_filtered", "model_retired", "provider_error", "in_doubt", "expired"
@@ -27,3 +35,22 @@ class VideoRequest:
     reference: bytes | None = None
     reference_filename: str = "reference.jpg"
     reference_content_type: str = "image/jpeg"
+
+
+def request_problem(prompt: str, size: str | None, seconds: str | None) -> str | None:
+    """What the database would refuse in a request (sql/0001, sql/0011), said first and
+    in a line; None if nothing. The model's own sizes and lengths are the database's and
+    the adapter's to judge."""
+    text = prompt.strip()
+    if not text:
+        return "the prompt is empty: say what the video shows"
+    if len(text) > PROMPT_MAX:
+        return f"the prompt has {len(text)} characters; at most {PROMPT_MAX}"
+    if size is not None:
+        if not SIZE_PATTERN.match(size):
+            return "the size must be WIDTHxHEIGHT in pixels, like 1280x720"
+        if any(int(side) > SIDE_MAX for side in size.split("x")):
+            return f"the size may be at most {SIDE_MAX} pixels a side"
+    if seconds is not None and not (seconds.isdigit() and 1 <= int(seconds) <= SECONDS_MAX):
+        return f"the length must be a whole number of seconds from 1 to {SECONDS_MAX}"
+    return None

@@ -34,6 +34,11 @@ class Refused(RepositoryError):
     """The database refused the values (a CHECK or NOT NULL rule): retrying the same
     write cannot help; it is a bug in the caller or a row the schema does not allow."""
 
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
+        """The database's own words (and hint) in one line, for a person who asked."""
+
 
 class BudgetSpent(Refused):
     """The day's budget refused to record a submission's intent (sql/0011's
@@ -69,8 +74,9 @@ def driver_errors(doing: str) -> Iterator[None]:
         rule = next((r for r in Rule if r.value == err.constraint_name), None)
         raise Conflict(rule, f"{doing}: {err.constraint_name or 'a uniqueness rule'}") from err
     except asyncpg.IntegrityConstraintViolationError as err:
-        said = f"{err}; {err.hint}" if getattr(err, "hint", None) else str(err)
-        raise Refused(f"{doing}: refused by {err.constraint_name or 'a rule'}: {said}") from err
+        said = _reason(err)
+        broken = err.constraint_name or "a rule"
+        raise Refused(f"{doing}: refused by {broken}: {said}", said) from err
     except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as err:
         raise SchemaMissing(f"{doing}: {err}; run `sora-worker migrate`") from err
     except (
@@ -84,8 +90,16 @@ def driver_errors(doing: str) -> Iterator[None]:
             # sql/0011's quota and budget refusals (PostgREST's PTxxx codes): an answer,
             # not an outage.
             refused = BudgetSpent if err.sqlstate == "PT503" else Refused
-            raise refused(f"{doing}: {err}; {err.hint}") from err
+            raise refused(f"{doing}: {_reason(err)}", _reason(err)) from err
         raise DatabaseUnavailable(f"{doing}: {err or type(err).__name__}") from err
+
+
+def _reason(err: asyncpg.PostgresError) -> str:
+    """The server's message and hint in one line (``str(err)`` adds DETAIL and HINT on
+    lines of their own, and DETAIL may carry the whole row)."""
+    message = getattr(err, "message", None) or (err.args[0] if err.args else type(err).__name__)
+    hint = getattr(err, "hint", None)
+    return f"{message}; {hint}" if hint else str(message)
 
 
 _ABANDONED: set[asyncio.Future[Any]] = set()

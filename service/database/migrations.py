@@ -5,6 +5,14 @@ runners, each file runs in its own transaction together with its record, and a f
 that changed after it was applied is refused (its checksum no longer matches) rather
 than silently skipped.
 
+A migration with statements only a table's owner may run (sql/0005's policies on
+``storage.objects``, which hosted Supabase gives to ``supabase_storage_admin``) is tried
+whole in a savepoint; refused for want of ownership, its part that needs no owner runs
+instead and the ledger records what was refused (``needs_owner``). Each later run tries
+the whole again, and clears the record once it succeeds or once someone has done the
+owner's part by hand (``service.database.storage_policies``); ``waiting_for_owner``
+lists what is still waiting, for the log and ``doctor``.
+
 The ledger lives in the worker's private schema (``sora_worker.migrations``), out of the
 API's reach: in ``public``, Supabase's default privileges let anon rewrite a checksum
 and stop every worker. A ledger left there by a version before 0010 is moved (rows and
@@ -27,6 +35,8 @@ from importlib.resources.abc import Traversable
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+
+from service.database.storage_policies import done_by_hand, owner_part
 
 SQL_DIR: Traversable = files("service") / "sql"
 LOCK_KEY = 0x50_52_41_5F_57_4B  # any constant; identifies our migration lock
@@ -52,6 +62,7 @@ create table if not exists {LEDGER} (
     name text not null,
     checksum text not null,
     applied_at timestamptz not null default now());
+alter table {LEDGER} add column if not exists needs_owner text;
 revoke all on {LEDGER} from public;
 """
 """Run before any file, under the migrations' lock: the private schema, and the ledger
@@ -60,6 +71,18 @@ in it (moved from ``public`` when an older version left it there)."""
 
 class MigrationError(Exception):
     """The migrations on disk disagree with what the database recorded."""
+
+
+Conn = asyncpg.Connection | PoolConnectionProxy
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A migration applied without the statements only a table's owner may run."""
+
+    name: str
+    refusal: str
+    """What the database answered: "must be owner of relation objects (storage.objects)"."""
 
 
 @dataclass(frozen=True)
@@ -86,9 +109,7 @@ def load(directory: Traversable = SQL_DIR) -> list[Migration]:
     return found
 
 
-async def migrate(
-    conn: asyncpg.Connection | PoolConnectionProxy, directory: Traversable = SQL_DIR
-) -> list[str]:
+async def migrate(conn: Conn, directory: Traversable = SQL_DIR) -> list[str]:
     """Apply pending migrations; returns the names applied now.
 
     The lock is transaction-scoped and taken in every transaction, so this also works
@@ -104,7 +125,7 @@ async def migrate(
         async with conn.transaction():
             await conn.execute("select pg_advisory_xact_lock($1)", LOCK_KEY)
             done = await conn.fetchrow(
-                f"select name, checksum from {LEDGER} where version = $1",
+                f"select name, checksum, needs_owner from {LEDGER} where version = $1",
                 migration.version,
             )
             if done is not None:
@@ -113,13 +134,17 @@ async def migrate(
                         f"{migration.name} changed after it was applied (as {done['name']}); "
                         "add a new migration instead of editing an applied one"
                     )
+                if done["needs_owner"] is not None:
+                    await _finish(conn, migration)
                 continue
-            await conn.execute(migration.sql)
+            refused = await _apply(conn, migration)
             await conn.execute(
-                f"insert into {LEDGER} (version, name, checksum) values ($1, $2, $3)",
+                f"insert into {LEDGER} (version, name, checksum, needs_owner) "
+                "values ($1, $2, $3, $4)",
                 migration.version,
                 migration.name,
                 migration.checksum,
+                refused,
             )
         applied_now.append(migration.name)
     async with conn.transaction():
@@ -127,3 +152,50 @@ async def migrate(
         if await conn.fetchval("select to_regprocedure($1)", REASSERT) is not None:
             await conn.execute(f"select {REASSERT}")
     return applied_now
+
+
+async def _apply(conn: Conn, migration: Migration) -> str | None:
+    """Run ``migration``; None, or what refused its owner's part (then the rest ran)."""
+    part = owner_part(migration.version, migration.sql)
+    if part is None:
+        await conn.execute(migration.sql)
+        return None
+    try:
+        async with conn.transaction():  # a savepoint: a refusal undoes only this
+            await conn.execute(migration.sql)
+    except asyncpg.InsufficientPrivilegeError as err:
+        await conn.execute(part.without_owner)
+        return f"{err.args[0] if err.args else err} ({part.table})"
+    return None
+
+
+async def _finish(conn: Conn, migration: Migration) -> None:
+    """Try a migration recorded as waiting for its owner again; clear the record once it
+    runs whole, or once its owner's part was done by hand."""
+    try:
+        async with conn.transaction():
+            await conn.execute(migration.sql)
+    except asyncpg.InsufficientPrivilegeError:
+        if not await done_by_hand(conn):
+            return
+    await conn.execute(
+        f"update {LEDGER} set needs_owner = null where version = $1", migration.version
+    )
+
+
+async def waiting_for_owner(conn: Conn) -> list[Waiting]:
+    """The migrations applied without their owner's part (nothing on a database never
+    migrated, or migrated before the ledger said so)."""
+    if await conn.fetchval("select to_regclass($1)", LEDGER) is None:
+        return []
+    has_column = await conn.fetchval(
+        "select count(*) from pg_attribute where attrelid = $1::regclass "
+        "and attname = 'needs_owner' and not attisdropped",
+        LEDGER,
+    )
+    if not has_column:
+        return []
+    rows = await conn.fetch(
+        f"select name, needs_owner from {LEDGER} where needs_owner is not null order by version"
+    )
+    return [Waiting(row["name"], row["needs_owner"]) for row in rows]

@@ -102,8 +102,9 @@ class Provider:
     summary: str
     """What it is, for ``--help``: "Veo on Vertex AI"."""
     stand_in: StandIn
-    host_needed: bool = False
-    """The SDK's default host is gone: a key goes with a base URL."""
+    host_gone: str = ""
+    """Why the SDK's default host will not do, when it is gone: then a key goes with a
+    base URL, and a key without one is refused at start."""
     aliases: tuple[str, ...] = ()
     """Other spellings SORA_PROVIDER and ``demo --provider`` accept."""
 
@@ -115,7 +116,7 @@ class Provider:
     @property
     def to_set(self) -> str:
         """What an operator sets for the real host: "OPENAI_API_KEY (and OPENAI_BASE_URL)"."""
-        if not self.host_needed:
+        if not self.host_gone:
             return self.key_name
         return f"{self.key_name} (and {env_names(self.settings.model_fields['base_url'])[0]})"
 
@@ -237,7 +238,8 @@ REGISTRY: tuple[Provider, ...] = (
             key="sk-local-simulator",
             suffix="/v1",
         ),
-        host_needed=True,  # OpenAI's own Videos API is gone (2026-09-24)
+        host_gone="OpenAI's own Videos API was shut down on 2026-09-24; set it to a host "
+        "that serves /v1/videos (a LiteLLM or new-api gateway)",
     ),
     Provider(
         "google_veo",

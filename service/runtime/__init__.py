@@ -3,8 +3,10 @@
 With no settings at all it runs everything on this machine: an embedded PostgreSQL,
 the local Sora simulator (said loudly in the log: no real video is generated) and
 local-disk storage served over HTTP. Each real service replaces its stand-in as soon
-as its setting is given. The stand-ins (``service.local``, the ``local`` extra) are
-imported only when one is needed, so a production worker never loads them.
+as its setting is given, and once any is given, a service left unset stops the start
+instead of falling back (``service.config._stand_ins``; ``SORA_STAND_INS``). The
+stand-ins (``service.local``, the ``local`` extra) are imported only when one is
+needed, so a production worker never loads them.
 
 By concern: the database (``_database``), the providers (``_providers``, one loop over
 ``service.providers.registry``), the store (``_store``); here, the ``Runtime`` that
@@ -23,12 +25,11 @@ import httpx
 import structlog
 from aiohttp import web
 
-from service.config import Settings
+from service.config import Settings, refuse
 from service.core.costs import CostLimits
 from service.core.job import Policy
 from service.database.costs import write_limits
 from service.database.health import Health
-from service.database.migrations import migrate
 from service.database.operator import Operator
 from service.database.postgres import PostgresRepository
 from service.media import fetch
@@ -36,7 +37,17 @@ from service.providers import models
 from service.providers.base import ProviderError, TellsWebhookSecret
 from service.providers.lookup import Providers
 from service.providers.registry import NAMES, REGISTRY
-from service.runtime._database import create_pool, database_url, keep_session, patiently
+from service.runtime._database import (
+    DatabaseRefused,
+    DatabaseUnreachable,
+    connecting,
+    create_pool,
+    database_url,
+    keep_session,
+    migrate_and_say,
+    open_pool,
+    patiently,
+)
 from service.runtime._providers import open_providers, providers_for
 from service.runtime._store import open_store, store_for
 from service.storage.base import ObjectStore
@@ -55,10 +66,15 @@ if TYPE_CHECKING:
     from service.local.fake_host import FakeHost
 
 __all__ = [
+    "DatabaseRefused",
+    "DatabaseUnreachable",
     "Runtime",
+    "connecting",
     "create_pool",
     "database_url",
     "keep_session",
+    "migrate_and_say",
+    "open_pool",
     "open_providers",
     "open_runtime",
     "open_store",
@@ -217,21 +233,23 @@ async def open_runtime(
     because the URLs it writes into rows name them. ``wait_for_database``: a daemon
     started before its database (compose, a reboot) waits for it instead of exiting.
     """
+    # Every service the settings leave to a stand-in that may not serve, said at once,
+    # before anything is opened: production never falls back to one.
+    refuse(settings)
     async with AsyncExitStack() as stack:
         dsn = await database_url(settings)
         # Rows hold no connection while they wait on the provider, so a few
         # connections serve many rows (Supabase's free plan allows 60 in all).
         size = settings.database.pool_size
         if wait_for_database:
-            pool = await patiently(lambda: create_pool(settings, dsn, size))
+            pool = await patiently(lambda: create_pool(settings, dsn, size), dsn)
         else:
-            pool = await create_pool(settings, dsn, size)
+            with connecting(dsn):
+                pool = await create_pool(settings, dsn, size)
         stack.push_async_callback(pool.close)
         if apply_migrations:
             async with pool.acquire() as conn:
-                applied = await migrate(conn)
-            if applied:
-                log.info("database.migrated", applied=applied)
+                await migrate_and_say(conn)
 
         timeout = settings.photos.timeout.total_seconds()
         http = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from service.config import Settings
+from service.config import Settings, refuse
 from service.extras import local_extra
 from service.providers.lookup import Providers
 from service.providers.registry import (
@@ -96,6 +96,7 @@ async def _stand_in(
     """``provider``'s local stand-in on its own port (so the simulator and the fakes can
     run side by side), hosted here or shared with a replica on this data directory."""
     stand_in = provider.stand_in
+    refuse(settings, "provider")
     with local_extra(
         f"{provider.key_name} is unset, so sora-worker would start the {stand_in.what}",
         f"set {provider.to_set}",

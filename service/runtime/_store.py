@@ -9,7 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import structlog
 
-from service.config import Settings
+from service.config import Settings, allowed, refuse
 from service.extras import local_extra
 from service.media import fetch
 from service.storage.base import ObjectStore
@@ -46,6 +46,7 @@ async def store_for(
         )
         log.info("storage.supabase", url=supabase.url, bucket=storage.video_bucket)
         return supabase, frozenset()
+    refuse(settings, "storage")
     with local_extra(
         "SUPABASE_URL is unset, so sora-worker would serve videos from its local storage server",
         "set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY",
@@ -69,7 +70,16 @@ async def store_for(
     )
     await shared.open(flexible=flexible_ports)
     stack.push_async_callback(shared.close)
-    log.info("storage.local", root=str(root.resolve()), url=shared.base_url)
+    if storage.backend == "local" and not allowed(settings):
+        log.info("storage.local", root=str(root.resolve()), url=local.public_url)
+    else:
+        log.warning(
+            "storage.local",
+            message="SUPABASE_URL is unset: videos are stored on THIS MACHINE's disk and "
+            "served from its own address (a trial); set SUPABASE_URL for real ones",
+            root=str(root.resolve()),
+            url=local.public_url or shared.base_url,
+        )
     # Its exact origins (where it listens, and where its URLs point) and nothing else.
     own = {fetch.origin_of(shared.base_url)}
     if local.public_url:
