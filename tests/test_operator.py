@@ -175,7 +175,7 @@ async def test_rearchive_copies_the_video_again_and_touches_no_other_row(
         assert await op.rearchive(first["id"])
         again = await eventually(
             lambda: row_of(runtime, first["id"]),
-            lambda r: r["status"] == "completed" and r["completed_at"] > first["completed_at"],
+            lambda r: r["stage"] == "completed" and r["completed_at"] > first["completed_at"],
         )
         await finished(runtime, busy)
     assert again["video_sha256"] == first["video_sha256"] and lost.exists()

@@ -18,7 +18,10 @@ What each verb means:
   submitted (its outcome may be unknown) or archived (the video is paid for and nearly
   saved) is refused: the refusal says why.
 - ``rearchive``: a finished row whose provider copy has not expired goes back to
-  ``archiving``; the workers copy it again (and re-probe it) as for any archive.
+  ``archiving``; the workers copy it again over the same key (the store replaces the
+  object, at any size) and re-read its media, as for any archive. A row still
+  ``describing`` is refused until it completes (its video is stored; its media are
+  being made).
 - ``prune``: completed rows older than N days are marked ``pruned_at`` and their stored
   files (video, poster, rendition, thumbnail) deleted. Marked first, so a front end
   stops offering them before they vanish; a crash in between leaves files, never a
@@ -234,6 +237,13 @@ class Operator:
                 )
             case "cancel" if stage == "archiving":
                 return False, f"row {row_id} is generated and being archived; nothing to cancel"
+            case "cancel" if stage == "describing":
+                return False, f"row {row_id}'s video is stored (its media are being made)"
+            case "rearchive" if stage == "describing":
+                return False, (
+                    f"row {row_id}'s video is stored and its media are being made; "
+                    "rearchive it once it is completed"
+                )
             case "cancel":
                 return False, f"row {row_id} is {stage}: nothing to cancel"
             case "rearchive" if stage in ACTIVE:
@@ -293,7 +303,7 @@ class Operator:
             )
         if row is None:
             raise Refused(f"no row {row_id}")
-        if row["stage"] in ("generating", "archiving", "completed"):
+        if row["stage"] in ("generating", "archiving", "describing", "completed"):
             raise Refused(
                 f"row {row_id} is {row['stage']} with job {row['video_id']}; only a row "
                 "that holds no job (queued, in doubt or failed) can adopt one"
