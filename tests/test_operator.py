@@ -184,6 +184,28 @@ async def test_rearchive_copies_the_video_again_and_touches_no_other_row(
         assert (await client.get(again["video_url"])).status_code == 200
 
 
+async def test_rearchive_wakes_the_workers_and_refuses_a_row_still_describing(
+    conn: asyncpg.Connection,
+) -> None:
+    """The row is due at once: a listening worker hears of it, not at the next sweep."""
+    row = await conn.fetchval(
+        """insert into videos (prompt, status, video_id, openai_url, openai_expires_at,
+                               video_url, video_sha256, completed_at)
+           values ('x', 'completed', 'video_9', 'https://p/c', now() + interval '1 hour',
+                   'https://s/v.mp4', repeat('a', 64), now()) returning id"""
+    )
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    await conn.add_listener("sora_worker", lambda *args: heard.put_nowait(args[3]))
+    op = Operator(conn)  # type: ignore[arg-type]  # a connection answers as a pool does
+    assert await op.rearchive(row)
+    assert await asyncio.wait_for(heard.get(), 10) == str(row)
+    await conn.execute(
+        "update videos set stage = 'describing', status = 'completed' where id = $1", row
+    )
+    assert not await op.rearchive(row)
+    assert "media are being made" in (await op.why_not(row, "rearchive")).reason
+
+
 async def test_rearchive_refuses_when_the_provider_copy_expired(runtime: Runtime) -> None:
     op = Operator(runtime.pool)
     async with running(runtime.worker()):

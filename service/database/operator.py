@@ -75,13 +75,18 @@ returning id, video_id, provider
 """
 
 REARCHIVE = f"""
-update public.videos
-set {set_stage(Stage.ARCHIVING)}, attempts = 0, error = null,
-    next_attempt_at = now(), locked_by = null, locked_until = null, pruned_at = null
-where id = $1 and stage in ('completed', 'failed') and {FREE}
-  and video_id is not null and openai_url is not null and openai_expires_at > now()
-returning id
+with rearchived as (
+    update public.videos
+    set {set_stage(Stage.ARCHIVING)}, attempts = 0, error = null,
+        next_attempt_at = now(), locked_by = null, locked_until = null, pruned_at = null
+    where id = $1 and stage in ('completed', 'failed') and {FREE}
+      and video_id is not null and openai_url is not null and openai_expires_at > now()
+    returning id
+)
+select id from rearchived, pg_notify('sora_worker', rearchived.id::text)
 """
+"""One statement, and the workers are woken (as for ``adopt``): the row is due now, not
+at the next sweep."""
 
 PRUNABLE = """
 select id, video_url, poster_url, rendition_url, thumbnail_url, video_bytes, completed_at
