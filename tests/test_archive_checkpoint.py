@@ -188,6 +188,18 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+async def completed(
+    repo: MemoryRepository, provider: BigVideoProvider, store: SupabaseStore, tmp_path: Path
+) -> Row:
+    """Ask for one video and run a worker until its row completes."""
+    row = await repo.insert_request("a hug")
+    try:
+        async with running(make_worker(repo, provider, store, tmp_path)):
+            return await reaches(repo, row, lambda r: r.stage is Stage.COMPLETED)
+    finally:
+        await store.aclose()
+
+
 async def test_a_crash_after_the_upload_is_retried_into_the_stored_key_and_completes(
     fake: FakeSupabaseStorage, tmp_path: Path
 ) -> None:
@@ -197,13 +209,8 @@ async def test_a_crash_after_the_upload_is_retried_into_the_stored_key_and_compl
     repo = CrashingRepository("worker-a", LEASE, crash_into=Stage.DESCRIBING)
     provider = BigVideoProvider()
     store = SupabaseStore(fake.url, fake.service_key, tus_pauses=(0.0,) * 5)
-    row = await repo.insert_request("stored, then the worker died")
-    try:
-        async with running(make_worker(repo, provider, store, tmp_path)):
-            done = await reaches(repo, row, lambda r: r.stage is Stage.COMPLETED)
-    finally:
-        await store.aclose()
-    key = f"{row}/video_1.mp4"
+    done = await completed(repo, provider, store, tmp_path)
+    key = f"{done.id}/video_1.mp4"
     assert done.video_url == store.public_url(BUCKET, key)
     assert (
         done.video_sha256
@@ -307,13 +314,7 @@ async def test_a_crash_while_making_the_media_leaves_the_video_and_the_next_clai
     repo = CrashingRepository("worker-a", LEASE, crash_into=Stage.COMPLETED)
     provider = BigVideoProvider()
     provider.gone_after = 1
-    store = SupabaseStore(fake.url, fake.service_key)
-    row = await repo.insert_request("media after a crash")
-    try:
-        async with running(make_worker(repo, provider, store, tmp_path)):
-            done = await reaches(repo, row, lambda r: r.stage is Stage.COMPLETED)
-    finally:
-        await store.aclose()
+    done = await completed(repo, provider, SupabaseStore(fake.url, fake.service_key), tmp_path)
     assert (done.error, done.error_kind, done.attempts) == (None, None, 0)
     assert done.media.duration_seconds == 1.0 and done.media.poster_url
     assert provider.downloads == 1 and len(provider.submitted) == 1

@@ -44,11 +44,16 @@ async def server() -> AsyncIterator[StorageServer]:
         yield server
 
 
-@pytest.fixture
-async def store(server: StorageServer) -> AsyncIterator[SupabaseStore]:
-    store = SupabaseStore(server.url, server.service_key, tus_pauses=NO_PAUSES)
+async def store_on(url: str, key: str) -> AsyncIterator[SupabaseStore]:
+    store = SupabaseStore(url, key, tus_pauses=NO_PAUSES)
     yield store
     await store.aclose()
+
+
+@pytest.fixture
+async def store(server: StorageServer) -> AsyncIterator[SupabaseStore]:
+    async for store in store_on(server.url, server.service_key):
+        yield store
 
 
 @pytest.fixture
@@ -59,9 +64,8 @@ async def fake() -> AsyncIterator[FakeSupabaseStorage]:
 
 @pytest.fixture
 async def fake_store(fake: FakeSupabaseStorage) -> AsyncIterator[SupabaseStore]:
-    store = SupabaseStore(fake.url, fake.service_key, tus_pauses=NO_PAUSES)
-    yield store
-    await store.aclose()
+    async for store in store_on(fake.url, fake.service_key):
+        yield store
 
 
 async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
