@@ -7,7 +7,8 @@ the gateway that serves ``/storage/v1``) with ``SORA_TEST_SUPABASE_SERVICE_KEY``
 such as the one ``scripts/real-storage.sh`` builds and starts::
 
     eval "$(scripts/real-storage.sh env)"
-    .venv/bin/python -m pytest tests/test_storage_supabase.py tests/test_storage_wire.py
+    .venv/bin/python -m pytest tests/test_storage_supabase.py tests/test_storage_wire.py \
+        tests/test_archive_checkpoint.py
 
 ``SORA_TEST_STORAGE_DIRECT_URL`` (the storage API itself, no gateway and no
 ``/storage/v1`` prefix) adds the direct-connection variants, and

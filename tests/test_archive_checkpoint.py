@@ -40,6 +40,7 @@ from tests.conftest import eventually
 from tests.fakes.memory_repository import MemoryRepository, Row
 from tests.fakes.supabase_storage import FakeSupabaseStorage, started
 from tests.faultproxy import FaultProxy
+from tests.storage_server import storage_server
 
 BUCKET = "hug-videos"
 SIZE = 7 * 1024 * 1024
@@ -318,3 +319,51 @@ async def test_a_crash_while_making_the_media_leaves_the_video_and_the_next_clai
     assert (done.error, done.error_kind, done.attempts) == (None, None, 0)
     assert done.media.duration_seconds == 1.0 and done.media.poster_url
     assert provider.downloads == 1 and len(provider.submitted) == 1
+
+
+async def test_a_worker_archives_into_the_storage_server_and_rearchive_replaces_it(
+    db_url: str, tmp_path: Path
+) -> None:
+    """End to end through the runtime, against the fake or, with SORA_TEST_SUPABASE_URL,
+    the real server: a row completes with its video and poster stored, and a rearchive
+    stores the video again over its key and completes the row again."""
+    from service.database.operator import Operator
+    from service.local.simulator import SimulatorConfig
+    from service.runtime import open_runtime
+    from tests.conftest import FAST_SIMULATOR, make_settings
+    from tests.test_pipeline import finished, row_of
+    from tests.test_pipeline import running as running_runtime
+
+    async with storage_server() as server:
+        server.created(server.videos)
+        server.created(server.images)
+        settings = make_settings(
+            db_url,
+            tmp_path,
+            supabase_url=server.url,
+            supabase_service_role_key=server.service_key,
+            video_bucket=server.videos,
+            image_bucket=server.images,
+        )
+        config = SimulatorConfig(**FAST_SIMULATOR)
+        async with open_runtime(
+            settings, apply_migrations=False, stand_in_configs={"openai": config}
+        ) as runtime:
+            row_id = await runtime.repo.insert_request("to the real thing")
+            async with running_runtime(runtime.worker()):
+                first = await finished(runtime, row_id)
+                assert first["stage"] == "completed", first["error"]
+                assert await Operator(runtime.pool).rearchive(row_id)
+                again = await eventually(
+                    lambda: row_of(runtime, row_id),
+                    lambda r: (
+                        r["stage"] == "completed" and r["completed_at"] > first["completed_at"]
+                    ),
+                )
+        key = f"{row_id}/{first['video_id']}.mp4"
+        held = await server.object_bytes(server.videos, key)
+        assert held is not None and sha(held) == again["video_sha256"] == first["video_sha256"]
+        assert first["poster_url"] and again["poster_url"] == first["poster_url"]
+        poster = first["poster_url"].split(f"/{server.videos}/", 1)[1]
+        assert await server.object_bytes(server.videos, poster)
+        assert (again["error"], again["error_kind"], again["attempts"]) == (None, None, 0)
