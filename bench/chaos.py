@@ -694,7 +694,7 @@ async def _play(
     while time.monotonic() < deadline:
         left = await db.run(
             lambda c: c.fetchval(
-                "select count(*) from videos where status not in ('completed', 'failed')"
+                "select count(*) from videos where stage not in ('completed', 'failed')"
             )
         )
         if left == 0:
@@ -724,7 +724,7 @@ async def _fault(
         kind = event.split(":")[1]
         in_flight = await db.run(
             lambda c: c.fetchval(
-                "select count(*) from videos where status not in ('completed', 'failed')"
+                "select count(*) from videos where stage not in ('completed', 'failed')"
             )
         )
         await db.close()
@@ -823,7 +823,8 @@ async def _check(
 
     if len(rows) != len(specs):
         bad(f"{len(rows)} rows in the table, {len(specs)} inserted")
-    stuck = [r for r in rows if r["status"] not in ("completed", "failed")]
+    # By stage: a "describing" row shows status completed while its media are made.
+    stuck = [r for r in rows if r["stage"] not in ("completed", "failed")]
     if stuck:
         bad(
             f"{len(stuck)} rows not terminal, e.g. "

@@ -14,12 +14,14 @@ from service.core.events import (
     Accepted,
     Archived,
     Change,
+    Described,
     Event,
     ForgetIntent,
     Generated,
     GenerationFailed,
     InDoubt,
     IntentRecorded,
+    Media,
     NotFoundAtProvider,
     NotSubmitted,
     OverBudget,
@@ -28,8 +30,10 @@ from service.core.events import (
     RecordDownload,
     RecordIntent,
     RecordJob,
+    RecordMedia,
     RecordProgress,
     Rejected,
+    StoreSilent,
     Transient,
     Unreconcilable,
     Vanished,
@@ -37,6 +41,7 @@ from service.core.events import (
 )
 from service.core.job import ACTIVE_STAGES, Job, Policy, RowId, Stage, SubmitKey
 from service.core.machine import (
+    FALLIBLE,
     Action,
     IllegalTransition,
     Transition,
@@ -67,7 +72,9 @@ EVENTS: list[Event] = [
     Progressed(40, "in_progress"),
     Generated("http://provider/videos/video_1/content", NOW + timedelta(hours=1)),
     GenerationFailed("moderation_blocked"),
-    Archived("http://store/v.mp4", 1234, "ab" * 32, None),
+    Archived("http://store/v.mp4", 1234, "ab" * 32),
+    StoreSilent("storage answers 503 to every request"),
+    Described("http://store/v.webp", Media(4.0, 720, 1280, "http://store/v.poster.webp")),
     Transient("network"),
     Vanished("gone"),
     Waiting("an identical request is in doubt", timedelta(seconds=1)),
@@ -107,11 +114,17 @@ EXPECTED: dict[tuple[Stage, bool], dict[type, tuple[Stage, type[Change] | None]]
         Transient: (S.GENERATING, None),
     },
     (S.ARCHIVING, False): {
-        Archived: (S.COMPLETED, RecordArchive),
+        Archived: (S.DESCRIBING, RecordArchive),
+        StoreSilent: (S.ARCHIVING, None),
         GenerationFailed: (S.FAILED, None),
         Vanished: (S.ARCHIVING, None),
         Rejected: (S.FAILED, None),
         Transient: (S.ARCHIVING, None),
+    },
+    # The video is stored: nothing here can fail the row.
+    (S.DESCRIBING, False): {
+        Described: (S.COMPLETED, RecordMedia),
+        Transient: (S.DESCRIBING, None),
     },
     (S.COMPLETED, False): {},
     (S.FAILED, False): {},
@@ -134,7 +147,9 @@ def job(stage: Stage, *, keyed: bool = False, attempts: int = 0, **kw: object) -
         as_of=NOW,
         attempts=attempts,
         submit_key=KEY if keyed else None,
-        video_id="video_1" if stage in (Stage.GENERATING, Stage.ARCHIVING) else None,
+        video_id="video_1"
+        if stage in (Stage.GENERATING, Stage.ARCHIVING, Stage.DESCRIBING)
+        else None,
         **kw,  # type: ignore[arg-type]
     )
 
@@ -166,6 +181,7 @@ def test_next_action_per_stage() -> None:
     assert next_action(job(Stage.SUBMITTING), intent=None) is Action.PREPARE
     assert next_action(job(Stage.GENERATING), intent=None) is Action.POLL
     assert next_action(job(Stage.ARCHIVING), intent=None) is Action.ARCHIVE
+    assert next_action(job(Stage.DESCRIBING), intent=None) is Action.DESCRIBE
     assert next_action(job(Stage.COMPLETED), intent=None) is None
     assert next_action(job(Stage.FAILED), intent=None) is None
 
@@ -230,14 +246,71 @@ def test_generated_goes_straight_to_archiving_with_expiry() -> None:
     assert t.change == RecordDownload("http://p/c", expires)
 
 
-def test_archived_completes_with_permanent_url_and_checksum() -> None:
-    t = run(job(Stage.ARCHIVING), Archived("http://s/v.mp4", 99, "f" * 64, "http://s/v.webp"))
-    assert t.stage is Stage.COMPLETED and t.finished
-    assert t.change == RecordArchive("http://s/v.mp4", 99, "f" * 64, "http://s/v.webp")
-    assert t.error is None
+def test_a_stored_video_is_recorded_at_once_and_shows_completed() -> None:
+    """Issue 28, finding 2: the row records the video the moment it is stored; its
+    media come in a stage of their own, which apps already see as completed."""
+    t = run(job(Stage.ARCHIVING), Archived("http://s/v.mp4", 99, "f" * 64))
+    assert (t.stage, t.stage.status, t.delay, t.error) == (
+        Stage.DESCRIBING,
+        "completed",
+        timedelta(0),
+        None,
+    )
+    assert not t.finished  # the same claim goes straight on to the media
+    assert t.change == RecordArchive("http://s/v.mp4", 99, "f" * 64)
+    assert next_action(job(Stage.DESCRIBING), intent=None) is Action.DESCRIBE
 
 
-@pytest.mark.parametrize("stage", ACTIVE_STAGES)
+def test_the_media_complete_the_row() -> None:
+    media = Media(4.0, 720, 1280, "http://s/v.poster.webp")
+    t = run(job(Stage.DESCRIBING), Described("http://s/v.webp", media))
+    assert (t.stage, t.finished, t.error, t.error_kind) == (Stage.COMPLETED, True, None, None)
+    assert t.change == RecordMedia("http://s/v.webp", media)
+
+
+def test_media_that_keep_failing_complete_the_row_without_them() -> None:
+    """A stored video is never failed, never expired, never retried for ever."""
+    delays = []
+    for attempts in range(POLICY.max_attempts - 1):
+        t = run(job(Stage.DESCRIBING, attempts=attempts), Transient("storage 503"))
+        assert (t.stage, t.attempts, t.error_kind) == (Stage.DESCRIBING, attempts + 1, None)
+        assert t.stage.status == "completed" and "storage 503" in (t.error or "")
+        delays.append(t.delay)
+    assert delays == sorted(delays) and delays[0] > timedelta(0)
+    last = run(job(Stage.DESCRIBING, attempts=POLICY.max_attempts - 1), Transient("again"))
+    assert (last.stage, last.change, last.error, last.error_kind) == (
+        Stage.COMPLETED,
+        None,
+        None,
+        None,
+    )
+    expired = job(Stage.DESCRIBING, submitted_at=NOW - timedelta(days=30), expires_at=NOW)
+    assert run(expired, Transient("still down")).stage is Stage.DESCRIBING
+
+
+@pytest.mark.parametrize("event", [Rejected("bad"), Vanished("gone"), GenerationFailed("no")])
+def test_nothing_fails_a_row_whose_video_is_stored(event: Event) -> None:
+    with pytest.raises(IllegalTransition):
+        run(job(Stage.DESCRIBING), event)
+
+
+def test_a_video_the_store_may_hold_is_never_given_up_on() -> None:
+    """Past every deadline, a row whose store cannot say whether it holds the video
+    keeps trying: ``expired`` is written only for a video known not to be stored."""
+    long_ago = NOW - POLICY.generation_timeout - POLICY.archive_grace - timedelta(days=1)
+    silent = job(Stage.ARCHIVING, attempts=500, submitted_at=long_ago, expires_at=long_ago)
+    t = run(silent, StoreSilent("storage answers 503"))
+    assert (t.stage, t.attempts, t.error_kind) == (Stage.ARCHIVING, 501, None)
+    assert t.delay <= POLICY.retry_cap
+    assert run(silent, Transient("not stored, provider down")).error_kind == "expired"
+
+
+def test_the_stages_a_row_can_fail_in_are_all_active_ones_but_describing() -> None:
+    assert set(FALLIBLE) == set(ACTIVE_STAGES) - {Stage.DESCRIBING}
+    assert Stage.DESCRIBING.status == Stage.COMPLETED.status == "completed"
+
+
+@pytest.mark.parametrize("stage", FALLIBLE)
 def test_permanent_errors_fail_with_the_reason(stage: Stage) -> None:
     t = run(job(stage), Rejected("image1_url answered HTTP 404"))
     assert t.stage is Stage.FAILED and t.finished

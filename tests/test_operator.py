@@ -23,7 +23,7 @@ from service.local.simulator import SimulatorConfig
 from service.providers.base import VideoGone
 from service.providers.registry import SimulatorSettings
 from service.runtime import Runtime, open_runtime
-from tests.conftest import changed, eventually, simulator_of
+from tests.conftest import changed, eventually, row_in, simulator_of
 from tests.test_cli import CLI, env_for
 from tests.test_pipeline import finished, row_of, running
 
@@ -175,13 +175,39 @@ async def test_rearchive_copies_the_video_again_and_touches_no_other_row(
         assert await op.rearchive(first["id"])
         again = await eventually(
             lambda: row_of(runtime, first["id"]),
-            lambda r: r["status"] == "completed" and r["completed_at"] > first["completed_at"],
+            lambda r: r["stage"] == "completed" and r["completed_at"] > first["completed_at"],
         )
         await finished(runtime, busy)
     assert again["video_sha256"] == first["video_sha256"] and lost.exists()
     assert await row_of(runtime, other["id"]) == other
     async with httpx.AsyncClient() as client:
         assert (await client.get(again["video_url"])).status_code == 200
+
+
+async def test_rearchive_wakes_the_workers_and_refuses_a_row_still_describing(
+    conn: asyncpg.Connection,
+) -> None:
+    """The row is due at once: a listening worker hears of it, not at the next sweep."""
+    row = await row_in(
+        conn,
+        "completed",
+        video_id="video_9",
+        openai_url="https://p/c",
+        openai_expires_at=datetime.now(UTC) + timedelta(hours=1),
+        video_url="https://s/v.mp4",
+        video_sha256="a" * 64,
+        completed_at=datetime.now(UTC),
+    )
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    await conn.add_listener("sora_worker", lambda *args: heard.put_nowait(args[3]))
+    op = Operator(conn)  # type: ignore[arg-type]  # a connection answers as a pool does
+    assert await op.rearchive(row)
+    assert await asyncio.wait_for(heard.get(), 10) == str(row)
+    await conn.execute(
+        "update videos set stage = 'describing', status = 'completed' where id = $1", row
+    )
+    assert not await op.rearchive(row)
+    assert "media are being made" in (await op.why_not(row, "rearchive")).reason
 
 
 async def test_rearchive_refuses_when_the_provider_copy_expired(runtime: Runtime) -> None:

@@ -53,7 +53,7 @@ async def row_of(runtime: Runtime, row_id: UUID) -> dict[str, Any]:
 async def finished(runtime: Runtime, row_id: UUID, within: float = 60.0) -> dict[str, Any]:
     return await eventually(
         lambda: row_of(runtime, row_id),
-        lambda r: r["status"] in ("completed", "failed"),
+        lambda r: r["stage"] in ("completed", "failed"),  # media made too (not describing)
         within=within,
     )
 
@@ -586,7 +586,7 @@ async def test_requeueing_a_finished_row_wakes_the_worker_and_makes_a_new_video(
             assert requeued["video_url"] is None and requeued["video_sha256"] is None
             second = await eventually(
                 lambda: row_of(runtime, row_id),
-                lambda r: r["status"] == "completed" and r["video_id"] != first["video_id"],
+                lambda r: r["stage"] == "completed" and r["video_id"] != first["video_id"],
             )
     assert second["video_url"] != first["video_url"]
     async with httpx.AsyncClient() as http:

@@ -19,10 +19,12 @@ import pytest
 
 from service.core.events import (
     ForgetIntent,
+    Media,
     RecordArchive,
     RecordDownload,
     RecordIntent,
     RecordJob,
+    RecordMedia,
     RecordProgress,
 )
 from service.core.job import Job, RowId, Stage, SubmitKey
@@ -54,6 +56,11 @@ class Backend:
         """Once ``delta`` of database time has passed, ``probe()`` satisfies ``check``."""
         raise NotImplementedError
 
+    async def stored(self, row: RowId) -> tuple[Any, ...]:
+        """(status, video_url, video_sha256, completed_at is set, thumbnail_url,
+        poster_url, duration_seconds): what an app reads of the stored video."""
+        raise NotImplementedError
+
 
 class PostgresBackend(Backend):
     name = "postgres"
@@ -68,6 +75,16 @@ class PostgresBackend(Backend):
         self, delta: timedelta, probe: Callable[[], Awaitable[Any]], check: Callable[[Any], bool]
     ) -> Any:
         return await eventually(probe, check, within=delta.total_seconds() + 5)
+
+    async def stored(self, row: RowId) -> tuple[Any, ...]:
+        found = await self.pool.fetchrow(
+            """select status, video_url, video_sha256, completed_at is not null,
+                      thumbnail_url, poster_url, duration_seconds
+               from public.videos where id = $1""",
+            row,
+        )
+        assert found is not None
+        return tuple(found)
 
 
 class MemoryBackend(Backend):
@@ -91,6 +108,19 @@ class MemoryBackend(Backend):
         value = await probe()
         assert check(value), value
         return value
+
+    async def stored(self, row: RowId) -> tuple[Any, ...]:
+        assert self.first is not None
+        r = self.first.rows[row]
+        return (
+            r.status,
+            r.video_url,
+            r.video_sha256,
+            r.completed_at is not None,
+            r.thumbnail_url,
+            r.media.poster_url,
+            r.media.duration_seconds,
+        )
 
 
 @pytest.fixture(params=["postgres", "memory"])
@@ -275,12 +305,52 @@ async def test_each_change_round_trips_through_load(backend: Backend) -> None:
     seen = await loaded(repo, row)
     assert (seen.stage, seen.expires_at, seen.progress) == (Stage.ARCHIVING, expires, 100)
 
-    archive = RecordArchive("https://store.example/v.mp4", 1234, "ab" * 32, None)
-    after = await repo.checkpoint(after, step(Stage.COMPLETED, archive), keep_lease=False)
+    # The video is recorded the moment it is stored: the row shows it as completed.
+    archive = RecordArchive("https://store.example/v.mp4", 1234, "ab" * 32)
+    after = await repo.checkpoint(after, step(Stage.DESCRIBING, archive), keep_lease=True)
+    seen = await loaded(repo, row)
+    assert (seen.stage, seen.progress, seen.video_id) == (Stage.DESCRIBING, 100, "video_123")
+    video = ("completed", "https://store.example/v.mp4", "ab" * 32, True)
+    assert await backend.stored(row) == (*video, None, None, None)
+
+    media = Media(4.0, 720, 1280, "https://store.example/v.poster.webp")
+    made = RecordMedia("https://store.example/v.webp", media)
+    after = await repo.checkpoint(after, step(Stage.COMPLETED, made), keep_lease=False)
     seen = await loaded(repo, row)
     assert (seen.stage, seen.progress, seen.video_id) == (Stage.COMPLETED, 100, "video_123")
+    poster = "https://store.example/v.poster.webp"
+    assert await backend.stored(row) == (*video, "https://store.example/v.webp", poster, 4.0)
     assert await repo.next_due_in() is None  # a finished row is owed nothing
     assert await repo.claim(5) == []
+
+
+async def test_media_not_made_this_time_keep_what_the_row_holds(backend: Backend) -> None:
+    """A re-archive whose poster fails keeps the old one (same key, still stored)."""
+    repo = backend.repo()
+    row = await repo.insert_request("remade media")
+    job = await claim_one(repo, row)
+    job = await repo.checkpoint(job, step(Stage.DESCRIBING), keep_lease=True)
+    media = Media(4.0, 720, 1280, "https://s/p.webp", None)
+    job = await repo.checkpoint(
+        job, step(Stage.DESCRIBING, RecordMedia("https://s/t.webp", media)), keep_lease=True
+    )
+    job = await repo.checkpoint(
+        job, step(Stage.COMPLETED, RecordMedia(None, Media())), keep_lease=False
+    )
+    assert (await backend.stored(row))[4:] == ("https://s/t.webp", "https://s/p.webp", 4.0)
+
+
+async def test_a_describing_row_is_owed_work_and_claimed_when_due(backend: Backend) -> None:
+    """A worker that died while making the media leaves the row to the next claim."""
+    repo = backend.repo(lease=SHORT)
+    row = await repo.insert_request("media after a crash")
+    job = await claim_one(repo, row)
+    archive = RecordArchive("https://store.example/v.mp4", 1234, "ab" * 32)
+    await repo.checkpoint(job, step(Stage.DESCRIBING, archive), keep_lease=True)
+    assert await repo.next_due_in() is not None
+    other = backend.repo("worker-b")
+    taken = await backend.after(SHORT, lambda: other.claim(5), bool)
+    assert [(j.id, j.stage) for j in taken] == [(row, Stage.DESCRIBING)]
 
 
 async def test_a_failed_row_keeps_its_error_and_leaves_the_queue(backend: Backend) -> None:

@@ -9,8 +9,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from service.core.job import Stage
 from service.database.migrations import SQL_DIR, MigrationError, migrate
 from service.database.postgres import PostgresRepository
+from service.database.rows import ACTIVE_SQL
 from service.providers.ids import litellm_id
 from tests.conftest import row_in
 
@@ -249,6 +251,21 @@ async def test_stage_and_status_can_never_disagree(conn: asyncpg.Connection) -> 
         await conn.execute("update videos set stage = 'generating' where id = $1", row_id)
 
 
+@pytest.mark.parametrize("stage", list(Stage))
+async def test_the_database_pairs_each_stage_with_the_status_the_code_gives_it(
+    conn: asyncpg.Connection, stage: Stage
+) -> None:
+    """``Stage.status`` is the one mapping in the code; the CHECKs hold the table to it."""
+    row_id = await conn.fetchval("insert into videos (prompt) values ('x') returning id")
+    pair = "update videos set stage = $2, status = $3, error = 'e' where id = $1"
+    for status in ("queued", "processing", "completed", "failed"):
+        if status == stage.status:
+            await conn.execute(pair, row_id, stage.value, status)
+            continue
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(pair, row_id, stage.value, status)
+
+
 async def test_the_claim_query_uses_the_partial_index(conn: asyncpg.Connection) -> None:
     await conn.execute("insert into videos (prompt) select 'x' from generate_series(1, 5000)")
     await conn.execute(
@@ -260,8 +277,8 @@ async def test_the_claim_query_uses_the_partial_index(conn: asyncpg.Connection) 
     plan = "\n".join(
         r[0]
         for r in await conn.fetch(
-            """explain select id from videos
-               where stage = any(array['pending','submitting','generating','archiving'])
+            f"""explain select id from videos
+               where stage in {ACTIVE_SQL}
                  and next_attempt_at <= now()
                order by next_attempt_at limit 10 for update skip locked"""
         )

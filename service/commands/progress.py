@@ -13,6 +13,8 @@ from typing import Any
 from uuid import UUID
 
 FINISHED = ("completed", "failed")
+"""The stages that end a row: a ``describing`` row already shows status ``completed``
+(its video is stored), but its poster and thumbnail are still on their way."""
 POLL_EVERY = 0.25
 
 
@@ -44,7 +46,7 @@ async def follow(
     row_id: UUID,
     label: str,
 ) -> dict[str, Any]:
-    """Show the row's progress until it is completed or failed; return it then."""
+    """Show the row's progress until it is completed (media included) or failed."""
     line = ProgressLine(label)
     try:
         while True:
@@ -52,7 +54,7 @@ async def follow(
             if row is None:
                 raise LookupError(f"row {row_id} was deleted")
             line.show(row)
-            if row["status"] in FINISHED:
+            if row["stage"] in FINISHED:
                 return row
             await asyncio.sleep(POLL_EVERY)
     finally:

@@ -116,11 +116,31 @@ class Media:
 
 @dataclass(frozen=True)
 class Archived:
-    """The video is in permanent storage."""
+    """The video is in permanent storage: recorded at once, before anything else is
+    done with it (its media come in the next stage)."""
 
     video_url: str
     video_bytes: int
     video_sha256: str
+    recovered: bool = False
+    """Found already stored (an earlier attempt uploaded it and crashed before its
+    checkpoint) and measured by reading it back, instead of copied from the provider."""
+
+
+@dataclass(frozen=True)
+class StoreSilent:
+    """The archive failed, and the store could not say whether it already holds the
+    video (an earlier attempt may have stored it and crashed before its checkpoint).
+    Retried with capped backoff for as long as that lasts, never failed as expired:
+    ``expired`` is written only for a video the store said it does not hold."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Described:
+    """The stored video's media, as far as they could be made (each part best effort)."""
+
     thumbnail_url: str | None
     media: Media = Media()
 
@@ -174,6 +194,8 @@ Event = (
     | Generated
     | GenerationFailed
     | Archived
+    | StoreSilent
+    | Described
     | Vanished
     | Waiting
     | OverBudget
@@ -224,13 +246,29 @@ class RecordDownload:
 
 @dataclass(frozen=True)
 class RecordArchive:
-    """The permanent copy (and the moment of completion, by the DB's clock)."""
+    """The permanent copy (and the moment of completion, by the DB's clock): written the
+    moment the video is stored, so no later step can lose track of it."""
 
     video_url: str
     video_bytes: int
     video_sha256: str
+
+
+@dataclass(frozen=True)
+class RecordMedia:
+    """The thumbnail and media facts made from the stored video; a part that could not
+    be made (None) leaves what the row holds."""
+
     thumbnail_url: str | None
     media: Media = Media()
 
 
-Change = RecordIntent | ForgetIntent | RecordJob | RecordProgress | RecordDownload | RecordArchive
+Change = (
+    RecordIntent
+    | ForgetIntent
+    | RecordJob
+    | RecordProgress
+    | RecordDownload
+    | RecordArchive
+    | RecordMedia
+)

@@ -24,7 +24,7 @@ SubmitKey = NewType("SubmitKey", UUID)
 
 
 class Stage(StrEnum):
-    """Where a row is in its life. Only the first four are work the worker owes."""
+    """Where a row is in its life. All but the last two are work the worker owes."""
 
     PENDING = "pending"
     """Waiting for its first (or a new) submission."""
@@ -34,6 +34,10 @@ class Stage(StrEnum):
     """The provider holds the job; poll it."""
     ARCHIVING = "archiving"
     """The provider finished; copy the video into permanent storage before it expires."""
+    DESCRIBING = "describing"
+    """The video is stored and recorded (its URL, size and checksum): the row already
+    shows ``completed``. Its thumbnail, poster, facts and rendition are made now, best
+    effort: nothing in this stage can fail the row or let the video expire."""
     COMPLETED = "completed"
     FAILED = "failed"
 
@@ -48,6 +52,7 @@ _STATUS_OF: dict[Stage, str] = {
     Stage.SUBMITTING: "processing",
     Stage.GENERATING: "processing",
     Stage.ARCHIVING: "processing",
+    Stage.DESCRIBING: "completed",
     Stage.COMPLETED: "completed",
     Stage.FAILED: "failed",
 }
@@ -58,6 +63,7 @@ ACTIVE_STAGES: tuple[Stage, ...] = (
     Stage.SUBMITTING,
     Stage.GENERATING,
     Stage.ARCHIVING,
+    Stage.DESCRIBING,
 )
 
 

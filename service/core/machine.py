@@ -10,12 +10,22 @@ The machine speaks the domain: it returns a ``Transition`` whose ``change`` is o
 few typed records (``RecordIntent``, ``RecordJob``, ...). Which columns those land in is
 the repository's business alone.
 
-Stages (mirrored by a CHECK constraint in ``sql/0001_videos.sql``)::
+Stages (mirrored by CHECK constraints in ``sql/0001_videos.sql``, ``sql/0012``)::
 
-    pending ──intent──> submitting ──accepted──> generating ──done──> archiving ──> completed
+    pending ──intent──> submitting ──accepted──> generating ──done──> archiving
                          │ ^  outcome unknown: reconcile with the provider's list;
                          └─┘  nothing there: drop the key and submit again
-    any stage ── permanent error / retries exhausted ──> failed (+ error_kind)
+    archiving ──stored──> describing ──media (or given up)──> completed
+    any stage but describing ── permanent error / retries exhausted ──> failed (+ error_kind)
+
+``archiving`` ends the moment the video is stored: its URL, size and checksum are the
+checkpoint (status ``completed`` already), and the thumbnail, poster, facts and
+rendition are a later stage, ``describing``, that ends ``completed`` whatever happens
+in it. A crash between the upload and that checkpoint leaves the row ``archiving``;
+the next attempt stores the video again (the store replaces what is at the key) or,
+when the provider can no longer give it, finds it stored (``Archived.recovered``). A
+video is failed as ``expired`` only when the store said it does not hold it: while the
+store cannot say (``StoreSilent``), the row keeps trying.
 
 ``submitting`` is the "intent recorded" checkpoint: the row holds an idempotency key
 before the provider is called, so after a crash the worker reconciles instead of
@@ -37,6 +47,7 @@ from service.core.events import (
     Accepted,
     Archived,
     Change,
+    Described,
     Event,
     ForgetIntent,
     Generated,
@@ -51,8 +62,10 @@ from service.core.events import (
     RecordDownload,
     RecordIntent,
     RecordJob,
+    RecordMedia,
     RecordProgress,
     Rejected,
+    StoreSilent,
     Transient,
     Unreconcilable,
     Vanished,
@@ -60,6 +73,9 @@ from service.core.events import (
 )
 from service.core.job import ACTIVE_STAGES, Job, Policy, Stage
 from service.core.request import ErrorKind
+
+FALLIBLE = tuple(stage for stage in ACTIVE_STAGES if stage is not Stage.DESCRIBING)
+"""The stages a row can fail in: all active ones but ``describing`` (its video is stored)."""
 
 # ---------------------------------------------------------------- actions
 
@@ -76,6 +92,9 @@ class Action(StrEnum):
     """A previous submission's outcome is unknown: look for it at the provider."""
     POLL = "poll"
     ARCHIVE = "archive"
+    """Copy the video into storage (or find it stored): the row records it at once."""
+    DESCRIBE = "describe"
+    """Make the stored video's thumbnail, poster, facts and rendition (best effort)."""
 
 
 def next_action(job: Job, *, intent: IntentRecorded | None) -> Action | None:
@@ -100,6 +119,8 @@ def next_action(job: Job, *, intent: IntentRecorded | None) -> Action | None:
             return Action.POLL
         case Stage.ARCHIVING:
             return Action.ARCHIVE
+        case Stage.DESCRIBING:
+            return Action.DESCRIBE
         case Stage.COMPLETED | Stage.FAILED:
             return None
 
@@ -147,9 +168,11 @@ def apply(job: Job, event: Event, *, policy: Policy, jitter: float) -> Transitio
     Raises IllegalTransition for an event the row's stage cannot take.
     """
     match event:
-        case Rejected() if job.stage in ACTIVE_STAGES:
+        case Transient() if job.stage is Stage.DESCRIBING:
+            return _retry_media(job, event.reason, policy, jitter)
+        case Rejected() if job.stage in FALLIBLE:
             return _fail(job, event.reason, event.kind)
-        case Transient() if job.stage in ACTIVE_STAGES:
+        case Transient() if job.stage in FALLIBLE:
             return _retry(job, event.reason, event.retry_after, policy, jitter)
         case Waiting() if job.stage in (Stage.PENDING, Stage.SUBMITTING):
             deadline = _paid_deadline(job, policy) if job.submit_key is not None else None
@@ -282,17 +305,22 @@ def _on_generation(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
             )
         case Archived() if stage is Stage.ARCHIVING:
             return Transition(
+                Stage.DESCRIBING,
+                0,
+                NOW,
+                "video.archived",
+                change=RecordArchive(event.video_url, event.video_bytes, event.video_sha256),
+            )
+        case StoreSilent() if stage is Stage.ARCHIVING:
+            # It may be stored already: never given up on while that is unknown.
+            return _retry(job, event.reason, None, policy, jitter, deadline=False)
+        case Described() if stage is Stage.DESCRIBING:
+            return Transition(
                 Stage.COMPLETED,
                 0,
                 NOW,
                 "video.completed",
-                change=RecordArchive(
-                    event.video_url,
-                    event.video_bytes,
-                    event.video_sha256,
-                    event.thumbnail_url,
-                    event.media,
-                ),
+                change=RecordMedia(event.thumbnail_url, event.media),
             )
         case GenerationFailed() if stage in (Stage.GENERATING, Stage.ARCHIVING):
             return _fail(job, event.reason, event.kind)
@@ -383,6 +411,7 @@ def _retry(
     *,
     immediate: bool = False,
     bounded: bool = False,
+    deadline: bool = True,
 ) -> Transition:
     """Count a failed try of the current step; fail the row once it is hopeless.
 
@@ -390,17 +419,18 @@ def _retry(
     (a submission in doubt, a job generating, a video to archive) the job is paid for,
     so an outage, however long, must not lose it: the worker keeps trying, with capped
     backoff, until the provider can no longer deliver (``_paid_deadline``). ``bounded``
-    tries (the provider says the job is gone) count towards ``max_attempts`` anyway.
+    tries (the provider says the job is gone) count towards ``max_attempts`` anyway;
+    ``deadline=False`` tries (the video may already be stored) are never given up.
     """
     attempts = job.attempts + 1
-    deadline = _paid_deadline(job, policy)
+    ends = _paid_deadline(job, policy) if deadline else None
     paid = job.stage in (Stage.GENERATING, Stage.ARCHIVING) or (
         job.stage is Stage.SUBMITTING and job.submit_key is not None
     )
     if (not paid or bounded) and attempts >= policy.max_attempts:
         kind: ErrorKind = "expired" if job.stage is Stage.ARCHIVING else "provider_error"
         return _fail(job, f"gave up after {attempts} attempts: {reason}", kind, attempts)
-    if paid and deadline is not None and job.as_of >= deadline:
+    if paid and ends is not None and job.as_of >= ends:
         return _fail(job, _too_late(job, policy, reason), _late_kind(job.stage), attempts)
     delay = NOW if immediate else retry_delay(attempts, policy, jitter)
     if retry_after is not None and not immediate:
@@ -411,6 +441,21 @@ def _retry(
         delay,
         "video.retry",
         error=f"attempt {attempts} failed, will retry: {reason}",
+    )
+
+
+def _retry_media(job: Job, reason: str, policy: Policy, jitter: float) -> Transition:
+    """A failed try at the media of a stored video: a few more (``max_attempts``), then
+    the row completes without them. Never failed, never expired: the video is stored."""
+    attempts = job.attempts + 1
+    if attempts >= policy.max_attempts:
+        return Transition(Stage.COMPLETED, attempts, NOW, "video.completed_without_media")
+    return Transition(
+        Stage.DESCRIBING,
+        attempts,
+        retry_delay(attempts, policy, jitter),
+        "video.retry",
+        error=f"attempt {attempts} at the media failed, will retry: {reason}",
     )
 
 

@@ -22,7 +22,10 @@ What each verb means:
   submitted (its outcome may be unknown) or archived (the video is paid for and nearly
   saved) is refused: the refusal says why.
 - ``rearchive``: a finished row whose provider copy has not expired goes back to
-  ``archiving``; the workers copy it again (and re-probe it) as for any archive.
+  ``archiving``; the workers copy it again over the same key (the store replaces the
+  object, at any size) and re-read its media, as for any archive. A row still
+  ``describing`` is refused until it completes (its video is stored; its media are
+  being made).
 - ``prune``: completed rows older than N days are marked ``pruned_at`` and their stored
   files (video, poster, rendition, thumbnail) deleted. Marked first, so a front end
   stops offering them before they vanish; a crash in between leaves files, never a
@@ -81,13 +84,18 @@ returning id, video_id, provider
 """
 
 REARCHIVE = f"""
-update public.videos
-set {set_stage(Stage.ARCHIVING)}, attempts = 0, error = null,
-    next_attempt_at = now(), locked_by = null, locked_until = null, pruned_at = null
-where id = $1 and stage in ('completed', 'failed') and {FREE}
-  and video_id is not null and openai_url is not null and openai_expires_at > now()
-returning id
+with rearchived as (
+    update public.videos
+    set {set_stage(Stage.ARCHIVING)}, attempts = 0, error = null,
+        next_attempt_at = now(), locked_by = null, locked_until = null, pruned_at = null
+    where id = $1 and stage in ('completed', 'failed') and {FREE}
+      and video_id is not null and openai_url is not null and openai_expires_at > now()
+    returning id
+)
+select id from rearchived, pg_notify('sora_worker', rearchived.id::text)
 """
+"""One statement, and the workers are woken (as for ``adopt``): the row is due now, not
+at the next sweep."""
 
 PRUNABLE = """
 select id, video_url, poster_url, rendition_url, thumbnail_url, video_bytes, completed_at
@@ -236,36 +244,9 @@ class Operator:
         stage = row["stage"]
         if not row["free"]:
             return True, f"a worker is on row {row_id} right now ({stage}); try again shortly"
-        match verb:
-            case "retry" if row["holds_job"]:
-                job = row["video_id"] or "a job being created"
-                return False, (
-                    f"row {row_id} is {stage}, not failed: the provider "
-                    f"({row['provider'] or 'the default'}) may hold its job ({job}), paid "
-                    "for. Re-queuing it abandons that job and pays for a new one: `sora-worker "
-                    "retry ID --abandon` does so (a worker then cancels the old job where the "
-                    "provider can, and logs its estimated cost)"
-                )
-            case "retry":
-                return False, f"row {row_id} is {stage}, not failed: only failed rows are retried"
-            case "cancel" if stage == "submitting":
-                return False, (
-                    f"row {row_id} is being submitted and the provider may hold its job; "
-                    "cancel it once it is generating"
-                )
-            case "cancel" if stage == "archiving":
-                return False, f"row {row_id} is generated and being archived; nothing to cancel"
-            case "cancel":
-                return False, f"row {row_id} is {stage}: nothing to cancel"
-            case "rearchive" if stage in ACTIVE:
-                return False, f"row {row_id} is still {stage}: the worker archives it when done"
-            case "rearchive" if row["video_id"] is None or row["openai_url"] is None:
-                return False, f"row {row_id} has no provider copy to archive from"
-            case "rearchive":
-                expiry = row["openai_expires_at"]
-                when = "at an unknown time" if expiry is None else f"at {expiry.isoformat()}"
-                return False, f"the provider's copy of row {row_id} expired {when}"
-        return False, f"row {row_id} is {stage}"
+        explain = _WHY_NOT.get(verb)
+        reason = explain(row_id, row) if explain is not None else None
+        return False, reason or f"row {row_id} is {stage}"
 
     async def storage_used(self, buckets: Sequence[str]) -> dict[str, dict[str, int]] | None:
         """Objects and bytes per bucket from Supabase's ``storage.objects``; None where
@@ -314,7 +295,7 @@ class Operator:
             )
         if row is None:
             raise Refused(f"no row {row_id}")
-        if row["stage"] in ("generating", "archiving", "completed"):
+        if row["stage"] in ("generating", "archiving", "describing", "completed"):
             raise Refused(
                 f"row {row_id} is {row['stage']} with job {row['video_id']}; only a row "
                 "that holds no job (queued, in doubt or failed) can adopt one"
@@ -355,6 +336,55 @@ class Operator:
         with driver_errors(f"reading row {row_id}"):
             record = await self.pool.fetchrow("select * from public.videos where id = $1", row_id)
         return None if record is None else dict(record)
+
+
+def _why_not_retry(row_id: UUID, row: asyncpg.Record) -> str:
+    stage = row["stage"]
+    if row["holds_job"]:
+        job = row["video_id"] or "a job being created"
+        return (
+            f"row {row_id} is {stage}, not failed: the provider "
+            f"({row['provider'] or 'the default'}) may hold its job ({job}), paid "
+            "for. Re-queuing it abandons that job and pays for a new one: `sora-worker "
+            "retry ID --abandon` does so (a worker then cancels the old job where the "
+            "provider can, and logs its estimated cost)"
+        )
+    return f"row {row_id} is {stage}, not failed: only failed rows are retried"
+
+
+def _why_not_cancel(row_id: UUID, row: asyncpg.Record) -> str:
+    match row["stage"]:
+        case "submitting":
+            return (
+                f"row {row_id} is being submitted and the provider may hold its job; "
+                "cancel it once it is generating"
+            )
+        case "archiving":
+            return f"row {row_id} is generated and being archived; nothing to cancel"
+        case "describing":
+            return f"row {row_id}'s video is stored (its media are being made)"
+        case stage:
+            return f"row {row_id} is {stage}: nothing to cancel"
+
+
+def _why_not_rearchive(row_id: UUID, row: asyncpg.Record) -> str:
+    stage = row["stage"]
+    if stage == "describing":
+        return (
+            f"row {row_id}'s video is stored and its media are being made; "
+            "rearchive it once it is completed"
+        )
+    if stage in ACTIVE:
+        return f"row {row_id} is still {stage}: the worker archives it when done"
+    if row["video_id"] is None or row["openai_url"] is None:
+        return f"row {row_id} has no provider copy to archive from"
+    expiry = row["openai_expires_at"]
+    when = "at an unknown time" if expiry is None else f"at {expiry.isoformat()}"
+    return f"the provider's copy of row {row_id} expired {when}"
+
+
+_WHY_NOT = {"retry": _why_not_retry, "cancel": _why_not_cancel, "rearchive": _why_not_rearchive}
+"""Why each verb left a free row alone, by verb."""
 
 
 def as_dict(item: Prunable) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from service.core.events import (
     RecordDownload,
     RecordIntent,
     RecordJob,
+    RecordMedia,
     RecordProgress,
 )
 from service.core.job import Job, RowId, SubmitKey
@@ -164,10 +165,18 @@ CHECKPOINT: dict[type[Change] | None, str] = {
     RecordJob: _checkpoint_sql("video_id = $13, progress = $14"),
     RecordProgress: _checkpoint_sql("progress = $13"),
     RecordDownload: _checkpoint_sql("openai_url = $13, openai_expires_at = $14, progress = 100"),
+    # The video alone, the moment it is stored: nothing later can lose track of it.
     RecordArchive: _checkpoint_sql(
-        "video_url = $13, video_bytes = $14, video_sha256 = $15, thumbnail_url = $16, "
-        "duration_seconds = $17, width = $18, height = $19, poster_url = $20, "
-        "rendition_url = $21, progress = 100, completed_at = now()"
+        "video_url = $13, video_bytes = $14, video_sha256 = $15, progress = 100, "
+        "completed_at = now()"
+    ),
+    # What could not be made (null) leaves what the row holds (a re-archive's media
+    # land on the same keys, so an older poster stays valid).
+    RecordMedia: _checkpoint_sql(
+        "thumbnail_url = coalesce($13, thumbnail_url), "
+        "duration_seconds = coalesce($14, duration_seconds), width = coalesce($15, width), "
+        "height = coalesce($16, height), poster_url = coalesce($17, poster_url), "
+        "rendition_url = coalesce($18, rendition_url)"
     ),
 }
 
@@ -191,11 +200,10 @@ def _change_values(change: Change | None) -> list[Any]:
         case RecordDownload():
             return [change.content_url, change.expires_at]
         case RecordArchive():
+            return [change.video_url, change.video_bytes, change.video_sha256]
+        case RecordMedia():
             media = change.media
             return [
-                change.video_url,
-                change.video_bytes,
-                change.video_sha256,
                 change.thumbnail_url,
                 media.duration_seconds,
                 media.width,

@@ -3,14 +3,17 @@
 ``put`` takes an async iterator of chunks, so a video flows from the provider to the
 store without ever being whole in memory, and returns the size and SHA-256 it counted
 on the way. Keys are overwritten (upsert): a retried archive of the same row lands on
-the same key instead of piling up copies.
+the same key instead of piling up copies. ``read`` streams an object back, so the
+worker can tell whether a video it may have stored before a crash is there, and
+measure what is (``measure``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,6 +34,10 @@ class StorageError(Exception):
     it, so even a refusal (a bucket too small, a wrong key) is retried until the link
     expires, giving the operator that long to fix the setting the message names.
     """
+
+
+class MissingObject(StorageError):
+    """The store answered that it holds nothing at that key (an answer, not an outage)."""
 
 
 PUBLIC_PREFIX = "/storage/v1/object/public"
@@ -67,6 +74,12 @@ class ObjectStore(Protocol):
     ) -> StoredObject:
         """Stream ``chunks`` into ``bucket/key``, replacing any object there."""
 
+    def read(self, bucket: str, key: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """``async with store.read(bucket, key) as chunks``: the object's bytes as stored.
+
+        Raises ``MissingObject`` (on entering) when the store says there is none, and
+        ``StorageError`` when it cannot say."""
+
     def public_url(self, bucket: str, key: str) -> str:
         """The permanent URL of ``bucket/key``."""
 
@@ -92,6 +105,28 @@ def locate(store: ObjectStore, url: str) -> tuple[str, str] | None:
     except StorageError:
         return None
     return bucket, key
+
+
+Tap = Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]]
+
+
+async def measure(
+    store: ObjectStore, bucket: str, key: str, tap: Tap | None = None
+) -> StoredObject | None:
+    """What ``store`` holds at ``bucket/key``: its URL, and its size and SHA-256 read back
+    (streamed, through ``tap`` if given); None when the store says there is nothing.
+
+    Raises ``StorageError`` when the store cannot say (an outage, a refusal)."""
+    digest = Digest()
+    try:
+        async with store.read(bucket, key) as chunks:
+            async for _ in digest.tap(chunks if tap is None else tap(chunks)):
+                pass
+    except MissingObject:
+        return None
+    if digest.size == 0:
+        return None  # no store writes an empty object (``put`` refuses one)
+    return StoredObject(store.public_url(bucket, key), digest.size, digest.sha256)
 
 
 class Digest:

@@ -12,11 +12,21 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from service.storage.base import PUBLIC_PREFIX, Digest, StorageError, StoredObject, key_parts
+from service.storage.base import (
+    PUBLIC_PREFIX,
+    Digest,
+    MissingObject,
+    StorageError,
+    StoredObject,
+    key_parts,
+)
+
+READ_CHUNK = 1024 * 1024
 
 
 def object_path(root: Path, bucket: str, key: str) -> Path:
@@ -52,6 +62,21 @@ class LocalStore:
             raise
         return StoredObject(self.public_url(bucket, key), digest.size, digest.sha256)
 
+    @asynccontextmanager
+    async def read(self, bucket: str, key: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        try:
+            handle: BinaryIO = await asyncio.to_thread(
+                object_path(self.root, bucket, key).open, "rb"
+            )
+        except FileNotFoundError as err:
+            raise MissingObject(f"no {bucket}/{key} under {self.root}") from err
+        except OSError as err:
+            raise StorageError(f"cannot read {bucket}/{key}: {err.strerror}") from err
+        try:
+            yield _chunks_of(handle)
+        finally:
+            handle.close()
+
     def public_url(self, bucket: str, key: str) -> str:
         return f"{self.public_base_url}{PUBLIC_PREFIX}/{bucket}/{key}"
 
@@ -78,6 +103,11 @@ def remove_stale_partials(root: Path, max_age: float) -> int:
                 path.unlink()
                 removed += 1
     return removed
+
+
+async def _chunks_of(handle: BinaryIO) -> AsyncIterator[bytes]:
+    while chunk := await asyncio.to_thread(handle.read, READ_CHUNK):
+        yield chunk
 
 
 def _flush_and_close(handle: BinaryIO) -> None:

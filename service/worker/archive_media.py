@@ -1,9 +1,10 @@
-"""The archive step's media part: a scratch copy of the video as it streams past, then
-its facts, a poster and an optional rendition, stored beside the video.
+"""The media of a stored video: a scratch copy of the video as it streams past (into
+the store, or back out of it), then its facts, a poster and an optional rendition,
+stored beside the video.
 
-Best effort throughout: a row's video is archived whether or not any of this works.
-A failure is logged (``video.media_skipped``) and the row completes without that part,
-because the video itself is what was paid for and what expires at the provider.
+Best effort throughout: by the time any of this runs the video is stored and recorded
+(stage ``describing``). A failure is logged (``video.media_skipped``) and the row
+completes without that part, because the video itself is what was paid for.
 """
 
 from __future__ import annotations
@@ -29,20 +30,21 @@ READ_CHUNK = 1024 * 1024
 
 
 class ScratchCopy:
-    """A scratch directory (``async with``) holding the copy written by ``tap``. Nothing
-    here may fail the archive it taps: no directory or a failed write (a full disk) only
-    stops the copy, and ``complete`` says whether it holds the whole video. The
-    directory is made and removed in a thread: on a busy disk each takes milliseconds,
-    which the event loop (every other row's step) would otherwise wait out."""
+    """A scratch directory (``open`` to ``close``, or ``async with``) holding the copy
+    written by ``tap``. Nothing here may fail the archive it taps: no directory or a
+    failed write (a full disk) only stops the copy, and ``complete`` says whether it
+    holds the whole video. The directory is made and removed in a thread: on a busy
+    disk each takes milliseconds, which the event loop (every other row's step) would
+    otherwise wait out."""
 
     def __init__(self) -> None:
         self.path: Path | None = None
         self.complete = False
         self._dir: str | None = None
 
-    async def __aenter__(self) -> ScratchCopy:
+    async def open(self) -> ScratchCopy:
         # Named here, made in the thread: a step cancelled while the thread runs still
-        # knows the directory, so __aexit__ removes it (rmtree ignores one never made).
+        # knows the directory, so close() removes it (rmtree ignores one never made).
         self._dir = os.path.join(tempfile.gettempdir(), f"sora-archive-{uuid.uuid4().hex}")
         try:
             await asyncio.to_thread(os.mkdir, self._dir, 0o700)
@@ -52,11 +54,20 @@ class ScratchCopy:
             self.path = Path(self._dir) / "video.mp4"
         return self
 
-    async def __aexit__(self, *_exc: object) -> None:
+    async def close(self) -> None:
+        self.complete = False
         if self._dir is not None:
             await asyncio.to_thread(shutil.rmtree, self._dir, ignore_errors=True)
 
+    async def __aenter__(self) -> ScratchCopy:
+        return await self.open()
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
     async def tap(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """``chunks`` unchanged, written to the copy on the way (from its start)."""
+        self.complete = False
         handle: BinaryIO | None = None
         if self.path is not None:
             try:

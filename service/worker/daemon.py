@@ -44,6 +44,9 @@ from service.worker.sweep import wait_for_work
 
 log = structlog.get_logger("service.worker.daemon")
 
+WARNINGS = ("video.failed", "video.retry", "video.completed_without_media")
+"""Transitions logged at warning level (the row's own reason says why)."""
+
 FIRST_PAUSE = 0.25
 """The first pause after a failed claim (or withdrawal), doubled up to ``max_backoff``:
 work resumes within about ``max_backoff`` of the database's return even when no LISTEN
@@ -354,6 +357,8 @@ class Worker:
             log.exception("video.process_crashed", stage=job.stage.value)
         finally:
             structlog.contextvars.unbind_contextvars("row_id")
+            # What a step kept for the row's next one (a scratch copy) goes with the claim.
+            await asyncio.shield(self.steps.release(job.id))
 
     async def _wait_for_budget(self, job: Job) -> None:
         event = OverBudget(
@@ -410,6 +415,8 @@ class Worker:
                     return await self.steps.poll(job)
                 case Action.ARCHIVE:
                     return await self.steps.archive(job)
+                case Action.DESCRIBE:
+                    return await self.steps.describe(job)
         except asyncio.CancelledError:
             raise
         except RepositoryError as err:
@@ -444,7 +451,7 @@ class Worker:
             fields["reason"] = transition.error
         if transition.delay.total_seconds() > 0 and not transition.finished:
             fields["next_in_s"] = round(transition.delay.total_seconds(), 2)
-        level = log.warning if transition.log_event in ("video.failed", "video.retry") else log.info
+        level = log.warning if transition.log_event in WARNINGS else log.info
         if transition.error_kind is not None:
             fields["error_kind"] = transition.error_kind
         if transition.error_kind == "expired":

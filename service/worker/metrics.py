@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from service.core.events import Archived, Event, OverBudget
+from service.core.events import Archived, Described, Event, OverBudget
 from service.core.job import ACTIVE_STAGES, Stage
 from service.core.machine import Action, Transition
 from service.database.port import TableSnapshot
@@ -168,6 +168,12 @@ class Metrics:
         )
         for outcome in ("cancelled", "not_cancelled"):
             self.abandoned_jobs.labels(outcome)
+        self.archived_from_store = Counter(
+            PREFIX + "archived_from_store",
+            "Videos recorded from the copy already in storage (an archive that stored the "
+            "video and stopped before its checkpoint, the provider's copy then unavailable)",
+            registry=r,
+        )
         # Labelled series appear only once touched: start the known ones at zero, so a
         # dashboard's rate() has a baseline before the first retry or failure.
         for stage in ACTIVE_STAGES:
@@ -198,8 +204,13 @@ class Metrics:
         if action is Action.POLL:
             self.polls.inc()
         if isinstance(event, Archived):
-            self.archived_bytes.inc(event.video_bytes)
-            if event.media.duration_seconds is None or event.media.poster_url is None:
+            if event.recovered:
+                self.archived_from_store.inc()
+            else:
+                self.archived_bytes.inc(event.video_bytes)
+        if from_stage is Stage.DESCRIBING and transition.finished:
+            media = event.media if isinstance(event, Described) else None
+            if media is None or media.duration_seconds is None or media.poster_url is None:
                 self.archived_without_media.inc()
         if isinstance(event, OverBudget):
             self.over_budget.inc()

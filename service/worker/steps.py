@@ -3,8 +3,8 @@
 Every function here catches what its IO can throw and answers with one of the
 machine's events, so the daemon never sees a raw exception from a provider, a photo
 host or the store: a bad row becomes ``Rejected`` with a readable reason, a hiccup
-becomes ``Transient``, and the machine decides what follows. The archive action's IO
-is ``service.worker.archive``.
+becomes ``Transient``, and the machine decides what follows. The archive and describe
+actions' IO is ``service.worker.archive``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from service.core.events import (
     Vanished,
     Waiting,
 )
-from service.core.job import Job, SubmitKey
+from service.core.job import Job, RowId, SubmitKey
 from service.core.request import VideoRequest
 from service.database.port import AbandonedJob
 from service.media import fetch, images, prints
@@ -444,5 +444,13 @@ class Steps:
     # ------------------------------------------------------------ archive
 
     async def archive(self, job: Job) -> Event:
-        """Stream the video into the store (``service.worker.archive``)."""
+        """Stream the video into the store, or find it there (``service.worker.archive``)."""
         return await self.archiver.archive(job)
+
+    async def describe(self, job: Job) -> Event:
+        """The stored video's thumbnail and media (``service.worker.archive``)."""
+        return await self.archiver.describe(job)
+
+    async def release(self, row_id: RowId) -> None:
+        """The claim on a row ended: drop what a step kept for its next one."""
+        await self.archiver.release(row_id)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from service.core.costs import Admission
@@ -25,6 +25,7 @@ from service.core.events import (
     RecordDownload,
     RecordIntent,
     RecordJob,
+    RecordMedia,
     RecordProgress,
 )
 from service.core.job import ACTIVE_STAGES, Job, RowId, Stage, SubmitKey
@@ -240,10 +241,17 @@ class MemoryRepository:
                 after.video_url = change.video_url
                 after.video_bytes = change.video_bytes
                 after.video_sha256 = change.video_sha256
-                after.thumbnail_url = change.thumbnail_url
-                after.media = change.media
                 after.progress = 100
                 after.completed_at = now
+            case RecordMedia() as change:
+                # Like coalesce(new, old) per column: what was not made keeps the old.
+                after.thumbnail_url = change.thumbnail_url or row.thumbnail_url
+                after.media = Media(
+                    *(
+                        new if new is not None else old
+                        for new, old in zip(astuple(change.media), astuple(row.media), strict=True)
+                    )
+                )
             case None:
                 pass
         self._check_unique(after)

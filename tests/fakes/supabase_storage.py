@@ -20,23 +20,52 @@ server (supabase/storage, ``src/``) wherever our code looks at the answer:
   with the field ``file`` (and ``cacheControl``); the bucket's
   ``allowed_mime_types`` (415) and size limit (the smaller of the bucket's and the
   project's, 413) apply; POST without ``x-upsert: true`` on an existing key is 409
-  "Duplicate"; PUT always overwrites.
+  "Duplicate" (code ``KeyAlreadyExists``); PUT always overwrites.
 
-Resumable uploads (``http/routes/tus/``, ``@tus/server`` on a store with the
-``creation-defer-length`` extension): ``POST /upload/resumable`` with
-``Tus-Resumable: 1.0.0``, exactly one of ``Upload-Length`` / ``Upload-Defer-Length``
-(else 400), ``Upload-Metadata`` base64 pairs (``bucketName``, ``objectName``,
-``contentType``, ``cacheControl`` in seconds, stored as ``max-age=N``, else
-``no-cache``) answers 201 with a ``Location`` ending in the base64url upload id;
-``HEAD`` gives ``Upload-Offset`` and ``Upload-Length`` or ``Upload-Defer-Length: 1``;
-``PATCH`` needs ``Upload-Offset`` equal to the server's (else 409 "Upload-Offset
-conflict"), may declare a deferred ``Upload-Length`` once (again: 400), and answers
-204 with the new offset; bytes received before a dropped connection are kept, as the
-file and S3 stores keep them. Sizes over the limit are 413 "Maximum size exceeded".
+Resumable uploads (``http/routes/tus/``, ``@tus/server`` 2.4 on a store with the
+``creation-defer-length`` extension), checked against the real server (supabase/storage
+v1.11.2, ``tests/test_storage_wire.py`` runs the same requests against both):
+
+- ``POST /upload/resumable`` with ``Tus-Resumable: 1.0.0``, exactly one of
+  ``Upload-Length`` / ``Upload-Defer-Length`` (else 400), ``Upload-Metadata`` base64
+  pairs (``bucketName``, ``objectName``, ``contentType``, ``cacheControl`` in seconds,
+  stored as ``max-age=N``, else ``no-cache``) answers 201 with a ``Location`` ending in
+  the base64url upload id. The ``Location`` carries ``/storage/v1`` only because the
+  gateway sends ``X-Forwarded-Prefix`` and the server trusts it
+  (``REQUEST_ALLOW_X_FORWARDED_PATH=true``); ``forwarded_prefix = False`` plays a
+  server without that setting: the URL lacks the prefix, and the gateway answers 404
+  there (``{"message": "no Route matched with those values"}``, as Kong does).
+- ``HEAD`` gives ``Upload-Offset`` and ``Upload-Length`` or ``Upload-Defer-Length: 1``;
+  it checks no permission. An unknown upload is 404 "The file for this url was not
+  found".
+- ``PATCH``, in the server's order: ``Tus-Resumable`` (412 "Tus-Resumable Required"),
+  the upload (404), ``Upload-Offset`` and ``Content-Type`` (403), then the checks
+  storage-api makes on *every* request (``onIncomingRequest`` -> ``canUpload``): the
+  bucket (404 "Bucket not found"), row-level security (403 "new row violates
+  row-level security policy") and, unless this very request says ``x-upsert: true``,
+  an existing object (409 "The resource already exists"). ``x-upsert`` sent only on
+  the create does not carry over. Then the upload's own lock: locking is per upload,
+  never per object path (two uploads to one key both finish, the last one wins); a
+  second PATCH on a busy upload waits for the first, then finds the offset moved: 409
+  "Upload-Offset conflict". A deferred ``Upload-Length`` may be declared
+  once (again: 400; above the limit: 413 "Maximum size exceeded"); a body longer than
+  the room left is 413 "upload's size exceeded". 204 with the new offset, and
+  ``Tus-Complete: 1`` when the object is stored (always an upsert).
+- Every refusal before the body is read is an *early answer*: the server writes it and
+  closes the connection without reading the body. Through a gateway the client reads
+  the answer (``early_answers = "answered"``, the default); an asyncio client talking
+  to the server directly gets a transport error instead (``"reset"``).
+- Bytes received before a dropped connection are kept, as the file and S3 stores keep
+  them. ``cut_next_patch`` drops the connection of the next PATCH after a given number
+  of body bytes, optionally rewinding the offset (a server that lost data) or leaving
+  the next ``HEAD`` one answer behind (the server still finishing the cut request:
+  the resumed PATCH then gets 409 "Upload-Offset conflict", and a second HEAD the
+  right offset).
+
 tus errors are plain text with the real HTTP status, not the JSON of the REST routes.
-A second writer on an object path another upload holds is refused with 409 (the
-advisory lock, modelled by ``hold_path``). ``cut_next_patch`` drops the connection
-of the next PATCH after a given number of body bytes.
+Reading an object back (``GET /object/{bucket}/{path}``, also under ``authenticated/``)
+needs the service role; a missing one is HTTP 400 with ``"statusCode": "404"``,
+``NoSuchKey``.
 
 One deliberate difference: upstream checks a raw body's size only through its
 ``Content-Length`` (commit 3e22a427), so a chunked body over the limit is accepted
@@ -47,6 +76,7 @@ bucket limit itself and does not rely on either behaviour.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -72,6 +102,9 @@ GATEWAY_REFUSAL = {
     "hint": "Double check your Supabase `anon` or `service_role` API key.",
 }
 RLS_REFUSAL = "new row violates row-level security policy"
+NO_ROUTE = {"message": "no Route matched with those values"}
+"""What Supabase's gateway (Kong) answers, with 404, for a path it does not route."""
+EarlyAnswers = Literal["answered", "reset"]
 _BEARER = re.compile(r"^Bearer\s+", re.I)
 _BUCKET_NAME = re.compile(r"^[A-Za-z0-9_!.*'() &$=@;:+,?-]{1,100}$")
 _OBJECT_KEY = re.compile(r"^[A-Za-z0-9_/!.*'() &$=@;:+,?-]+$")
@@ -121,6 +154,18 @@ class FakeObject:
     def read(self) -> bytes:
         return self.file.read_bytes() if self.file is not None else self.data
 
+    def size(self) -> int:
+        return self.file.stat().st_size if self.file is not None else len(self.data)
+
+    async def blocks(self) -> AsyncIterator[bytes]:
+        """The bytes in 1 MiB pieces (a resumable upload's file is never read whole)."""
+        if self.file is None:
+            yield self.data
+            return
+        with self.file.open("rb") as source:
+            while block := source.read(1 << 20):
+                yield block
+
     def sha256(self) -> str:
         digest = hashlib.sha256()
         if self.file is None:
@@ -146,6 +191,11 @@ class TusUpload:
     size: int | None = None
     offset: int = 0
     patches: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """The upload's own lock (storage-api's, in PostgreSQL): per upload, not per path."""
+    stale_offset: int | None = None
+    """What the next HEAD reports instead of ``offset`` (then cleared): the answer of a
+    server still finishing a request the client already gave up on."""
 
 
 @dataclass
@@ -164,15 +214,20 @@ class UploadRecord:
 
 
 UPLOAD_RECORD = web.RequestKey("upload_record", UploadRecord)
+FAKE: web.AppKey[FakeSupabaseStorage] = web.AppKey("fake")
 
 
 class TusRefusal(Exception):
-    """A tus error answer: plain text with the real HTTP status (``@tus/server``)."""
+    """A tus error answer: plain text with the real HTTP status (``@tus/server``).
 
-    def __init__(self, http_status: int, body: str) -> None:
+    ``early``: sent before any of the body was read (the server then closes the
+    connection without reading it)."""
+
+    def __init__(self, http_status: int, body: str, *, early: bool = True) -> None:
         super().__init__(body)
         self.http_status = http_status
         self.body = body
+        self.early = early
 
 
 class Refusal(Exception):
@@ -223,23 +278,31 @@ class FakeSupabaseStorage:
         self._failures: list[_Failure] = []
         self.tus: dict[str, TusUpload] = {}  # by upload id
         self.tus_received = 0  # PATCH body bytes received, cut connections included
-        self.held_paths: set[str] = set()  # "bucket/path" locked by another writer
+        self.tus_refusals: list[tuple[str, int, str]] = []  # (method, status, body) sent
+        self.forwarded_prefix = True
+        """Whether upload URLs carry ``/storage/v1`` (the server trusts the gateway's
+        ``X-Forwarded-Prefix``: ``REQUEST_ALLOW_X_FORWARDED_PATH=true``)."""
+        self.early_answers: EarlyAnswers = "answered"
+        """What a client sees of a refusal sent before the body was read: the answer
+        (through a gateway), or a dropped connection (an asyncio client, directly)."""
         self._cut_after: int | None = None
         self._rewind_to: int | None = None
+        self._stale_head = False
         self._dir = Path(tempfile.mkdtemp(prefix="fake-supabase-"))
 
-    def hold_path(self, bucket: str, path: str) -> None:
-        """Play another writer holding ``bucket/path``'s lock: our writes get 409."""
-        self.held_paths.add(f"{bucket}/{path}")
-
-    def cut_next_patch(self, after: int, *, rewind_to: int | None = None) -> None:
+    def cut_next_patch(
+        self, after: int, *, rewind_to: int | None = None, stale_head: bool = False
+    ) -> None:
         """Drop the connection of the next PATCH once ``after`` body bytes are stored.
 
         ``rewind_to`` then also sets the upload's offset back, as a server that lost
-        data would report it.
+        data would report it. ``stale_head``: the next HEAD still reports the offset
+        from before that PATCH, as the real server may while it finishes the cut
+        request; the PATCH resumed from there gets 409 "Upload-Offset conflict".
         """
         self._cut_after = after
         self._rewind_to = rewind_to
+        self._stale_head = stale_head
 
     def close(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)
@@ -277,6 +340,7 @@ class FakeSupabaseStorage:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[_render_refusals])
+        app[FAKE] = self
         app.add_routes(
             [
                 web.get(f"{STORAGE}/bucket", self._list_buckets),
@@ -287,9 +351,12 @@ class FakeSupabaseStorage:
                 web.post(f"{STORAGE}/object/{{bucket}}/{{path:.+}}", self._upload),
                 web.put(f"{STORAGE}/object/{{bucket}}/{{path:.+}}", self._upload),
                 web.delete(f"{STORAGE}/object/{{bucket}}", self._delete_objects),
+                web.get(f"{STORAGE}/object/authenticated/{{bucket}}/{{path:.+}}", self._get),
+                web.get(f"{STORAGE}/object/{{bucket}}/{{path:.+}}", self._get),
                 web.post(f"{STORAGE}/upload/resumable", self._tus_create),
                 web.head(f"{STORAGE}/upload/resumable/{{id}}", self._tus_head),
                 web.patch(f"{STORAGE}/upload/resumable/{{id}}", self._tus_patch),
+                web.route("*", "/{tail:.*}", _no_route),
             ]
         )
         return app
@@ -381,23 +448,33 @@ class FakeSupabaseStorage:
 
     # ------------------------------------------------------------- objects
 
-    async def _get_public(self, request: web.Request) -> web.Response:
+    async def _get_public(self, request: web.Request) -> web.StreamResponse:
         bucket = self.buckets.get(request.match_info["bucket"])
         if bucket is None or not bucket.public:
             raise no_such_bucket()
         found = self.objects.get(f"{bucket.id}/{request.match_info['path']}")
         if found is None:
             raise storage_error(404, "NoSuchKey", "Object not found", "not_found")
-        return web.Response(
-            body=found.read(),
-            headers={"Content-Type": found.content_type, "Cache-Control": found.cache_control},
-        )
+        return await _serve(request, found)
+
+    async def _get(self, request: web.Request) -> web.StreamResponse:
+        """``GET /object/[authenticated/]{bucket}/{path}``: any object, for the service
+        role (row-level security shows anon none of them here)."""
+        role = self._role(request)
+        bucket = self.buckets.get(request.match_info["bucket"])
+        if bucket is None:
+            raise no_such_bucket()
+        found = self.objects.get(f"{bucket.id}/{request.match_info['path']}")
+        if found is None or role == "anon":
+            raise storage_error(404, "NoSuchKey", "Object not found", "not_found")
+        return await _serve(request, found)
 
     async def _delete_objects(self, request: web.Request) -> web.Response:
         """``DELETE /object/{bucket}`` with ``{"prefixes": [...]}`` (1 to 1,000 names, as
         ``deleteObjects.ts`` validates them): the objects deleted, as a list. Names that
-        do not exist are skipped; so is everything for anon, whom row-level security
-        lets delete nothing (the list comes back empty, not refused)."""
+        do not exist are skipped, and so is a bucket that does not exist (the real server
+        answers 200 ``[]``); so is everything for anon, whom row-level security lets
+        delete nothing (the list comes back empty, not refused)."""
         role = self._role(request)
         body = await request.json()
         prefixes = body.get("prefixes") if isinstance(body, dict) else None
@@ -415,7 +492,7 @@ class FakeSupabaseStorage:
             )
         bucket = self.buckets.get(request.match_info["bucket"])
         if bucket is None:
-            raise no_such_bucket()
+            return web.json_response([])  # no error: nothing there was deleted
         deleted = []
         for name in prefixes if role == "service_role" else []:
             if self.objects.pop(f"{bucket.id}/{name}", None) is not None:
@@ -494,9 +571,7 @@ class FakeSupabaseStorage:
         if role == "anon":
             raise storage_error(403, "AccessDenied", RLS_REFUSAL, "Unauthorized")
         if not upsert and f"{bucket.id}/{path}" in self.objects:
-            raise storage_error(
-                409, "ResourceAlreadyExists", "The resource already exists", "Duplicate"
-            )
+            raise storage_error(409, "KeyAlreadyExists", "The resource already exists", "Duplicate")
 
     # ------------------------------------------------------- resumable (tus)
 
@@ -506,8 +581,6 @@ class FakeSupabaseStorage:
         )
 
     def _tus_upload(self, request: web.Request) -> TusUpload:
-        _tus_version(request)
-        self._role(request)
         upload = self.tus.get(request.match_info["id"])
         if upload is None:
             raise TusRefusal(404, "The file for this url was not found\n")
@@ -522,55 +595,56 @@ class FakeSupabaseStorage:
             raise TusRefusal(400, "Upload-Length or Upload-Defer-Length header required\n")
         metadata = _tus_metadata(request.headers.get("Upload-Metadata", ""))
         bucket_id, path = metadata.get("bucketName", ""), metadata.get("objectName", "")
-        bucket = self.buckets.get(bucket_id)
-        if bucket is None:
-            raise TusRefusal(404, "Bucket not found")
+        mime = metadata.get("contentType", "")
+        bucket = self._tus_may_write(role, bucket_id, path, _upsert(request), mime)
         if length is not None and int(length) > self._limit(bucket):
             raise TusRefusal(413, "Maximum size exceeded\n")
-        upsert = request.headers.get("x-upsert") == "true"
-        mime = metadata.get("contentType", "")
-        self._tus_may_write(role, bucket, path, upsert, mime)
         cache = metadata.get("cacheControl", "")
-        upload_id = base64.urlsafe_b64encode(f"{bucket_id}/{path}/{uuid.uuid4()}".encode()).decode()
+        name = f"{bucket_id}/{path}/{uuid.uuid4()}".encode()
+        upload_id = base64.urlsafe_b64encode(name).decode().rstrip("=")
         self.tus[upload_id] = TusUpload(
             upload_id,
             bucket_id,
             path,
             mime,
             f"max-age={cache}" if cache.isdigit() else "no-cache",
-            upsert,
+            _upsert(request),
             self._dir / f"{len(self.tus)}.part",
             int(length) if length is not None else None,
         )
         self.tus[upload_id].file.touch()
+        prefix = STORAGE if self.forwarded_prefix else ""
+        base = self.tus_location_base or self.url
         return web.Response(
             status=201,
             headers={
-                "Location": (
-                    f"{self.tus_location_base or self.url}{STORAGE}/upload/resumable/{upload_id}"
-                ),
+                "Location": f"{base}{prefix}/upload/resumable/{upload_id}",
                 "Tus-Resumable": "1.0.0",
             },
         )
 
     def _tus_may_write(
-        self, role: Role, bucket: FakeBucket, path: str, upsert: bool, mime: str
-    ) -> None:
+        self, role: Role, bucket_id: str, path: str, upsert: bool, mime: str | None = None
+    ) -> FakeBucket:
+        """``onIncomingRequest``: the checks storage-api makes on every POST and PATCH."""
+        bucket = self.buckets.get(bucket_id)
+        if bucket is None:
+            raise TusRefusal(404, "Bucket not found")
         try:
-            _check_mime(mime, bucket)
+            if mime is not None:
+                _check_mime(mime, bucket)
             self._may_write(role, bucket, path, upsert)
         except Refusal as refusal:
             raise TusRefusal(int(refusal.body["statusCode"]), refusal.body["message"]) from None
-        if f"{bucket.id}/{path}" in self.held_paths:
-            raise TusRefusal(409, "The resource is locked")
+        return bucket
 
     async def _tus_head(self, request: web.Request) -> web.Response:
+        _tus_version(request)
         upload = self._tus_upload(request)
-        headers = {
-            "Tus-Resumable": "1.0.0",
-            "Cache-Control": "no-store",
-            "Upload-Offset": str(upload.offset),
-        }
+        offset = upload.offset if upload.stale_offset is None else upload.stale_offset
+        upload.stale_offset = None
+        headers = {"Tus-Resumable": "1.0.0", "Cache-Control": "no-store"}
+        headers["Upload-Offset"] = str(offset)
         if upload.size is None:
             headers["Upload-Defer-Length"] = "1"
         else:
@@ -578,29 +652,29 @@ class FakeSupabaseStorage:
         return web.Response(status=200, headers=headers)
 
     async def _tus_patch(self, request: web.Request) -> web.StreamResponse:
+        _tus_version(request)
+        role = self._role(request)
         upload = self._tus_upload(request)
         upload.patches += 1
-        room = self._tus_check_patch(request, upload)
-        await self._tus_write(request, upload, room)
+        if request.headers.get("Upload-Offset") is None:
+            raise TusRefusal(403, "Upload-Offset header required\n")
+        if request.headers.get("Content-Type") is None:
+            raise TusRefusal(403, "Content-Type header required\n")
+        bucket = self._tus_may_write(role, upload.bucket, upload.path, _upsert(request))
+        async with upload.lock:  # a second PATCH waits, then finds the offset moved
+            room = self._tus_check_patch(request, upload, bucket)
+            await self._tus_write(request, upload, room)
         headers = {"Tus-Resumable": "1.0.0", "Upload-Offset": str(upload.offset)}
         if upload.offset == upload.size:
+            # completeUpload always upserts: the last upload to finish wins the key.
             self.objects[f"{upload.bucket}/{upload.path}"] = FakeObject(
                 b"", upload.content_type, upload.cache_control, upload.file
             )
             headers["Tus-Complete"] = "1"
         return web.Response(status=204, headers=headers)
 
-    def _tus_check_patch(self, request: web.Request, upload: TusUpload) -> int:
-        """The PatchHandler's checks, in its order; how many body bytes may come."""
-        if request.headers.get("Upload-Offset") is None:
-            raise TusRefusal(403, "Upload-Offset header required\n")
-        if request.headers.get("Content-Type") != "application/offset+octet-stream":
-            raise TusRefusal(403, "Content-Type header required\n")
-        bucket = self.buckets.get(upload.bucket)
-        if bucket is None:
-            raise TusRefusal(404, "Bucket not found")
-        if f"{upload.bucket}/{upload.path}" in self.held_paths:
-            raise TusRefusal(409, "The resource is locked")
+    def _tus_check_patch(self, request: web.Request, upload: TusUpload, bucket: FakeBucket) -> int:
+        """The PatchHandler's checks under the lock, in its order; the body's room."""
         if int(request.headers["Upload-Offset"]) != upload.offset:
             raise TusRefusal(409, "Upload-Offset conflict\n")
         limit = self._limit(bucket)
@@ -611,17 +685,21 @@ class FakeSupabaseStorage:
             if size > limit:
                 raise TusRefusal(413, "Maximum size exceeded\n")
             upload.size = size
-        return (upload.size if upload.size is not None else limit) - upload.offset
+        room = (upload.size if upload.size is not None else limit) - upload.offset
+        if (request.content_length or 0) > room:
+            raise TusRefusal(413, "upload's size exceeded\n")
+        return room
 
     async def _tus_write(self, request: web.Request, upload: TusUpload, room: int) -> None:
         """Append the body as it arrives; a cut keeps what came before it."""
         cut, self._cut_after = self._cut_after, None
+        before = upload.offset
         with upload.file.open("ab") as out:
             while piece := await request.content.readany():
                 if cut is not None and len(piece) >= cut:
                     piece = piece[:cut]
                 if len(piece) > room:
-                    raise TusRefusal(413, "Maximum size exceeded\n")
+                    raise TusRefusal(413, "upload's size exceeded\n", early=False)
                 out.write(piece)
                 room -= len(piece)
                 upload.offset += len(piece)
@@ -634,7 +712,22 @@ class FakeSupabaseStorage:
                         request.transport.abort()
                         if self._rewind_to is not None:
                             upload.offset = self._rewind_to
+                        if self._stale_head:
+                            upload.stale_offset = before
                         raise ConnectionResetError("cut by the test")
+
+
+async def _serve(request: web.Request, found: FakeObject) -> web.StreamResponse:
+    """An object's bytes with its type and cache header, streamed."""
+    response = web.StreamResponse(
+        headers={"Content-Type": found.content_type, "Cache-Control": found.cache_control}
+    )
+    response.content_length = found.size()
+    await response.prepare(request)
+    if request.method != "HEAD":
+        async for block in found.blocks():
+            await response.write(block)
+    return response
 
 
 async def _read_limited(
@@ -667,8 +760,17 @@ def _check_mime(mime: str, bucket: FakeBucket) -> None:
 
 
 def _tus_version(request: web.Request) -> None:
-    if request.headers.get("Tus-Resumable") != "1.0.0":
-        raise TusRefusal(412, "Unsupported version\n")
+    if request.headers.get("Tus-Resumable") is None:
+        raise TusRefusal(412, "Tus-Resumable Required\n")
+
+
+def _upsert(request: web.Request) -> bool:
+    """storage-api reads ``x-upsert`` on each request (``setTusRequestContext``)."""
+    return request.headers.get("x-upsert") == "true"
+
+
+async def _no_route(request: web.Request) -> web.Response:
+    return web.json_response(NO_ROUTE, status=404)
 
 
 def _tus_metadata(header: str) -> dict[str, str]:
@@ -688,6 +790,19 @@ async def _render_refusals(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except TusRefusal as refusal:
+        fake = request.app[FAKE]
+        fake.tus_refusals.append((request.method, refusal.http_status, refusal.body))
+        if (
+            refusal.early
+            and fake.early_answers == "reset"
+            and request.method == "PATCH"
+            and request.content_length
+        ):
+            # Answered and closed before the body was read: an asyncio client still
+            # writing the body never reads the answer (it sees the connection drop).
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(status=refusal.http_status)
         await _drain(request)
         return web.Response(text=refusal.body, status=refusal.http_status)
     except Refusal as refusal:
