@@ -92,6 +92,9 @@ ADDED_SINCE = {
     # What the public may ask for and spend (issue 23).
     "SORA_ALLOWED_MODELS", "SORA_USER_DAILY_VIDEOS", "SORA_USER_DAILY_SECONDS",
     "SORA_DAILY_BUDGET_USD", "SORA_PUBLIC_PROMPTS",
+    # The dashboard (issue 26).
+    "SORA_DASHBOARD_HOST", "SORA_DASHBOARD_PORT", "SORA_DASHBOARD_TOKEN",
+    "SORA_DASHBOARD_ORIGIN", "SORA_DASHBOARD_REFRESH",
 }  # fmt: skip
 """Settings added after the grouping."""
 
