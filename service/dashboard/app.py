@@ -115,6 +115,7 @@ class Dashboard:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.feed.close()
         if self._feeding is not None:
             self._feeding.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -81,6 +81,7 @@ class Feed:
         self._changed = asyncio.Event()
         self._watchers = 0
         self._watched = asyncio.Event()
+        self._closing = False
         self._outage = Outage(
             log, down="dashboard.database_unavailable", back="dashboard.database_back"
         )
@@ -118,6 +119,11 @@ class Feed:
         changed.set()
         return snapshot
 
+    def close(self) -> None:
+        """End every stream now (the dashboard is stopping); browsers reconnect later."""
+        self._closing = True
+        self._changed.set()
+
     async def next_after(self, seq: int, within: float) -> Snapshot | None:
         """The first snapshot newer than ``seq``, or None after ``within`` seconds."""
         if self.latest.seq > seq:
@@ -154,8 +160,10 @@ class Feed:
         seen = self.latest.seq  # the next read is fresh: watching() asks for it
         with self.watching(), contextlib.suppress(ConnectionResetError):
             await response.write(f"retry: {RECONNECT_MS}\n\n".encode())
-            while (left := ends - loop.time()) > 0:
+            while (left := ends - loop.time()) > 0 and not self._closing:
                 snapshot = await self.next_after(seen, min(left, KEEPALIVE_SECONDS))
+                if self._closing:
+                    break
                 if snapshot is None:
                     await response.write(b": keepalive\n\n")
                     continue
