@@ -210,14 +210,14 @@ async def test_the_page_rides_out_a_database_restart_without_a_reload(
             proxy.refuse()  # the database goes down: every connection cut, none let in
             proxy.cut_all()
             live = page.locator("#live")
-            await page.wait_for_function("() => document.getElementById('live').className === 'down'")
+            await page.wait_for_function("() => document.querySelector('#live.down') !== null")
             assert "database unavailable" in await live.inner_text()
             proxy.restore()  # back up; a row arrives meanwhile
             row_id = await pool.fetchval(
                 "insert into videos (prompt) values ('after the restart') returning id"
             )
             await page.locator(f"#row-{row_id}").wait_for()
-            await page.wait_for_function("() => document.getElementById('live').className === 'ok'")
+            await page.wait_for_function("() => document.querySelector('#live.ok') !== null")
             assert await still_the_same_document(page)
 
 
