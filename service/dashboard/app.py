@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from uuid import UUID
 
@@ -35,7 +34,7 @@ from service.database.dashboard import DashboardReads
 from service.database.errors import RepositoryError
 from service.database.operator import Operator
 from service.operations import Outcome
-from service.web.guard import GuardedServer, Limits, one_request_per_connection
+from service.web.guard import GuardedServer, Limits, listen, one_request_per_connection
 
 log = structlog.get_logger("service.dashboard")
 
@@ -98,23 +97,13 @@ class Dashboard:
         return f"http://{f'[{shown}]' if ':' in shown else shown}:{self.port}/"
 
     async def __aenter__(self) -> Dashboard:
-        try:
-            await self.server.start()
-        except OSError as err:
-            raise OSError(
-                f"the dashboard cannot listen on {self.server.host}:{self.server.port} "
-                f"({err.strerror or err}): set SORA_DASHBOARD_PORT to a free port (0 takes any)"
-            ) from err
+        fix = "set SORA_DASHBOARD_PORT to a free port (0 takes any)"
+        await listen(self.server, "the dashboard", fix)
         self._feeding = asyncio.create_task(self.feed.run(), name="dashboard-feed")
         log.info("dashboard.listening", url=self.url, token=self.access.token is not None)
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *_exc: object) -> None:
         self.feed.close()
         if self._feeding is not None:
             self._feeding.cancel()
