@@ -137,9 +137,7 @@ async def measure(server: str, scratch: Path, rows: int, repeat: int) -> None:
                 reads = DashboardReads(pool)
                 bare = await timed(lambda: pool.fetchrow(OVERVIEW), repeat)
                 recent = await timed(lambda: pool.fetch(RECENT, NEWEST), repeat)
-                both = await timed(
-                    lambda: asyncio.gather(reads.overview(), reads.recent(NEWEST)), repeat
-                )
+                both = await timed(lambda: reads.queue(NEWEST), repeat)
                 settings = Settings(dashboard={"port": 0}, database={"url": dsn})  # type: ignore[arg-type]
                 async with (
                     Dashboard(settings, pool, None) as dashboard,

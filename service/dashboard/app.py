@@ -122,8 +122,7 @@ class Dashboard:
 
     async def _index(self, request: web.Request) -> web.Response:
         try:
-            overview = await self.reads.overview()
-            rows = await self.reads.recent(self.newest)
+            overview, rows = await self.reads.queue(self.newest)
         except RepositoryError as err:
             log.warning("dashboard.database_unavailable", error=str(err))
             return self._page(request, "index.html", database_ok=False, overview=None, rows=[])

@@ -105,8 +105,7 @@ class Feed:
         """Read and render the queue now, and hand it to every watcher."""
         seq = self.latest.seq + 1
         try:
-            overview = await self.reads.overview()
-            rows = await self.reads.recent(self.limit)
+            overview, rows = await self.reads.queue(self.limit)
         except RepositoryError as err:
             self._outage.failed(str(err), message="the dashboard cannot read the queue")
             snapshot = Snapshot(seq)

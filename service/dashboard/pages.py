@@ -9,7 +9,7 @@ nothing (a ``javascript:`` or ``data:`` URL in a row is never a link).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -55,6 +55,17 @@ def took(start: datetime | None, end: datetime | None) -> str:
     if hours < 48:
         return f"{hours} h {minutes} min"
     return f"{hours // 24} d {hours % 24} h"
+
+
+def age(start: datetime | None, now: datetime) -> str:
+    """``took`` to the minute: the overview then changes once a minute, not every
+    second, so the live feed sends it only when something did change."""
+    if start is None:
+        return "—"
+    if (now - start).total_seconds() < 60:
+        return "under 1 min"
+    whole = timedelta(minutes=(now - start).total_seconds() // 60)
+    return took(start, start + whole)
 
 
 def size(value: int | None) -> str:
@@ -105,7 +116,7 @@ class Pages:
             lstrip_blocks=True,
         )
         self.env.filters.update(http_url=http_url, when=when, clock=clock, size=size, usd=usd)
-        self.env.globals.update(took=took, chart=chart, stages=[s.value for s in Stage])
+        self.env.globals.update(took=took, age=age, chart=chart, stages=[s.value for s in Stage])
 
     def render(self, name: str, context: Mapping[str, Any]) -> str:
         return self.env.get_template(name).render(context)

@@ -166,35 +166,26 @@ class DashboardReads:
         self.pool = pool
         self.within = within
 
-    async def overview(self) -> Overview:
-        record = await bounded(self.pool.fetchrow(OVERVIEW), self.within, "reading the queue")
+    async def queue(self, limit: int) -> tuple[Overview, list[RowView]]:
+        """The overview and the newest ``limit`` rows, read in one snapshot of the table
+        (a row inserted meanwhile is in both or in neither)."""
+        return await bounded(self._queue(limit), self.within, "reading the queue")
+
+    async def _queue(self, limit: int) -> tuple[Overview, list[RowView]]:
+        async with (
+            self.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            record = await conn.fetchrow(OVERVIEW)
+            rows = await conn.fetch(RECENT, limit)
         assert record is not None
-        now: datetime = record["now"]
-        counts = json.loads(record["per_hour"])
-        first = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=HOURS - 1)
-        hours = [first + timedelta(hours=n) for n in range(HOURS)]
-        stages = json.loads(record["stages"])
         try:
             money = await costs.spend(self.pool, self.within)
         except RepositoryError:
             spent = budget = None  # the queue still shows; the money goes missing
         else:
             spent, budget = money.spent_usd, money.budget_usd
-        return Overview(
-            now=now,
-            by_stage={stage.value: int(stages.get(stage.value, 0)) for stage in Stage},
-            oldest_unfinished=record["oldest"],
-            in_doubt=record["in_doubt"],
-            failed_by_kind={k: int(v) for k, v in sorted(json.loads(record["failed"]).items())},
-            per_hour=[(h, int(counts.get(h.strftime("%Y-%m-%dT%H"), 0))) for h in hours],
-            spent_today_usd=spent,
-            budget_usd=budget,
-        )
-
-    async def recent(self, limit: int) -> list[RowView]:
-        """The newest ``limit`` rows, newest first."""
-        rows = await bounded(self.pool.fetch(RECENT, limit), self.within, "reading rows")
-        return [RowView.of(r) for r in rows]
+        return overview_of(record, spent, budget), [RowView.of(r) for r in rows]
 
     async def row(self, row_id: UUID) -> tuple[RowView, list[AbandonedJob]] | None:
         """One row and the jobs it left running, or None if there is no such row."""
@@ -203,3 +194,21 @@ class DashboardReads:
             return None
         jobs = await bounded(self.pool.fetch(ABANDONED, row_id), self.within, "reading jobs")
         return RowView.of(record), [AbandonedJob(**dict(j)) for j in jobs]
+
+
+def overview_of(record: asyncpg.Record, spent: float | None, budget: float | None) -> Overview:
+    now: datetime = record["now"]
+    counts = json.loads(record["per_hour"])
+    first = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=HOURS - 1)
+    hours = [first + timedelta(hours=n) for n in range(HOURS)]
+    stages = json.loads(record["stages"])
+    return Overview(
+        now=now,
+        by_stage={stage.value: int(stages.get(stage.value, 0)) for stage in Stage},
+        oldest_unfinished=record["oldest"],
+        in_doubt=record["in_doubt"],
+        failed_by_kind={k: int(v) for k, v in sorted(json.loads(record["failed"]).items())},
+        per_hour=[(h, int(counts.get(h.strftime("%Y-%m-%dT%H"), 0))) for h in hours],
+        spent_today_usd=spent,
+        budget_usd=budget,
+    )
