@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates the virtual environment and installs sora-worker with its dev tools and the
-# local stand-ins (the `local` extra).
+# local stand-ins (the `local` extra), and Chromium for the dashboard's browser test.
 # Why a script: a fresh Debian has python3 but often not python3-venv; as root we
 # can install it, as an ordinary user we say exactly what is missing.
 set -euo pipefail
@@ -29,6 +29,21 @@ if [ ! -x "$venv/bin/python" ]; then
             echo "(Debian/Ubuntu: sudo apt-get install python3-venv) and run make again." >&2
             exit 1
         fi
+    fi
+fi
+
+# The dashboard's browser test (tests/test_dashboard_browser.py) drives the system's
+# Chromium through Playwright (Playwright's own browser download is never used). As
+# root with apt we install Debian's package; otherwise we say what to install, and
+# those tests are skipped until it is there.
+if ! command -v chromium >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing Debian's chromium for the dashboard's browser test" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "note: no Chromium, so the dashboard's browser test will be skipped; install it" >&2
+        echo "(Debian: sudo apt-get install chromium) and run make test again." >&2
     fi
 fi
 

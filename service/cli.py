@@ -2,7 +2,7 @@
 
 The commands live in ``service.commands``: run | migrate | simulate | health
 (``serve``), request | show | list | stats (``rows``), the operator's verbs adopt |
-retry | cancel | rearchive | prune (``verbs``), demo, doctor, and env-example.
+retry | cancel | rearchive | prune (``verbs``), dashboard, demo, doctor, and env-example.
 
 Every setting comes from the environment (listed by ``--help`` with its default), so
 the same command line works in a shell, a container and a systemd unit.
@@ -24,6 +24,7 @@ import structlog
 
 from service import logs
 from service.commands import verbs
+from service.commands.dashboard import run_dashboard
 from service.commands.doctor import run_doctor
 from service.commands.rows import run_list, run_request, run_show, run_stats
 from service.commands.serve import run_health, run_migrate, run_simulator, run_worker
@@ -128,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("stats", help="rows per stage, the oldest unfinished, storage per bucket")
 
+    commands.add_parser(
+        "dashboard",
+        help="serve a live page of the queue and its videos, with the operator's verbs as "
+        "buttons (SORA_DASHBOARD_HOST:SORA_DASHBOARD_PORT, default 127.0.0.1:8092)",
+    )
+
     for verb in (show, listing, commands.choices["stats"], *verbs.add_parsers(commands)):
         verb.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -207,6 +214,8 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await run_stats(settings, args.json)
         case "adopt" | "retry" | "cancel" | "rearchive" | "prune":
             return await verbs.dispatch(args, settings)
+        case "dashboard":
+            return await run_dashboard(settings)
         case "health" | "doctor" | "env-example":
             return await checks(args, settings)
     raise AssertionError(args.command)

@@ -94,6 +94,9 @@ ADDED_SINCE = {
     "SORA_DAILY_BUDGET_USD", "SORA_PUBLIC_PROMPTS",
     # Production never falls back to a stand-in (issue 28).
     "SORA_STAND_INS", "SORA_STORAGE",
+    # The dashboard (issue 26).
+    "SORA_DASHBOARD_HOST", "SORA_DASHBOARD_PORT", "SORA_DASHBOARD_TOKEN",
+    "SORA_DASHBOARD_ORIGIN", "SORA_DASHBOARD_REFRESH",
 }  # fmt: skip
 """Settings added after the grouping."""
 

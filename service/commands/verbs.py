@@ -1,7 +1,8 @@
 """The operator's commands: ``adopt``, ``retry``, ``cancel``, ``rearchive``, ``prune``
 (and the storage part of ``stats``). The SQL and its guards live in
-``service.database.operator``; this module opens what each command needs and says what
-happened, in a line or in JSON.
+``service.database.operator``, what each verb does on a row in ``service.operations``
+(the dashboard's buttons call the same functions); this module opens what each command
+needs and says what happened, in a line or in JSON.
 
 Exit codes: 0 when the command did (or, for a dry run, would do) what was asked; 1 when
 nothing matched or the row was refused (the line says why).
@@ -14,7 +15,6 @@ import asyncio
 import json
 import re
 import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -22,22 +22,12 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import structlog
-
+from service import operations
 from service.config import Settings
 from service.core.text import printable
-from service.database.errors import Conflict, Refused
 from service.database.operator import Operator, Prunable, as_dict
-from service.providers.base import Cancellable, ProviderError
-from service.providers.ids import litellm_id
-from service.providers.lookup import UnknownProvider
-from service.runtime import open_pool, open_providers, open_store
+from service.runtime import open_pool, open_store
 from service.storage.base import ObjectStore, StorageError, locate
-
-log = structlog.get_logger("service.commands.verbs")
-
-CANCEL_PATIENCE = 30.0
-"""Seconds ``cancel`` waits for a worker to finish the step it is in on the row."""
 
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -107,10 +97,7 @@ def add_parsers(commands: Any) -> list[argparse.ArgumentParser]:
 async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     match args.command:
         case "adopt":
-            video_id = args.video_id
-            if args.litellm_model:
-                video_id = litellm_id(video_id, args.litellm_model)
-            return await run_adopt(settings, args.id, video_id, args.json)
+            return await run_adopt(settings, args.id, args.video_id, args.json, args.litellm_model)
         case "retry":
             if args.since and not args.failed:
                 print("sora-worker: --since goes with --failed", file=sys.stderr)
@@ -149,23 +136,15 @@ def say(as_json: bool, payload: dict[str, Any], line: str, *, ok: bool) -> int:
     return 0 if ok else 1
 
 
-async def run_adopt(settings: Settings, row_id: UUID, video_id: str, as_json: bool) -> int:
+async def run_adopt(
+    settings: Settings, row_id: UUID, video_id: str, as_json: bool, litellm_model: str | None
+) -> int:
     """Attach the job a person found (after an in-doubt failure) to its row."""
     async with operator(settings) as op:
-        try:
-            await op.adopt(row_id, video_id, settings.generation.provider)
-        except Refused as err:
-            return say(
-                as_json, {"adopted": False, "reason": str(err)}, f"sora-worker: {err}", ok=False
-            )
-        except Conflict:
-            holder = await op.holder_of(video_id)
-            why = f"job {video_id} already belongs to row {holder}"
-            return say(as_json, {"adopted": False, "reason": why}, f"sora-worker: {why}", ok=False)
-    log.info("video.adopted", row_id=str(row_id), video_id=video_id)
-    line = f"row {row_id} adopted {video_id}; a worker will poll and archive it"
-    payload = {"adopted": True, "id": str(row_id), "video_id": video_id}
-    return say(as_json, payload, line, ok=True)
+        done = await operations.adopt(
+            op, row_id, video_id, settings.generation.provider, litellm_model=litellm_model
+        )
+    return say(as_json, done.payload, done.line, ok=done.ok)
 
 
 async def run_retry(
@@ -177,57 +156,21 @@ async def run_retry(
     abandon: bool = False,
 ) -> int:
     async with operator(settings) as op:
-        ids = await op.retry(row_id, failed_since=since, abandon=abandon)
-        if not ids and row_id is not None:
-            why = (await op.why_not(row_id, "retry")).reason
-            return say(as_json, {"retried": [], "reason": why}, why, ok=False)
-    listed = [str(i) for i in ids]
-    return say(
-        as_json, {"retried": listed}, f"re-queued {len(ids)} row(s) " + " ".join(listed), ok=True
-    )
+        done = await operations.retry(op, row_id, failed_since=since, abandon=abandon)
+    return say(as_json, done.payload, done.line, ok=done.ok)
 
 
 async def run_cancel(settings: Settings, row_id: UUID, as_json: bool) -> int:
     """Fail the row (waiting out a worker's current step on it), then delete the job."""
-    deadline = time.monotonic() + CANCEL_PATIENCE
     async with operator(settings) as op:
-        while (done := await op.cancel(row_id)) is None:
-            why = await op.why_not(row_id, "cancel")
-            if not why.busy or time.monotonic() > deadline:
-                refused = {"cancelled": False, "reason": why.reason}
-                return say(as_json, refused, why.reason, ok=False)
-            await asyncio.sleep(0.25)  # a worker is mid-step: its lease ends with the step
-    payload: dict[str, Any] = {"cancelled": True, "id": str(row_id), "video_id": done.video_id}
-    line = f"row {row_id} failed: cancelled by operator"
-    if done.video_id is not None:
-        payload["provider"] = await _cancel_at_provider(settings, done.video_id, done.provider)
-        line += f"; provider job {done.video_id}: {payload['provider']}"
-    return say(as_json, payload, line, ok=True)
-
-
-async def _cancel_at_provider(settings: Settings, video_id: str, name: str | None) -> str:
-    async with open_providers(settings) as providers:
-        try:
-            provider = providers.get(name)
-        except UnknownProvider as err:
-            return f"not cancelled ({err})"
-        if not isinstance(provider, Cancellable):
-            return f"not cancelled ({provider.name} cannot cancel jobs)"
-        try:
-            await provider.cancel(video_id)
-        except ProviderError as err:
-            log.warning("cancel.provider_failed", video_id=video_id, error=str(err))
-            return f"not deleted: {err}"
-    return "deleted"
+        done = await operations.cancel(op, settings, row_id)
+    return say(as_json, done.payload, done.line, ok=done.ok)
 
 
 async def run_rearchive(settings: Settings, row_id: UUID, as_json: bool) -> int:
     async with operator(settings) as op:
-        if not await op.rearchive(row_id):
-            why = (await op.why_not(row_id, "rearchive")).reason
-            return say(as_json, {"rearchiving": False, "reason": why}, why, ok=False)
-    line = f"row {row_id} is archiving again; a worker copies it from the provider"
-    return say(as_json, {"rearchiving": True, "id": str(row_id)}, line, ok=True)
+        done = await operations.rearchive(op, row_id)
+    return say(as_json, done.payload, done.line, ok=done.ok)
 
 
 async def run_prune(settings: Settings, days: float, apply: bool, as_json: bool) -> int:

@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from service.config._environment import Declared, FlatEnvironment, declared_in
 from service.config._groups import (
     CostSettings,
+    DashboardSettings,
     DatabaseSettings,
     GenerationSettings,
     HttpSettings,
@@ -45,6 +46,7 @@ __all__ = [
     "ENV_PREFIX",
     "REMOVED_SETTINGS",
     "CostSettings",
+    "DashboardSettings",
     "DatabaseSettings",
     "Declared",
     "GenerationSettings",
@@ -103,6 +105,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     photos: PhotoSettings = Field(default_factory=PhotoSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     logs: LogSettings = Field(default_factory=LogSettings)
     stand_ins: StandInGroups = Field(default_factory=StandInGroups)
 

@@ -11,6 +11,7 @@ entry, so that adding a provider needs no line in this package.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from datetime import timedelta
 from pathlib import Path
@@ -378,6 +379,48 @@ class HttpSettings(Group):
         "one to expose to providers), apart from /metrics and the probes; unset: on "
         "SORA_HTTP_PORT.",
     )
+
+
+class DashboardSettings(Group):
+    """``sora-worker dashboard``: a page of the queue and its videos (docs/operations.md)."""
+
+    host: str = setting(
+        "127.0.0.1",
+        env="SORA_DASHBOARD_HOST",
+        description="Address the dashboard listens on; any address but loopback needs "
+        "SORA_DASHBOARD_TOKEN.",
+    )
+    port: Port = setting(
+        8092, env="SORA_DASHBOARD_PORT", description="Port of the dashboard; 0 takes any."
+    )
+    token: SecretStr | None = setting(
+        None,
+        env="SORA_DASHBOARD_TOKEN",
+        description="If set, every request to the dashboard must carry it: once as "
+        "?token=... (then a cookie) or as 'Authorization: Bearer <token>'.",
+    )
+    origin: str | None = setting(
+        None,
+        env="SORA_DASHBOARD_ORIGIN",
+        description="The dashboard's public origin behind a reverse proxy "
+        "(https://ops.example.com): its host is accepted and its actions must come from it.",
+    )
+    refresh: Duration = setting(
+        timedelta(seconds=2),
+        env="SORA_DASHBOARD_REFRESH",
+        description="Seconds between the live page's reads of the table (a new row "
+        "appears at once: LISTEN wakes it).",
+    )
+
+    @field_validator("origin")
+    @classmethod
+    def _origin_shape(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.rstrip("/")
+        if not re.match(r"^https?://[^/?#@\s]+$", value):
+            raise ValueError("must be a scheme and host, like https://ops.example.com")
+        return value
 
 
 class LogSettings(Group):

@@ -78,6 +78,7 @@ __all__ = [
     "open_providers",
     "open_runtime",
     "open_store",
+    "patiently",
 ]
 
 log = structlog.get_logger("service.runtime")

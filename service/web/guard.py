@@ -150,3 +150,14 @@ class GuardedServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+async def listen(server: GuardedServer, what: str, fix: str) -> None:
+    """Start ``server``; a failed bind says which server could not listen where, and
+    ``fix`` (the setting to change), in one line."""
+    try:
+        await server.start()
+    except OSError as err:
+        raise OSError(
+            f"{what} cannot listen on {server.host}:{server.port} ({err.strerror or err}): {fix}"
+        ) from err

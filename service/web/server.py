@@ -30,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from service.database.errors import RepositoryError
 from service.database.health import Health
 from service.web.gauges import TableGauges
-from service.web.guard import GuardedServer, Limits, one_request_per_connection
+from service.web.guard import GuardedServer, Limits, listen, one_request_per_connection
 from service.web.webhooks import MAX_BODY
 from service.worker.daemon import Worker
 
@@ -124,14 +124,12 @@ class WorkerHttp:
         return self.server.port
 
     async def __aenter__(self) -> WorkerHttp:
-        try:
-            await self.server.start()
-        except OSError as err:
-            raise OSError(
-                f"the HTTP server cannot listen on {self.host}:{self.port} "
-                f"({err.strerror or err}): set SORA_HTTP_PORT to a free port (0 takes any) "
-                "or SORA_HTTP_HOST to an address of this machine"
-            ) from err
+        await listen(
+            self.server,
+            "the HTTP server",
+            "set SORA_HTTP_PORT to a free port (0 takes any) "
+            "or SORA_HTTP_HOST to an address of this machine",
+        )
         log.info("http.listening", host=self.host, port=self.port)
         return self
 
@@ -181,13 +179,7 @@ class WebhookHttp:
         return self.server.port
 
     async def __aenter__(self) -> WebhookHttp:
-        try:
-            await self.server.start()
-        except OSError as err:
-            raise OSError(
-                f"the webhook listener cannot listen on {self.server.host}:{self.server.port} "
-                f"({err.strerror or err}): set SORA_WEBHOOK_PORT to a free port"
-            ) from err
+        await listen(self.server, "the webhook listener", "set SORA_WEBHOOK_PORT to a free port")
         log.info("http.webhooks_listening", host=self.server.host, port=self.port)
         return self
 
