@@ -27,8 +27,14 @@ import httpx
 
 from service.config import Settings, allowed, refusal
 from service.core.diagnosis import SEVERITY, Finding
-from service.database.checks import public_access
-from service.database.migrations import LEDGER, OLD_LEDGER, load
+from service.database.checks import (
+    bucket_publicity,
+    older_ledger,
+    public_access,
+    recorded_migrations,
+    server_version,
+)
+from service.database.migrations import load
 from service.database.storage_policies import PolicyState, policy_state
 from service.providers.base import Diagnosable
 from service.providers.registry import provider_named
@@ -110,7 +116,7 @@ async def _database(settings: Settings, findings: list[Finding]) -> asyncpg.Conn
         fix = "correct DATABASE_URL or let this machine reach it; the later checks were skipped"
         findings.append(Finding("database", "FAIL", str(err), fix))
         return None
-    version = await conn.fetchval("show server_version")
+    version = await server_version(conn)
     findings.append(Finding("database", "OK", f"PostgreSQL {version} answers (DATABASE_URL)"))
     return conn
 
@@ -123,11 +129,11 @@ RUN_APPLIES = (
 
 async def _migrations(conn: asyncpg.Connection) -> list[Finding]:
     wanted = load()
-    if await conn.fetchval("select to_regclass($1)", LEDGER) is None:
-        older = await conn.fetchval("select to_regclass($1)", OLD_LEDGER) is not None
+    applied = await recorded_migrations(conn)
+    if applied is None:
+        older = await older_ledger(conn)
         said = "migrated by an older sora-worker" if older else "the database is not migrated yet"
         return [Finding("migrations", "WARN", f"{said}: {len(wanted)} to apply", RUN_APPLIES)]
-    applied = {r["name"]: r["checksum"] for r in await conn.fetch(f"select * from {LEDGER}")}
     changed = [m.name for m in wanted if applied.get(m.name, m.checksum) != m.checksum]
     if changed:
         return [
@@ -150,13 +156,10 @@ async def _migrations(conn: asyncpg.Connection) -> list[Finding]:
 
 async def _buckets_in_sql(conn: asyncpg.Connection, settings: Settings) -> list[Finding]:
     """On a Supabase database the buckets are rows: exist, and public (permanent URLs)."""
-    if await conn.fetchval("select to_regclass('storage.buckets')") is None:
-        return []  # plain PostgreSQL: storage is checked where it lives
     buckets = [settings.storage.video_bucket, settings.storage.image_bucket]
-    rows = await conn.fetch(
-        "select id, public from storage.buckets where id = any($1::text[])", buckets
-    )
-    public = {r["id"]: bool(r["public"]) for r in rows}
+    public = await bucket_publicity(conn, buckets)
+    if public is None:
+        return []  # plain PostgreSQL: storage is checked where it lives
     found = []
     for bucket in buckets:
         if bucket not in public:

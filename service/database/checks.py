@@ -1,4 +1,5 @@
-"""What ``sora-worker doctor`` asks the catalog about who may do what (docs/security.md).
+"""What ``sora-worker doctor`` asks the database: the server's version, the migrations
+it recorded, the buckets it holds, and who may do what (docs/security.md).
 
 Read only: privileges and policies as PostgreSQL reports them for the public roles
 (``anon``, ``authenticated``; PUBLIC counts for both), so a grant made by hand in the
@@ -9,6 +10,8 @@ before an attacker finds it.
 from __future__ import annotations
 
 import asyncpg
+
+from service.database.migrations import LEDGER, OLD_LEDGER
 
 PUBLIC_ROLES = ("anon", "authenticated")
 REQUEST_COLUMNS = ("prompt", "image1_url", "image2_url", "model", "size", "seconds")
@@ -129,3 +132,32 @@ async def public_access(conn: asyncpg.Connection) -> list[str]:
                 f"read rows by ({p['qual'] or 'true'}), not only their own"
             )
     return found
+
+
+async def server_version(conn: asyncpg.Connection) -> str:
+    version: str = await conn.fetchval("show server_version")
+    return version
+
+
+async def recorded_migrations(conn: asyncpg.Connection) -> dict[str, str] | None:
+    """Each applied migration's name and checksum, from the ledger; None where there is
+    no ledger yet (``older_ledger`` tells whether an older sora-worker kept one)."""
+    if await conn.fetchval("select to_regclass($1)", LEDGER) is None:
+        return None
+    return {r["name"]: r["checksum"] for r in await conn.fetch(f"select * from {LEDGER}")}
+
+
+async def older_ledger(conn: asyncpg.Connection) -> bool:
+    """Whether the ledger of a sora-worker from before sql/0010 is there (in public)."""
+    return await conn.fetchval("select to_regclass($1)", OLD_LEDGER) is not None
+
+
+async def bucket_publicity(conn: asyncpg.Connection, buckets: list[str]) -> dict[str, bool] | None:
+    """Whether each of ``buckets`` that exists is public; None on a database without
+    Supabase's storage schema (plain PostgreSQL: storage is checked where it lives)."""
+    if await conn.fetchval("select to_regclass('storage.buckets')") is None:
+        return None
+    rows = await conn.fetch(
+        "select id, public from storage.buckets where id = any($1::text[])", buckets
+    )
+    return {r["id"]: bool(r["public"]) for r in rows}
