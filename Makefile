@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BROWSER := $(VENV)/.browser
 
 .PHONY: demo test test-fast chaos bench lint typecheck check clean install
 
@@ -20,12 +21,16 @@ demo: $(STAMP)
 # PostgreSQL and free ports, and most of a test's time is waiting, so 4 processes fit
 # this 2-core machine. TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 4
-test: $(STAMP)
+test: $(STAMP) $(BROWSER)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 # The inner loop: everything but the slow tests (wheel builds, the demo, chaos).
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(BROWSER)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow"
+
+$(BROWSER): scripts/browser.sh | $(STAMP)
+	bash scripts/browser.sh
+	touch $(BROWSER)
 
 # An operator's worst night in a few minutes (bench/chaos.py): SIGKILLed replicas,
 # PostgreSQL restarts, cut connections, provider and storage faults. Exits 1 on any

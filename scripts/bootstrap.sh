@@ -32,21 +32,6 @@ if [ ! -x "$venv/bin/python" ]; then
     fi
 fi
 
-# The dashboard's browser test (tests/test_dashboard_browser.py) drives the system's
-# Chromium through Playwright (Playwright's own browser download is never used). As
-# root with apt we install Debian's package; otherwise we say what to install, and
-# those tests are skipped until it is there.
-if ! command -v chromium >/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "installing Debian's chromium for the dashboard's browser test" >&2
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-    else
-        echo "note: no Chromium, so the dashboard's browser test will be skipped; install it" >&2
-        echo "(Debian: sudo apt-get install chromium) and run make test again." >&2
-    fi
-fi
-
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 # Editable, so a developer's edits take effect without reinstalling; setuptools warns
 # on every editable install that a folder named like the package may shadow it (here
