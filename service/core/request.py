@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 ErrorKind = Literal[
-    "invalid_request", "safety_filtered", "model_retired", "provider_error", "in_doubt", "expired"
+    "invalid_request",
+    "photo_unavailable",
+    "safety_filtered",
+    "model_retired",
+    "provider_error",
+    "in_doubt",
+    "expired",
 ]
 """Why a row failed, in words an app can show (the row's ``error_kind`` column)."""
 
