@@ -308,9 +308,13 @@ async def test_request_refuses_a_file_that_is_not_a_photo_in_one_line(
 ) -> None:
     notes = tmp_path / "notes.png"
     notes.write_text("not a picture")
+    huge = tmp_path / "huge.webp"  # what its header says is all that is read
+    canvas = (6000 - 1).to_bytes(3, "little") * 2
+    huge.write_bytes(b"RIFF\x1e\x00\x00\x00WEBPVP8X\x0a\x00\x00\x00" + bytes(4) + canvas)
     for image, said in (
         (str(notes), "is not a JPEG, PNG or WebP file"),
         (str(tmp_path / "missing.jpg"), "no such file"),
+        (str(huge), "is 6000x6000 (36.0 MP); the limit for WebP (decoded whole) is 10 MP"),
     ):
         proc = await asyncio.create_subprocess_exec(
             *CLI,

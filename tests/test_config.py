@@ -57,6 +57,36 @@ def test_bad_values_are_one_line_naming_each_setting_and_never_its_value(
     assert "SORA_POLL_INTERVAL: Input should be greater than 0" in message
 
 
+@pytest.mark.parametrize(
+    "url", ["http://db.example.com", "http://PROJECT.supabase.co", "http://10.0.0.5:8000"]
+)
+def test_a_remote_supabase_over_plain_http_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """Issue 24, finding 8: the service-role key would travel in clear."""
+    monkeypatch.setenv("SUPABASE_URL", url)
+    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_do-not-show")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "\n" not in message and "sb_secret_do-not-show" not in message
+    assert message.startswith("SUPABASE_URL: ") and "https://" in message, message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://PROJECT.supabase.co",
+        "http://127.0.0.1:54321",
+        "http://localhost:54321",
+        "http://[::1]:54321",
+    ],
+)
+def test_https_or_a_local_supabase_is_accepted(url: str) -> None:
+    storage = Settings(storage={"supabase_url": url, "service_role_key": "key"}).storage
+    assert storage.supabase_url == url
+
+
 def test_env_example_is_current_and_names_every_setting() -> None:
     """.env.example is generated (`sora-worker env-example > .env.example`): regenerate it
     when a setting changes; this fails until then."""

@@ -25,7 +25,7 @@ from playwright.async_api import Page, async_playwright
 
 from service.config import Settings
 from service.runtime import Runtime
-from tests.conftest import changed, row_in
+from tests.conftest import changed, eventually, row_in
 from tests.faultproxy import PostgresFaultProxy
 from tests.test_dashboard import HOSTILE, base, serving
 from tests.test_database_faults import through
@@ -118,11 +118,19 @@ async def test_a_new_row_appears_live_with_its_poster_and_its_video_plays(
         card = page.locator(f"#row-{row_id}")
         await card.wait_for()  # appears, without a reload
         video = card.locator("video")
-        await video.wait_for()  # completed: the permanent URL plays here
+        await video.wait_for()  # the video is stored: its permanent URL plays here
+        # Its poster is made after (the row is completed once its media are): the card
+        # takes it live too.
+        stored = await eventually(
+            lambda: runtime.operator.fetch_row(row_id), lambda r: r["stage"] == "completed"
+        )
+        await page.wait_for_function(
+            "selector => document.querySelector(selector)?.getAttribute('poster')",
+            arg=f"#row-{row_id} video",
+        )
         poster = await video.get_attribute("poster")
         src = await video.get_attribute("src")
-        stored = await runtime.operator.fetch_row(row_id)
-        assert stored is not None and src == stored["video_url"]
+        assert src == stored["video_url"]
         assert poster == stored["poster_url"] and poster is not None
         width = await page.evaluate(
             """url => new Promise(done => {

@@ -158,6 +158,19 @@ def fixed(status: int, body: bytes = b"", headers: dict[str, str] | None = None)
         "64:ff9b::a00:1",  # NAT64 around 10.0.0.1
         "64:ff9b:1::1",
         "2001::1",  # Teredo
+        # Issue 24, finding 8: IPv4-translated (RFC 2765), and the rest of the space
+        # outside 2000::/3 that no public host is given (Python calls some of it global).
+        "::ffff:0:7f00:1",  # ::ffff:0:127.0.0.1
+        "::ffff:0:808:808",  # translated, even around a public IPv4 address
+        "::1:0:0:1",
+        "::ffff:1:7f00:1",
+        "100:0:0:1::1",  # dummy prefix (RFC 9780)
+        "200::1",
+        "1000::1",
+        "4000::1",
+        "5f00::1",  # segment routing
+        "e000::1",
+        "fe00::1",
     ],
 )
 def test_non_public_addresses_fail_the_one_rule(address: str) -> None:
@@ -215,10 +228,47 @@ async def test_every_spelling_of_loopback_is_refused_without_connecting(
 
     port = await serve({"/a.jpg": canary})
     url = spelling.format(port=port)
-    with pytest.raises(FetchError, match=r"not allowed|not a usable URL") as caught:
+    with pytest.raises(FetchError, match=r"not allowed") as caught:
         await PhotoFetcher(LIMITS).fetch_url("image1_url", url)
     assert caught.value.permanent
     assert hits == []
+
+
+@pytest.mark.parametrize(
+    ("host", "reading"),
+    [
+        ("0177.0.0.1", "127.0.0.1"),  # octal to some resolvers, 177.0.0.1 to others
+        ("0127.0.0.1", "87.0.0.1"),
+        ("127.000.000.001", "127.0.0.1"),
+        ("010.0.0.1", "8.0.0.1"),
+        ("0x7f.0.0.1", "127.0.0.1"),
+        ("2130706433", "127.0.0.1"),
+        ("127.1", "127.0.0.1"),
+        ("0x08.8.8.8", "8.8.8.8"),  # public, but spelt for a resolver to guess
+        ("127.0.0.1.", "127.0.0.1"),
+    ],
+)
+async def test_an_address_spelt_so_resolvers_may_disagree_is_not_allowed(
+    internet: Internet, host: str, reading: str
+) -> None:
+    """Issue 24, finding 8: ``0177.0.0.1`` was "not a usable URL" (httpx refuses it)
+    although a C resolver reads it as 127.0.0.1: it is refused as not allowed, saying
+    why, before any resolver is asked."""
+    with pytest.raises(FetchError) as caught:
+        await internet.fetcher().fetch_url("image1_url", f"http://{host}:8080/a.jpg")
+    message = str(caught.value)
+    assert message.startswith("image1_url points at an address that is not allowed"), message
+    assert reading in message and "a.b.c.d" in message
+    assert caught.value.permanent
+    assert internet.lookups == [] and internet.connections == []
+
+
+async def test_an_ipv4_translated_answer_is_not_allowed(internet: Internet) -> None:
+    """Issue 24, finding 8: ::ffff:0:0:0/96 counted as public."""
+    internet.names["photos.test"] = ["::ffff:0:7f00:1"]
+    with pytest.raises(FetchError, match="not allowed"):
+        await internet.fetcher().fetch_url("image1_url", "http://photos.test/a.jpg")
+    assert internet.connections == []
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from service.core.events import (
     NotFoundAtProvider,
     NotSubmitted,
     OverBudget,
+    PhotoUnavailable,
     Progressed,
     RecordArchive,
     RecordDownload,
@@ -67,6 +68,7 @@ EVENTS: list[Event] = [
     Accepted("video_1", 3),
     Rejected("bad input"),
     NotSubmitted("refused", timedelta(seconds=9)),
+    PhotoUnavailable("image1_url names a host that does not resolve: photos.invalid"),
     InDoubt("timeout"),
     NotFoundAtProvider(),
     Progressed(40, "in_progress"),
@@ -90,6 +92,7 @@ EXPECTED: dict[tuple[Stage, bool], dict[type, tuple[Stage, type[Change] | None]]
         IntentRecorded: (S.SUBMITTING, RecordIntent),
         Rejected: (S.FAILED, None),
         NotSubmitted: (S.PENDING, None),
+        PhotoUnavailable: (S.PENDING, None),
         Transient: (S.PENDING, None),
         Waiting: (S.PENDING, None),
         OverBudget: (S.PENDING, None),
@@ -99,6 +102,7 @@ EXPECTED: dict[tuple[Stage, bool], dict[type, tuple[Stage, type[Change] | None]]
         Accepted: (S.GENERATING, RecordJob),
         Rejected: (S.FAILED, None),
         NotSubmitted: (S.SUBMITTING, ForgetIntent),
+        PhotoUnavailable: (S.SUBMITTING, None),
         InDoubt: (S.SUBMITTING, None),
         NotFoundAtProvider: (S.SUBMITTING, ForgetIntent),
         Transient: (S.SUBMITTING, None),
@@ -130,11 +134,11 @@ EXPECTED: dict[tuple[Stage, bool], dict[type, tuple[Stage, type[Change] | None]]
     (S.FAILED, False): {},
 }
 # A keyed row takes the same events, except a second intent (its key is not dropped yet)
-# and the budget's word (it is asked only before an intent).
+# and the budget's word and a photo's host (both met only before an intent).
 EXPECTED[(S.SUBMITTING, True)] = {
     event: outcome
     for event, outcome in EXPECTED[(S.SUBMITTING, False)].items()
-    if event not in (IntentRecorded, OverBudget)
+    if event not in (IntentRecorded, OverBudget, PhotoUnavailable)
 }
 # Only a create in doubt can be unreconcilable.
 EXPECTED[(S.SUBMITTING, True)][Unreconcilable] = (S.FAILED, None)
@@ -452,6 +456,7 @@ def test_a_row_has_an_error_kind_exactly_when_it_fails(
         (Rejected("size 640x480 is not offered"), "invalid_request"),
         (Rejected("sora-2 was retired", kind="model_retired"), "model_retired"),
         (Rejected("blocked", kind="safety_filtered"), "safety_filtered"),
+        (Rejected("image1_url answered HTTP 404", kind="photo_unavailable"), "photo_unavailable"),
     ],
 )
 def test_a_rejection_fails_with_its_kind(event: Rejected, kind: str) -> None:
@@ -464,6 +469,25 @@ def test_a_safety_filtered_result_is_its_own_outcome_never_retried(stage: Stage)
     t = run(job(stage), GenerationFailed("filtered: 1 video blocked", "safety_filtered"))
     assert (t.stage, t.error_kind, t.attempts) == (Stage.FAILED, "safety_filtered", 0)
     assert not isinstance(t.change, RecordArchive)
+
+
+@pytest.mark.parametrize("unpaid", UNPAID, ids=["pending", "submitting-without-key"])
+def test_a_photo_host_that_keeps_failing_is_the_photos_outcome_after_three_tries(
+    unpaid: Job,
+) -> None:
+    """Issue 24, finding 8: no provider was called, so it is not a provider_error, and a
+    dead photo host gets three tries (Policy.photo_attempts), not SORA_MAX_ATTEMPTS."""
+    policy = replace(POLICY, max_attempts=6)
+    reason = "image1_url did not download within 20 s"
+    for attempts in range(2):
+        t = run(replace(unpaid, attempts=attempts), PhotoUnavailable(reason), policy=policy)
+        assert (t.stage, t.attempts, t.error_kind) == (unpaid.stage, attempts + 1, None)
+    last = run(replace(unpaid, attempts=2), PhotoUnavailable(reason), policy=policy)
+    assert (last.stage, last.attempts, last.error_kind) == (Stage.FAILED, 3, "photo_unavailable")
+    assert last.error == f"gave up after 3 attempts: {reason}"
+    # Never more tries than SORA_MAX_ATTEMPTS allows.
+    once = run(unpaid, PhotoUnavailable(reason), policy=replace(POLICY, max_attempts=1))
+    assert (once.stage, once.error_kind) == (Stage.FAILED, "photo_unavailable")
 
 
 def test_a_provider_failure_is_a_provider_error() -> None:

@@ -288,6 +288,44 @@ async def test_bad_photos_fail_their_row_and_the_worker_serves_the_others(runtim
     assert len(simulator_of(runtime).created) == 1
 
 
+async def test_a_photo_host_that_fails_is_the_photos_outcome_after_a_few_tries(
+    runtime: Runtime,
+) -> None:
+    """Issue 24, finding 8: an unresolvable or endlessly slow photo host was tried
+    SORA_MAX_ATTEMPTS times and failed as ``provider_error``, though no provider was
+    called. It is the photo's outcome (``photo_unavailable``), after three tries."""
+
+    async def stall(_request: web.Request) -> web.StreamResponse:
+        await asyncio.Event().wait()  # never answers
+        raise AssertionError
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", stall)
+    runner, port = await serve(app, "127.0.0.1", 0)
+    try:
+        slow = await runtime.repo.insert_request("x", f"http://127.0.0.1:{port}/a.png")
+        unresolvable = await runtime.repo.insert_request("x", "http://photos.invalid/a.png")
+        settings = changed(
+            runtime.settings,
+            max_attempts=6,
+            image_timeout=0.3,
+            image_allow_hosts=f"127.0.0.1:{port}",
+        )
+        async with running(dataclasses.replace(runtime, settings=settings).worker()):
+            rows = [await finished(runtime, row_id) for row_id in (slow, unresolvable)]
+    finally:
+        await runner.cleanup()
+    for row in rows:
+        assert (row["status"], row["error_kind"], row["attempts"]) == (
+            "failed",
+            "photo_unavailable",
+            3,
+        ), row["error"]
+    assert "did not download within 0.3 s" in rows[0]["error"]
+    assert "does not resolve" in rows[1]["error"]
+    assert simulator_of(runtime).created == []
+
+
 async def test_a_huge_size_is_refused_at_insert_whatever_the_model(runtime: Runtime) -> None:
     """sql/0011: the CHECKs bound what any model may be asked (60 s, 4096 pixels a side)
     and a model the registry does not know is refused unless the operator allows it."""

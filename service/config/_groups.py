@@ -10,12 +10,14 @@ entry, so that adding a provider needs no line in this package.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -263,8 +265,8 @@ class StorageSettings(Group):
     supabase_url: str | None = setting(
         None,
         env="SUPABASE_URL",
-        description="Supabase project URL (https://<ref>.supabase.co): videos go to its "
-        "Storage; unset: see SORA_STORAGE.",
+        description="Supabase project URL, https:// (https://<ref>.supabase.co; http:// only "
+        "on this machine): videos go to its Storage; unset: see SORA_STORAGE.",
     )
     service_role_key: SecretStr | None = setting(
         None,
@@ -294,6 +296,20 @@ class StorageSettings(Group):
         "(rendition_url); 0: no rendition.",
     )
 
+    @field_validator("supabase_url")
+    @classmethod
+    def _supabase_over_tls(cls, value: str | None) -> str | None:
+        """The service-role key goes with every request: never in clear over a network."""
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme == "https" or (parts.scheme == "http" and _loopback(parts.hostname)):
+            return value
+        raise ValueError(
+            "use an https:// URL (the service-role key goes with every request); plain "
+            "http:// is taken only for a server on this machine (localhost, 127.0.0.1, ::1)"
+        )
+
     @model_validator(mode="after")
     def _supabase_pair(self) -> StorageSettings:
         if (self.supabase_url is None) != (self.service_role_key is None):
@@ -312,6 +328,17 @@ class StorageSettings(Group):
     @property
     def uses_supabase(self) -> bool:
         return self.supabase_url is not None
+
+
+def _loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class PhotoSettings(Group):

@@ -40,7 +40,17 @@ class Rejected:
 
     reason: str
     kind: ErrorKind = "invalid_request"
-    """``model_retired`` when the model is gone; otherwise the request itself is wrong."""
+    """``model_retired`` when the model is gone, ``photo_unavailable`` when a photo's host
+    answered that it will not deliver it (404, 403); otherwise the request is wrong."""
+
+
+@dataclass(frozen=True)
+class PhotoUnavailable:
+    """A photo's host failed for now (does not resolve, did not answer in time, 5xx or
+    429): nothing was sent to any provider. Tried ``Policy.photo_attempts`` times, then
+    the row fails as ``photo_unavailable``."""
+
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -186,6 +196,7 @@ Event = (
     IntentRecorded
     | Accepted
     | Rejected
+    | PhotoUnavailable
     | NotSubmitted
     | InDoubt
     | Unreconcilable

@@ -111,3 +111,8 @@ class Policy:
     archive_grace: timedelta = timedelta(hours=24)
     """How long after the generation deadline an archive is tried when the provider
     gave no ``expires_at`` (OpenAI documented about a day)."""
+    photo_attempts: int = 3
+    """Tries a photo host gets before the row fails as ``photo_unavailable`` (never more
+    than ``max_attempts``). A host that does not resolve or answer three times running,
+    a few seconds apart (each try bounded by SORA_IMAGE_TIMEOUT), is not coming back
+    while the row waits; the app can queue it again once the photo is reachable."""

@@ -33,8 +33,9 @@ paying twice. A host that can never reconcile (``Unreconcilable``) fails the row
 once as ``in_doubt``, saying what a person needs to settle it.
 
 A failed transition always says which outcome it is (``Transition.error_kind``): the
-request was wrong, a safety filter stopped it, the model is retired, the provider
-failed, nobody can tell whether a job exists, or the video expired unarchived.
+request was wrong, a photo's host could not deliver it, a safety filter stopped it,
+the model is retired, the provider failed, nobody can tell whether a job exists, or
+the video expired unarchived.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from service.core.events import (
     NotFoundAtProvider,
     NotSubmitted,
     OverBudget,
+    PhotoUnavailable,
     Progressed,
     RecordArchive,
     RecordDownload,
@@ -203,6 +205,7 @@ def apply(job: Job, event: Event, *, policy: Policy, jitter: float) -> Transitio
             | Accepted()
             | NotFoundAtProvider()
             | NotSubmitted()
+            | PhotoUnavailable()
             | InDoubt()
             | Unreconcilable()
         ):
@@ -254,6 +257,19 @@ def _on_submission(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
             )
         case NotSubmitted() if stage is Stage.PENDING:
             return _retry(job, event.reason, event.retry_after, policy, jitter)
+        case PhotoUnavailable() if stage is Stage.PENDING or (
+            stage is Stage.SUBMITTING and job.submit_key is None
+        ):
+            # Photos are fetched only while preparing: the provider holds nothing.
+            return _retry(
+                job,
+                event.reason,
+                None,
+                policy,
+                jitter,
+                most=min(policy.photo_attempts, policy.max_attempts),
+                kind="photo_unavailable",
+            )
         case NotSubmitted() if stage is Stage.SUBMITTING:
             return _retry_afresh(job, event.reason, event.retry_after, policy, jitter)
         case InDoubt() if stage is Stage.SUBMITTING:
@@ -412,23 +428,28 @@ def _retry(
     immediate: bool = False,
     bounded: bool = False,
     deadline: bool = True,
+    most: int | None = None,
+    kind: ErrorKind | None = None,
 ) -> Transition:
     """Count a failed try of the current step; fail the row once it is hopeless.
 
-    Before the provider may hold a job, ``max_attempts`` bounds the tries. Once it may
-    (a submission in doubt, a job generating, a video to archive) the job is paid for,
-    so an outage, however long, must not lose it: the worker keeps trying, with capped
-    backoff, until the provider can no longer deliver (``_paid_deadline``). ``bounded``
-    tries (the provider says the job is gone) count towards ``max_attempts`` anyway;
-    ``deadline=False`` tries (the video may already be stored) are never given up.
+    Before the provider may hold a job, ``max_attempts`` (or ``most``) bounds the tries,
+    and the row then fails as ``kind`` (by default the provider's failure, or an expired
+    video while archiving). Once the provider may hold a job (a submission in doubt, a
+    job generating, a video to archive) the job is paid for, so an outage, however
+    long, must not lose it: the worker keeps trying, with capped backoff, until the
+    provider can no longer deliver (``_paid_deadline``). ``bounded`` tries (the provider
+    says the job is gone) count towards ``max_attempts`` anyway; ``deadline=False``
+    tries (the video may already be stored) are never given up.
     """
     attempts = job.attempts + 1
     ends = _paid_deadline(job, policy) if deadline else None
     paid = job.stage in (Stage.GENERATING, Stage.ARCHIVING) or (
         job.stage is Stage.SUBMITTING and job.submit_key is not None
     )
-    if (not paid or bounded) and attempts >= policy.max_attempts:
-        kind: ErrorKind = "expired" if job.stage is Stage.ARCHIVING else "provider_error"
+    if (not paid or bounded) and attempts >= (most or policy.max_attempts):
+        if kind is None:
+            kind = "expired" if job.stage is Stage.ARCHIVING else "provider_error"
         return _fail(job, f"gave up after {attempts} attempts: {reason}", kind, attempts)
     if paid and ends is not None and job.as_of >= ends:
         return _fail(job, _too_late(job, policy, reason), _late_kind(job.stage), attempts)

@@ -18,7 +18,13 @@ SIDE_MAX = 4096
 SIZE_PATTERN = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
 
 ErrorKind = Literal[
-    "invalid_request", "safety_filtered", "model_retired", "provider_error", "in_doubt", "expired"
+    "invalid_request",
+    "photo_unavailable",
+    "safety_filtered",
+    "model_retired",
+    "provider_error",
+    "in_doubt",
+    "expired",
 ]
 """Why a row failed, in words an app can show (the row's ``error_kind`` column)."""
 

@@ -28,11 +28,15 @@ Each failure says whether retrying could help: a 404 cannot, a 503 might.
 from __future__ import annotations
 
 import asyncio
+import io
 import ipaddress
+import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import BinaryIO
+from urllib.parse import urlsplit
 
 import httpcore
 import httpx
@@ -57,11 +61,15 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class FetchError(Exception):
-    """A photo could not be fetched. ``permanent`` means retrying cannot help."""
+    """A photo could not be fetched. ``permanent`` means retrying cannot help;
+    ``unavailable`` that the photo's host failed to deliver it (its name does not
+    resolve, it did not answer in time, it answered with an error), as opposed to a URL
+    or a photo that can never be used (refused, malformed, too large)."""
 
-    def __init__(self, message: str, *, permanent: bool) -> None:
+    def __init__(self, message: str, *, permanent: bool, unavailable: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.unavailable = unavailable
 
 
 @dataclass(frozen=True)
@@ -124,8 +132,10 @@ _NOT_PUBLIC = tuple(
         "224.0.0.0/4",  # multicast
         "240.0.0.0/4",  # reserved, broadcast
         "::/96",  # unspecified, loopback, IPv4-compatible (deprecated)
+        "::ffff:0:0:0/96",  # IPv4-translated (RFC 2765): only inside a translator
         "64:ff9b:1::/48",  # local-use NAT64
         "100::/64",  # discard
+        "100:0:0:1::/64",  # dummy prefix (RFC 9780)
         "2001::/23",  # IETF protocol assignments, Teredo
         "2001:db8::/32",
         "3fff::/20",  # documentation
@@ -137,6 +147,10 @@ _NOT_PUBLIC = tuple(
     )
 )
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+"""Every IPv6 address IANA gives the public internet lies here: the rest (``::/8``
+beyond the forms that carry IPv4, ``100::/8``, ``4000::/3``, ``fe00::/9``...) is
+reserved or local, whatever ``is_global`` says of it."""
 
 
 def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -155,8 +169,9 @@ def is_public(address: IPAddress) -> bool:
     """The one rule: an address on the public internet, whatever its family or spelling.
 
     Refused: loopback, private, link-local, CGNAT, multicast, reserved, documentation
-    and unspecified addresses, and IPv6 addresses whose embedded IPv4 address is any of
-    those (so ``::ffff:127.0.0.1`` is judged as 127.0.0.1).
+    and unspecified addresses, IPv6 addresses outside 2000::/3 (global unicast), and
+    IPv6 addresses whose embedded IPv4 address is any of those (so
+    ``::ffff:127.0.0.1`` is judged as 127.0.0.1).
     """
     if isinstance(address, ipaddress.IPv6Address):
         # Judged as the IPv4 address it reaches, and by that alone: Python releases
@@ -164,6 +179,8 @@ def is_public(address: IPAddress) -> bool:
         inner = embedded_ipv4(address)
         if inner is not None:
             return is_public(inner)
+        if address not in _GLOBAL_UNICAST:
+            return False
     if not address.is_global or address.is_multicast:
         return False
     return not any(address in net for net in _NOT_PUBLIC if net.version == address.version)
@@ -240,18 +257,30 @@ class PhotoFetcher:
                 return await self._check(label, url)
         except TimeoutError as err:
             raise FetchError(
-                f"{label}: its host name did not resolve in time", permanent=False
+                f"{label}: its host name did not resolve in time",
+                permanent=False,
+                unavailable=True,
             ) from err
 
     async def fetch(self, target: Target) -> bytes:
         """Download one checked photo within the limits; raise FetchError saying why not."""
+        body = io.BytesIO()
+        await self.fetch_into(target, body)
+        return body.getvalue()
+
+    async def fetch_into(self, target: Target, sink: BinaryIO) -> int:
+        """Download one checked photo into ``sink`` (a file: photos wait for their turn
+        to be decoded on disk, not in memory) within the limits; the bytes written.
+        Raises FetchError saying why not (``sink`` then holds part of it, or nothing)."""
         limits = self.limits
         try:
             async with asyncio.timeout(limits.timeout):
-                return await self._follow(target)
+                return await self._follow(target, sink)
         except TimeoutError as err:
             raise FetchError(
-                f"{target.label} did not download within {limits.timeout:g} s", permanent=False
+                f"{target.label} did not download within {limits.timeout:g} s",
+                permanent=False,
+                unavailable=True,
             ) from err
         except httpx.HTTPError as err:
             raise self._failure(
@@ -263,6 +292,7 @@ class PhotoFetcher:
         return await self.fetch(await self.check(label, url))
 
     async def _check(self, label: str, url: str) -> Target:
+        self._refuse_numeric_spellings(label, url, _split_host(url))
         try:
             parsed = httpx.URL(url)
         except (httpx.InvalidURL, ValueError, UnicodeError) as err:
@@ -273,15 +303,22 @@ class PhotoFetcher:
         if not parsed.host:
             raise FetchError(f"{label} has no host: '{shown(url)}'", permanent=True)
         host = parsed.raw_host.decode("ascii").lower()
+        self._refuse_numeric_spellings(label, url, host)  # as httpx normalised it
         port = parsed.port or default_port(scheme)
         try:
             answers = await self._resolve(host, port)
         except (socket.gaierror, UnicodeError) as err:
             raise FetchError(
-                f"{label} names a host that does not resolve: {host}", permanent=False
+                f"{label} names a host that does not resolve: {host}",
+                permanent=False,
+                unavailable=True,
             ) from err
         if not answers:
-            raise FetchError(f"{label} names a host that does not resolve: {host}", permanent=False)
+            raise FetchError(
+                f"{label} names a host that does not resolve: {host}",
+                permanent=False,
+                unavailable=True,
+            )
         internal = self.access.opens(scheme, host, port)
         if not internal and not all(_parses_public(answer) for answer in answers):
             raise FetchError(
@@ -291,7 +328,19 @@ class PhotoFetcher:
             )
         return Target(label, parsed, host, port, answers[0], internal)
 
-    async def _follow(self, target: Target) -> bytes:
+    @staticmethod
+    def _refuse_numeric_spellings(label: str, url: str, host: str | None) -> None:
+        """An IPv4 address spelt other than as a.b.c.d is refused for what it is, before
+        any resolver reads it (each reads such spellings its own way)."""
+        if host is None or not url.lower().startswith(("http:", "https:")):
+            return
+        why = odd_ipv4_spelling(host)
+        if why is not None:
+            raise FetchError(
+                f"{label} points at an address that is not allowed: {why}", permanent=True
+            )
+
+    async def _follow(self, target: Target, sink: BinaryIO) -> int:
         for _ in range(MAX_REDIRECTS + 1):
             async with (
                 httpx.AsyncClient(
@@ -328,12 +377,14 @@ class PhotoFetcher:
                     status = response.status_code
                     retry = status in RETRYABLE_STATUS or status >= 500
                     raise self._failure(target, f"answered HTTP {status}", permanent=not retry)
-                return await self._read_limited(response, target)
+                return await self._read_limited(response, target, sink)
         raise FetchError(
-            f"{target.label} redirects more than {MAX_REDIRECTS} times", permanent=True
+            f"{target.label} redirects more than {MAX_REDIRECTS} times",
+            permanent=True,
+            unavailable=True,
         )
 
-    async def _read_limited(self, response: httpx.Response, target: Target) -> bytes:
+    async def _read_limited(self, response: httpx.Response, target: Target, sink: BinaryIO) -> int:
         max_bytes = self.limits.max_bytes
         declared = response.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_bytes:
@@ -341,22 +392,23 @@ class PhotoFetcher:
                 f"{target.label} is {int(declared):,} bytes; the limit is {max_bytes:,}",
                 permanent=True,
             )
-        buffer = bytearray()
+        written = 0
         async for chunk in response.aiter_bytes():
-            buffer.extend(chunk)
-            if len(buffer) > max_bytes:
+            written += len(chunk)
+            if written > max_bytes:
                 raise FetchError(
                     f"{target.label} is larger than {max_bytes:,} bytes (the limit)",
                     permanent=True,
                 )
-        return bytes(buffer)
+            sink.write(chunk)
+        return written
 
     def _failure(self, target: Target, what: str, *, permanent: bool) -> FetchError:
         """What the host answered (a status, a protocol or connection failure): told
         for public hosts, logged only for internal ones, so that rows cannot be used to
         probe internal services. (Our own limits are stated either way.)"""
         if not target.internal:
-            return FetchError(f"{target.label} {what}", permanent=permanent)
+            return FetchError(f"{target.label} {what}", permanent=permanent, unavailable=True)
         log.warning(
             "photo.internal_host_failed",
             label=target.label,
@@ -368,6 +420,7 @@ class PhotoFetcher:
             f"{target.label} could not be fetched from the internal host "
             f"{bracketed(target.host)}:{target.port} (details are in the worker's log)",
             permanent=permanent,
+            unavailable=True,
         )
 
 
@@ -375,6 +428,71 @@ def shown(text: str, limit: int = 100) -> str:
     """Untrusted text fit for an error message: printable, and not too long."""
     clean = "".join(c if c.isprintable() else "?" for c in text[:limit])
     return clean + ("..." if len(text) > limit else "")
+
+
+_NUMBER = re.compile(r"0x[0-9a-f]*|[0-9]+")
+"""A host label that reads as a number: a URL parser takes a host whose last label is
+one for an IPv4 address, and C's inet_aton reads each part as hex, octal or decimal."""
+
+
+def odd_ipv4_spelling(host: str) -> str | None:
+    """Why ``host`` (lower case) is an IPv4 address not written as a.b.c.d, or None.
+
+    ``0177.0.0.1`` is 127.0.0.1 to C's resolver (octal) and 177.0.0.1 to others;
+    ``2130706433``, ``0x7f.1`` and ``127.1`` are 127.0.0.1 to some and invalid to
+    others. Whichever way the resolver at hand reads one, a photo URL is not written
+    so: it is refused, saying what it can be read as.
+    """
+    labels = host.removesuffix(".").split(".")
+    if ":" in host or not _NUMBER.fullmatch(labels[-1]):
+        return None  # an IPv6 address, or a name (no top-level domain is a number)
+    try:
+        if str(ipaddress.IPv4Address(host)) == host:
+            return None  # a.b.c.d, four decimal numbers without leading zeros
+    except ValueError:
+        pass
+    readings = sorted({str(a) for a in (_inet_aton(labels), _decimal(labels)) if a is not None})
+    if not readings:
+        return f"{host} ends in a number, so it reads as an IPv4 address, but not as a.b.c.d"
+    return (
+        f"{host} is an IPv4 address not written as a.b.c.d, which resolvers read as "
+        + " or ".join(readings)
+    )
+
+
+def _inet_aton(labels: list[str]) -> ipaddress.IPv4Address | None:
+    """What C's inet_aton makes of these labels: 1 to 4 parts, each hex (0x), octal
+    (leading 0) or decimal, the last filling the bytes left."""
+    if not 1 <= len(labels) <= 4 or not all(_NUMBER.fullmatch(label) for label in labels):
+        return None
+    try:
+        values = [
+            int(label, 16) if label.startswith("0x") else int(label, 8 if label[0] == "0" else 10)
+            for label in labels
+        ]
+    except ValueError:  # "0x" alone, or 8 and 9 in octal
+        return None
+    *head, last = values
+    if any(value > 255 for value in head) or last >= 256 ** (5 - len(values)):
+        return None
+    number = sum(value << (8 * (3 - i)) for i, value in enumerate(head)) + last
+    return ipaddress.IPv4Address(number)
+
+
+def _decimal(labels: list[str]) -> ipaddress.IPv4Address | None:
+    """Four decimal numbers with leading zeros ignored, as some parsers read them."""
+    if len(labels) != 4 or not all(label.isdigit() and int(label) < 256 for label in labels):
+        return None
+    return ipaddress.IPv4Address(".".join(str(int(label)) for label in labels))
+
+
+def _split_host(url: str) -> str | None:
+    """The host of ``url`` as the standard library reads it (httpx refuses some
+    numeric spellings outright, so this is read first)."""
+    try:
+        return urlsplit(url.strip()).hostname
+    except ValueError:
+        return None
 
 
 def _parses_public(answer: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 
 from service.core.likeness import SIDE, Print
+from service.media.headers import IMAGE_FORMATS
 
 
 def print_of_image(data: bytes) -> Print:
@@ -19,7 +20,7 @@ def print_of_image(data: bytes) -> Print:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
             image.draft("RGB", (SIDE * 4, SIDE * 4))  # JPEG: decode small from the start
             return _reduce(image)
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:

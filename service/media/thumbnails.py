@@ -17,20 +17,18 @@ from __future__ import annotations
 import io
 from typing import Literal
 
+from service.media.headers import IMAGE_FORMATS, format_of
+
 ImageType = Literal["jpeg", "png", "webp"]
+_TYPES: dict[str, ImageType] = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
 MAX_SIDE = 1920
 """A thumbnail larger than this on either side is scaled down."""
 
 
 def image_type(head: bytes) -> ImageType | None:
     """What the first bytes of a file say it is, if an image we store."""
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    return None
+    kind = format_of(head)
+    return _TYPES.get(kind) if kind is not None else None
 
 
 def is_mp4(head: bytes) -> bool:
@@ -44,7 +42,7 @@ def as_webp(data: bytes) -> bytes:
         return data
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as image:
+    with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
         image.draft("RGB", (MAX_SIDE, MAX_SIDE))
         return webp(image)
 

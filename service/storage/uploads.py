@@ -13,13 +13,11 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from service.media import headers, images
 from service.storage.base import ObjectStore
 
 CHUNK = 256 * 1024
-SIGNATURES = (
-    (b"\xff\xd8\xff", "image/jpeg", "jpg"),
-    (b"\x89PNG\r\n\x1a\n", "image/png", "png"),
-)
+KINDS = {"JPEG": ("image/jpeg", "jpg"), "PNG": ("image/png", "png"), "WEBP": ("image/webp", "webp")}
 
 
 class PhotoFileError(ValueError):
@@ -32,12 +30,7 @@ def is_url(value: str) -> bool:
 
 def photo_kind(head: bytes) -> tuple[str, str] | None:
     """(content type, extension) of a JPEG, PNG or WebP, from its first 12 bytes."""
-    for magic, mime, ext in SIGNATURES:
-        if head.startswith(magic):
-            return mime, ext
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp", "webp"
-    return None
+    return KINDS.get(headers.format_of(head) or "")
 
 
 def check_photo_file(label: str, path: Path, max_bytes: int) -> tuple[str, str]:
@@ -46,6 +39,11 @@ def check_photo_file(label: str, path: Path, max_bytes: int) -> tuple[str, str]:
         size = path.stat().st_size
         with path.open("rb") as handle:
             head = handle.read(12)
+            if photo_kind(head) is not None and size <= max_bytes:
+                images.inspect(label, handle)  # its pixels, from its header
+    except images.ImageError as err:
+        said = str(err).removeprefix(f"{label} ")
+        raise PhotoFileError(f"{label}: {str(path)!r} {said}") from err
     except FileNotFoundError as err:
         raise PhotoFileError(f"{label}: no such file {str(path)!r}") from err
     except OSError as err:

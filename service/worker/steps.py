@@ -10,12 +10,13 @@ actions' IO is ``service.worker.archive``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import httpx
 import structlog
@@ -32,6 +33,7 @@ from service.core.events import (
     NotFoundAtProvider,
     NotSubmitted,
     OverBudget,
+    PhotoUnavailable,
     Progressed,
     Rejected,
     Transient,
@@ -80,8 +82,10 @@ FIRST_FRAME_MAX_BYTES = 32 * 1024 * 1024
 (a faststart MP4 holds its index and first frame in the first few hundred KiB)."""
 
 PHOTO_ROWS_AT_ONCE = 4
-"""Rows that may hold downloaded photos at once: at most this many x 2 x
-SORA_IMAGE_MAX_BYTES of photo bytes in memory, whatever the concurrency."""
+"""Rows that may download and hold photos at once. The bytes wait on disk (temporary
+files, gone with the process), never in memory: this bounds the disk they take (this
+many x 2 x SORA_IMAGE_MAX_BYTES, 120 MB by default) and the photo downloads in flight,
+whatever the concurrency. Memory is bounded by the one photo thread instead."""
 
 ABANDONED_TRIES = 5
 """Cancels tried on an abandoned job (five minutes apart) before it is left to run."""
@@ -174,10 +178,14 @@ class Steps:
                 )
         try:
             composed = await self._reference(job, size)
-        except (fetch.FetchError, images.ImageError) as err:
-            if err.permanent:
+        except fetch.FetchError as err:
+            if not err.unavailable:
                 return Rejected(str(err))
-            return NotSubmitted(str(err))
+            if err.permanent:
+                return Rejected(str(err), "photo_unavailable")
+            return PhotoUnavailable(str(err))
+        except images.ImageError as err:
+            return Rejected(str(err))
         reference, reference_print = composed if composed is not None else (None, None)
         key = SubmitKey(uuid.uuid4())
         request = VideoRequest(
@@ -208,19 +216,39 @@ class Steps:
         # Both destinations are checked before a byte moves: a row whose second URL is
         # refused must not make the worker contact the first one's host at all.
         targets = [await self.photos.check(label, url) for label, url in labelled]
-        # Photo bytes wait in memory until composed: bound how many rows hold them.
         async with self._photo_slots:
-            blobs = await asyncio.gather(*(self.photos.fetch(target) for target in targets))
+            with contextlib.ExitStack() as files:
+                # Downloaded to disk: a row waiting for the photo thread holds no photo in
+                # memory. Unnamed files, gone when closed or when the process dies.
+                spooled = [files.enter_context(tempfile.TemporaryFile()) for _ in targets]
+                await self._download(targets, spooled)
 
-            def compose() -> tuple[bytes, likeness.Print]:
-                photos = [
-                    images.decode(label, blob, fit=(width, height))
-                    for (label, _), blob in zip(labelled, blobs, strict=True)
-                ]
-                reference = images.compose_reference(photos, width, height)
-                return reference, prints.print_of_image(reference)
+                def compose() -> tuple[bytes, likeness.Print]:
+                    labels = [label for label, _ in labelled]
+                    for label, photo in zip(labels, spooled, strict=True):
+                        images.inspect(label, photo)  # every header before any decode
+                    reference = images.Reference(len(spooled), width, height)
+                    for index, (label, photo) in enumerate(zip(labels, spooled, strict=True)):
+                        # One decoded photo at a time: placed, then dropped.
+                        reference.place(index, images.decode(label, photo, fit=(width, height)))
+                    composed = reference.jpeg()
+                    return composed, prints.print_of_image(composed)
 
-            return await images.in_photo_thread(compose)
+                return await images.in_photo_thread(compose)
+
+    async def _download(self, targets: Sequence[fetch.Target], files: Sequence[BinaryIO]) -> None:
+        """Both photos at once; when one fails the other is stopped, and neither is
+        still writing when this returns (their files are closed next)."""
+        tasks = [
+            asyncio.ensure_future(self.photos.fetch_into(target, file))
+            for target, file in zip(targets, files, strict=True)
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def create(self, intent: IntentRecorded) -> Event:
         """The one call that costs money. Its errors say whether a job may exist.
