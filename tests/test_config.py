@@ -94,6 +94,8 @@ ADDED_SINCE = {
     "SORA_DAILY_BUDGET_USD", "SORA_PUBLIC_PROMPTS",
     # Production never falls back to a stand-in (issue 28).
     "SORA_STAND_INS", "SORA_STORAGE",
+    # One rate for every replica; provider downloads guarded (issues 25, 24).
+    "SORA_RATE_LIMITS", "SORA_DELIVERY_HOSTS", "SORA_VIDEO_MAX_BYTES",
 }  # fmt: skip
 """Settings added after the grouping."""
 

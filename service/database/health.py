@@ -11,7 +11,7 @@ from dataclasses import replace
 import asyncpg
 
 from service.core.job import Stage
-from service.database import costs
+from service.database import costs, limits
 from service.database.errors import RepositoryError, bounded
 from service.database.port import TableSnapshot
 from service.database.rows import ACTIVE_SQL
@@ -50,6 +50,10 @@ class Health:
             oldest_unfinished_seconds=max(ages) if ages else None,
             in_doubt=sum(r["keyed"] for r in rows if r["stage"] == Stage.SUBMITTING.value),
         )
+        try:
+            snapshot = replace(snapshot, rates=await limits.states(self.pool, within))
+        except RepositoryError:
+            pass  # the table's gauges still count; the rates go missing
         try:
             money = await costs.spend(self.pool, within)
         except RepositoryError:

@@ -15,6 +15,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Protocol
 
 import httpx
@@ -34,15 +35,19 @@ from service.core.events import (
     OverBudget,
     Progressed,
     Rejected,
+    Throttled,
     Transient,
     Unreconcilable,
     Vanished,
     Waiting,
 )
 from service.core.job import Job, SubmitKey
-from service.core.request import VideoRequest
+from service.core.rates import Call
+from service.core.request import ImageInputs, VideoRequest
+from service.database.errors import RepositoryError
+from service.database.limits import Turn
 from service.database.port import AbandonedJob
-from service.media import fetch, images, prints
+from service.media import fetch, images, prints, references
 from service.providers import base as providers
 from service.providers import models
 from service.providers.base import VideoProvider
@@ -72,6 +77,14 @@ class Gate(Protocol):
     async def admit(self, provider: str, model: str, size: str, seconds: str) -> Admission: ...
 
 
+class Pace(Protocol):
+    """The request rate every replica shares (``service.database.limits``)."""
+
+    async def take(self, provider: str, model: str, call: Call) -> Turn: ...
+
+    async def hold_off(self, provider: str, model: str, call: Call, pause: timedelta) -> None: ...
+
+
 FRAME_CACHE = 512
 """First-frame prints kept per process (a job's first frame never changes): a crash
 that leaves many twins in doubt fetches each candidate's thumbnail about once."""
@@ -82,6 +95,9 @@ FIRST_FRAME_MAX_BYTES = 32 * 1024 * 1024
 PHOTO_ROWS_AT_ONCE = 4
 """Rows that may hold downloaded photos at once: at most this many x 2 x
 SORA_IMAGE_MAX_BYTES of photo bytes in memory, whatever the concurrency."""
+
+RATE_LIMITED_PAUSE = timedelta(seconds=10)
+"""How long every replica holds off after a 429 that did not say (no Retry-After)."""
 
 ABANDONED_TRIES = 5
 """Cancels tried on an abandoned job (five minutes apart) before it is left to run."""
@@ -112,6 +128,7 @@ class Steps:
         webhooks: WebhookHealth | None = None,
         rendition_kbps: int = 0,
         gate: Gate | None = None,
+        pace: Pace | None = None,
     ) -> None:
         self.providers = providers
         self.store = store
@@ -126,6 +143,9 @@ class Steps:
         self.archiver = Archiver(providers, store, video_bucket, rendition_kbps)
         self.gate = gate
         """Asked right before each intent when given (the worker's runtime gives it)."""
+        self.pace = pace
+        """Asked for a turn before each create and poll when given (the runtime gives
+        it): one request rate for every replica."""
         self._frames: OrderedDict[str, likeness.Print] = OrderedDict()
 
     # ------------------------------------------------------------ submit
@@ -172,13 +192,18 @@ class Steps:
                     f"{gate.budget_usd:.2f} USD (SORA_DAILY_BUDGET_USD)",
                     over_budget_wait(job.as_of),
                 )
+        inputs = models.image_inputs(provider.name, model)
         try:
-            composed = await self._reference(job, size)
+            sent = await self._reference(job, size, inputs)
         except (fetch.FetchError, images.ImageError) as err:
             if err.permanent:
                 return Rejected(str(err))
             return NotSubmitted(str(err))
-        reference, reference_print = composed if composed is not None else (None, None)
+        # Last, right before the intent: a turn is reserved for a create that follows
+        # within milliseconds, so the host sees creates as far apart as turns are.
+        waited = await self._turn(provider.name, model, "create")
+        if waited is not None:
+            return waited
         key = SubmitKey(uuid.uuid4())
         request = VideoRequest(
             prompt=prompt,
@@ -186,13 +211,49 @@ class Steps:
             size=size,
             seconds=seconds,
             idempotency_key=str(key),
-            reference=reference,
-            reference_content_type=images.REFERENCE_MIME,
+            images=() if sent is None else sent.images,
         )
-        return IntentRecorded(key, provider.name, request, reference_print)
+        if sent is None:
+            return IntentRecorded(key, provider.name, request)
+        return IntentRecorded(key, provider.name, request, sent.first_print, sent.how)
 
-    async def _reference(self, job: Job, size: str) -> tuple[bytes, likeness.Print] | None:
-        """The composed reference and its print (the evidence reconciliation uses)."""
+    async def _turn(self, provider: str, model: str, call: Call) -> Throttled | None:
+        """Wait for this replica's turn at the shared rate (``Pace``); a turn too far
+        off to wait for in place is a ``Throttled`` (the row waits, nothing sent)."""
+        if self.pace is None:
+            return None
+        turn = await self.pace.take(provider, model, call)
+        if not turn.granted:
+            return Throttled(
+                f"the {call} rate shared by every replica has no room yet (SORA_RATE_LIMITS)",
+                turn.wait,
+            )
+        if turn.wait.total_seconds() > 0:
+            await asyncio.sleep(turn.wait.total_seconds())
+        return None
+
+    async def _rate_limited(
+        self, provider: str, model: str | None, call: Call, err: providers.RateLimited
+    ) -> None:
+        """A 429: every replica holds off for what the host asked (or a short pause)."""
+        if self.pace is None:
+            return
+        pause = err.retry_after or RATE_LIMITED_PAUSE
+        try:
+            await self.pace.hold_off(provider, model or "", call, pause)
+        except RepositoryError as said:
+            log.warning("provider.hold_off_unrecorded", error=str(said))
+        log.warning(
+            "provider.rate_limited",
+            provider=provider,
+            call=call,
+            pause_s=pause.total_seconds(),
+            message="every replica holds off",
+        )
+
+    async def _reference(self, job: Job, size: str, inputs: ImageInputs) -> references.Sent | None:
+        """The photos as the model takes them (``references``), and the print of the
+        first image sent (the evidence reconciliation uses)."""
         labelled = [
             (label, url)
             for label, url in (("image1_url", job.image1_url), ("image2_url", job.image2_url))
@@ -212,13 +273,12 @@ class Steps:
         async with self._photo_slots:
             blobs = await asyncio.gather(*(self.photos.fetch(target) for target in targets))
 
-            def compose() -> tuple[bytes, likeness.Print]:
+            def compose() -> references.Sent:
                 photos = [
                     images.decode(label, blob, fit=(width, height))
                     for (label, _), blob in zip(labelled, blobs, strict=True)
                 ]
-                reference = images.compose_reference(photos, width, height)
-                return reference, prints.print_of_image(reference)
+                return references.arrange(photos, inputs, width, height)
 
             return await images.in_photo_thread(compose)
 
@@ -244,6 +304,9 @@ class Steps:
             )
         except providers.RequestRejected as err:
             return Rejected(str(err), err.kind)
+        except providers.RateLimited as err:
+            await self._rate_limited(intent.provider, intent.request.model, "create", err)
+            return NotSubmitted(str(err), err.retry_after or RATE_LIMITED_PAUSE)
         except providers.ProviderUnavailable as err:
             return NotSubmitted(str(err), err.retry_after)
         except providers.OutcomeUnknown as err:
@@ -281,7 +344,7 @@ class Steps:
             matches = await provider.find_submitted(request, job.submitted_at)
             taken = await self.ledger.recorded_video_ids(m.id for m in matches)
         except providers.CannotReconcile as err:
-            return Unreconcilable(str(err), self.providers.where(provider.name))
+            return Unreconcilable(str(err), self.providers.where(provider.name), err.litellm)
         except providers.ProviderError as err:
             return Transient(f"could not reconcile with the provider: {err}")
         # Oldest first: the listing is newest first and created_at has 1 s resolution,
@@ -404,6 +467,10 @@ class Steps:
 
     async def poll(self, job: Job) -> Event:
         assert job.video_id is not None, "generating rows always hold a video_id"
+        provider_name = job.provider or self.providers.default
+        waited = await self._turn(provider_name, job.model or "", "poll")
+        if waited is not None:
+            return waited
         try:
             provider = self.providers.get(job.provider)
             # A whole answer within the provider timeout: the HTTP client's timeout is
@@ -425,8 +492,15 @@ class Steps:
             return Rejected(str(err), err.kind)
         except providers.VideoGone as err:
             return Vanished(str(err))
+        except providers.RateLimited as err:
+            await self._rate_limited(provider.name, job.model, "poll", err)
+            return Transient(str(err), err.retry_after or RATE_LIMITED_PAUSE)
         except providers.ProviderError as err:
             return Transient(str(err), err.retry_after)
+        return self._polled(provider, state)
+
+    def _polled(self, provider: VideoProvider, state: providers.ProviderJob) -> Event:
+        """What a job's status means for its row."""
         match state.status:
             case "completed":
                 return Generated(provider.content_url(state.id), state.expires_at)
