@@ -6,6 +6,7 @@ A frozen database must not hang a probe or a scrape, so each read gives up after
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 
 import asyncpg
@@ -50,10 +51,8 @@ class Health:
             oldest_unfinished_seconds=max(ages) if ages else None,
             in_doubt=sum(r["keyed"] for r in rows if r["stage"] == Stage.SUBMITTING.value),
         )
-        try:
+        with contextlib.suppress(RepositoryError):  # else the rates alone go missing
             snapshot = replace(snapshot, rates=await limits.states(self.pool, within))
-        except RepositoryError:
-            pass  # the table's gauges still count; the rates go missing
         try:
             money = await costs.spend(self.pool, within)
         except RepositoryError:

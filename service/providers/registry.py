@@ -185,11 +185,12 @@ class SimulatorSettings(StandInSettings):
     port: Port = setting(
         8089, env="SORA_SIMULATOR_PORT", description="Port of the local simulator."
     )
-    profile: Literal["openai", "litellm", "new-api"] = setting(
+    profile: Literal["openai", "litellm", "litellm-keyed", "new-api", "new-api-xai"] = setting(
         "openai",
         env="SORA_SIMULATOR_PROFILE",
         description="Which host the local simulator behaves as: OpenAI itself, a LiteLLM "
-        "proxy or a new-api gateway (their quirks, as measured).",
+        "proxy (litellm-keyed: with keys per model), a new-api gateway (new-api-xai: "
+        "relaying xAI), with their quirks as measured or reported.",
     )
 
 
