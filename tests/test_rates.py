@@ -8,6 +8,7 @@ The host is the Replicate fake, which limits creates honestly: a sliding window,
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -77,15 +78,18 @@ async def test_three_replicas_keep_together_under_the_hosts_create_limit(
     ):
         ids = [await run[0].repo.insert_request(f"row {n} of forty") for n in range(40)]
         started = time.monotonic()
-        async with running(run[0].worker()), running(run[1].worker()):
-            async with running(run[2].worker()):
-                rows = await eventually(
-                    lambda: run[0].pool.fetch(
-                        "select status, error, locked_by from videos where id = any($1)", ids
-                    ),
-                    lambda rs: all(r["status"] in ("completed", "failed") for r in rs),
-                    within=170,
-                )
+        async with (
+            running(run[0].worker()),
+            running(run[1].worker()),
+            running(run[2].worker()),
+        ):
+            rows = await eventually(
+                lambda: run[0].pool.fetch(
+                    "select status, error, locked_by from videos where id = any($1)", ids
+                ),
+                lambda rs: all(r["status"] in ("completed", "failed") for r in rs),
+                within=170,
+            )
         took = time.monotonic() - started
     assert [r["error"] for r in rows if r["status"] != "completed"] == []
     assert len(fake.created) == 40 and fake.throttled == 0
@@ -154,7 +158,7 @@ async def test_turns_are_spaced_for_every_replica_and_far_turns_are_not_reserved
         granted = sorted(t.wait.total_seconds() for t in turns if t.granted)
         spacing = 60 / (60 * 0.9)
         assert len(granted) == 5  # 0, 1.11, 2.22, 3.33, 4.44 s; the rest is beyond 5 s
-        assert all(b - a >= spacing - 0.05 for a, b in zip(granted, granted[1:], strict=False))
+        assert all(b - a >= spacing - 0.05 for a, b in itertools.pairwise(granted))
         refused = [t for t in turns if not t.granted]
         assert len(refused) == 4 and all(t.wait.total_seconds() > 5 for t in refused)
         # A poll is not a create: its own limit (none here) gives a turn at once.
