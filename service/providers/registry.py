@@ -130,6 +130,8 @@ class Provider:
     """Other spellings SORA_PROVIDER and ``demo --provider`` accept."""
     delivery_hosts: tuple[str, ...] = ()
     """Hosts its files are served from besides its API's own (names or ``.suffix``)."""
+    default_host: str = ""
+    """The host its SDK talks to when no base URL is set (for retirements per host)."""
     rates: Rates = Rates()
     """Its request limits (``service.database.limits`` keeps every replica under them)."""
 
@@ -266,6 +268,7 @@ REGISTRY: tuple[Provider, ...] = (
         ),
         host_gone="OpenAI's own Videos API was shut down on 2026-09-24; set it to a host "
         "that serves /v1/videos (a LiteLLM or new-api gateway)",
+        default_host="api.openai.com",
     ),
     Provider(
         "google_veo",
@@ -280,6 +283,7 @@ REGISTRY: tuple[Provider, ...] = (
             VeoFakeSettings,
         ),
         aliases=("veo",),
+        default_host="aiplatform.googleapis.com",
         # Vertex AI: 50 creates a minute per project and model for the GA models, 10 for
         # the previews (the registry's per-model figures); the video comes back inline.
         rates=Rates(per_model=True, source="Vertex AI Veo 3.1 model page (2026-12)"),
@@ -297,6 +301,7 @@ REGISTRY: tuple[Provider, ...] = (
             ReplicateFakeSettings,
         ),
         delivery_hosts=("replicate.delivery", ".replicate.delivery"),
+        default_host="api.replicate.com",
         rates=Rates(
             creates_per_minute=600,
             others_per_minute=3000,
