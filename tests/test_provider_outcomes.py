@@ -246,7 +246,7 @@ def test_settings_choose_the_provider_and_its_default_model() -> None:
         return Settings(**grouped(**values)).generation
 
     assert generation(provider="veo").provider == "google_veo"  # the demo's short name
-    assert generation(provider="google_veo").default_model == "veo-3.1-generate-preview"
+    assert generation(provider="google_veo").default_model == "veo-3.1-generate-001"
     assert generation(provider="replicate").default_model == "google/veo-3.1"
     assert generation(provider="openai").default_model == "sora-2"
     assert generation(provider="replicate", model="openai/sora-2").default_model == "openai/sora-2"

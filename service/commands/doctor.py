@@ -417,8 +417,11 @@ async def _default_model(settings: Settings) -> list[Finding]:
     the host's secret, and it costs the dearest known price in the budget), or known."""
     chosen = provider_named(settings.generation.provider)
     model = settings.generation.default_model
-    base_url = settings.providers.of(chosen.name).base_url
-    host = urlsplit(base_url).hostname if base_url else chosen.default_host
+    own = settings.providers.of(chosen.name)
+    if own.api_key is None:
+        host: str | None = "127.0.0.1"  # its local stand-in, which serves every name
+    else:
+        host = urlsplit(own.base_url).hostname if own.base_url else chosen.default_host
     gone = models.retirement(model, host, datetime.now(UTC).date())
     if gone is not None:
         return [

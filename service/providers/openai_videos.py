@@ -237,7 +237,12 @@ class OpenAIVideos:
             raise ProviderUnavailable(
                 f"status of {job_id} unavailable ({detail(err)})", retry_after(err)
             ) from err
-        return replace(self._job(video), poll_after=_poll_after(headers))
+        # Under the id asked for: a gateway may spell the same job another way (LiteLLM
+        # re-encodes its ids), and the one this worker holds is the one that routes.
+        job = self._job(video)
+        if job.status == "completed":
+            self._remember_inline(job_id, video)
+        return replace(job, id=job_id, poll_after=_poll_after(headers))
 
     @asynccontextmanager
     async def download(
@@ -261,7 +266,7 @@ class OpenAIVideos:
                 message="its host is not a delivery host of this provider "
                 "(SORA_DELIVERY_HOSTS); trying /content",
             )
-        url = f"{self.content_url(job_id)}?variant={variant}"
+        url = f"{self._content(job_id)}?variant={variant}"
         headers = {"Authorization": f"Bearer {self._api_key}", "Accept": "application/binary"}
         try:
             async with self.delivery.stream(url, what, headers) as chunks:
@@ -270,7 +275,11 @@ class OpenAIVideos:
             raise _delivery_error(err, what, self.base_url) from err
 
     def content_url(self, job_id: str) -> str:
-        """The job's ``/content`` address, its id escaped as the SDK escapes it."""
+        """The file a finished job named inline when this worker saw one, else its
+        ``/content`` address (the id escaped as the SDK escapes it)."""
+        return self._inline.get(job_id) or self._content(job_id)
+
+    def _content(self, job_id: str) -> str:
         return f"{self.base_url}/videos/{path_segment(job_id)}/content"
 
     async def diagnose(self, model: str) -> list[Finding]:
@@ -348,8 +357,6 @@ class OpenAIVideos:
             # and status, not on every poll.
             status = "running"
             self._odd_status(str(video.id), raw)
-        if status == "completed":
-            self._remember_inline(str(video.id), video)
         error, kind = (None, None) if status != "failed" else job_error(video, raw.casefold())
         return ProviderJob(
             id=str(video.id),

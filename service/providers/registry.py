@@ -300,7 +300,7 @@ REGISTRY: tuple[Provider, ...] = (
             "service.local.replicate_server:stand_in",
             ReplicateFakeSettings,
         ),
-        delivery_hosts=("replicate.delivery", ".replicate.delivery"),
+        delivery_hosts=("replicate.delivery", ".replicate.delivery"),  # as the adapter's
         default_host="api.replicate.com",
         rates=Rates(
             creates_per_minute=600,

@@ -88,6 +88,10 @@ DEFAULT_BASE_URL = "https://api.replicate.com"
 USER_AGENT = f"replicate-python/{importlib.metadata.version('replicate')}"
 """What the SDK sends as its User-Agent."""
 OUTPUT_LIFETIME = timedelta(hours=1)
+DELIVERY_HOSTS = ("replicate.delivery", ".replicate.delivery")
+"""Where Replicate serves outputs (the worker's own list comes from the registry)."""
+DOWNLOAD_MAX_BYTES = 2 * 1024**3
+"""The largest output taken when the worker gave no limit (tests)."""
 RECONCILE_SLACK = timedelta(minutes=2)
 RECONCILE_MAX_PAGES = 50
 KNOWN_OUTPUTS = 1000
@@ -160,11 +164,12 @@ class ReplicateVideos:
         timeout: float = 120.0,
         cancel_after: timedelta | None = None,
         webhook_url: str | None = None,
-        delivery: Delivery,
+        delivery: Delivery | None = None,
         allowed_models: frozenset[str] | None = None,
     ) -> None:
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
-        self.delivery = delivery.with_origin(self.base_url)
+        guard = delivery or Delivery(DELIVERY_HOSTS, max_bytes=DOWNLOAD_MAX_BYTES, timeout=timeout)
+        self.delivery = guard.with_origin(self.base_url)
         self.allowed_models = allowed_models
         # The SDK's own headers, said here so that both clients send the same ones.
         headers = {"Authorization": f"Bearer {api_token}", "User-Agent": USER_AGENT}
