@@ -300,7 +300,8 @@ MODELS: dict[str, ModelSpec] = {
                 aspect_values={"16:9": "landscape", "9:16": "portrait"},
                 resolution=None,
             ),
-            "the Sora-like shape the adapter already used (replicate.com/openai/sora-2; not read again in 2026-12)",
+            "the Sora-like shape the adapter already used (replicate.com/openai/sora-2; "
+            "not read again in 2026-12)",
         ),
         _replicate(
             "kwaivgi/kling-v3-video",
