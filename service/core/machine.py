@@ -164,31 +164,18 @@ def apply(job: Job, event: Event, *, policy: Policy, jitter: float) -> Transitio
                 "video.waiting",
                 error=f"waiting: {event.reason}",
             )
-        case OverBudget() if job.stage is Stage.PENDING or (
-            job.stage is Stage.SUBMITTING and job.submit_key is None
-        ):
+        case OverBudget() if _unsent(job):
             # Nothing was sent and nothing failed: the row waits for the budget's next
             # day (or a raised budget), its attempts untouched.
-            return Transition(
-                job.stage,
-                job.attempts,
-                event.retry_after,
-                "video.over_budget",
-                error=f"waiting: {event.reason}",
-            )
-        case Throttled() if job.stage in (Stage.PENDING, Stage.GENERATING) or (
-            job.stage is Stage.SUBMITTING and job.submit_key is None
-        ):
+            return _put_off(job, event.retry_after, "video.over_budget", event.reason)
+        case Throttled() if _unsent(job) or job.stage is Stage.GENERATING:
             # Nothing was sent: the rate every replica shares has no room yet. Not a
             # failure (attempts untouched); a generating row's deadline still holds at
-            # its next poll.
-            return Transition(
-                job.stage,
-                job.attempts,
-                event.retry_after,
-                "video.throttled",
-                error=f"waiting: {event.reason}" if job.stage is not Stage.GENERATING else None,
-            )
+            # its next poll, and its error stays clear (it is not waiting on anything
+            # wrong).
+            polling = job.stage is Stage.GENERATING
+            reason = None if polling else event.reason
+            return _put_off(job, event.retry_after, "video.throttled", reason)
         case (
             IntentRecorded()
             | Accepted()
@@ -203,6 +190,17 @@ def apply(job: Job, event: Event, *, policy: Policy, jitter: float) -> Transitio
     if transition is None:
         raise IllegalTransition(f"{type(event).__name__} cannot happen in stage {job.stage}")
     return transition
+
+
+def _unsent(job: Job) -> bool:
+    """Nothing was sent for this row yet (no intent, or one withdrawn)."""
+    return job.stage is Stage.PENDING or (job.stage is Stage.SUBMITTING and job.submit_key is None)
+
+
+def _put_off(job: Job, delay: timedelta, log_event: str, reason: str | None) -> Transition:
+    """Look again after ``delay``, stage and attempts as they are: not a failure."""
+    error = None if reason is None else f"waiting: {reason}"
+    return Transition(job.stage, job.attempts, delay, log_event, error=error)
 
 
 def _on_submission(job: Job, event: Event, *, policy: Policy, jitter: float) -> Transition | None:
