@@ -15,7 +15,6 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Protocol
 
 import httpx
@@ -35,17 +34,13 @@ from service.core.events import (
     OverBudget,
     Progressed,
     Rejected,
-    Throttled,
     Transient,
     Unreconcilable,
     Vanished,
     Waiting,
 )
 from service.core.job import Job, SubmitKey
-from service.core.rates import Call
 from service.core.request import ImageInputs, VideoRequest
-from service.database.errors import RepositoryError
-from service.database.limits import Turn
 from service.database.port import AbandonedJob
 from service.media import fetch, images, prints, references
 from service.providers import base as providers
@@ -54,6 +49,7 @@ from service.providers.base import VideoProvider
 from service.providers.lookup import Providers, UnknownProvider
 from service.storage.base import ObjectStore
 from service.worker.archive import Archiver, take_image
+from service.worker.pacing import Pace, Pacing
 from service.worker.webhook_health import WebhookHealth
 
 log = structlog.get_logger("service.worker.steps")
@@ -77,14 +73,6 @@ class Gate(Protocol):
     async def admit(self, provider: str, model: str, size: str, seconds: str) -> Admission: ...
 
 
-class Pace(Protocol):
-    """The request rate every replica shares (``service.database.limits``)."""
-
-    async def take(self, provider: str, model: str, call: Call) -> Turn: ...
-
-    async def hold_off(self, provider: str, model: str, call: Call, pause: timedelta) -> None: ...
-
-
 FRAME_CACHE = 512
 """First-frame prints kept per process (a job's first frame never changes): a crash
 that leaves many twins in doubt fetches each candidate's thumbnail about once."""
@@ -95,9 +83,6 @@ FIRST_FRAME_MAX_BYTES = 32 * 1024 * 1024
 PHOTO_ROWS_AT_ONCE = 4
 """Rows that may hold downloaded photos at once: at most this many x 2 x
 SORA_IMAGE_MAX_BYTES of photo bytes in memory, whatever the concurrency."""
-
-RATE_LIMITED_PAUSE = timedelta(seconds=10)
-"""How long every replica holds off after a 429 that did not say (no Retry-After)."""
 
 ABANDONED_TRIES = 5
 """Cancels tried on an abandoned job (five minutes apart) before it is left to run."""
@@ -143,9 +128,8 @@ class Steps:
         self.archiver = Archiver(providers, store, video_bucket, rendition_kbps)
         self.gate = gate
         """Asked right before each intent when given (the worker's runtime gives it)."""
-        self.pace = pace
-        """Asked for a turn before each create and poll when given (the runtime gives
-        it): one request rate for every replica."""
+        self.pacing = Pacing(pace)
+        """Turns before each create and poll (one request rate for every replica)."""
         self._frames: OrderedDict[str, likeness.Print] = OrderedDict()
 
     # ------------------------------------------------------------ submit
@@ -201,7 +185,7 @@ class Steps:
             return NotSubmitted(str(err))
         # Last, right before the intent: a turn is reserved for a create that follows
         # within milliseconds, so the host sees creates as far apart as turns are.
-        waited = await self._turn(provider.name, model, "create")
+        waited = await self.pacing.turn(provider.name, model, "create")
         if waited is not None:
             return waited
         key = SubmitKey(uuid.uuid4())
@@ -216,40 +200,6 @@ class Steps:
         if sent is None:
             return IntentRecorded(key, provider.name, request)
         return IntentRecorded(key, provider.name, request, sent.first_print, sent.how)
-
-    async def _turn(self, provider: str, model: str, call: Call) -> Throttled | None:
-        """Wait for this replica's turn at the shared rate (``Pace``); a turn too far
-        off to wait for in place is a ``Throttled`` (the row waits, nothing sent)."""
-        if self.pace is None:
-            return None
-        turn = await self.pace.take(provider, model, call)
-        if not turn.granted:
-            return Throttled(
-                f"the {call} rate shared by every replica has no room yet (SORA_RATE_LIMITS)",
-                turn.wait,
-            )
-        if turn.wait.total_seconds() > 0:
-            await asyncio.sleep(turn.wait.total_seconds())
-        return None
-
-    async def _rate_limited(
-        self, provider: str, model: str | None, call: Call, err: providers.RateLimited
-    ) -> None:
-        """A 429: every replica holds off for what the host asked (or a short pause)."""
-        if self.pace is None:
-            return
-        pause = err.retry_after or RATE_LIMITED_PAUSE
-        try:
-            await self.pace.hold_off(provider, model or "", call, pause)
-        except RepositoryError as said:
-            log.warning("provider.hold_off_unrecorded", error=str(said))
-        log.warning(
-            "provider.rate_limited",
-            provider=provider,
-            call=call,
-            pause_s=pause.total_seconds(),
-            message="every replica holds off",
-        )
 
     async def _reference(self, job: Job, size: str, inputs: ImageInputs) -> references.Sent | None:
         """The photos as the model takes them (``references``), and the print of the
@@ -305,8 +255,10 @@ class Steps:
         except providers.RequestRejected as err:
             return Rejected(str(err), err.kind)
         except providers.RateLimited as err:
-            await self._rate_limited(intent.provider, intent.request.model, "create", err)
-            return NotSubmitted(str(err), err.retry_after or RATE_LIMITED_PAUSE)
+            pause = await self.pacing.rate_limited(
+                intent.provider, intent.request.model, "create", err
+            )
+            return NotSubmitted(str(err), pause)
         except providers.ProviderUnavailable as err:
             return NotSubmitted(str(err), err.retry_after)
         except providers.OutcomeUnknown as err:
@@ -468,7 +420,7 @@ class Steps:
     async def poll(self, job: Job) -> Event:
         assert job.video_id is not None, "generating rows always hold a video_id"
         provider_name = job.provider or self.providers.default
-        waited = await self._turn(provider_name, job.model or "", "poll")
+        waited = await self.pacing.turn(provider_name, job.model or "", "poll")
         if waited is not None:
             return waited
         try:
@@ -493,8 +445,8 @@ class Steps:
         except providers.VideoGone as err:
             return Vanished(str(err))
         except providers.RateLimited as err:
-            await self._rate_limited(provider.name, job.model, "poll", err)
-            return Transient(str(err), err.retry_after or RATE_LIMITED_PAUSE)
+            pause = await self.pacing.rate_limited(provider.name, job.model, "poll", err)
+            return Transient(str(err), pause)
         except providers.ProviderError as err:
             return Transient(str(err), err.retry_after)
         return self._polled(provider, state)
