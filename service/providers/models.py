@@ -202,6 +202,19 @@ def _preview_end(instead: str) -> tuple[Retirement, ...]:
     return (Retirement(date(2026, 10, 22), GEMINI_API_HOSTS, instead, _GEMINI_SHUTDOWN),)
 
 
+def _veo_preview(name: str, usd_per_second: float, ga: str) -> ModelSpec:
+    """A Veo 3.1 preview: 10 creates a minute on Vertex AI (its page of 2025-11-07),
+    retired on the Gemini API in favour of ``ga``."""
+    return _veo(
+        name,
+        usd_per_second=usd_per_second,
+        price_source=_VEO_PRICE,
+        per_minute=10,
+        source=_VERTEX_VEO_PREVIEW,
+        retired=_preview_end(ga),
+    )
+
+
 def _replicate(
     name: str,
     sizes: frozenset[str],
@@ -249,22 +262,8 @@ MODELS: dict[str, ModelSpec] = {
             per_minute=50,
             source=_VERTEX_VEO,
         ),
-        _veo(
-            "veo-3.1-generate-preview",
-            usd_per_second=0.40,
-            price_source=_VEO_PRICE,
-            per_minute=10,
-            source=_VERTEX_VEO_PREVIEW,
-            retired=_preview_end("veo-3.1-generate-001"),
-        ),
-        _veo(
-            "veo-3.1-fast-generate-preview",
-            usd_per_second=0.15,
-            price_source=_VEO_PRICE,
-            per_minute=10,
-            source=_VERTEX_VEO_PREVIEW,
-            retired=_preview_end("veo-3.1-fast-generate-001"),
-        ),
+        _veo_preview("veo-3.1-generate-preview", 0.40, "veo-3.1-generate-001"),
+        _veo_preview("veo-3.1-fast-generate-preview", 0.15, "veo-3.1-fast-generate-001"),
         _veo(
             "veo-3.1-lite-generate-preview",
             usd_per_second=0.08,
