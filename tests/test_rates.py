@@ -161,9 +161,13 @@ async def test_turns_are_spaced_for_every_replica_and_far_turns_are_not_reserved
         assert all(b - a >= spacing - 0.05 for a, b in itertools.pairwise(granted))
         refused = [t for t in turns if not t.granted]
         assert len(refused) == 4 and all(t.wait.total_seconds() > 5 for t in refused)
-        # A poll is not a create: its own limit (none here) gives a turn at once.
+        # A poll is not a create: its own limit (none here) gives a turn at once...
         poll = await limits[0].take("replicate", "m", "poll")
         assert poll.granted and poll.wait == timedelta(0)
+        # ...until the host answers 429: then every replica holds off, limit or none.
+        await limits[0].hold_off("replicate", "m", "poll", timedelta(seconds=30))
+        held = await limits[2].take("replicate", "m", "poll")
+        assert not held.granted and held.wait > timedelta(seconds=20)
     finally:
         for pool in pools:
             await pool.close()

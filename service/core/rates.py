@@ -34,8 +34,8 @@ reserved, and the row waits out of the worker (``Throttled``)."""
 
 
 UNLIMITED = 1_000_000
-"""The figure of a call no limit is known for: it still takes its turn (one round trip)
-so that a host's 429 holds every replica off, but turns are microseconds apart."""
+"""The figure of a call no limit is known for: it takes no turn, but still reads (one
+plain read, no lock) whether a host's 429 holds every replica off."""
 
 
 @dataclass(frozen=True)

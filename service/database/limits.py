@@ -15,11 +15,17 @@ from datetime import timedelta
 
 import asyncpg
 
-from service.core.rates import HOLD, Call, RateRules
+from service.core.rates import HOLD, UNLIMITED, Call, RateRules
 from service.database.errors import bounded, driver_errors
 from service.database.port import RateState
 
 TAKE = "select granted, wait from sora_worker.take_turn($1, $2, $3, $4)"
+HELD = """
+select greatest(extract(epoch from blocked_until - clock_timestamp()), 0)::float8
+from sora_worker.rate_limits where key = $1
+"""
+"""For a call without a known limit: only whether a 429 holds every replica off (a plain
+read, so that polls of many replicas never queue on one row's lock)."""
 HOLD_OFF = "select sora_worker.hold_off($1, $2, $3)"
 STATES = """
 select key, per_minute, granted, deferred, throttled,
@@ -49,6 +55,11 @@ class RateLimits:
         """A turn for ``call`` (at once when no limit is known, unless a 429 holds
         every replica off)."""
         rule = self.rules.rule(provider, model, call)
+        if rule.per_minute >= UNLIMITED:
+            with driver_errors(f"reading {rule.key}"):
+                held = await self.pool.fetchval(HELD, rule.key)
+            wait = timedelta(seconds=held or 0.0)
+            return Turn(wait <= self.hold, wait)
         with driver_errors(f"taking a turn at {rule.key}"):
             record = await self.pool.fetchrow(
                 TAKE,
