@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-MODEL = "veo-3.1-generate-preview"
+MODEL = "veo-3.1-generate-001"
 
 
 def rss(field: str) -> float:

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import get_args
 from uuid import UUID
 
 import asyncpg
@@ -40,7 +41,7 @@ from service.config import (
 from service.database.errors import RepositoryError
 from service.database.migrations import MigrationError
 from service.extras import LocalExtraMissing, local_extra
-from service.providers.registry import SPELLINGS
+from service.providers.registry import SPELLINGS, SimulatorSettings
 from service.runtime import DatabaseRefused, DatabaseUnreachable
 from service.storage.base import StorageError
 
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--state-dir", type=Path, default=None)
     simulate.add_argument(
         "--profile",
-        choices=["openai", "litellm", "new-api"],
+        choices=list(get_args(SimulatorSettings.model_fields["profile"].annotation)),
         default=None,
         help="behave as OpenAI itself or as a gateway, quirks included "
         "[default: SORA_SIMULATOR_PROFILE]",

@@ -127,6 +127,8 @@ ADDED_SINCE = {
     # The dashboard (issue 26).
     "SORA_DASHBOARD_HOST", "SORA_DASHBOARD_PORT", "SORA_DASHBOARD_TOKEN",
     "SORA_DASHBOARD_ORIGIN", "SORA_DASHBOARD_REFRESH",
+    # One rate for every replica; provider downloads guarded (issues 25, 24).
+    "SORA_RATE_LIMITS", "SORA_DELIVERY_HOSTS", "SORA_VIDEO_MAX_BYTES",
 }  # fmt: skip
 """Settings added after the grouping."""
 

@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import asyncpg
+import pytest
 from pydantic import SecretStr
 
+from service.commands import doctor
 from service.commands.doctor import examine, worst
 from service.core.diagnosis import Finding
 from service.database.migrations import load, migrate
@@ -265,3 +267,27 @@ async def test_storage_used_per_bucket_on_a_supabase_database(empty_db_url: str)
         "hug-videos": {"objects": 2, "bytes": 1024},
         "hug-images": {"objects": 0, "bytes": 0},
     }
+
+
+@pytest.mark.parametrize(
+    ("model", "level", "said"),
+    [
+        ("veo-3.1-generate-preview", "FAIL", "veo-3.1-generate-001"),
+        ("veo-9-unheard-of", "WARN", "not in the model registry"),
+        ("veo-3.1-generate-001", "OK", "docs.cloud.google.com"),
+    ],
+)
+async def test_the_default_model_is_judged_at_its_host(
+    tmp_path: Path, model: str, level: str, said: str
+) -> None:
+    settings = make_settings(
+        "postgresql://nobody@127.0.0.1:9/x",
+        tmp_path,
+        provider="google_veo",
+        google_api_key="AIza-test",
+        google_vertex_base_url="https://generativelanguage.googleapis.com",
+        model=model,
+    )
+    (finding,) = await doctor._default_model(settings)
+    assert (finding.check, finding.level) == ("default model", level)
+    assert said in finding.detail + finding.fix

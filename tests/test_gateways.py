@@ -83,8 +83,19 @@ async def settled_by_hand(
             str(row["submit_key"]),
             sim.base_url,
             f"sora-worker adopt {row_id} VIDEO_ID",
+            # The upstream id a person finds behind the proxy only routes wrapped.
+            f"sora-worker adopt {row_id} UPSTREAM_ID --litellm-model sora-2",
         ):
             assert needed in error, (needed, error)
+        # LiteLLM's own text carries raw newlines: the row's error is one line.
+        assert "\n" not in error and "You passed model= Pass model" in error
+        # Nothing said "will retry" before the row failed in doubt: it was looked for.
+        steps = [e for e in logs if str(e["event"]).startswith("video.")]  # the one row so far
+        assert not any("will retry" in str(e.get("reason", "")) for e in steps), steps
+        assert [e["event"] for e in steps if e["event"] in ("video.in_doubt", "video.failed")] == [
+            "video.in_doubt",
+            "video.failed",
+        ]
         assert len(sim.created) == 1  # never a second job
 
         # What the operator sees.

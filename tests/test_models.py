@@ -63,3 +63,68 @@ def test_the_name_lives_on_where_others_serve_it(host: str | None) -> None:
 
 def test_veo_aspect_ratios() -> None:
     assert models.MODELS["veo-3.1-generate-preview"].aspect_ratios == {"16:9", "9:16"}
+
+
+AFTER_PREVIEWS = date(2026, 12, 5)
+
+
+@pytest.mark.parametrize(
+    ("preview", "ga"),
+    [
+        ("veo-3.1-generate-preview", "veo-3.1-generate-001"),
+        ("veo-3.1-fast-generate-preview", "veo-3.1-fast-generate-001"),
+        ("veo-3.1-lite-generate-preview", "veo-3.1-fast-generate-001"),
+    ],
+)
+def test_veo_previews_are_retired_on_the_gemini_api_naming_the_ga_model(
+    preview: str, ga: str
+) -> None:
+    with pytest.raises(RequestRejected) as caught:
+        models.check(
+            preview,
+            "1280x720",
+            "8",
+            image=True,
+            host="generativelanguage.googleapis.com",
+            today=AFTER_PREVIEWS,
+        )
+    assert caught.value.kind == "model_retired"
+    assert "2026-10-22" in str(caught.value) and ga in str(caught.value)
+    models.check(  # the day before, and on Vertex AI, where no date is known
+        preview,
+        "1280x720",
+        "8",
+        image=True,
+        host="generativelanguage.googleapis.com",
+        today=date(2026, 10, 21),
+    )
+    models.check(
+        preview, "1280x720", "8", image=True, host="aiplatform.googleapis.com", today=AFTER_PREVIEWS
+    )
+
+
+def test_every_fact_says_where_it_was_read_and_when() -> None:
+    for spec in models.MODELS.values():
+        assert spec.source.where and spec.source.on, spec.name
+        if spec.usd_per_second is not None:
+            assert spec.price_source is not None, spec.name
+        if spec.provider == "replicate":
+            assert spec.replicate is not None, spec.name
+        for gone in spec.retired:
+            assert gone.instead and gone.source.on, spec.name
+
+
+def test_photos_go_as_the_model_takes_them_on_its_own_host_and_as_one_elsewhere() -> None:
+    assert models.image_inputs("google_veo", "veo-3.1-generate-001").kind == "first_last"
+    assert models.image_inputs("replicate", "kwaivgi/kling-v3-video").kind == "first_last"
+    assert models.image_inputs("openai", "veo-3.1-generate-001").kind == "one"  # a gateway
+    assert models.image_inputs("openai", "sora-2").kind == "one"
+    assert models.image_inputs("openai", "someone-elses-model").kind == "one"
+
+
+def test_a_model_made_from_photos_only_refuses_a_row_without_one() -> None:
+    with pytest.raises(RequestRejected) as caught:
+        models.check(
+            "wan-video/wan-2.2-i2v-fast", "1280x720", "5", image=False, host=None, today=AFTER_SORA
+        )
+    assert "photo" in str(caught.value)

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from service.core.request import VideoRequest
+from service.core.request import RequestImage, VideoRequest
 from service.local.simulator import FailureRule, Simulator, SimulatorConfig
 from service.providers import openai_sdk
 from service.providers.base import (
@@ -155,7 +155,8 @@ async def test_a_create_dropped_after_it_was_sent_is_ambiguous() -> None:
     provider = OpenAIVideos("sk-test", f"http://127.0.0.1:{port}/v1")
     try:
         with pytest.raises(OutcomeUnknown):
-            await provider.submit(request(reference=b"\x89PNG" + bytes(64 * 1024)))
+            big = RequestImage("first_frame", b"\x89PNG" + bytes(64 * 1024), "image/png")
+            await provider.submit(request(images=(big,)))
     finally:
         await provider.aclose()
         server.close()

@@ -82,14 +82,14 @@ async def test_a_veo_create_in_doubt_fails_with_what_settles_it_and_is_never_res
         fake = runtime.stand_in
         assert isinstance(fake, VeoServer)
         row_id = await runtime.repo.insert_request("a hug that may have been paid for")
-        key = await leave_in_doubt(runtime, row_id, "google_veo", "veo-3.1-generate-preview")
+        key = await leave_in_doubt(runtime, row_id, "google_veo", "veo-3.1-generate-001")
         async with running(runtime.worker()):
             row = await finished(runtime, row_id)
 
         assert (row["status"], row["stage"]) == ("failed", "failed")
         assert row["error_kind"] == "in_doubt"
         assert key in row["error"] and "sora-worker adopt" in row["error"]
-        assert "veo-3.1-generate-preview" in row["error"] and "720x1280" in row["error"]
+        assert "veo-3.1-generate-001" in row["error"] and "720x1280" in row["error"]
         assert fake.created == []
 
 
@@ -246,7 +246,7 @@ def test_settings_choose_the_provider_and_its_default_model() -> None:
         return Settings(**grouped(**values)).generation
 
     assert generation(provider="veo").provider == "google_veo"  # the demo's short name
-    assert generation(provider="google_veo").default_model == "veo-3.1-generate-preview"
+    assert generation(provider="google_veo").default_model == "veo-3.1-generate-001"
     assert generation(provider="replicate").default_model == "google/veo-3.1"
     assert generation(provider="openai").default_model == "sora-2"
     assert generation(provider="replicate", model="openai/sora-2").default_model == "openai/sora-2"

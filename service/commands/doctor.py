@@ -20,7 +20,9 @@ import os
 import shutil
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
+from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -36,6 +38,7 @@ from service.database.checks import (
 )
 from service.database.migrations import load
 from service.database.storage_policies import PolicyState, policy_state
+from service.providers import models
 from service.providers.base import Diagnosable
 from service.providers.registry import provider_named
 from service.runtime import DatabaseRefused, DatabaseUnreachable, connecting, open_providers
@@ -75,6 +78,7 @@ async def examine(settings: Settings) -> list[Finding]:
         await _guarded(findings, "service key", lambda: _service_key(settings))
     else:
         await _guarded(findings, "local storage", lambda: _local_storage(settings))
+    await _guarded(findings, "default model", lambda: _default_model(settings))
     await _guarded(findings, "provider", lambda: _provider(settings))
     await _guarded(findings, "disk", lambda: _disk(settings))
     return findings
@@ -408,6 +412,52 @@ async def _provider(settings: Settings) -> list[Finding]:
         if not isinstance(provider, Diagnosable):
             return [Finding("provider", "WARN", f"{provider.name} cannot check itself")]
         return await provider.diagnose(settings.generation.default_model)
+
+
+async def _default_model(settings: Settings) -> list[Finding]:
+    """The model rows get when they name none: retired at this host (FAIL: every such row
+    would fail), unknown to the registry (WARN: its sizes, lengths, photos and price are
+    the host's secret, and it costs the dearest known price in the budget), or known."""
+    chosen = provider_named(settings.generation.provider)
+    model = settings.generation.default_model
+    own = settings.providers.of(chosen.name)
+    if own.api_key is None:
+        host: str | None = "127.0.0.1"  # its local stand-in, which serves every name
+    else:
+        host = urlsplit(own.base_url).hostname if own.base_url else chosen.default_host
+    gone = models.retirement(model, host, datetime.now(UTC).date())
+    if gone is not None:
+        return [
+            Finding(
+                "default model",
+                "FAIL",
+                f"{model} was retired at {host} on {gone.on} ({gone.source})",
+                f"set SORA_MODEL to another, e.g. {gone.instead}",
+            )
+        ]
+    spec = models.spec_for(model)
+    if spec is None:
+        return [
+            Finding(
+                "default model",
+                "WARN",
+                f"{model} is not in the model registry: its sizes, lengths and photo inputs "
+                "are left to the host, and its price counts as the dearest known "
+                f"({models.UNKNOWN_USD_PER_SECOND:.2f} USD/s) in the daily budget",
+                "make sure the host serves it, or set SORA_MODEL to a registry model "
+                "(docs/providers.md lists them)",
+            )
+        ]
+    if chosen.name not in (spec.provider, "openai"):  # a gateway may serve any model
+        return [
+            Finding(
+                "default model",
+                "WARN",
+                f"{model} is a {spec.provider} model, but SORA_PROVIDER is {chosen.name}",
+                "set SORA_MODEL to one of its models, or SORA_PROVIDER to " + spec.provider,
+            )
+        ]
+    return [Finding("default model", "OK", f"{model} (registry facts from {spec.source})")]
 
 
 async def _disk(settings: Settings) -> list[Finding]:

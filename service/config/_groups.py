@@ -23,6 +23,7 @@ from pydantic import Field, SecretStr, create_model, field_validator, model_vali
 from pydantic_core import PydanticCustomError
 
 from service.config import dsn
+from service.core.rates import parse_rate_limits
 from service.core.request import SIZE_PATTERN
 from service.media.fetch import parse_host_ports
 from service.providers.models import parse_allowed
@@ -108,6 +109,27 @@ class GenerationSettings(Group):
         env="SORA_GENERATION_TIMEOUT",
         description="Seconds a provider may take before the row is failed.",
     )
+    rate_limits: str = setting(
+        "",
+        env="SORA_RATE_LIMITS",
+        description="Request limits per minute every replica shares, over the registry's "
+        "(Replicate 600 creates/3000 other calls, Vertex 50 creates per Veo model): "
+        "PROVIDER[:MODEL]=CREATES[/OTHERS], separated by commas, 0 for none (e.g. "
+        "openai=20/600,replicate=300). Turns are spaced for 90 % of each.",
+    )
+    delivery_hosts: str = setting(
+        "",
+        env="SORA_DELIVERY_HOSTS",
+        description="More hosts a provider's videos may be downloaded from (names, or "
+        ".suffix for a domain), besides its API's own and its known delivery hosts "
+        "(replicate.delivery); public addresses only (e.g. a relay's CDN).",
+    )
+    video_max_bytes: int = setting(
+        2 * 1024**3,
+        env="SORA_VIDEO_MAX_BYTES",
+        gt=0,
+        description="Largest file taken from a provider (a video or thumbnail).",
+    )
 
     @field_validator("provider", mode="before")
     @classmethod
@@ -119,6 +141,24 @@ class GenerationSettings(Group):
                 "literal_error", "Input should be {expected}", {"expected": _listed(NAMES)}
             )
         return SPELLINGS[value]  # "veo" is google_veo
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _rate_limits_shape(cls, value: str) -> str:
+        parse_rate_limits(value, NAMES)  # raises ValueError naming the bad entry
+        return value
+
+    @field_validator("delivery_hosts")
+    @classmethod
+    def _delivery_hosts_shape(cls, value: str) -> str:
+        for host in _hosts(value):
+            if not host.strip(".") or any(c in host for c in "/:@ "):
+                raise ValueError(f"{host!r} is not a host name or .suffix (e.g. .example-cdn.com)")
+        return value
+
+    @property
+    def delivery_host_list(self) -> tuple[str, ...]:
+        return _hosts(self.delivery_hosts)
 
     @field_validator("size")
     @classmethod
@@ -138,6 +178,10 @@ class GenerationSettings(Group):
     def default_model(self) -> str:
         """The model a row that names none gets: SORA_MODEL, else the provider's own."""
         return self.model or provider_named(self.provider).default_model
+
+
+def _hosts(text: str) -> tuple[str, ...]:
+    return tuple(h.strip().lower() for h in text.split(",") if h.strip())
 
 
 class CostSettings(Group):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from service.core.job import SubmitKey
-from service.core.request import ErrorKind, VideoRequest
+from service.core.request import ErrorKind, PhotosSent, VideoRequest
 
 # ---------------------------------------------------------------- events
 
@@ -22,8 +22,10 @@ class IntentRecorded:
     provider: str
     request: VideoRequest
     reference_print: bytes | None = None
-    """The reference reduced to a print (``service.core.likeness``): the evidence that later
-    tells this row's job from its identical twins'."""
+    """The first image sent, reduced to a print (``service.core.likeness``): the evidence
+    that later tells this row's job from its identical twins'."""
+    photos_sent: PhotosSent | None = None
+    """How the photos went: composed, as first and last frames, or as references."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ class Unreconcilable:
 
     reason: str
     host: str
+    litellm: bool = False
+    """The host is a LiteLLM proxy: a job a person finds upstream is adopted with
+    ``--litellm-model`` (the proxy routes only ids it minted)."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,16 @@ class OverBudget:
 
 
 @dataclass(frozen=True)
+class Throttled:
+    """Nothing was sent: the provider's request rate, shared by every replica
+    (``service.database.limits``), has no room now. The row waits ``retry_after``,
+    spending no attempts (a create not yet asked, or a poll put off)."""
+
+    reason: str
+    retry_after: timedelta
+
+
+@dataclass(frozen=True)
 class Vanished:
     """The provider says the job or its file does not exist (deleted, expired, lost)."""
 
@@ -210,6 +225,7 @@ Event = (
     | Vanished
     | Waiting
     | OverBudget
+    | Throttled
     | Transient
 )
 
@@ -227,6 +243,7 @@ class RecordIntent:
     size: str
     seconds: str
     reference_print: bytes | None = None
+    photos_sent: PhotosSent | None = None
 
 
 @dataclass(frozen=True)

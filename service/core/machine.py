@@ -68,6 +68,7 @@ from service.core.events import (
     RecordProgress,
     Rejected,
     StoreSilent,
+    Throttled,
     Transient,
     Unreconcilable,
     Vanished,
@@ -188,18 +189,18 @@ def apply(job: Job, event: Event, *, policy: Policy, jitter: float) -> Transitio
                 "video.waiting",
                 error=f"waiting: {event.reason}",
             )
-        case OverBudget() if job.stage is Stage.PENDING or (
-            job.stage is Stage.SUBMITTING and job.submit_key is None
-        ):
+        case OverBudget() if _unsent(job):
             # Nothing was sent and nothing failed: the row waits for the budget's next
             # day (or a raised budget), its attempts untouched.
-            return Transition(
-                job.stage,
-                job.attempts,
-                event.retry_after,
-                "video.over_budget",
-                error=f"waiting: {event.reason}",
-            )
+            return _put_off(job, event.retry_after, "video.over_budget", event.reason)
+        case Throttled() if _unsent(job) or job.stage is Stage.GENERATING:
+            # Nothing was sent: the rate every replica shares has no room yet. Not a
+            # failure (attempts untouched); a generating row's deadline still holds at
+            # its next poll, and its error stays clear (it is not waiting on anything
+            # wrong).
+            polling = job.stage is Stage.GENERATING
+            reason = None if polling else event.reason
+            return _put_off(job, event.retry_after, "video.throttled", reason)
         case (
             IntentRecorded()
             | Accepted()
@@ -215,6 +216,17 @@ def apply(job: Job, event: Event, *, policy: Policy, jitter: float) -> Transitio
     if transition is None:
         raise IllegalTransition(f"{type(event).__name__} cannot happen in stage {job.stage}")
     return transition
+
+
+def _unsent(job: Job) -> bool:
+    """Nothing was sent for this row yet (no intent, or one withdrawn)."""
+    return job.stage is Stage.PENDING or (job.stage is Stage.SUBMITTING and job.submit_key is None)
+
+
+def _put_off(job: Job, delay: timedelta, log_event: str, reason: str | None) -> Transition:
+    """Look again after ``delay``, stage and attempts as they are: not a failure."""
+    error = None if reason is None else f"waiting: {reason}"
+    return Transition(job.stage, job.attempts, delay, log_event, error=error)
 
 
 def _on_submission(job: Job, event: Event, *, policy: Policy, jitter: float) -> Transition | None:
@@ -236,6 +248,7 @@ def _on_submission(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
                     event.request.size,
                     event.request.seconds,
                     event.reference_print,
+                    event.photos_sent,
                 ),
             )
         case Accepted() if stage is Stage.SUBMITTING:
@@ -273,7 +286,18 @@ def _on_submission(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
         case NotSubmitted() if stage is Stage.SUBMITTING:
             return _retry_afresh(job, event.reason, event.retry_after, policy, jitter)
         case InDoubt() if stage is Stage.SUBMITTING:
-            return _retry(job, event.reason, event.retry_after, policy, jitter)
+            # Not "will retry": nothing is sent again until the provider's list says the
+            # job does not exist (a host that cannot list fails the row at the next step).
+            looked = _retry(job, event.reason, event.retry_after, policy, jitter)
+            if looked.finished:
+                return looked
+            return replace(
+                looked,
+                log_event="video.in_doubt",
+                error=f"attempt {looked.attempts}: the create got no clear answer "
+                f"({event.reason}); looking for the job at the provider before anything "
+                "is sent again",
+            )
         case Unreconcilable() if stage is Stage.SUBMITTING and job.submit_key is not None:
             return _fail(job, _settle_by_hand(job, event), "in_doubt")
     return None
@@ -282,12 +306,19 @@ def _on_submission(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
 def _settle_by_hand(job: Job, event: Unreconcilable) -> str:
     """Everything a person needs to find the job the worker could not (and what to do)."""
     attempted = job.submitted_at.isoformat() if job.submitted_at else "an unknown time"
+    adopt = f"sora-worker adopt {job.id} VIDEO_ID"
+    if event.litellm:
+        # The proxy routes only ids it minted: an upstream id must be wrapped as it would.
+        adopt += (
+            f" (VIDEO_ID as {event.host} returned it), or sora-worker adopt {job.id} "
+            f"UPSTREAM_ID --litellm-model {job.model} (the id at the host behind it)"
+        )
     return (
         f"in doubt: the create sent to {event.host} at {attempted} got no clear answer, and "
         f"{event.host} cannot list its jobs ({event.reason}), so the worker cannot tell "
         f"whether it made one. Look at {event.host} for a job created then with prompt "
         f"{job.prompt!r} (model {job.model}, size {job.size}, {job.seconds} s; idempotency "
-        f"key {job.submit_key}). If there is one: sora-worker adopt {job.id} VIDEO_ID. "
+        f"key {job.submit_key}). If there is one: {adopt}. "
         "If there is none: set status to queued to try again."
     )
 

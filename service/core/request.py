@@ -29,18 +29,65 @@ ErrorKind = Literal[
 """Why a row failed, in words an app can show (the row's ``error_kind`` column)."""
 
 
+PhotosSent = Literal["composed", "first_last", "references"]
+"""How a row's photos went to the generator (the row's ``photos_sent``, sql/0015):
+composed into one reference image, as the first and last frames, or as a list of
+references."""
+
+ImageRole = Literal["first_frame", "last_frame", "reference"]
+"""What an image sent with a request is to the model."""
+
+
+@dataclass(frozen=True)
+class ImageInputs:
+    """What photos a model takes. ``first_last``: a first frame and, optionally, a last
+    frame; ``references``: up to ``max_references`` images it keeps the subjects of;
+    ``one``: a single image (the first frame); ``none``: no image at all."""
+
+    kind: Literal["none", "one", "first_last", "references"]
+    max_references: int = 0
+
+    @property
+    def takes_images(self) -> bool:
+        return self.kind != "none"
+
+
+NO_IMAGES = ImageInputs("none")
+ONE_IMAGE = ImageInputs("one")
+FIRST_LAST = ImageInputs("first_last")
+
+
+@dataclass(frozen=True)
+class RequestImage:
+    """One image sent with a request, and what it is to the model."""
+
+    role: ImageRole
+    data: bytes
+    content_type: str = "image/jpeg"
+    filename: str = "reference.jpg"
+
+
 @dataclass(frozen=True)
 class VideoRequest:
-    """One submission. ``idempotency_key`` is recorded in the row before submitting."""
+    """One submission. ``idempotency_key`` is recorded in the row before submitting.
+
+    ``images`` are the photos as the model takes them (``service.media.references``):
+    one composed first frame, a first and a last frame, or references."""
 
     prompt: str
     model: str
     size: str
     seconds: str
     idempotency_key: str
-    reference: bytes | None = None
-    reference_filename: str = "reference.jpg"
-    reference_content_type: str = "image/jpeg"
+    images: tuple[RequestImage, ...] = ()
+
+    def image(self, role: ImageRole) -> RequestImage | None:
+        """The first image sent as ``role``, if any."""
+        return next((i for i in self.images if i.role == role), None)
+
+    @property
+    def references(self) -> tuple[RequestImage, ...]:
+        return tuple(i for i in self.images if i.role == "reference")
 
 
 def request_problem(prompt: str, size: str | None, seconds: str | None) -> str | None:

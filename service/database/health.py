@@ -6,12 +6,13 @@ A frozen database must not hang a probe or a scrape, so each read gives up after
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 
 import asyncpg
 
 from service.core.job import Stage
-from service.database import costs
+from service.database import costs, limits
 from service.database.errors import RepositoryError, bounded
 from service.database.port import TableSnapshot
 from service.database.rows import ACTIVE_SQL
@@ -50,6 +51,8 @@ class Health:
             oldest_unfinished_seconds=max(ages) if ages else None,
             in_doubt=sum(r["keyed"] for r in rows if r["stage"] == Stage.SUBMITTING.value),
         )
+        with contextlib.suppress(RepositoryError):  # else the rates alone go missing
+            snapshot = replace(snapshot, rates=await limits.states(self.pool, within))
         try:
             money = await costs.spend(self.pool, within)
         except RepositoryError:

@@ -118,6 +118,24 @@ class TableSnapshot:
     """Jobs a re-queue or a delete left running that no worker has settled yet."""
     refusals: Mapping[str, int] = field(default_factory=dict)
     """Inserts the database refused so far, by reason (job_or_stage, model, quota, budget)."""
+    rates: tuple[RateState, ...] = ()
+    """Each request-rate limit every replica shares (sql/0015)."""
+
+
+@dataclass(frozen=True)
+class RateState:
+    """One shared request-rate limit as a scrape reads it."""
+
+    key: str
+    per_minute: int
+    granted: int
+    """Turns handed out since it was made."""
+    deferred: int
+    """Times a replica was told to wait out of the worker (no turn near enough)."""
+    throttled: int
+    """429s from the host written here (each held every replica off)."""
+    blocked_seconds: float
+    """How long every replica is still held off by the host's last 429 (0: not)."""
 
 
 @dataclass(frozen=True)

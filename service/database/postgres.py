@@ -159,7 +159,7 @@ CHECKPOINT: dict[type[Change] | None, str] = {
     None: _checkpoint_sql(),
     RecordIntent: _checkpoint_sql(
         "submit_key = $13, provider = $14, model = $15, size = $16, seconds = $17, "
-        "reference_print = $18, submitted_at = now()"
+        "reference_print = $18, photos_sent = $19, submitted_at = now()"
     ),
     ForgetIntent: _checkpoint_sql("submit_key = null"),
     RecordJob: _checkpoint_sql("video_id = $13, progress = $14"),
@@ -192,6 +192,7 @@ def _change_values(change: Change | None) -> list[Any]:
                 change.size,
                 change.seconds,
                 change.reference_print,
+                change.photos_sent,
             ]
         case RecordJob():
             return [change.video_id, change.progress]

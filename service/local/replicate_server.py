@@ -8,8 +8,15 @@ that the SDK follows as given), ``POST /v1/predictions/{id}/cancel``, ``GET
 /v1/webhooks/default/secret``, and the output files on ``/delivery/...``. Errors are
 RFC 7807 problem details (``title``, ``detail``, ``status``), as the SDK parses them.
 
-No kinder than the real host: outputs are deleted ``output_ttl`` after the prediction
-ends (an hour on Replicate: the file answers 404 and the prediction says
+Each model takes its own inputs (``replicate_inputs.SCHEMAS``: Kling's ``start_image``/
+``end_image``, MiniMax's ``first_frame_image``/``last_frame_image``...), checked as the
+model checks them, unknown fields refused; ``received`` keeps the images each
+prediction was given, by field, so a test sees whether two photos arrived as two frames.
+
+No kinder than the real host: creates beyond ``create_limit`` per ``create_window``
+seconds (a sliding window; Replicate's is 600 a minute) answer 429 with ``Retry-After``
+and Replicate's "Request was throttled" text; outputs are deleted ``output_ttl`` after
+the prediction ends (an hour on Replicate: the file answers 404 and the prediction says
 ``data_removed``), predictions time out after ``prediction_timeout``, a
 ``Cancel-After`` header cancels (or, before start, aborts) at its deadline, a prompt
 holding ``safety_marker`` fails with E005, and webhooks are signed per Standard
@@ -22,6 +29,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import math
 import re
 import secrets
 import time
@@ -36,7 +44,7 @@ import httpx
 from aiohttp import web
 
 from service.local.fake_host import FakeHost, made_with
-from service.local.replicate_inputs import Problem, check_input, geometry
+from service.local.replicate_inputs import SCHEMAS, Problem, check_input, geometry
 from service.local.simulator.media import render_mp4
 from service.providers.registry import ReplicateFakeSettings
 from service.web.webhooks import signed_headers
@@ -64,12 +72,20 @@ class ReplicateConfig:
     models: dict[str, str] = field(
         default_factory=lambda: {
             "google/veo-3.1": "veo",
-            "google/veo-3.1-fast": "veo",
+            "google/veo-3.1-fast": "veo-fast",
             "openai/sora-2": "sora",
+            "kwaivgi/kling-v3-video": "kling-v3",
+            "bytedance/seedance-2.0": "seedance-2",
+            "minimax/hailuo-02": "hailuo-02",
+            "wan-video/wan-2.2-i2v-fast": "wan-2.2-i2v",
         }
     )
-    """Model -> input shape ("veo": duration/aspect_ratio/resolution/image; "sora":
-    seconds/aspect_ratio portrait|landscape/input_reference)."""
+    """Model -> its input schema (``replicate_inputs.SCHEMAS``)."""
+    create_limit: int | None = None
+    """Creates accepted per ``create_window`` seconds (None: no limit)."""
+    create_window: float = 60.0
+    output_redirect: str | None = None
+    """Answer every output file with a redirect here (a hostile model's output)."""
     api_token: str | None = None  # None: any non-empty token
     safety_marker: str = "[flagged]"
     webhook_secret: str = field(default_factory=_new_secret)
@@ -130,6 +146,12 @@ class ReplicateServer(FakeHost):
         super().__init__()
         self.config = config or ReplicateConfig()
         self.created: list[str] = []
+        self.create_times: list[float] = []
+        """When each accepted create arrived (``clock``)."""
+        self.throttled = 0
+        """Creates answered 429."""
+        self.received: dict[str, dict[str, bytes]] = {}
+        """The images each prediction was given, by input field."""
         self.deliveries: list[Delivery] = []
         self._predictions: dict[str, _Prediction] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -193,10 +215,13 @@ class ReplicateServer(FakeHost):
         return await self._create(request, model, body)
 
     async def _create(self, request: web.Request, model: str, body: dict[str, Any]) -> web.Response:
+        self._admit_create()
         inputs = body.get("input")
         if not isinstance(inputs, dict):
             raise Problem(422, "Input validation failed", "- input: input is required")
-        image = await asyncio.to_thread(check_input, self.config.models[model], inputs)
+        shape = self.config.models[model]
+        images = await asyncio.to_thread(check_input, shape, inputs)
+        first = SCHEMAS[shape].first
         events = body.get("webhook_events_filter") or list(WEBHOOK_EVENTS)
         if not set(events) <= set(WEBHOOK_EVENTS):
             raise Problem(
@@ -209,7 +234,7 @@ class ReplicateServer(FakeHost):
             model=model,
             version=_version_of(model),
             input=inputs,
-            image=image,
+            image=images.get(first) if first else None,
             created_at=now,
             deadline=None if deadline is None else now + deadline,
             webhook=body.get("webhook"),
@@ -217,9 +242,35 @@ class ReplicateServer(FakeHost):
         )
         self._predictions[prediction.id] = prediction
         self.created.append(prediction.id)
+        self.received[prediction.id] = images
         if prediction.webhook:
             self._spawn(self._deliver_all(prediction, self._origin(request)))
         return web.json_response(self._view(prediction, self._origin(request)), status=201)
+
+    def _admit_create(self) -> None:
+        """Replicate's create limit, as a sliding window: beyond it, 429."""
+        limit, window = self.config.create_limit, self.config.create_window
+        now = self.config.clock()
+        if limit is not None:
+            recent = [t for t in self.create_times if t > now - window]
+            if len(recent) >= limit:
+                self.throttled += 1
+                wait = max(1, math.ceil(recent[0] + window - now))
+                raise Problem(
+                    429,
+                    "Request was throttled",
+                    f"Request was throttled. Your rate limit resets in ~{wait}s.",
+                    headers={"Retry-After": str(wait)},
+                )
+        self.create_times.append(now)
+
+    def creates_in_any_window(self) -> int:
+        """The most creates accepted within any ``create_window`` seconds."""
+        times, window = sorted(self.create_times), self.config.create_window
+        return max(
+            (sum(1 for t in times[i:] if t < start + window) for i, start in enumerate(times)),
+            default=0,
+        )
 
     # ------------------------------------------------------------ reads
 
@@ -262,6 +313,8 @@ class ReplicateServer(FakeHost):
             or self._removed(prediction)
         ):
             raise web.HTTPNotFound()
+        if self.config.output_redirect is not None:
+            return web.Response(status=302, headers={"Location": self.config.output_redirect})
         data = await self._render(prediction)
         response = web.StreamResponse()
         response.content_type = "video/mp4"
@@ -357,7 +410,7 @@ class ReplicateServer(FakeHost):
     async def _render(self, p: _Prediction) -> bytes:
         async with p.lock:
             if p.video is None:
-                width, height, seconds = geometry(self.config.models[p.model], p.input)
+                width, height, seconds = geometry(self.config.models[p.model], p.input, p.image)
                 p.video = await asyncio.to_thread(
                     render_mp4,
                     width,

@@ -4,7 +4,8 @@ Wire format as the SDK (3.6.1, ``vertexai=True`` with an API key) sends and pars
 
 - ``POST /v1beta1/publishers/google/models/{model}:predictLongRunning`` (also the
   ``projects/{p}/locations/{l}/...`` form): ``{"instances": [{"prompt", "image":
-  {"bytesBase64Encoded", "mimeType"}}], "parameters": {"durationSeconds",
+  {"bytesBase64Encoded", "mimeType"}, "lastFrame": {...}, "referenceImages": [{"image":
+  {...}, "referenceType": "asset"}]}], "parameters": {"durationSeconds",
   "aspectRatio", "resolution", "sampleCount"}, "labels"}`` -> ``{"name": operation}``;
 - ``POST /v1beta1/{model resource}:fetchPredictOperation`` with ``{"operationName"}``
   -> ``{"name", "done"?, "error"?, "response": {"videos": [{"bytesBase64Encoded",
@@ -55,7 +56,14 @@ class VeoConfig:
     queue_seconds: float = 0.5
     generation_seconds: float = 4.0
     retention_seconds: float = 2 * 86400.0
-    models: tuple[str, ...] = ("veo-3.1-generate-preview", "veo-3.1-fast-generate-preview")
+    models: tuple[str, ...] = (
+        "veo-3.1-generate-001",
+        "veo-3.1-fast-generate-001",
+        "veo-3.1-generate-preview",
+        "veo-3.1-fast-generate-preview",
+    )
+    """What Vertex AI lists (the Veo 3.1 model page, 2026-12); the lite preview was a
+    Gemini API model and is not served here."""
     api_key: str | None = None  # None: any non-empty key
     safety_marker: str = "[rai-filtered]"
     clock: Callable[[], float] = time.time
@@ -72,6 +80,8 @@ class VeoCreate(NamedTuple):
     resolution: str
     has_image: bool
     labels: dict[str, str]
+    images: dict[str, bytes] = {}  # noqa: RUF012 (a NamedTuple default, never mutated)
+    """The images received, by field: ``image``, ``lastFrame``, ``referenceImages[i]``."""
 
 
 @dataclass
@@ -171,7 +181,8 @@ class VeoServer(FakeHost):
             raise _invalid("1080p videos must be 8 seconds long.")
         if parameters.get("sampleCount", 1) != 1:
             raise _invalid("This fake generates one video per request (sampleCount 1).")
-        image = await asyncio.to_thread(_image_of, instance.get("image"))
+        images = await asyncio.to_thread(_images_of, instance)
+        image = images.get("image")
         name = (
             f"projects/{PROJECT}/locations/{LOCATION}/publishers/google/models/{model}"
             f"/operations/{uuid.uuid4()}"
@@ -185,6 +196,7 @@ class VeoServer(FakeHost):
             resolution,
             image is not None,
             dict(body.get("labels") or {}),
+            images,
         )
         filtered = self.config.safety_marker.casefold() in prompt.casefold()
         self._operations[name] = _Operation(name, record, image, self.config.clock(), filtered)
@@ -268,3 +280,24 @@ def _image_of(image: Any) -> bytes | None:
     except (binascii.Error, ValueError, OSError):
         raise _invalid("The input image could not be decoded.") from None
     return data
+
+
+def _images_of(instance: dict[str, Any]) -> dict[str, bytes]:
+    """The decoded images of an instance by field, checked as Vertex checks them."""
+    image = _image_of(instance.get("image"))
+    images = {"image": image} if image is not None else {}
+    last = _image_of(instance.get("lastFrame"))
+    if last is not None:
+        if image is None:
+            raise _invalid("lastFrame needs image (the first frame) as well.")
+        images["lastFrame"] = last
+    for index, ref in enumerate(instance.get("referenceImages") or []):
+        if not isinstance(ref, dict) or ref.get("referenceType") not in ("asset", "style"):
+            raise _invalid("referenceImages[] need an image and a referenceType.")
+        found = _image_of(ref.get("image"))
+        if found is not None:
+            images[f"referenceImages[{index}]"] = found
+    unknown = set(instance) - {"prompt", "image", "lastFrame", "referenceImages"}
+    if unknown:
+        raise _invalid(f"Unknown instance fields: {', '.join(sorted(unknown))}.")
+    return images

@@ -74,6 +74,12 @@ class ProviderUnavailable(ProviderError):
     """Transient, and certainly nothing was created (refused before any work, unreachable)."""
 
 
+class RateLimited(ProviderUnavailable):
+    """The host refused for now because of its request rate (HTTP 429): nothing was
+    created. ``retry_after`` is when it said to come back (None: it did not say); every
+    replica waits that long (``service.database.limits``), not only this one."""
+
+
 class OutcomeUnknown(ProviderError):
     """Transient, and the provider may have created a job (timeout, 5xx, dropped reply)."""
 
@@ -82,7 +88,12 @@ class CannotReconcile(ProviderError):
     """The host can never say whether a job is ours: it cannot list its jobs at all (a
     gateway that does not implement the list, a provider without one) or its list hides
     what would tell jobs apart (the prompt). A create in doubt there can only be settled
-    by a person. Raised by ``find_submitted``."""
+    by a person. Raised by ``find_submitted``; ``litellm``: the host is a LiteLLM proxy
+    (a job found upstream is adopted with ``--litellm-model``)."""
+
+    def __init__(self, message: str, *, litellm: bool = False) -> None:
+        super().__init__(message)
+        self.litellm = litellm
 
 
 class VideoGone(ProviderError):

@@ -7,8 +7,10 @@ Gemini Enterprise Agent Platform mode" unless the client is built with
 is gone from the SDK. So the client is ``genai.Client(vertexai=True, api_key=...)``:
 
 - create: ``POST v1beta1/publishers/google/models/{model}:predictLongRunning``, the
-  composed reference photo as the first frame (``source.image``); the job id is the
-  operation's name (``projects/.../operations/{uuid}``);
+  photos as the model takes them: the first frame (``source.image``), the last frame
+  (``config.last_frame``, Vertex's ``lastFrame``) and reference images
+  (``config.reference_images``, type ``asset``); the job id is the operation's name
+  (``projects/.../operations/{uuid}``);
 - status: ``POST v1beta1/{model resource}:fetchPredictOperation`` (what
   ``operations.get`` sends); done with ``videos`` = completed; done with no videos and
   ``raiMediaFilteredCount`` = the safety filter (failed, ``safety_filtered``, never
@@ -41,13 +43,14 @@ import structlog
 from google import genai
 from google.genai import errors, types
 
-from service.core.request import ErrorKind, VideoRequest
+from service.core.request import ErrorKind, ImageRole, VideoRequest
 from service.providers.base import (
     CannotReconcile,
     OutcomeUnknown,
     ProviderError,
     ProviderJob,
     ProviderUnavailable,
+    RateLimited,
     RequestRejected,
     Variant,
     VideoGone,
@@ -60,6 +63,9 @@ log = structlog.get_logger("service.providers.google_veo")
 
 DEFAULT_BASE_URL = "https://aiplatform.googleapis.com"
 CHUNK_SIZE = 256 * 1024
+THROTTLED_PAUSE = timedelta(seconds=10)
+"""How long every replica holds off after Google's 429 (RESOURCE_EXHAUSTED), which
+carries no Retry-After."""
 
 
 async def open_adapter(api_key: str, base_url: str | None, options: AdapterOptions) -> GoogleVeo:
@@ -93,18 +99,23 @@ class GoogleVeo:
 
     async def submit(self, request: VideoRequest) -> ProviderJob:
         frame = frame_of(request.size, request.model)
-        image = None
-        if request.reference is not None:
-            image = types.Image(
-                image_bytes=request.reference, mime_type=request.reference_content_type
+        references = [
+            types.VideoGenerationReferenceImage(
+                image=types.Image(image_bytes=r.data, mime_type=r.content_type),
+                reference_type=types.VideoGenerationReferenceType.ASSET,
             )
+            for r in request.references
+        ]
         config = types.GenerateVideosConfig(
             number_of_videos=1,
             duration_seconds=int(request.seconds),
             aspect_ratio=frame.aspect_ratio,
             resolution=frame.resolution,
             labels={"sora_submit_key": request.idempotency_key},
+            last_frame=_image(request, "last_frame"),
+            reference_images=references or None,
         )
+        image = _image(request, "first_frame")
         try:
             operation = await self._client.aio.models.generate_videos(
                 model=request.model,
@@ -136,7 +147,7 @@ class GoogleVeo:
                 "(a Vertex AI API key) and that the Vertex AI API is enabled"
             )
         if err.code == 429:
-            return ProviderUnavailable(f"rate limited or out of quota ({detail})")
+            return RateLimited(f"rate limited or out of quota ({detail})", THROTTLED_PAUSE)
         if err.code == 408 or err.code >= 500:
             return OutcomeUnknown(f"provider error on create ({detail})")
         return RequestRejected(f"Veo refused the request ({detail})")
@@ -179,6 +190,11 @@ class GoogleVeo:
                     if response.status_code == 404:
                         raise VideoGone(
                             f"operation {job_id} no longer exists at {self.base_url}: {message}"
+                        )
+                    if response.status_code == 429:
+                        raise RateLimited(
+                            f"status of {job_id} unavailable: rate limited ({message})",
+                            THROTTLED_PAUSE,
                         )
                     raise ProviderUnavailable(
                         f"status of {job_id} unavailable (HTTP {response.status_code}: {message})"
@@ -232,6 +248,13 @@ class GoogleVeo:
                 "safety_filtered",
             )
         return _failed(name, "Veo finished the job without a video and without saying why")
+
+
+def _image(request: VideoRequest, role: ImageRole) -> types.Image | None:
+    found = request.image(role)
+    return (
+        None if found is None else types.Image(image_bytes=found.data, mime_type=found.content_type)
+    )
 
 
 def _failed(name: str, error: str, kind: ErrorKind = "provider_error") -> ProviderJob:

@@ -46,3 +46,18 @@ def litellm_id(upstream_id: str, model_id: str, deployment_id: str | None = None
     if deployment_id is not None:
         parts.append(f"deployment_id:{deployment_id}")
     return _LITELLM_PREFIX + base64.b64encode(";".join(parts).encode()).decode()
+
+
+def with_model(video_id: str, model: str) -> str:
+    """A LiteLLM id whose model part is empty (keys per model: litellm#33423), minted
+    again naming ``model`` so that the proxy can route it; any other id as it is."""
+    if not is_litellm_id(video_id):
+        return video_id
+    body = video_id.removeprefix(_LITELLM_PREFIX)
+    body += "=" * (-len(body) % 4)
+    decoded = base64.b64decode(body).decode("ascii", "replace")
+    parts = decoded.split(";")
+    if not any(p == "model_id:" for p in parts):
+        return video_id
+    fixed = ";".join(f"model_id:{model}" if p == "model_id:" else p for p in parts)
+    return _LITELLM_PREFIX + base64.b64encode(fixed.encode()).decode()

@@ -18,6 +18,7 @@ from service.providers.base import (
     OutcomeUnknown,
     ProviderError,
     ProviderUnavailable,
+    RateLimited,
     RequestRejected,
 )
 
@@ -38,12 +39,14 @@ def retry_after(err: openai.APIStatusError) -> timedelta | None:
 
 
 def message(err: openai.APIStatusError) -> str:
+    """The host's own words, on one line (LiteLLM puts raw newlines in its messages)."""
     body = err.body
+    said = err.message
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
-    return err.message
+            said = str(inner["message"])
+    return " ".join(said.split())
 
 
 def _field(err: openai.APIStatusError, name: str) -> str | None:
@@ -120,7 +123,7 @@ def create_error(err: openai.APIStatusError, model: str, base_url: str) -> Provi
             f"the provider refused our credentials ({said}); check OPENAI_API_KEY"
         )
     if status == 429:
-        return ProviderUnavailable(f"rate limited ({said})", retry_after(err))
+        return RateLimited(f"rate limited ({said})", retry_after(err))
     if status == 408 or status >= 500:
         return OutcomeUnknown(f"provider error on create ({said})", retry_after(err))
     return RequestRejected(f"the provider refused the request ({said})", kind_of(code))

@@ -41,6 +41,7 @@ class JobListing:
         self.lists_jobs: bool | None = None
         """Whether the host can list its jobs: None until ``probe`` or a list tells."""
         self._refusal = ""
+        self._litellm = False
 
     async def probe(self) -> bool | None:
         """One cheap call at startup: can this host list its jobs (reconcile a create in
@@ -77,6 +78,7 @@ class JobListing:
             )
         self.lists_jobs = False
         self._refusal = detail(err)
+        self._litellm = from_litellm(err)
         return True
 
     async def find_submitted(
@@ -91,7 +93,7 @@ class JobListing:
         too little: an incomplete "nothing found" would pay twice.
         """
         if self.lists_jobs is False:
-            raise CannotReconcile(f"its list fails ({self._refusal})")
+            raise CannotReconcile(f"its list fails ({self._refusal})", litellm=self._litellm)
         horizon = submitted_after - RECONCILE_SLACK
         found: list[ProviderJob] = []
         try:
@@ -117,7 +119,9 @@ class JobListing:
             raise ProviderUnavailable(f"cannot list jobs at {self.base_url}: {err}") from err
         except openai.APIStatusError as err:
             if self._cannot_list(err):
-                raise CannotReconcile(f"its list fails ({detail(err)})") from err
+                raise CannotReconcile(
+                    f"its list fails ({detail(err)})", litellm=self._litellm
+                ) from err
             raise ProviderUnavailable(
                 f"cannot list jobs at {self.base_url} ({detail(err)})", retry_after(err)
             ) from err

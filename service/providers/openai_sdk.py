@@ -50,15 +50,21 @@ def connection_limits(connections: int, keepalive: int, expiry: float) -> Any:
     )
 
 
-async def retrieve(client: openai.AsyncOpenAI, video_id: str) -> tuple[Video, Mapping[str, str]]:
-    """``GET /videos/{video_id}`` as ``client.videos.retrieve`` sends it (the id escaped
-    as a path segment, the API key as its only credential), with the answer's headers.
-    Retries, timeouts and errors are the client's, as for any SDK call."""
+def path_segment(video_id: str) -> str:
+    """``video_id`` escaped as one path segment, as the SDK escapes ids."""
     if not video_id:
         raise ValueError(f"Expected a non-empty value for `video_id` but received {video_id!r}")
     segment = quote(video_id, safe=_SEGMENT_SAFE)
     if _DOT_SEGMENT.match(segment):
         raise ValueError(f"{video_id!r} cannot name a video: it is a dot-segment")
+    return segment
+
+
+async def retrieve(client: openai.AsyncOpenAI, video_id: str) -> tuple[Video, Mapping[str, str]]:
+    """``GET /videos/{video_id}`` as ``client.videos.retrieve`` sends it (the id escaped
+    as a path segment, the API key as its only credential), with the answer's headers.
+    Retries, timeouts and errors are the client's, as for any SDK call."""
+    segment = path_segment(video_id)
     response: openai.AsyncAPIResponse[Video] = await client.get(
         f"/videos/{segment}",
         cast_to=openai.AsyncAPIResponse[Video],

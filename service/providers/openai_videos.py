@@ -13,7 +13,16 @@ What this adapter adds on top of the SDK:
 - gateways as they really are (``contracts/providers.md``): a LiteLLM proxy's list
   fails outright (learned by ``probe`` at startup; an in-doubt create there can only
   be settled by a person), its unknown-model answer is a 400 in its own words, it
-  cannot retrieve ids it did not mint, and gateways invent statuses (``NOT_START``).
+  cannot retrieve ids it did not mint, and with keys per model it mints ids whose
+  model is empty, which it then cannot route (the id is completed with the model
+  asked for, ``ids.with_model``); gateways invent statuses (``NOT_START``,
+  ``THROTTLED``) or send none (new-api's xAI relay): unknown or missing, a job is still
+  running until the generation timeout; ``done``/``succeeded`` mean completed;
+- downloads go through ``Delivery`` (``service.media.delivery``), never the SDK's
+  redirect-following client: a finished job that names its file inline (``url``,
+  ``video.url``, ``metadata.url``: new-api's xAI relay) is fetched from there first,
+  if its host is allowed, else ``/videos/{id}/content``, whose redirects are each
+  checked and never carry the key.
 
 Beside it: ``openai_errors`` (what a host's errors mean), ``openai_listing`` (the job
 list: probe and reconciliation) and ``openai_sdk`` (the SDK's edges, public API only).
@@ -32,16 +41,25 @@ import structlog
 
 from service.core.diagnosis import Finding
 from service.core.request import VideoRequest
+from service.media.delivery import (
+    Delivery,
+    DeliveryError,
+    DeliveryFailed,
+    DeliveryGone,
+    DeliveryRefused,
+)
 from service.providers.base import (
     JobStatus,
     OutcomeUnknown,
+    ProviderError,
     ProviderJob,
     ProviderUnavailable,
+    RateLimited,
     RequestRejected,
     Variant,
     VideoGone,
 )
-from service.providers.ids import is_litellm_id
+from service.providers.ids import is_litellm_id, with_model
 from service.providers.openai_errors import (
     create_error,
     detail,
@@ -52,7 +70,7 @@ from service.providers.openai_errors import (
     retry_after,
 )
 from service.providers.openai_listing import JobListing
-from service.providers.openai_sdk import connection_limits, quiet
+from service.providers.openai_sdk import connection_limits, path_segment, quiet
 from service.providers.openai_sdk import retrieve as retrieve_video
 from service.providers.registry import AdapterOptions
 
@@ -63,12 +81,22 @@ STATUS_MAP: dict[str, JobStatus] = {
     "in_progress": "running",
     "completed": "completed",
     "failed": "failed",
-    # Seen in practice although the SDK's enum lacks them.
+    # Seen in practice although the SDK's enum lacks them (matched in any case): relays
+    # pass their upstream's words through (new-api's xAI relay: done).
     "expired": "failed",
     "cancelled": "failed",
+    "canceled": "failed",
+    "done": "completed",
+    "succeeded": "completed",
 }
+MISSING_STATUS = "(none)"
+"""How a job without a status is logged and recorded (new-api's xAI relay sends none
+at times): it counts as still running."""
 ODD_STATUSES_REMEMBERED = 10_000
+INLINE_URLS_REMEMBERED = 1000
 CHUNK_SIZE = 256 * 1024
+DOWNLOAD_MAX_BYTES = 2 * 1024**3
+"""The largest file taken from a host when the worker gave no limit (tests)."""
 STATUS_LIMITS = connection_limits(8, 8, 30.0)
 """Connections for polls, listings and cancels. Few on purpose: each of these calls
 takes milliseconds, so 8 carry hundreds of polls a second, and a host is not held to
@@ -93,7 +121,9 @@ def _poll_after(headers: Mapping[str, str]) -> timedelta | None:
 async def open_adapter(api_key: str, base_url: str | None, options: AdapterOptions) -> OpenAIVideos:
     """The adapter as a worker runs it (``providers.registry``): probed once, so the log
     says whether this host can list its jobs (reconcile a create in doubt)."""
-    videos = OpenAIVideos(api_key, base_url, timeout=options.timeout.total_seconds())
+    videos = OpenAIVideos(
+        api_key, base_url, timeout=options.timeout.total_seconds(), delivery=options.delivery
+    )
     await videos.probe()
     return videos
 
@@ -110,6 +140,7 @@ class OpenAIVideos:
         *,
         timeout: float = 120.0,
         max_retries: int = 2,
+        delivery: Delivery | None = None,
     ) -> None:
         # Polls, listings and downloads go through the SDK's aiohttp transport: about
         # 40 % less CPU per poll and twice the download speed of its default HTTPX2
@@ -130,10 +161,13 @@ class OpenAIVideos:
         self._create_client = self._client.copy(
             max_retries=0, http_client=openai.DefaultAsyncHttpxClient(limits=CREATE_LIMITS)
         )
-        # Downloads hold a connection for as long as a video streams: their own pool, so
-        # that polls never wait behind them.
-        self._download_client = self._client.copy(http_client=openai.DefaultAioHttpClient())
         self.base_url = str(self._client.base_url).rstrip("/")
+        # Downloads: each on a connection of its own, pinned and checked hop by hop.
+        guard = delivery or Delivery((), max_bytes=DOWNLOAD_MAX_BYTES, timeout=timeout)
+        self.delivery = guard.with_origin(self.base_url)
+        self._api_key = api_key
+        self._inline: dict[str, str] = {}
+        """The inline file URL of each recently finished job that named one."""
         self.listing = JobListing(self._client, self.base_url, self._job)
         """Whether the host can list its jobs, and reconciliation through that list."""
         self._odd_statuses: dict[str, str] = {}
@@ -148,12 +182,9 @@ class OpenAIVideos:
 
     async def submit(self, request: VideoRequest) -> ProviderJob:
         reference: Any = openai.omit
-        if request.reference is not None:
-            reference = (
-                request.reference_filename,
-                request.reference,
-                request.reference_content_type,
-            )
+        first = request.image("first_frame")
+        if first is not None:  # the shape carries one image: the first frame
+            reference = (first.filename, first.data, first.content_type)
         try:
             video = await quiet(
                 lambda: self._create_client.videos.create(
@@ -171,7 +202,10 @@ class OpenAIVideos:
             raise OutcomeUnknown(f"no answer from {self.base_url} to create: {err}") from err
         except openai.APIStatusError as err:
             raise create_error(err, request.model, self.base_url) from err
-        return self._job(video)
+        job = self._job(video)
+        # LiteLLM with keys per model mints ids whose model part is empty, and cannot
+        # route them afterwards (litellm#33423): complete the id with the model asked for.
+        return replace(job, id=with_model(job.id, request.model))
 
     async def find_submitted(
         self, request: VideoRequest, submitted_after: datetime
@@ -188,7 +222,11 @@ class OpenAIVideos:
         except openai.APIConnectionError as err:
             raise ProviderUnavailable(f"cannot reach {self.base_url}: {err}") from err
         except openai.APIStatusError as err:
-            if err.status_code != 429 and from_litellm(err) and not is_litellm_id(job_id):
+            if err.status_code == 429:
+                raise RateLimited(
+                    f"status of {job_id} unavailable ({detail(err)})", retry_after(err)
+                ) from err
+            if from_litellm(err) and not is_litellm_id(job_id):
                 # Not an outage: a LiteLLM proxy routes by the id it minted, so it can
                 # never poll a job made elsewhere. Polling for hours would not help.
                 raise RequestRejected(
@@ -199,31 +237,50 @@ class OpenAIVideos:
             raise ProviderUnavailable(
                 f"status of {job_id} unavailable ({detail(err)})", retry_after(err)
             ) from err
-        return replace(self._job(video), poll_after=_poll_after(headers))
+        # Under the id asked for: a gateway may spell the same job another way (LiteLLM
+        # re-encodes its ids), and the one this worker holds is the one that routes.
+        job = self._job(video)
+        if job.status == "completed":
+            self._remember_inline(job_id, video)
+        return replace(job, id=job_id, poll_after=_poll_after(headers))
 
     @asynccontextmanager
     async def download(
         self, job_id: str, variant: Variant = "video"
     ) -> AsyncIterator[AsyncIterator[bytes]]:
-        streaming = self._download_client.videos.with_streaming_response
+        """The job's file: from its inline URL when it named one (and its host is
+        allowed), else ``/content``; both through ``Delivery``."""
+        what = f"the {variant} of {job_id}"
+        inline = self._inline.get(job_id) if variant == "video" else None
+        if inline is not None and self.delivery.allows(inline):
+            try:
+                async with self.delivery.stream(inline, what) as chunks:
+                    yield _delivered(chunks, what)
+                    return
+            except (DeliveryRefused, DeliveryGone, DeliveryFailed) as err:
+                log.warning("provider.inline_url_failed", video_id=job_id, error=str(err))
+        elif inline is not None:
+            log.warning(
+                "provider.inline_url_refused",
+                video_id=job_id,
+                message="its host is not a delivery host of this provider "
+                "(SORA_DELIVERY_HOSTS); trying /content",
+            )
+        url = f"{self._content(job_id)}?variant={variant}"
+        headers = {"Authorization": f"Bearer {self._api_key}", "Accept": "application/binary"}
         try:
-            async with quiet(
-                lambda: streaming.download_content(job_id, variant=variant)
-            ) as response:
-                yield _read(response, job_id)
-        except (openai.NotFoundError, openai.APIStatusError) as err:
-            if err.status_code in (404, 410):
-                raise VideoGone(
-                    f"the {variant} of {job_id} is gone from {self.base_url}: {message(err)}"
-                ) from err
-            raise ProviderUnavailable(
-                f"download of {job_id} failed ({detail(err)})", retry_after(err)
-            ) from err
-        except openai.APIConnectionError as err:
-            raise ProviderUnavailable(f"download of {job_id} broke off: {err}") from err
+            async with self.delivery.stream(url, what, headers) as chunks:
+                yield _delivered(chunks, what)
+        except DeliveryError as err:
+            raise _delivery_error(err, what, self.base_url) from err
 
     def content_url(self, job_id: str) -> str:
-        return f"{self.base_url}/videos/{job_id}/content"
+        """The file a finished job named inline when this worker saw one, else its
+        ``/content`` address (the id escaped as the SDK escapes it)."""
+        return self._inline.get(job_id) or self._content(job_id)
+
+    def _content(self, job_id: str) -> str:
+        return f"{self.base_url}/videos/{path_segment(job_id)}/content"
 
     async def diagnose(self, model: str) -> list[Finding]:
         """``doctor``'s provider lines: reachable with this key, ``model`` served (where
@@ -289,31 +346,40 @@ class OpenAIVideos:
     async def aclose(self) -> None:
         await self._client.close()
         await self._create_client.close()
-        await self._download_client.close()
 
     def _job(self, video: Any) -> ProviderJob:
-        raw = str(video.status)
-        status = STATUS_MAP.get(raw)
+        said = getattr(video, "status", None)
+        raw = str(said) if said else MISSING_STATUS
+        status = STATUS_MAP.get(raw.casefold())
         if status is None:
-            # Gateways invent statuses (one sent NOT_START): treat as running, and say so
-            # once per job and status, not on every poll.
+            # Gateways invent statuses (NOT_START, THROTTLED) or send none: treat as
+            # running (the generation timeout still ends it), and say so once per job
+            # and status, not on every poll.
             status = "running"
             self._odd_status(str(video.id), raw)
-        error, kind = (None, None) if status != "failed" else job_error(video, raw)
+        error, kind = (None, None) if status != "failed" else job_error(video, raw.casefold())
         return ProviderJob(
             id=str(video.id),
             status=status,
-            progress=int(video.progress or 0),
+            progress=int(getattr(video, "progress", None) or 0),
             raw_status=raw,
             error=error,
             error_kind=kind,
-            created_at=_timestamp(video.created_at),
+            created_at=_timestamp(getattr(video, "created_at", None)),
             expires_at=_timestamp(getattr(video, "expires_at", None)),
             prompt=getattr(video, "prompt", None),
             model=str(video.model) if getattr(video, "model", None) else None,
             size=str(video.size) if getattr(video, "size", None) else None,
             seconds=str(video.seconds) if getattr(video, "seconds", None) else None,
         )
+
+    def _remember_inline(self, video_id: str, video: Any) -> None:
+        url = inline_url(video)
+        if url is None:
+            return
+        if len(self._inline) >= INLINE_URLS_REMEMBERED:
+            self._inline.clear()  # bounded; a forgotten one is found by the next poll
+        self._inline[video_id] = url
 
     def _odd_status(self, video_id: str, raw: str) -> None:
         if self._odd_statuses.get(video_id) == raw:
@@ -329,10 +395,36 @@ class OpenAIVideos:
         )
 
 
-async def _read(response: Any, job_id: str) -> AsyncIterator[bytes]:
-    """The body in chunks; a transport error mid-stream becomes a retryable error."""
+def inline_url(video: Any) -> str | None:
+    """The file URL a finished job names itself, where relays put it: ``url``,
+    ``video.url`` (new-api relaying xAI), ``video_url`` or ``metadata.url``."""
+    extra = getattr(video, "model_extra", None) or {}
+    candidates = [extra.get("url"), extra.get("video_url")]
+    for holder in (extra.get("video"), extra.get("metadata"), getattr(video, "metadata", None)):
+        if isinstance(holder, dict):
+            candidates.append(holder.get("url"))
+    return next(
+        (c for c in candidates if isinstance(c, str) and c.startswith(("http://", "https://"))),
+        None,
+    )
+
+
+async def _delivered(chunks: AsyncIterator[bytes], what: str) -> AsyncIterator[bytes]:
+    """The body in chunks; a failure mid-stream becomes a retryable error."""
     try:
-        async for chunk in response.iter_bytes(CHUNK_SIZE):
+        async for chunk in chunks:
             yield chunk
-    except Exception as err:  # the SDK's HTTP client raises its own transport errors
-        raise ProviderUnavailable(f"download of {job_id} broke off: {err!r}") from err
+    except DeliveryError as err:
+        raise ProviderUnavailable(f"{what} broke off: {err}") from err
+
+
+def _delivery_error(err: DeliveryError, what: str, base_url: str) -> ProviderError:
+    if isinstance(err, DeliveryGone):
+        return VideoGone(f"{what} is gone from {base_url}: {err}")
+    if isinstance(err, DeliveryRefused):
+        return VideoGone(f"refused to download {what}: {err}")
+    assert isinstance(err, DeliveryFailed)
+    pause = None if err.retry_after is None else timedelta(seconds=err.retry_after)
+    if err.status == 429:
+        return RateLimited(f"download of {what} rate limited: {err}", pause)
+    return ProviderUnavailable(f"download of {what} failed: {err}", pause)

@@ -25,7 +25,10 @@ from typing import Any, Literal, Protocol
 
 from pydantic import SecretStr
 
+from service.core.rates import RateRules, parse_rate_limits, rules_from
+from service.media.delivery import Delivery
 from service.providers.base import VideoProvider
+from service.providers.models import MODELS
 from service.setting import Group, Port, env_names, setting
 
 
@@ -58,6 +61,24 @@ class AdapterOptions:
     """How long a whole job may take (SORA_GENERATION_TIMEOUT)."""
     webhook_url: str | None
     """This worker's public base URL (SORA_WEBHOOK_URL), for hosts that report to it."""
+    delivery: Delivery
+    """How the provider's files are downloaded (its delivery hosts, guarded like photos);
+    the adapter adds its own API origin (``Delivery.with_origin``)."""
+    allowed_models: frozenset[str] | None = None
+    """The models rows may ask this provider for (SORA_ALLOWED_MODELS); None: any."""
+
+
+@dataclass(frozen=True)
+class Rates:
+    """A host's request limits, per minute, for one API key or project: creates, and
+    every other call (status polls, lists). ``per_model``: creates are limited per model
+    (``ModelSpec.creates_per_minute``), as Vertex AI does. None: not published, or the
+    gateway's own (set SORA_RATE_LIMITS)."""
+
+    creates_per_minute: int | None = None
+    others_per_minute: int | None = None
+    per_model: bool = False
+    source: str = "unknown"
 
 
 class Adapter(VideoProvider, Protocol):
@@ -107,6 +128,12 @@ class Provider:
     base URL, and a key without one is refused at start."""
     aliases: tuple[str, ...] = ()
     """Other spellings SORA_PROVIDER and ``demo --provider`` accept."""
+    delivery_hosts: tuple[str, ...] = ()
+    """Hosts its files are served from besides its API's own (names or ``.suffix``)."""
+    default_host: str = ""
+    """The host its SDK talks to when no base URL is set (for retirements per host)."""
+    rates: Rates = Rates()
+    """Its request limits (``service.database.limits`` keeps every replica under them)."""
 
     @property
     def key_name(self) -> str:
@@ -160,11 +187,12 @@ class SimulatorSettings(StandInSettings):
     port: Port = setting(
         8089, env="SORA_SIMULATOR_PORT", description="Port of the local simulator."
     )
-    profile: Literal["openai", "litellm", "new-api"] = setting(
+    profile: Literal["openai", "litellm", "litellm-keyed", "new-api", "new-api-xai"] = setting(
         "openai",
         env="SORA_SIMULATOR_PROFILE",
         description="Which host the local simulator behaves as: OpenAI itself, a LiteLLM "
-        "proxy or a new-api gateway (their quirks, as measured).",
+        "proxy (litellm-keyed: with keys per model), a new-api gateway (new-api-xai: "
+        "relaying xAI), with their quirks as measured or reported.",
     )
 
 
@@ -240,12 +268,13 @@ REGISTRY: tuple[Provider, ...] = (
         ),
         host_gone="OpenAI's own Videos API was shut down on 2026-09-24; set it to a host "
         "that serves /v1/videos (a LiteLLM or new-api gateway)",
+        default_host="api.openai.com",
     ),
     Provider(
         "google_veo",
         GoogleVeoSettings,
         "service.providers.google_veo:open_adapter",
-        default_model="veo-3.1-generate-preview",
+        default_model="veo-3.1-generate-001",
         summary="Veo on Vertex AI",
         stand_in=StandIn(
             "google_veo_fake",
@@ -254,6 +283,10 @@ REGISTRY: tuple[Provider, ...] = (
             VeoFakeSettings,
         ),
         aliases=("veo",),
+        default_host="aiplatform.googleapis.com",
+        # Vertex AI: 50 creates a minute per project and model for the GA models, 10 for
+        # the previews (the registry's per-model figures); the video comes back inline.
+        rates=Rates(per_model=True, source="Vertex AI Veo 3.1 model page (2026-12)"),
     ),
     Provider(
         "replicate",
@@ -267,6 +300,13 @@ REGISTRY: tuple[Provider, ...] = (
             "service.local.replicate_server:stand_in",
             ReplicateFakeSettings,
         ),
+        delivery_hosts=("replicate.delivery", ".replicate.delivery"),  # as the adapter's
+        default_host="api.replicate.com",
+        rates=Rates(
+            creates_per_minute=600,
+            others_per_minute=3000,
+            source="replicate.com/docs/topics/predictions/rate-limits (2026-12)",
+        ),
     ),
 )
 """Every provider, in the order the worker opens them."""
@@ -278,6 +318,22 @@ SPELLINGS = {
     for spelling in (provider.name, *provider.aliases)
 }
 """Every name SORA_PROVIDER accepts, to the provider's name."""
+
+
+def rate_rules(overrides: str = "") -> RateRules:
+    """The request limits every replica shares: each provider's (``Provider.rates``),
+    each model's where its host limits per model (``ModelSpec.creates_per_minute``),
+    then ``overrides`` (SORA_RATE_LIMITS) over them."""
+    defaults: dict[str, tuple[int | None, int | None]] = {}
+    for provider in REGISTRY:
+        rates = provider.rates
+        if rates.creates_per_minute or rates.others_per_minute:
+            defaults[provider.name] = (rates.creates_per_minute, rates.others_per_minute)
+        if rates.per_model:
+            for spec in MODELS.values():
+                if spec.provider == provider.name and spec.creates_per_minute:
+                    defaults[f"{provider.name}:{spec.name}"] = (spec.creates_per_minute, None)
+    return rules_from(defaults, parse_rate_limits(overrides, NAMES))
 
 
 def provider_named(name: str) -> Provider:

@@ -9,11 +9,19 @@ What the worker relies on, and why:
 - deadline: ``async_create`` takes no headers, so ``Cancel-After`` travels as a
   default header of the client: every prediction gets the same deadline (the worker's
   generation timeout); Replicate's own limit (30 min for API predictions) still applies.
-- input: video models on Replicate do not share one schema. Two shapes are known here
-  (``INPUT_SHAPES``): Veo-like (``prompt, image, duration, aspect_ratio, resolution``)
-  and Sora-like (``prompt, input_reference, seconds, aspect_ratio: portrait|landscape``).
-  The reference photo goes as a ``data:`` URI (``file_encoding_strategy="base64"``), so
-  no separate upload is made.
+- models: only those rows may ask for (``SORA_ALLOWED_MODELS``: by default the
+  registry's Replicate models), refused in ``validate`` before any call. Replicate runs
+  any public model, whatever it does and costs, so a free-form ``owner/name`` is not
+  enough.
+- input: video models on Replicate do not share one schema; each registry model says
+  its own field names (``models.ReplicateInputs``: ``image``/``start_image``/
+  ``first_frame_image`` for the first frame, ``last_frame``/``end_image``/
+  ``last_frame_image``/``last_image`` for the last, ``mode`` standard|pro for Kling's
+  resolution, ``num_frames`` for Wan's length). A model the registry does not know gets
+  the Veo-like shape. Images go as ``data:`` URIs, so no separate upload is made.
+- outputs are fetched through ``Delivery`` (``service.media.delivery``): only from
+  Replicate's delivery hosts (or the API's own origin), public addresses only, every
+  redirect checked, never with our token.
 - outputs are deleted an hour after the prediction finishes: ``expires_at`` says so,
   and the worker archives at once (the archive deadline is that hour).
 - reconcile: ``GET /v1/predictions`` (newest first, cursor pages) lists inputs, so an
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import base64
 import importlib.metadata
+import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -45,17 +54,26 @@ from replicate.client import Client, RetryTransport
 from replicate.exceptions import ReplicateError
 from replicate.prediction import Prediction
 
-from service.core.request import ErrorKind, VideoRequest
+from service.core.request import ErrorKind, ImageRole, RequestImage, VideoRequest
+from service.media.delivery import (
+    Delivery,
+    DeliveryError,
+    DeliveryFailed,
+    DeliveryGone,
+    DeliveryRefused,
+)
 from service.providers.base import (
     JobStatus,
     OutcomeUnknown,
     ProviderError,
     ProviderJob,
     ProviderUnavailable,
+    RateLimited,
     RequestRejected,
     Variant,
     VideoGone,
 )
+from service.providers.models import ReplicateInputs, spec_for
 from service.providers.registry import AdapterOptions
 from service.providers.sizes import frame_of
 
@@ -70,7 +88,10 @@ DEFAULT_BASE_URL = "https://api.replicate.com"
 USER_AGENT = f"replicate-python/{importlib.metadata.version('replicate')}"
 """What the SDK sends as its User-Agent."""
 OUTPUT_LIFETIME = timedelta(hours=1)
-CHUNK_SIZE = 256 * 1024
+DELIVERY_HOSTS = ("replicate.delivery", ".replicate.delivery")
+"""Where Replicate serves outputs (the worker's own list comes from the registry)."""
+DOWNLOAD_MAX_BYTES = 2 * 1024**3
+"""The largest output taken when the worker gave no limit (tests)."""
 RECONCILE_SLACK = timedelta(minutes=2)
 RECONCILE_MAX_PAGES = 50
 KNOWN_OUTPUTS = 1000
@@ -84,14 +105,18 @@ STATUS_MAP: dict[str, JobStatus] = {
     "aborted": "failed",
 }
 
-INPUT_SHAPES = {"openai/sora": "sora"}
-"""Model prefix -> input shape; anything else gets the Veo-like shape."""
+VEO_LIKE = ReplicateInputs(first="image", last="last_frame")
+"""The input names of a model the registry does not know (Veo's on Replicate)."""
+THROTTLED_PAUSE = timedelta(seconds=30)
+"""How long to hold off after a 429 that says nothing more (Replicate's text says
+"resets in ~30s")."""
+_RESETS_IN = re.compile(r"resets in ~?(\d+(?:\.\d+)?)\s*s")
 
 
-def shape_of(model: str) -> str:
-    return next(
-        (shape for prefix, shape in INPUT_SHAPES.items() if model.startswith(prefix)), "veo"
-    )
+def inputs_of(model: str) -> ReplicateInputs:
+    """The input names ``model`` takes (``owner/name`` or ``owner/name:version``)."""
+    spec = spec_for(model.partition(":")[0])
+    return spec.replicate if spec is not None and spec.replicate is not None else VEO_LIKE
 
 
 def _parse_time(value: object) -> datetime | None:
@@ -121,6 +146,8 @@ async def open_adapter(
         timeout=options.timeout.total_seconds(),
         cancel_after=options.generation_timeout,
         webhook_url=f"{webhook.rstrip('/')}/webhooks/replicate" if webhook else None,
+        delivery=options.delivery,
+        allowed_models=options.allowed_models,
     )
 
 
@@ -137,8 +164,13 @@ class ReplicateVideos:
         timeout: float = 120.0,
         cancel_after: timedelta | None = None,
         webhook_url: str | None = None,
+        delivery: Delivery | None = None,
+        allowed_models: frozenset[str] | None = None,
     ) -> None:
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
+        guard = delivery or Delivery(DELIVERY_HOSTS, max_bytes=DOWNLOAD_MAX_BYTES, timeout=timeout)
+        self.delivery = guard.with_origin(self.base_url)
+        self.allowed_models = allowed_models
         # The SDK's own headers, said here so that both clients send the same ones.
         headers = {"Authorization": f"Bearer {api_token}", "User-Agent": USER_AGENT}
         if cancel_after is not None:
@@ -161,7 +193,6 @@ class ReplicateVideos:
         )
         self.submit_timeout = timedelta(seconds=timeout)
         self.webhook_url = webhook_url
-        self._timeout = timeout
         self._outputs: OrderedDict[str, str] = OrderedDict()
         """The output URL of each recently finished prediction, for ``content_url``."""
 
@@ -171,35 +202,54 @@ class ReplicateVideos:
                 f"model {model!r} is not a Replicate model; name it owner/name "
                 "(e.g. google/veo-3.1) or owner/name:version"
             )
+        name = model.partition(":")[0]
+        allowed = self.allowed_models
+        if allowed is not None and model not in allowed and name not in allowed:
+            raise RequestRejected(
+                f"model {model} may not run on Replicate here (only "
+                f"{', '.join(sorted(allowed)) or 'none'}); an operator can allow it with "
+                "SORA_ALLOWED_MODELS=default,replicate:" + name
+            )
         frame = frame_of(size, model)
-        if shape_of(model) == "sora" and frame.resolution != "720p":
-            raise RequestRejected(f"{model} makes 720p videos only; use 1280x720 or 720x1280")
+        inputs = inputs_of(model)
+        if frame.resolution not in inputs.resolution_values:
+            offered = ", ".join(sorted(inputs.resolution_values))
+            raise RequestRejected(f"{model} makes {offered} videos only; size {size} is not")
+        if inputs.aspect_ratio is None and frame.aspect_ratio != "16:9" and inputs.first is None:
+            raise RequestRejected(f"{model} makes landscape videos only")
         if not seconds.isdigit():
             raise RequestRejected(f"seconds {seconds} is not a whole number")
 
     def _input(self, request: VideoRequest) -> dict[str, Any]:
+        """The prediction's input in the model's own names (``models.ReplicateInputs``)."""
         frame = frame_of(request.size, request.model)
-        image = None
-        if request.reference is not None:
-            encoded = base64.b64encode(request.reference).decode()
-            image = f"data:{request.reference_content_type};base64,{encoded}"
-        if shape_of(request.model) == "sora":
-            values: dict[str, Any] = {
-                "prompt": request.prompt,
-                "seconds": int(request.seconds),
-                "aspect_ratio": "landscape" if frame.aspect_ratio == "16:9" else "portrait",
-            }
-            if image is not None:
-                values["input_reference"] = image
-            return values
-        values = {
-            "prompt": request.prompt,
-            "duration": int(request.seconds),
-            "aspect_ratio": frame.aspect_ratio,
-            "resolution": frame.resolution,
-        }
-        if image is not None:
-            values["image"] = image
+        inputs = inputs_of(request.model)
+        values: dict[str, Any] = {"prompt": request.prompt}
+        seconds = int(request.seconds)
+        if inputs.frames_per_second is not None:
+            values[inputs.duration] = seconds * inputs.frames_per_second + 1
+            values["frames_per_second"] = inputs.frames_per_second
+        else:
+            values[inputs.duration] = seconds
+        if inputs.aspect_ratio is not None:
+            values[inputs.aspect_ratio] = inputs.aspect_values[frame.aspect_ratio]
+        if inputs.resolution is not None:
+            values[inputs.resolution] = inputs.resolution_values[frame.resolution]
+        frames: tuple[tuple[ImageRole, str | None], ...] = (
+            ("first_frame", inputs.first),
+            ("last_frame", inputs.last),
+        )
+        for role, name in frames:
+            image = request.image(role)
+            if image is None:
+                continue
+            if name is None:
+                raise RequestRejected(f"{request.model} takes no {role.replace('_', ' ')}")
+            values[name] = _data_uri(image)
+        if request.references:
+            if inputs.references is None:
+                raise RequestRejected(f"{request.model} takes no reference images")
+            values[inputs.references] = [_data_uri(i) for i in request.references]
         return values
 
     async def submit(self, request: VideoRequest) -> ProviderJob:
@@ -241,7 +291,7 @@ class ReplicateVideos:
         if status == 402:
             return ProviderUnavailable(f"the Replicate account cannot pay ({detail})")
         if status == 429:
-            return ProviderUnavailable(f"rate limited ({detail})")
+            return RateLimited(f"rate limited ({detail})", _throttled_for(err))
         if status == 408 or status >= 500:
             return OutcomeUnknown(f"provider error on create ({detail})")
         return RequestRejected(f"Replicate refused the request ({detail})")
@@ -263,6 +313,11 @@ class ReplicateVideos:
         except ReplicateError as err:
             if err.status in (404, 410):
                 raise VideoGone(f"{what} no longer exists at {self.base_url}") from err
+            if err.status == 429:
+                raise RateLimited(
+                    f"{what} unavailable: rate limited ({err.detail or err.title})",
+                    _throttled_for(err),
+                ) from err
             raise ProviderUnavailable(
                 f"{what} unavailable (HTTP {err.status}: {err.detail or err.title})"
             ) from err
@@ -326,22 +381,13 @@ class ReplicateVideos:
             raise VideoGone(
                 f"the output of {job_id} was deleted by Replicate (outputs are kept 1 hour)"
             )
-        timeout = httpx.Timeout(self._timeout, connect=5.0)
         try:
-            # No Authorization: output URLs are on a delivery host, not the API.
-            async with (
-                httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http,
-                http.stream("GET", url) as response,
-            ):
-                if response.status_code in (404, 410):
-                    raise VideoGone(f"the output of {job_id} is gone ({response.status_code})")
-                if response.status_code >= 400:
-                    raise ProviderUnavailable(
-                        f"download of {job_id} failed (HTTP {response.status_code})"
-                    )
-                yield _chunks(response, job_id)
-        except httpx.HTTPError as err:
-            raise ProviderUnavailable(f"download of {job_id} broke off: {err!r}") from err
+            # No Authorization: output URLs are on a delivery host, not the API (the
+            # guard sends credentials to the API's own origin only, and none are given).
+            async with self.delivery.stream(url, f"the output of {job_id}") as chunks:
+                yield _delivered(chunks, job_id)
+        except DeliveryError as err:
+            raise _delivery_error(err, job_id) from err
 
     def content_url(self, job_id: str) -> str:
         """The output's own URL when this worker saw it finish, else the prediction's."""
@@ -443,9 +489,30 @@ def _matches(prediction: dict[str, Any], request: VideoRequest) -> bool:
     return prediction.get("model") == model
 
 
-async def _chunks(response: httpx.Response, job_id: str) -> AsyncIterator[bytes]:
+async def _delivered(chunks: AsyncIterator[bytes], job_id: str) -> AsyncIterator[bytes]:
     try:
-        async for chunk in response.aiter_bytes(CHUNK_SIZE):
+        async for chunk in chunks:
             yield chunk
-    except httpx.HTTPError as err:
-        raise ProviderUnavailable(f"download of {job_id} broke off: {err!r}") from err
+    except DeliveryError as err:
+        raise _delivery_error(err, job_id) from err
+
+
+def _delivery_error(err: DeliveryError, job_id: str) -> ProviderError:
+    """A guarded download's failure in the port's terms: a refused address can never be
+    fetched (as good as gone, said why), a missing file is gone, the rest is retried."""
+    if isinstance(err, DeliveryRefused):
+        return VideoGone(f"refused to download the output of {job_id}: {err}")
+    if isinstance(err, DeliveryGone):
+        return VideoGone(f"the output of {job_id} is gone: {err}")
+    assert isinstance(err, DeliveryFailed)
+    return ProviderUnavailable(f"download of {job_id} failed: {err}")
+
+
+def _data_uri(image: RequestImage) -> str:
+    return f"data:{image.content_type};base64,{base64.b64encode(image.data).decode()}"
+
+
+def _throttled_for(err: ReplicateError) -> timedelta:
+    """How long Replicate said to wait ("Your rate limit resets in ~30s"), else 30 s."""
+    found = _RESETS_IN.search(str(err.detail or ""))
+    return timedelta(seconds=float(found.group(1))) if found else THROTTLED_PAUSE

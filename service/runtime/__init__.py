@@ -30,13 +30,14 @@ from service.core.costs import CostLimits
 from service.core.job import Policy
 from service.database.costs import write_limits
 from service.database.health import Health
+from service.database.limits import RateLimits
 from service.database.operator import Operator
 from service.database.postgres import PostgresRepository
 from service.media import fetch
 from service.providers import models
 from service.providers.base import ProviderError, TellsWebhookSecret
 from service.providers.lookup import Providers
-from service.providers.registry import NAMES, REGISTRY
+from service.providers.registry import NAMES, REGISTRY, rate_rules
 from service.runtime._database import (
     DatabaseRefused,
     DatabaseUnreachable,
@@ -150,6 +151,7 @@ class Runtime:
             webhooks=self.webhook_health,
             rendition_kbps=s.storage.rendition_bitrate,
             gate=self.repo,
+            pace=RateLimits(self.pool, rate_rules(s.generation.rate_limits)),
         )
         options = WorkerOptions(
             concurrency=s.worker.concurrency,

@@ -20,8 +20,11 @@ import structlog
 
 from service.config import Settings, refuse
 from service.extras import local_extra
+from service.media.delivery import Delivery
+from service.providers import models
 from service.providers.lookup import Providers
 from service.providers.registry import (
+    NAMES,
     REGISTRY,
     AdapterOptions,
     Provider,
@@ -64,13 +67,9 @@ async def providers_for(
     default = settings.generation.provider
     providers = Providers(default=default)
     stack.push_async_callback(providers.aclose)
-    options = AdapterOptions(
-        timeout=settings.generation.call_timeout,
-        generation_timeout=settings.generation.timeout,
-        webhook_url=settings.http.webhook_url,
-    )
     hosted: FakeHost | None = None
     for provider in REGISTRY:
+        options = adapter_options(settings, provider)
         own = settings.providers.of(provider.name)
         if own.api_key is not None:
             key, base_url = own.api_key.get_secret_value(), own.base_url
@@ -84,6 +83,30 @@ async def providers_for(
         providers.add(adapter, adapter.base_url)
         log.info(f"provider.{provider.name}", base_url=adapter.base_url)
     return hosted, providers
+
+
+def adapter_options(settings: Settings, provider: Provider) -> AdapterOptions:
+    """What ``provider``'s adapter is told: timeouts, webhooks, where its files may come
+    from (its delivery hosts and SORA_DELIVERY_HOSTS), and which models rows may ask it
+    for (SORA_ALLOWED_MODELS)."""
+    generation = settings.generation
+    allowed = models.allowlist(
+        settings.costs.allowed_models,
+        {provider.name},
+        (generation.provider, generation.default_model),
+        NAMES,
+    )
+    return AdapterOptions(
+        timeout=generation.call_timeout,
+        generation_timeout=generation.timeout,
+        webhook_url=settings.http.webhook_url,
+        delivery=Delivery(
+            (*provider.delivery_hosts, *generation.delivery_host_list),
+            max_bytes=generation.video_max_bytes,
+            timeout=generation.call_timeout.total_seconds(),
+        ),
+        allowed_models=frozenset(m.model for m in allowed if m.provider == provider.name),
+    )
 
 
 async def _stand_in(

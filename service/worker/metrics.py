@@ -18,9 +18,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from service.core.events import Archived, Described, Event, OverBudget
+from service.core.events import Archived, Described, Event, OverBudget, Throttled
 from service.core.job import ACTIVE_STAGES, Stage
 from service.core.machine import Action, Transition
+from service.core.rates import UNLIMITED
 from service.database.port import TableSnapshot
 
 PREFIX = "sora_"
@@ -78,6 +79,46 @@ class _Live(Collector):
         doubt.add_metric([], float(self.table.in_doubt))
         yield doubt
         yield from self._money(self.table)
+        yield from self._rates(self.table)
+
+    @staticmethod
+    def _rates(table: TableSnapshot) -> Iterator[Metric]:
+        """The request rates every replica shares (sql/0015), one series per limit."""
+        labels = ["limit"]
+        per_minute = GaugeMetricFamily(
+            PREFIX + "rate_limit_per_minute",
+            "A host's request limit every replica shares (turns are spaced for 90 % of "
+            "it); absent for calls without a known limit",
+            labels=labels,
+        )
+        held = GaugeMetricFamily(
+            PREFIX + "rate_limit_held_off_seconds",
+            "How long every replica still holds off because the host answered 429",
+            labels=labels,
+        )
+        turns = CounterMetricFamily(
+            PREFIX + "rate_limit_turns",
+            "Turns handed out at a shared limit (each a create or a poll), all replicas",
+            labels=labels,
+        )
+        deferred = CounterMetricFamily(
+            PREFIX + "rate_limit_deferred",
+            "Times a row was told to wait because its limit had no turn near enough",
+            labels=labels,
+        )
+        throttled = CounterMetricFamily(
+            PREFIX + "rate_limit_throttled",
+            "429s from the host under a limit (each held every replica off)",
+            labels=labels,
+        )
+        for rate in table.rates:
+            if rate.per_minute < UNLIMITED:
+                per_minute.add_metric([rate.key], float(rate.per_minute))
+            held.add_metric([rate.key], rate.blocked_seconds)
+            turns.add_metric([rate.key], float(rate.granted))
+            deferred.add_metric([rate.key], float(rate.deferred))
+            throttled.add_metric([rate.key], float(rate.throttled))
+        yield from (per_minute, held, turns, deferred, throttled)
 
     @staticmethod
     def _money(table: TableSnapshot) -> Iterator[Metric]:
@@ -160,6 +201,12 @@ class Metrics:
             "(the row waits; nothing was sent)",
             registry=r,
         )
+        self.throttled = Counter(
+            PREFIX + "throttled",
+            "Creates and polls put off because the request rate every replica shares had "
+            "no turn near enough (nothing was sent)",
+            registry=r,
+        )
         self.abandoned_jobs = Counter(
             PREFIX + "abandoned_jobs",
             "Provider jobs a re-queue or a delete left running, by what the worker could do",
@@ -214,6 +261,8 @@ class Metrics:
                 self.archived_without_media.inc()
         if isinstance(event, OverBudget):
             self.over_budget.inc()
+        if isinstance(event, Throttled):
+            self.throttled.inc()
         if transition.log_event == "video.retry":
             self.retries.labels(from_stage.value).inc()
         if transition.finished:

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import tempfile
 import uuid
-from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-import httpx
 import structlog
 
-from service.core import likeness
 from service.core.costs import Admission, over_budget_wait
 from service.core.events import (
     Accepted,
@@ -30,41 +28,29 @@ from service.core.events import (
     GenerationFailed,
     InDoubt,
     IntentRecorded,
-    NotFoundAtProvider,
     NotSubmitted,
     OverBudget,
     PhotoUnavailable,
     Progressed,
     Rejected,
     Transient,
-    Unreconcilable,
     Vanished,
-    Waiting,
 )
 from service.core.job import Job, RowId, SubmitKey
-from service.core.request import VideoRequest
+from service.core.request import ImageInputs, VideoRequest
 from service.database.port import AbandonedJob
-from service.media import fetch, images, prints
+from service.media import fetch, images, references
 from service.providers import base as providers
 from service.providers import models
 from service.providers.base import VideoProvider
 from service.providers.lookup import Providers, UnknownProvider
 from service.storage.base import ObjectStore
-from service.worker.archive import Archiver, take_image
+from service.worker.archive import Archiver
+from service.worker.pacing import Pace, Pacing
+from service.worker.reconcile import Ledger, Reconciler
 from service.worker.webhook_health import WebhookHealth
 
 log = structlog.get_logger("service.worker.steps")
-
-
-class Ledger(Protocol):
-    """What reconciliation asks about other rows (part of the Repository port; named
-    apart so that steps cannot claim, checkpoint or release)."""
-
-    async def recorded_video_ids(self, candidates: Iterable[str]) -> frozenset[str]: ...
-
-    async def twins_in_doubt(
-        self, prompt: str, model: str, size: str, seconds: str
-    ) -> list[likeness.Twin]: ...
 
 
 class Gate(Protocol):
@@ -73,13 +59,6 @@ class Gate(Protocol):
 
     async def admit(self, provider: str, model: str, size: str, seconds: str) -> Admission: ...
 
-
-FRAME_CACHE = 512
-"""First-frame prints kept per process (a job's first frame never changes): a crash
-that leaves many twins in doubt fetches each candidate's thumbnail about once."""
-FIRST_FRAME_MAX_BYTES = 32 * 1024 * 1024
-"""How much of a video is read to decode its first frame when no thumbnail is served
-(a faststart MP4 holds its index and first frame in the first few hundred KiB)."""
 
 PHOTO_ROWS_AT_ONCE = 4
 """Rows that may download and hold photos at once. The bytes wait on disk (temporary
@@ -116,6 +95,7 @@ class Steps:
         webhooks: WebhookHealth | None = None,
         rendition_kbps: int = 0,
         gate: Gate | None = None,
+        pace: Pace | None = None,
     ) -> None:
         self.providers = providers
         self.store = store
@@ -130,7 +110,9 @@ class Steps:
         self.archiver = Archiver(providers, store, video_bucket, rendition_kbps)
         self.gate = gate
         """Asked right before each intent when given (the worker's runtime gives it)."""
-        self._frames: OrderedDict[str, likeness.Print] = OrderedDict()
+        self.pacing = Pacing(pace)
+        """Turns before each create and poll (one request rate for every replica)."""
+        self.reconciler = Reconciler(providers, ledger)
 
     # ------------------------------------------------------------ submit
 
@@ -176,8 +158,36 @@ class Steps:
                     f"{gate.budget_usd:.2f} USD (SORA_DAILY_BUDGET_USD)",
                     over_budget_wait(job.as_of),
                 )
+        inputs = models.image_inputs(provider.name, model)
+        sent = await self._photos(job, size, inputs)
+        if not (sent is None or isinstance(sent, references.Sent)):
+            return sent  # the photos could not be had: the event says why
+        # Last, right before the intent: a turn is reserved for a create that follows
+        # within milliseconds, so the host sees creates as far apart as turns are.
+        waited = await self.pacing.turn(provider.name, model, "create")
+        if waited is not None:
+            return waited
+        key = SubmitKey(uuid.uuid4())
+        request = VideoRequest(
+            prompt=prompt,
+            model=model,
+            size=size,
+            seconds=seconds,
+            idempotency_key=str(key),
+            images=() if sent is None else sent.images,
+        )
+        if sent is None:
+            return IntentRecorded(key, provider.name, request)
+        return IntentRecorded(key, provider.name, request, sent.first_print, sent.how)
+
+    async def _photos(
+        self, job: Job, size: str, inputs: ImageInputs
+    ) -> references.Sent | Rejected | PhotoUnavailable | None:
+        """The photos as the model takes them, or why they cannot be had: a refused or
+        broken photo fails the row; a photo host that does not answer is the photo's
+        outcome (``photo_unavailable``), tried a few times first."""
         try:
-            composed = await self._reference(job, size)
+            return await self._reference(job, size, inputs)
         except fetch.FetchError as err:
             if not err.unavailable:
                 return Rejected(str(err))
@@ -186,21 +196,10 @@ class Steps:
             return PhotoUnavailable(str(err))
         except images.ImageError as err:
             return Rejected(str(err))
-        reference, reference_print = composed if composed is not None else (None, None)
-        key = SubmitKey(uuid.uuid4())
-        request = VideoRequest(
-            prompt=prompt,
-            model=model,
-            size=size,
-            seconds=seconds,
-            idempotency_key=str(key),
-            reference=reference,
-            reference_content_type=images.REFERENCE_MIME,
-        )
-        return IntentRecorded(key, provider.name, request, reference_print)
 
-    async def _reference(self, job: Job, size: str) -> tuple[bytes, likeness.Print] | None:
-        """The composed reference and its print (the evidence reconciliation uses)."""
+    async def _reference(self, job: Job, size: str, inputs: ImageInputs) -> references.Sent | None:
+        """The photos as the model takes them (``references``), and the print of the
+        first image sent (the evidence reconciliation uses)."""
         labelled = [
             (label, url)
             for label, url in (("image1_url", job.image1_url), ("image2_url", job.image2_url))
@@ -223,16 +222,16 @@ class Steps:
                 spooled = [files.enter_context(tempfile.TemporaryFile()) for _ in targets]
                 await self._download(targets, spooled)
 
-                def compose() -> tuple[bytes, likeness.Print]:
+                def compose() -> references.Sent:
                     labels = [label for label, _ in labelled]
                     for label, photo in zip(labels, spooled, strict=True):
                         images.inspect(label, photo)  # every header before any decode
-                    reference = images.Reference(len(spooled), width, height)
-                    for index, (label, photo) in enumerate(zip(labels, spooled, strict=True)):
-                        # One decoded photo at a time: placed, then dropped.
-                        reference.place(index, images.decode(label, photo, fit=(width, height)))
-                    composed = reference.jpeg()
-                    return composed, prints.print_of_image(composed)
+                    # Decoded when placed, one at a time: never two decoded photos at once.
+                    photos = [
+                        functools.partial(images.decode, label, photo, fit=(width, height))
+                        for label, photo in zip(labels, spooled, strict=True)
+                    ]
+                    return references.arrange(photos, inputs, width, height)
 
                 return await images.in_photo_thread(compose)
 
@@ -272,6 +271,11 @@ class Steps:
             )
         except providers.RequestRejected as err:
             return Rejected(str(err), err.kind)
+        except providers.RateLimited as err:
+            pause = await self.pacing.rate_limited(
+                intent.provider, intent.request.model, "create", err
+            )
+            return NotSubmitted(str(err), pause)
         except providers.ProviderUnavailable as err:
             return NotSubmitted(str(err), err.retry_after)
         except providers.OutcomeUnknown as err:
@@ -279,127 +283,9 @@ class Steps:
         return Accepted(job.id, job.progress)
 
     async def reconcile(self, job: Job) -> Event:
-        """An earlier create's outcome is unknown: find its job before submitting again.
-
-        Our job is a match created after our intent that no row has recorded. When it
-        is the only one and no identical request (a twin) is in doubt beside us, it is
-        ours. Otherwise jobs made from photos are told apart by their first frames
-        (``service.core.likeness``): a row takes a job only when it clearly looks like its
-        own reference and not like any twin's; twins with the same photos are
-        interchangeable; text-only twins are interchangeable too, but never take a
-        job that looks like a photo twin's. What cannot be settled stays in doubt.
-        "Nothing there" is believed only once an in-flight create would have timed
-        out, judged on the database's clock (``job.as_of`` against ``submitted_at``).
-        """
-        now = job.as_of
-        if job.submitted_at is None or job.model is None or job.size is None or job.seconds is None:
-            return NotFoundAtProvider()
-        request = VideoRequest(
-            prompt=job.prompt or "",
-            model=job.model,
-            size=job.size,
-            seconds=job.seconds,
-            idempotency_key=str(job.submit_key),
-        )
-        try:
-            provider = self.providers.get(job.provider)
-        except UnknownProvider as err:
-            return Transient(str(err))  # a paid job: wait for a worker that has it
-        try:
-            matches = await provider.find_submitted(request, job.submitted_at)
-            taken = await self.ledger.recorded_video_ids(m.id for m in matches)
-        except providers.CannotReconcile as err:
-            return Unreconcilable(str(err), self.providers.where(provider.name))
-        except providers.ProviderError as err:
-            return Transient(f"could not reconcile with the provider: {err}")
-        # Oldest first: the listing is newest first and created_at has 1 s resolution,
-        # so reverse it and let a stable sort keep that order within a second.
-        free = sorted(
-            (m for m in reversed(matches) if m.id not in taken),
-            key=lambda m: m.created_at or now,
-        )
-        if not free:
-            settled_at = job.submitted_at + provider.submit_timeout
-            if now < settled_at:
-                return Waiting("the earlier submission may still be in flight", settled_at - now)
-            return NotFoundAtProvider()
-        twins = await self.ledger.twins_in_doubt(request.prompt, job.model, job.size, job.seconds)
-        me = next((t for t in twins if t.key == job.id), None)
-        if me is None:  # not in doubt any more as far as the table says: judge as photos
-            me = likeness.Twin(job.id, bool(job.image1_url or job.image2_url), None)
-        others = [t for t in twins if t.key != job.id]
-        photo_twins = any(t.photos for t in others)
-        if (len(free) == 1 or not me.photos) and not others:
-            chosen: str | None = free[0].id  # alone: the one match, or any (text only)
-        elif not me.photos and not photo_twins:
-            chosen = free[0].id  # text-only twins are interchangeable
-        else:
-            ids = [m.id for m in free]
-            frames = {video_id: await self._first_frame(provider, video_id) for video_id in ids}
-            chosen = likeness.choose(me, twins, ids, frames)
-        if chosen is None:
-            # Not a failure: first frames appear as jobs finish, and twins settle one by
-            # one. Waiting spends no attempts (a row that later finds nothing must still
-            # have its budget to submit again); the paid deadline still ends it.
-            ids_text = ", ".join(m.id for m in free)
-            return Waiting(
-                f"{len(free)} provider jobs ({ids_text}) match this request; "
-                "cannot tell yet which one was made from this row's photos",
-                None,
-            )
-        found = next(m for m in free if m.id == chosen)
-        log.info("video.reconciled", row_id=str(job.id), video_id=chosen, candidates=len(free))
-        return Accepted(found.id, found.progress)
-
-    async def _first_frame(self, provider: VideoProvider, video_id: str) -> likeness.Print | None:
-        """The print of a job's first frame: its thumbnail when the provider serves one
-        (checked to be an image by its bytes), else the first frame decoded from the
-        start of the video; None while neither is available (the job is not done)."""
-        cached = self._frames.get(video_id)
-        if cached is not None:
-            self._frames.move_to_end(video_id)
-            return cached
-        found = await self._thumbnail_print(provider, video_id) or await self._video_print(
-            provider, video_id
-        )
-        if found is not None:
-            self._frames[video_id] = found
-            while len(self._frames) > FRAME_CACHE:
-                self._frames.popitem(last=False)
-        return found
-
-    async def _thumbnail_print(
-        self, provider: VideoProvider, video_id: str
-    ) -> likeness.Print | None:
-        try:
-            _, data = await take_image(provider.download(video_id, "thumbnail"))
-        except (providers.ProviderError, httpx.HTTPError, OSError):
-            return None
-        if data is None:
-            return None
-        try:
-            return await images.in_photo_thread(lambda: prints.print_of_image(data))
-        except ValueError:
-            return None
-
-    async def _video_print(self, provider: VideoProvider, video_id: str) -> likeness.Print | None:
-        with tempfile.NamedTemporaryFile(suffix=".mp4") as spool:
-            written = 0
-            try:
-                async with provider.download(video_id, "video") as chunks:
-                    async for chunk in chunks:
-                        spool.write(chunk)
-                        written += len(chunk)
-                        if written >= FIRST_FRAME_MAX_BYTES:
-                            break
-            except (providers.ProviderError, httpx.HTTPError, OSError):
-                if not written:
-                    return None
-            spool.flush()
-            try:
-                return await images.in_photo_thread(lambda: prints.print_of_video(spool.name))
-            except ValueError:
-                return None
+        """An earlier create's outcome is unknown: find its job before submitting again
+        (``service.worker.reconcile``)."""
+        return await self.reconciler.reconcile(job)
 
     # ------------------------------------------------------------ abandoned jobs
 
@@ -432,6 +318,10 @@ class Steps:
 
     async def poll(self, job: Job) -> Event:
         assert job.video_id is not None, "generating rows always hold a video_id"
+        provider_name = job.provider or self.providers.default
+        waited = await self.pacing.turn(provider_name, job.model or "", "poll")
+        if waited is not None:
+            return waited
         try:
             provider = self.providers.get(job.provider)
             # A whole answer within the provider timeout: the HTTP client's timeout is
@@ -453,8 +343,15 @@ class Steps:
             return Rejected(str(err), err.kind)
         except providers.VideoGone as err:
             return Vanished(str(err))
+        except providers.RateLimited as err:
+            pause = await self.pacing.rate_limited(provider.name, job.model, "poll", err)
+            return Transient(str(err), pause)
         except providers.ProviderError as err:
             return Transient(str(err), err.retry_after)
+        return self._polled(provider, state)
+
+    def _polled(self, provider: VideoProvider, state: providers.ProviderJob) -> Event:
+        """What a job's status means for its row."""
         match state.status:
             case "completed":
                 return Generated(provider.content_url(state.id), state.expires_at)

@@ -92,6 +92,7 @@ class Row:
     video_url: str | None = None
     video_bytes: int | None = None
     reference_print: bytes | None = None
+    photos_sent: str | None = None
     video_sha256: str | None = None
     thumbnail_url: str | None = None
     media: Media = field(default_factory=Media)
@@ -225,6 +226,7 @@ class MemoryRepository:
                 after.size = change.size
                 after.seconds = change.seconds
                 after.reference_print = change.reference_print
+                after.photos_sent = change.photos_sent
                 after.submitted_at = now
             case ForgetIntent():
                 after.submit_key = None

@@ -17,7 +17,7 @@ from PIL import Image
 
 from .config import FailureRule, SimulatorConfig
 from .errors import ApiError, invalid_value
-from .profiles import Profile
+from .profiles import FILES, Profile
 from .store import VARIANTS, Job, VideoStore
 
 __all__ = ["create_app"]
@@ -205,7 +205,26 @@ async def retrieve_video(request: web.Request) -> web.Response:
     job = _job(request, store)
     after = store.config.poll_after_ms
     headers = {} if after is None else {"openai-poll-after-ms": str(after)}
-    return web.json_response(_host(request).video(job.video(store.config)), headers=headers)
+    shown = _host(request).video(job.video(store.config), origin=_origin(request))
+    return web.json_response(shown, headers=headers)
+
+
+def _origin(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+async def inline_file(request: web.Request) -> web.StreamResponse:
+    """``/files/{id}.mp4``: the inline link of a finished job (new-api's xAI relay),
+    served without a key as a signed URL would be."""
+    store = request.app[STORE]
+    job_id = request.match_info["name"].removesuffix(".mp4")
+    try:
+        job = store.get(job_id)
+    except ApiError:
+        raise web.HTTPNotFound() from None
+    if job.video(store.config)["status"] != "completed":
+        raise web.HTTPNotFound()
+    return await _send(request, await store.asset(job, "video"), "video/mp4")
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -271,6 +290,8 @@ async def download_content(request: web.Request) -> web.StreamResponse:
     variant = request.query.get("variant", "video")
     if variant not in VARIANTS:
         raise invalid_value("variant", variant, tuple(VARIANTS))
+    if not _host(request).serves_content:
+        raise ApiError(404, f"Invalid URL (GET {request.path})")
     if not _host(request).honours_variants:
         variant = "video"  # LiteLLM drops the parameter: a thumbnail request gets the MP4
     job = _job(request, store)
@@ -359,7 +380,8 @@ def _authorize(request: web.Request, api_key: str | None) -> None:
 async def _openai_errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
     """Authenticate, then turn every error (ours or the router's) into OpenAI's JSON shape."""
     try:
-        _authorize(request, request.app[STORE].config.api_key)
+        if not request.path.startswith(FILES + "/"):
+            _authorize(request, request.app[STORE].config.api_key)
         return await handler(request)
     except ApiError as error:
         return error.response()
@@ -386,4 +408,5 @@ def create_app(store: VideoStore) -> web.Application:
     app.router.add_delete("/v1/videos/{video_id}", delete_video)
     app.router.add_get("/v1/videos/{video_id}/content", download_content)
     app.router.add_post("/v1/videos/{video_id}/remix", remix_video)
+    app.router.add_get(FILES + "/{name}", inline_file)
     return app

@@ -14,7 +14,14 @@ the pipeline is tested against each host it will meet, never against a kinder on
   ``variant=thumbnail`` is ignored (the MP4 comes back); an unknown model is a 400 with
   code "400" and "/videos: Invalid model name passed in model=..."; ``Idempotency-Key``
   is not forwarded upstream (per providers.md).
+- ``litellm-keyed``: a LiteLLM proxy whose keys are per model (litellm#33423): the ids
+  it mints carry an empty ``model_id``, and status and download of such an id fail (it
+  routes by that model: "Invalid model name passed in model=", the exact text not
+  verified); an id naming the model works.
 - ``new-api``: statuses outside OpenAI's enum (a queued job is ``NOT_START``).
+- ``new-api-xai``: new-api relaying xAI: no status at all while a job is queued or
+  running, ``done`` when finished with the file inline (``video.url``, on a path that
+  needs no key), and no ``/content`` (404).
 """
 
 from __future__ import annotations
@@ -27,8 +34,10 @@ from .errors import ApiError
 
 __all__ = ["PROFILES", "Profile", "ProfileName"]
 
-ProfileName = Literal["openai", "litellm", "new-api"]
-PROFILES: tuple[ProfileName, ...] = ("openai", "litellm", "new-api")
+ProfileName = Literal["openai", "litellm", "litellm-keyed", "new-api", "new-api-xai"]
+PROFILES: tuple[ProfileName, ...] = ("openai", "litellm", "litellm-keyed", "new-api", "new-api-xai")
+FILES = "/files"
+"""Where the xAI relay's inline links point (no key needed, like a signed URL)."""
 
 _LITELLM_DEPLOYMENT = "07bb2386cd5f03e544b6ccecf6c73a85cf3e6ca6cc11ca5f1073cdac50db30d6"
 _LITELLM_UNROUTABLE = ApiError(
@@ -49,23 +58,32 @@ class Profile:
         self.name = name
 
     @property
+    def litellm(self) -> bool:
+        return self.name.startswith("litellm")
+
+    @property
     def lists(self) -> bool:
-        return self.name != "litellm"
+        return not self.litellm
 
     @property
     def honours_variants(self) -> bool:
-        return self.name != "litellm"
+        return not self.litellm
 
     @property
     def forwards_idempotency_key(self) -> bool:
-        return self.name != "litellm"
+        return not self.litellm
+
+    @property
+    def serves_content(self) -> bool:
+        return self.name != "new-api-xai"
 
     def public_id(self, job_id: str, model: str) -> str:
         """The id this host hands out for a job of ``model``."""
-        if self.name != "litellm":
+        if not self.litellm:
             return job_id
+        minted = "" if self.name == "litellm-keyed" else model
         inner = (
-            f"litellm:custom_llm_provider:openai;model_id:{model};"
+            f"litellm:custom_llm_provider:openai;model_id:{minted};"
             f"video_id:{job_id};deployment_id:{_LITELLM_DEPLOYMENT}"
         )
         return "video_" + base64.b64encode(inner.encode()).decode()
@@ -73,11 +91,13 @@ class Profile:
     def job_id(self, public: str) -> tuple[str, str | None]:
         """The job behind an id a client sent, and the model the id routes to (None:
         any). A LiteLLM proxy routes only ids it minted (see ``check_route``)."""
-        if self.name != "litellm":
+        if not self.litellm:
             return public, None
         decoded = _litellm_parts(public)
         if decoded is None:
             raise _LITELLM_UNROUTABLE
+        if not decoded[1]:
+            raise self.unknown_model("")  # keys per model: the empty model is no model
         return decoded
 
     def check_route(self, routed_model: str | None, job_model: str) -> None:
@@ -87,15 +107,24 @@ class Profile:
 
     def known_id(self, public: str) -> str:
         """The job behind ``public``, never raising (for tests looking a job up)."""
-        if self.name != "litellm":
+        if not self.litellm:
             return public
         decoded = _litellm_parts(public)
         return public if decoded is None else decoded[0]
 
-    def video(self, video: dict[str, Any], *, created: bool = False) -> dict[str, Any]:
-        """The Video object as this host shows it (``created``: in the create answer)."""
+    def video(
+        self, video: dict[str, Any], *, created: bool = False, origin: str = ""
+    ) -> dict[str, Any]:
+        """The Video object as this host shows it (``created``: in the create answer;
+        ``origin``: this host's, for inline links)."""
         shown = dict(video)
-        if self.name == "litellm":
+        if self.name == "new-api-xai":
+            if video["status"] in ("queued", "in_progress"):
+                shown.pop("status")
+            elif video["status"] == "completed":
+                shown["status"] = "done"
+                shown["video"] = {"url": f"{origin}{FILES}/{video['id']}.mp4"}
+        if self.litellm:
             shown["id"] = self.public_id(video["id"], video["model"])
             shown.pop("prompt", None)
             shown["usage"] = {"duration_seconds": float(video["seconds"])} if created else None
@@ -107,7 +136,7 @@ class Profile:
         return shown
 
     def unknown_model(self, model: str) -> ApiError:
-        if self.name == "litellm":
+        if self.litellm:
             return ApiError(
                 400,
                 f"/videos: Invalid model name passed in model={model}. Call `/v1/models` "
