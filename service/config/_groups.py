@@ -244,8 +244,18 @@ class PollSettings(Group):
     typical_generation: Duration | None = setting(
         None,
         env="SORA_TYPICAL_GENERATION_SECONDS",
-        description="How long the model usually takes; a job with no progress yet is next "
-        "polled when it should be done (unset: after half the time it has taken so far).",
+        description="How long the model usually takes, until its durations are learnt from "
+        "finished rows; a job with no progress yet is next polled when it should be done "
+        "(unset: after half the time it has taken so far).",
+    )
+    lateness: float = setting(
+        0.1,
+        env="SORA_POLL_LATENESS",
+        gt=0,
+        le=1,
+        description="The share of its running time a finished job may wait for the poll "
+        "that sees it (never less than SORA_POLL_INTERVAL): a bound on every pause between "
+        "polls. Smaller: finished videos reach their rows sooner, for more polls.",
     )
     with_webhooks: Duration = setting(
         timedelta(seconds=60),

@@ -75,6 +75,7 @@ from service.core.events import (
     Waiting,
 )
 from service.core.job import ACTIVE_STAGES, Job, Policy, Stage
+from service.core.polls import first_poll, poll_delay
 from service.core.request import ErrorKind
 
 FALLIBLE = tuple(stage for stage in ACTIVE_STAGES if stage is not Stage.DESCRIBING)
@@ -255,7 +256,7 @@ def _on_submission(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
             return Transition(
                 Stage.GENERATING,
                 0,
-                policy.poll_interval,
+                first_poll(event.likely, policy),
                 "video.submitted",
                 change=RecordJob(event.video_id, _percent(event.progress)),
             )
@@ -348,7 +349,7 @@ def _on_generation(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
                 0,
                 NOW,
                 "video.generated",
-                change=RecordDownload(event.content_url, event.expires_at),
+                change=RecordDownload(event.content_url, event.expires_at, event.finished_at),
             )
         case Archived() if stage is Stage.ARCHIVING:
             return Transition(
@@ -376,33 +377,6 @@ def _on_generation(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
             # 404 for a moment: give it max_attempts tries before failing the row.
             return _retry(job, event.reason, None, policy, jitter, bounded=True)
     return None
-
-
-def poll_delay(job: Job, event: Progressed, policy: Policy) -> timedelta:
-    """When to look at a running job again: as late as its pace allows, so a video costs
-    a few polls instead of one every ``poll_interval``.
-
-    The provider's own word (``poll_after``) comes first. Otherwise a job that reports
-    progress is looked at again when, at the pace it has kept since it was submitted,
-    it should be done; one that reports none yet (queued, or a host without progress)
-    when the model's typical duration says so, else after half the time it has already
-    taken (polls thin out geometrically). Always between ``poll_interval`` and
-    ``poll_ceiling``; time is the database's (``as_of - submitted_at``). When the
-    provider's webhooks are seen to arrive (``next_poll``), the poll is only a safety
-    net and waits at least that long.
-    """
-    elapsed = NOW if job.submitted_at is None else max(job.as_of - job.submitted_at, NOW)
-    progress = _percent(event.progress)
-    if event.poll_after is not None:
-        wanted = event.poll_after
-    elif progress > 0 and event.provider_status != "queued":
-        wanted = elapsed * (100 - progress) / progress
-    elif policy.typical_generation is not None and elapsed < policy.typical_generation:
-        wanted = policy.typical_generation - elapsed
-    else:
-        wanted = elapsed / 2
-    delay = min(max(wanted, policy.poll_interval), policy.poll_ceiling)
-    return delay if event.next_poll is None else max(delay, event.next_poll)
 
 
 def _percent(progress: int) -> int:

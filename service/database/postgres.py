@@ -16,7 +16,7 @@ Time: every statement that hands a row to the machine also returns the database'
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -38,7 +38,7 @@ from service.core.job import Job, RowId, SubmitKey
 from service.core.likeness import Twin
 from service.core.machine import Transition
 from service.core.text import one_line
-from service.database import costs
+from service.database import costs, durations
 from service.database.errors import LeaseLost, driver_errors
 from service.database.port import AbandonedJob
 from service.database.rows import ACTIVE_SQL, JOB_COLUMNS, ROW_COLUMNS, WAKEABLE, job_from_record
@@ -159,12 +159,20 @@ CHECKPOINT: dict[type[Change] | None, str] = {
     None: _checkpoint_sql(),
     RecordIntent: _checkpoint_sql(
         "submit_key = $13, provider = $14, model = $15, size = $16, seconds = $17, "
-        "reference_print = $18, photos_sent = $19, submitted_at = now()"
+        "reference_print = $18, photos_sent = $19, submitted_at = now(), generated_at = null"
     ),
     ForgetIntent: _checkpoint_sql("submit_key = null"),
-    RecordJob: _checkpoint_sql("video_id = $13, progress = $14"),
-    RecordProgress: _checkpoint_sql("progress = $13"),
-    RecordDownload: _checkpoint_sql("openai_url = $13, openai_expires_at = $14, progress = 100"),
+    RecordJob: _checkpoint_sql("video_id = $13, progress = $14, progress_at = now()"),
+    # progress_at: when the progress was first seen at its value (the job's recent pace).
+    RecordProgress: _checkpoint_sql(
+        "progress = $13, progress_at = case when progress = $13 then progress_at else now() end"
+    ),
+    # generated_at: the provider's word on when it finished, kept within what the row
+    # knows (after the submission, not in the future), else the moment it was seen.
+    RecordDownload: _checkpoint_sql(
+        "openai_url = $13, openai_expires_at = $14, progress = 100, "
+        "generated_at = least(greatest(coalesce($15, now()), submitted_at), now())"
+    ),
     # The video alone, the moment it is stored: nothing later can lose track of it.
     RecordArchive: _checkpoint_sql(
         "video_url = $13, video_bytes = $14, video_sha256 = $15, progress = 100, "
@@ -199,7 +207,7 @@ def _change_values(change: Change | None) -> list[Any]:
         case RecordProgress():
             return [change.progress]
         case RecordDownload():
-            return [change.content_url, change.expires_at]
+            return [change.content_url, change.expires_at, change.finished_at]
         case RecordArchive():
             return [change.video_url, change.video_bytes, change.video_sha256]
         case RecordMedia():
@@ -386,6 +394,11 @@ class PostgresRepository:
                 f"select {JOB_COLUMNS} from public.videos where id = $1", row_id
             )
         return None if record is None else job_from_record(record)
+
+    async def recent_durations(
+        self, per_model: int, longest: timedelta
+    ) -> Mapping[tuple[str, str], Sequence[float]]:
+        return await durations.recent(self.pool, per_model, longest)
 
     async def admit(self, provider: str, model: str, size: str, seconds: str) -> Admission:
         return await costs.admit(self.pool, provider, model, size, seconds)

@@ -366,6 +366,7 @@ class OpenAIVideos:
             error=error,
             error_kind=kind,
             created_at=_timestamp(getattr(video, "created_at", None)),
+            finished_at=_timestamp(getattr(video, "completed_at", None)),
             expires_at=_timestamp(getattr(video, "expires_at", None)),
             prompt=getattr(video, "prompt", None),
             model=str(video.model) if getattr(video, "model", None) else None,
