@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import scenarios, yardstick
+from bench import scenarios, waiting, yardstick
 from bench.pipeline import PAYLOAD, fresh_database, run_pipeline
 from service import logs
 from service.local.embedded import start_embedded_postgres
@@ -49,6 +49,8 @@ class Sizes:
     day_factor: float = 10.0
     active_rows: int = 100_000
     archive_mib: int = 1024
+    waiting_scale: float = 1.0
+    waiting_rows: int | None = None
 
 
 QUICK = Sizes(
@@ -62,6 +64,8 @@ QUICK = Sizes(
     day_factor=60.0,
     active_rows=3000,
     archive_mib=16,
+    waiting_scale=30.0,
+    waiting_rows=4,
 )
 
 
@@ -121,6 +125,7 @@ async def measure(server: str, scratch: Path, sizes: Sizes, table: Table) -> Non
     await polling_figures(server, scratch, sizes, table)
     await due_figures(server, sizes, table)
     archive_table(sizes, table)
+    await waiting_figures(server, scratch, sizes, table)
 
 
 def probe_cpu_ms(repeats: int = 50) -> float:
@@ -238,6 +243,48 @@ def archive_table(sizes: Sizes, table: Table) -> None:
         "ratio",
     )
     table.add("archive RSS growth (target < 64)", archive["rss_growth_mib"], "MiB")
+
+
+async def waiting_figures(server: str, scratch: Path, sizes: Sizes, table: Table) -> None:
+    print(
+        "completion -> URL: uneven 30-120 s jobs, 5-30 MB videos, in real time; the target "
+        "is max(5 s, 10 % of the job's time)",
+        flush=True,
+    )
+    results = await waiting.measure_all(server, scratch, sizes.waiting_scale, sizes.waiting_rows)
+    for name, r in results.items():
+        table.add(f"completion -> URL p50, {name}", r["p50_s"], "s")
+        table.add(f"completion -> URL p95, {name}", r["p95_s"], "s")
+        table.add(f"completion -> URL max, {name}", r["max_s"], "s")
+        if "webhooks" in name:
+            table.add(
+                f"  p95 - archive p95, {name} (target <= 2)",
+                r["p95_s"] - r["archive_p95_s"],
+                "s",
+            )
+        else:
+            table.add(
+                f"  p95 / its target, {name} (target <= 1)",
+                r["p95_over_target"],
+                "ratio",
+            )
+        table.add(f"  polls per video, {name} (target <= 6)", r["polls_mean"], "polls")
+    silent = results[waiting.SCENARIOS[0].name]
+    fewest, _ = waiting.fewest_polls(
+        waiting.shapes_for("none", sizes.waiting_scale),
+        silent["archive_p95_s"],
+        waiting.policy_for(sizes.waiting_scale),
+    )
+    table.add(
+        "  fewest polls possible, no progress (bench/waiting.py)",
+        fewest,
+        "polls",
+    )
+    table.add(
+        f"  polls / fewest possible, {waiting.SCENARIOS[0].name}",
+        silent["polls_mean"] / fewest,
+        "ratio",
+    )
 
 
 def disk_mib_per_s(mib: int) -> float:

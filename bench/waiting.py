@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import collections
 import json
 import math
@@ -143,6 +144,17 @@ def shapes_for(progress: Progress, scale: float) -> JobShapes:
     )
 
 
+def policy_for(scale: float) -> Policy:
+    """The default poll settings, on the bench's clock (``scale`` times faster)."""
+    return Policy(
+        poll_interval=timedelta(seconds=5 / scale),
+        max_attempts=3,
+        retry_base=timedelta(seconds=1 / scale),
+        retry_cap=timedelta(seconds=10 / scale),
+        poll_ceiling=timedelta(seconds=60 / scale),
+    )
+
+
 async def seed_history(pool: asyncpg.Pool, shapes: JobShapes, count: int) -> None:
     """``count`` finished rows of the bench's model, their durations drawn from
     ``shapes`` as the simulator draws its jobs'."""
@@ -171,13 +183,7 @@ async def run_scenario(
 ) -> Outcome:
     count = rows or scenario.rows
     shapes = shapes_for(scenario.progress, scale)
-    policy = Policy(
-        poll_interval=timedelta(seconds=5 / scale),
-        max_attempts=3,
-        retry_base=timedelta(seconds=1 / scale),
-        retry_cap=timedelta(seconds=10 / scale),
-        poll_ceiling=timedelta(seconds=60 / scale),
-    )
+    policy = policy_for(scale)
     state = scratch / f"simulator {scenario.name}"
     wakeup = Wakeup()
     async with fresh_database(server) as dsn:
@@ -266,6 +272,32 @@ async def measured(
         outcome.polls.append(provider.polls[row["video_id"]])
         outcome.archive.append(row["url_at"] - provider.seen_done[row["video_id"]])
     return outcome
+
+
+def fewest_polls(shapes: JobShapes, archive_s: float, policy: Policy) -> tuple[float, float]:
+    """The yardstick for polls per video when the host reports nothing: the fewest any
+    poll schedule could make on average for jobs drawn from ``shapes`` while at most 5 %
+    of them wait for their URL longer than the target (max(floor, 10 % of the job's
+    time)), knowing the durations exactly and the archive taking ``archive_s``.
+
+    Each schedule polls first at a quantile of the durations, then as late as the
+    target allows for a job that ends just after a poll; the best first quantile is
+    searched. Returns (mean polls, share of jobs over the target)."""
+    ends = sorted(sum(shapes.timing(f"yardstick {i}")) for i in range(5000))
+    floor, lateness = policy.poll_interval.total_seconds(), policy.poll_lateness
+    best = (math.inf, 0.0)
+    for first in range(0, 40):
+        times = [ends[first * len(ends) // 100]]
+        while times[-1] < ends[-1]:
+            times.append(times[-1] + max(floor, lateness * times[-1]) - archive_s)
+        polls, over = 0, 0
+        for end in ends:
+            k = bisect.bisect_left(times, end)
+            polls += k + 1
+            over += times[k] + archive_s - end > max(floor, lateness * end)
+        if over <= 0.05 * len(ends):
+            best = min(best, (polls / len(ends), over / len(ends)))
+    return best
 
 
 async def measure_all(

@@ -55,7 +55,7 @@ def test_the_providers_poll_after_comes_first_within_floor_and_ceiling() -> None
 def test_a_job_that_reports_progress_waits_part_of_the_time_its_pace_leaves() -> None:
     assert polled_after(30, Progressed(50, "in_progress")) == 18  # 30 s left: 60 % of it
     assert polled_after(90, Progressed(75, "in_progress")) == 18
-    assert polled_after(99, Progressed(99, "in_progress")) == 9.9  # the allowance: 10 %
+    assert polled_after(99, Progressed(99, "in_progress")) == 8.91  # the allowance: 90 % of 10 %
     assert polled_after(30, Progressed(95, "in_progress")) == 5  # never under the floor
 
 
@@ -81,7 +81,7 @@ LEARNT = Durations.of(float(s) for s in range(40, 101))
 
 
 def test_a_new_job_is_first_polled_at_its_models_earliest_likely_end() -> None:
-    assert first_poll(LEARNT, POLICY) == timedelta(seconds=41)  # the 2 % quantile
+    assert first_poll(LEARNT, POLICY) == timedelta(seconds=43)  # the 5 % quantile
     assert first_poll(None, POLICY) == POLICY.poll_interval
     assert first_poll(Durations.of([30.0] * 9), POLICY) == POLICY.poll_interval  # too few
     t = apply(
@@ -90,13 +90,13 @@ def test_a_new_job_is_first_polled_at_its_models_earliest_likely_end() -> None:
         policy=POLICY,
         jitter=0.5,
     )
-    assert t.delay == timedelta(seconds=41)
+    assert t.delay == timedelta(seconds=43)
 
 
 def test_with_learnt_durations_a_silent_job_is_polled_every_allowance_near_its_end() -> None:
     silent = Progressed(0, "in_progress", likely=LEARNT)
-    assert polled_after(10, silent, POLICY) == 31  # nothing before the earliest likely end
-    assert polled_after(60, silent, POLICY) == 6  # then every 10 % of the time taken
+    assert polled_after(10, silent, POLICY) == 33  # nothing before the earliest likely end
+    assert polled_after(60, silent, POLICY) == 5.4  # then every 90 % of 10 % of its time
     assert polled_after(97, silent, POLICY) == 48.5  # past what history knows: half its age
 
 

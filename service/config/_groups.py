@@ -253,9 +253,10 @@ class PollSettings(Group):
         env="SORA_POLL_LATENESS",
         gt=0,
         le=1,
-        description="The share of its running time a finished job may wait for the poll "
-        "that sees it (never less than SORA_POLL_INTERVAL): a bound on every pause between "
-        "polls. Smaller: finished videos reach their rows sooner, for more polls.",
+        description="The share of its running time a finished job may wait for its "
+        "permanent URL (never less than SORA_POLL_INTERVAL): polls are spaced by 90 % of "
+        "it and the archive has the rest. Smaller: finished videos reach their rows "
+        "sooner, for more polls.",
     )
     with_webhooks: Duration = setting(
         timedelta(seconds=60),

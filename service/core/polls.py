@@ -3,9 +3,10 @@ for the poll that sees it, seldom enough that a job costs a few polls.
 
 What a person waits for is the time from the provider finishing to the row holding
 its permanent URL, and most of it is the wait for the next poll. So every pause is
-bounded by an *allowance*: the share ``Policy.poll_lateness`` (10 %) of the time the
-job has taken, never under ``poll_interval``; a job that finishes between two polls
-then waits at most that for the second. Within that bound, polls are as late as the
+bounded by an *allowance*: most (``SEEN_SHARE``) of the share ``Policy.poll_lateness``
+(10 %) of the time the job has taken, never under ``poll_interval``; a job that
+finishes between two polls then waits at most that for the second, and its archive
+has the rest. Within that bound, polls are as late as the
 job's pace allows, in this order:
 
 1. the host's own word (``openai-poll-after-ms``);
@@ -38,9 +39,17 @@ PACE_SHARE = 0.6
 """The share of the time left, at the job's pace, waited before the next poll."""
 
 
+SEEN_SHARE = 0.9
+"""The share of the allowance a finished job may wait for the poll that sees it: the
+rest is left to the archive's own time (the download, checksum and store of a 5-30 MB
+video take about half a second), so that the URL, not only the poll, is in time."""
+
+
 def allowance(elapsed: timedelta, policy: Policy) -> timedelta:
-    """The longest a job that took ``elapsed`` may wait, finished, for its next poll."""
-    return max(policy.poll_interval, elapsed * policy.poll_lateness)
+    """The longest a job that took ``elapsed`` may wait, finished, for its next poll:
+    ``SEEN_SHARE`` of its lateness (``poll_lateness`` of the time taken), never under
+    ``poll_interval``."""
+    return max(policy.poll_interval, elapsed * policy.poll_lateness * SEEN_SHARE)
 
 
 def first_poll(likely: Durations | None, policy: Policy) -> timedelta:
