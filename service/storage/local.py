@@ -28,6 +28,8 @@ from service.storage.base import (
 from service.storage.lane import WRITE_AHEAD, Lane
 
 READ_CHUNK = 1024 * 1024
+WRITEBACK_EVERY = 8 * 1024 * 1024
+"""How many bytes are written between two writeback starts (``_Partial``)."""
 
 
 def object_path(root: Path, bucket: str, key: str) -> Path:
@@ -123,6 +125,8 @@ class _Partial:
         self.path = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
         self.digest = Digest()
         self._handle: BinaryIO | None = None
+        self._flushing = 0
+        """Where the last writeback started (``_start_writeback``)."""
 
     def open(self) -> None:
         self.target.parent.mkdir(parents=True, exist_ok=True)
@@ -132,6 +136,21 @@ class _Partial:
         assert self._handle is not None, "open() runs first on the lane"
         self.digest.update(chunk)
         self._handle.write(chunk)
+        if self.digest.size - self._flushing >= WRITEBACK_EVERY:
+            self._start_writeback()
+
+    def _start_writeback(self) -> None:
+        """Have the kernel start writing out what has been written so far, without
+        waiting for it: the disk works while the rest arrives, and the fsync before the
+        rename finds little left (else all of it waits for that fsync, the kernel
+        holding gigabytes dirty before it writes any back on its own). Also lets the
+        page cache drop the pages once written: the object is read back rarely."""
+        assert self._handle is not None, "open() runs first on the lane"
+        if hasattr(os, "posix_fadvise"):  # POSIX, not on macOS or Windows
+            self._handle.flush()
+            start, end = self._flushing, self.digest.size
+            os.posix_fadvise(self._handle.fileno(), start, end - start, os.POSIX_FADV_DONTNEED)
+        self._flushing = self.digest.size
 
     def commit(self) -> None:
         assert self._handle is not None, "open() runs first on the lane"
