@@ -25,7 +25,7 @@ from pydantic_core import PydanticCustomError
 from service.config import dsn
 from service.core.rates import parse_rate_limits
 from service.core.request import SIZE_PATTERN
-from service.media.fetch import parse_host_ports
+from service.media.addresses import parse_host_ports
 from service.providers.models import parse_allowed
 from service.providers.registry import (
     NAMES,
