@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 from uuid import UUID
 
 import asyncpg
@@ -64,19 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    _serving_commands(commands)
+    rows = _row_commands(commands)
+    for verb in (*rows, *verbs.add_parsers(commands)):
+        verb.add_argument("--json", action="store_true", help="print the result as JSON")
+    _setup_commands(commands)
+    return parser
 
+
+def _serving_commands(commands: Any) -> None:
+    """The long-running commands: the worker, the demo, the simulator, the dashboard."""
     run = commands.add_parser("run", help="run the worker until SIGTERM/SIGINT")
     run.add_argument("--no-migrate", action="store_true", help="do not apply migrations first")
     run.add_argument(
         "--no-listen", action="store_true", help="no LISTEN (poolers in transaction mode)"
-    )
-
-    migrate = commands.add_parser("migrate", help="apply the SQL migrations (safe to repeat)")
-    migrate.add_argument(
-        "--storage-sql",
-        action="store_true",
-        help="print the SQL that makes the storage policies (sql/0005), to run in the "
-        "Supabase dashboard where the worker's role may not (see doctor); change nothing",
     )
 
     demo = commands.add_parser("demo", help="run the whole pipeline once on embedded defaults")
@@ -104,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
         "[default: SORA_SIMULATOR_PROFILE]",
     )
 
+    commands.add_parser(
+        "dashboard",
+        help="serve a live page of the queue and its videos, with the operator's verbs as "
+        "buttons (SORA_DASHBOARD_HOST:SORA_DASHBOARD_PORT, default 127.0.0.1:8092)",
+    )
+
+
+def _row_commands(commands: Any) -> list[argparse.ArgumentParser]:
+    """What an app developer does with rows; the ones returned take ``--json``."""
     request = commands.add_parser(
         "request", help="ask for a video (as an app would); prints its id, or the row with --wait"
     )
@@ -128,17 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=20)
     listing.add_argument("--status", choices=["queued", "processing", "completed", "failed"])
 
-    commands.add_parser("stats", help="rows per stage, the oldest unfinished, storage per bucket")
-
-    commands.add_parser(
-        "dashboard",
-        help="serve a live page of the queue and its videos, with the operator's verbs as "
-        "buttons (SORA_DASHBOARD_HOST:SORA_DASHBOARD_PORT, default 127.0.0.1:8092)",
+    stats = commands.add_parser(
+        "stats", help="rows per stage, the oldest unfinished, storage per bucket"
     )
+    return [show, listing, stats]
 
-    for verb in (show, listing, commands.choices["stats"], *verbs.add_parsers(commands)):
-        verb.add_argument("--json", action="store_true", help="print the result as JSON")
 
+def _setup_commands(commands: Any) -> None:
+    """The commands that set up or look at the setup rather than at rows."""
+    migrate = commands.add_parser("migrate", help="apply the SQL migrations (safe to repeat)")
+    migrate.add_argument(
+        "--storage-sql",
+        action="store_true",
+        help="print the SQL that makes the storage policies (sql/0005), to run in the "
+        "Supabase dashboard where the worker's role may not (see doctor); change nothing",
+    )
     doctor = commands.add_parser(
         "doctor", help="check the setup: one line per check; exit 0 OK, 1 WARN, 2 FAIL"
     )
@@ -149,7 +163,6 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "env-example", help="print every setting at its default (the source of .env.example)"
     )
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,15 +23,8 @@ import httpx
 import pytest
 from aiohttp import web
 
-from service.media.fetch import (
-    Access,
-    FetchError,
-    Limits,
-    PhotoFetcher,
-    is_public,
-    parse_host_ports,
-    system_resolver,
-)
+from service.media.addresses import is_public, parse_host_ports, system_resolver
+from service.media.fetch import Access, FetchError, Limits, PhotoFetcher
 from service.media.pinned import HTTPX_ERRORS, as_httpx_errors
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr, field_validator, model_validator
 
-from service.media.fetch import parse_host_ports
+from service.media.addresses import parse_host_ports
 from service.setting import Duration, Group, Port, setting
 
 

@@ -11,7 +11,7 @@ as for photos (``service.media.fetch``) hold for every hop of every download:
   ``.suffix``), or the provider's own API origin, which the operator configured and
   which may be internal (a gateway on a private network, a local fake), like the local
   storage server's origin for photos;
-- every address the host resolves to is public (``fetch.is_public``) unless it is that
+- every address the host resolves to is public (``addresses.is_public``) unless it is that
   own origin, and the connection is pinned to the address checked (``pinned``);
 - redirects are followed by hand, each hop checked again; credentials go only to the
   own origin, never across a redirect;
@@ -29,17 +29,19 @@ from dataclasses import dataclass
 import httpcore
 import httpx
 
+from service.media.addresses import (
+    Origin,
+    default_port,
+    is_public,
+    origin_of,
+    system_resolver,
+)
 from service.media.fetch import (
     CONNECT_TIMEOUT,
     MAX_REDIRECTS,
-    Origin,
     Resolver,
-    default_port,
     describe_http_error,
-    is_public,
-    origin_of,
     shown,
-    system_resolver,
 )
 from service.media.pinned import PinnedTransport, bracketed, normal_host
 

@@ -52,9 +52,8 @@ import httpx
 import structlog
 from replicate.client import Client, RetryTransport
 from replicate.exceptions import ReplicateError
-from replicate.prediction import Prediction
 
-from service.core.request import ErrorKind, ImageRole, RequestImage, VideoRequest
+from service.core.request import ImageRole, RequestImage, VideoRequest
 from service.media.delivery import (
     Delivery,
     DeliveryError,
@@ -62,6 +61,7 @@ from service.media.delivery import (
     DeliveryGone,
     DeliveryRefused,
 )
+from service.providers import replicate_predictions as predictions
 from service.providers.base import (
     JobStatus,
     OutcomeUnknown,
@@ -117,15 +117,6 @@ def inputs_of(model: str) -> ReplicateInputs:
     """The input names ``model`` takes (``owner/name`` or ``owner/name:version``)."""
     spec = spec_for(model.partition(":")[0])
     return spec.replicate if spec is not None and spec.replicate is not None else VEO_LIKE
-
-
-def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def _go_duration(delta: timedelta) -> str:
@@ -258,12 +249,12 @@ class ReplicateVideos:
             params["webhook"] = self.webhook_url
             params["webhook_events_filter"] = ["completed"]
         model, _, version = request.model.partition(":")
-        predictions = self._client.predictions
+        sdk = self._client.predictions
         try:
             if version:
-                prediction = await predictions.async_create(version=version, **params)
+                prediction = await sdk.async_create(version=version, **params)
             else:
-                prediction = await predictions.async_create(model=model, **params)
+                prediction = await sdk.async_create(model=model, **params)
         except ReplicateError as err:
             raise self._create_error(err, request) from err
         except (httpx.ConnectError, httpx.ConnectTimeout) as err:
@@ -346,10 +337,10 @@ class ReplicateVideos:
         for _ in range(RECONCILE_MAX_PAGES):
             page = await self._page(cursor)
             for item in page.get("results", []):
-                created = _parse_time(item.get("created_at"))
+                created = predictions.parse_time(item.get("created_at"))
                 if created is not None and created < horizon:
                     return found
-                if _matches(item, request):
+                if predictions.matches(item, request):
                     found.append(self._job(item))
             cursor = page.get("next")
             if not cursor:
@@ -362,7 +353,7 @@ class ReplicateVideos:
     async def _page(self, cursor: str | None) -> dict[str, Any]:
         async def typed() -> Any:
             page = await self._client.predictions.async_list(... if cursor is None else cursor)
-            return _PageDict(page)
+            return predictions.PageDict(page)
 
         return await self._read(typed, cursor or "/v1/predictions", "the prediction list")
 
@@ -376,7 +367,7 @@ class ReplicateVideos:
         if variant != "video":
             raise VideoGone("Replicate video models make no separate thumbnail")
         prediction = await self._prediction(job_id)
-        url = _output_url(prediction)
+        url = predictions.output_url(prediction)
         if prediction.get("data_removed") or url is None:
             raise VideoGone(
                 f"the output of {job_id} was deleted by Replicate (outputs are kept 1 hour)"
@@ -414,11 +405,11 @@ class ReplicateVideos:
         if status is None:
             log.warning("provider.unknown_status", video_id=job_id, status=raw)
             status = "running"
-        completed = _parse_time(prediction.get("completed_at"))
+        completed = predictions.parse_time(prediction.get("completed_at"))
         error, kind = None, None
         if status == "failed":
-            error, kind = _failure(prediction, raw)
-        url = _output_url(prediction)
+            error, kind = predictions.failure(prediction, raw)
+        url = predictions.output_url(prediction)
         if status == "completed" and url is not None:
             self._outputs[job_id] = url
             while len(self._outputs) > KNOWN_OUTPUTS:
@@ -427,67 +418,16 @@ class ReplicateVideos:
         return ProviderJob(
             id=job_id,
             status=status,
-            progress=100 if status == "completed" else _progress(prediction.get("logs")),
+            progress=100 if status == "completed" else predictions.progress(prediction.get("logs")),
             raw_status=raw,
             error=error,
             error_kind=kind,
-            created_at=_parse_time(prediction.get("created_at")),
+            created_at=predictions.parse_time(prediction.get("created_at")),
             finished_at=completed,
             expires_at=None if completed is None else completed + OUTPUT_LIFETIME,
             prompt=inputs.get("prompt") if isinstance(inputs, dict) else None,
             model=prediction.get("model"),
         )
-
-
-class _PageDict:
-    """A typed SDK page, seen as the JSON it came from (``_read`` wants ``.dict()``)."""
-
-    def __init__(self, page: Any) -> None:
-        self.page = page
-
-    def dict(self) -> dict[str, Any]:
-        return {"next": self.page.next, "results": [p.dict() for p in self.page.results]}
-
-
-def _output_url(prediction: dict[str, Any]) -> str | None:
-    output = prediction.get("output")
-    if isinstance(output, list):
-        output = output[0] if output else None
-    return (
-        output if isinstance(output, str) and output.startswith(("http://", "https://")) else None
-    )
-
-
-def _failure(prediction: dict[str, Any], raw: str) -> tuple[str, ErrorKind]:
-    message = str(prediction.get("error") or "")
-    if "E005" in message or "flagged as sensitive" in message:
-        return f"Replicate's safety check refused it: {message}", "safety_filtered"
-    if raw == "canceled":
-        return (
-            "the prediction was canceled (deadline reached or canceled by hand)",
-            "provider_error",
-        )
-    if raw == "aborted":
-        return "the prediction was aborted before it started (deadline reached)", "provider_error"
-    return f"the model failed: {message or 'no details'}", "provider_error"
-
-
-def _progress(logs: object) -> int:
-    """The last ``NN%|...| a/b`` progress line in the logs (as the SDK parses it)."""
-    if not isinstance(logs, str) or not logs:
-        return 0
-    progress = Prediction.Progress.parse(logs)
-    return 0 if progress is None else int(progress.percentage * 100)
-
-
-def _matches(prediction: dict[str, Any], request: VideoRequest) -> bool:
-    inputs = prediction.get("input")
-    if not isinstance(inputs, dict) or inputs.get("prompt") != request.prompt:
-        return False
-    model, _, version = request.model.partition(":")
-    if version:
-        return prediction.get("version") == version
-    return prediction.get("model") == model
 
 
 async def _delivered(chunks: AsyncIterator[bytes], job_id: str) -> AsyncIterator[bytes]:

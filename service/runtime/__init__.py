@@ -33,7 +33,7 @@ from service.database.health import Health
 from service.database.limits import RateLimits
 from service.database.operator import Operator
 from service.database.postgres import PostgresRepository
-from service.media import fetch
+from service.media import addresses, fetch
 from service.providers import models
 from service.providers.base import ProviderError, TellsWebhookSecret
 from service.providers.lookup import Providers
@@ -100,7 +100,7 @@ class Runtime:
     stand_in: FakeHost | None = None
     """The local stand-in this process hosts for SORA_PROVIDER's provider (its key
     unset): the simulator or a fake. None when a replica hosts it, or for a real host."""
-    own_photo_origins: frozenset[fetch.Origin] = frozenset()
+    own_photo_origins: frozenset[addresses.Origin] = frozenset()
     """The local storage server's origins: the one non-public place photos may come
     from without being listed (the demo's photos live there)."""
     webhook_health: WebhookHealth | None = None

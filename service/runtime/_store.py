@@ -11,7 +11,7 @@ import structlog
 
 from service.config import Settings, allowed, refuse
 from service.extras import local_extra
-from service.media import fetch
+from service.media import addresses
 from service.storage.base import ObjectStore
 from service.storage.local import PARTIAL_MAX_AGE, LocalStore, remove_stale_partials
 from service.storage.supabase import SupabaseStore, default_bucket_specs
@@ -34,7 +34,7 @@ async def open_store(settings: Settings) -> AsyncIterator[ObjectStore]:
 
 async def store_for(
     settings: Settings, stack: AsyncExitStack, flexible_ports: bool
-) -> tuple[ObjectStore, frozenset[fetch.Origin]]:
+) -> tuple[ObjectStore, frozenset[addresses.Origin]]:
     """The store, closed with ``stack``, and the origins of photos it serves itself."""
     storage = settings.storage
     if storage.supabase_url is not None and storage.service_role_key is not None:
@@ -81,7 +81,7 @@ async def store_for(
             url=local.public_url or shared.base_url,
         )
     # Its exact origins (where it listens, and where its URLs point) and nothing else.
-    own = {fetch.origin_of(shared.base_url)}
+    own = {addresses.origin_of(shared.base_url)}
     if local.public_url:
-        own.add(fetch.origin_of(local.public_url))
+        own.add(addresses.origin_of(local.public_url))
     return LocalStore(root, local.public_url or shared.base_url), frozenset(own)
