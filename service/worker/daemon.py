@@ -49,8 +49,7 @@ FIRST_PAUSE = 0.25
 work resumes within about ``max_backoff`` of the database's return even when no LISTEN
 reconnect announces it."""
 DISPATCH_RESERVE = 8
-"""One slot in this many is kept from the claim loop's due rows (polls, retries) for the
-dispatch lane: however many polls fall due at once, a new row finds a free slot."""
+"""One slot in this many is kept from polls and retries: a new row always finds one."""
 ABANDONED_BATCH = 20
 """Abandoned jobs taken per look (each is one cancel call to its provider)."""
 ABANDONED_COOLDOWN = 1.0
@@ -96,8 +95,9 @@ class Worker:
         self.stopping = asyncio.Event()
         self._inflight: dict[RowId, asyncio.Task[None]] = {}
         self._claiming = 0
-        """Slots promised to claims still in flight (the claim loop's and the dispatch
-        lane's), so that the two together never start more than ``concurrency`` rows."""
+        """Slots promised to claims in flight (the loop's and the dispatch lane's)."""
+        self._claims_back = asyncio.Event()
+        """Set when a claim returns: slots it promised and did not fill are free again."""
         self._leased: set[RowId] = set()
         """Rows whose lease this worker holds and keeps alive (a subset of _inflight)."""
         self._looped_at: float | None = None
@@ -145,8 +145,8 @@ class Worker:
         try:
             await self._claim_loop()
         finally:
-            # The lane ends by itself once stopping (never cancelled mid-claim: rows it
-            # claimed would sit leased to nobody), and before the drain counts the rows.
+            # The lane ends by itself (never cancelled mid-claim: rows it claimed would
+            # sit leased to nobody) before the drain counts the rows.
             self.stopping.set()
             self.wakeup.news.set()
             await asyncio.gather(lane, return_exceptions=True)
@@ -170,6 +170,11 @@ class Worker:
             try:
                 reserve = self.options.concurrency // DISPATCH_RESERVE
                 free = self._free_slots(reserve)
+                if free <= 0 and self._claiming:
+                    # Slots promised to the lane's claim: free again if it finds fewer rows.
+                    self._claims_back.clear()
+                    await self._claims_back.wait()
+                    continue
                 if free <= 0:
                     # Every slot is busy: only a finished row (or stop) can change that.
                     await self.wakeup.wait(self.options.sweep_interval)
@@ -182,9 +187,7 @@ class Worker:
                     # Every free slot got a row, so more may be due: no need to ask when
                     # the next one is (only a finished row frees a slot anyway).
                     continue
-                # The rows just started send their first writes before the look at the
-                # next due row below: theirs is what a waiting request is waiting for.
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # rows just started write before the next-due look
                 reasons = await wait_for_work(
                     self.wakeup, self.repo, self.options.sweep_interval, claimed=len(claimed)
                 )
@@ -211,19 +214,17 @@ class Worker:
             claimed = await self.repo.claim(limit, exclude=exclude, fresh_only=fresh_only)
         finally:
             self._claiming -= limit
+            self._claims_back.set()
         self.metrics.claimed(len(claimed))
         for job in claimed:
             self._start(job)
         return claimed
 
     async def _dispatch_lane(self) -> None:
-        """Claim as soon as a source hears of work, beside the claim loop.
-
-        The claim loop goes round claim -> look for the next due row -> wait; with
-        thousands of rows polled it is mostly mid-round, and a new row would wait for
-        the round to end. This lane waits only for news (a NOTIFY, Realtime, a webhook)
-        and claims new requests at once, into any free slot, the reserved ones included;
-        the loop still finds every row that no news announced, and every poll."""
+        """New requests claimed the moment a source hears of them (NOTIFY, Realtime, a
+        webhook), into any free slot: with thousands of rows polled the claim loop is
+        mostly mid-round (claim, next due, wait), and a new row would wait for its end.
+        The loop still finds every row no news announced, and every poll."""
         news = self.wakeup.news
         while True:
             await news.wait()
