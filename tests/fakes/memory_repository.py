@@ -178,7 +178,9 @@ class MemoryRepository:
 
     # ------------------------------------------------------------ the port
 
-    async def claim(self, limit: int, exclude: Iterable[RowId] = ()) -> list[Job]:
+    async def claim(
+        self, limit: int, exclude: Iterable[RowId] = (), *, fresh_only: bool = False
+    ) -> list[Job]:
         now = self._now("claim")
         skip = set(exclude)
         due = sorted(
@@ -189,6 +191,7 @@ class MemoryRepository:
                 and row.next_attempt_at <= now
                 and (row.locked_until is None or row.locked_until < now)
                 and row.id not in skip
+                and (row.stage is Stage.PENDING or not fresh_only)
             ),
             key=lambda row: (row.stage is not Stage.PENDING, row.next_attempt_at),  # fresh first
         )[: max(limit, 0)]
