@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from service.core.actions import Action, next_action
 from service.core.costs import over_budget_wait
 from service.core.events import (
     Accepted,
@@ -43,11 +44,9 @@ from service.core.events import (
 from service.core.job import ACTIVE_STAGES, Job, Policy, RowId, Stage, SubmitKey
 from service.core.machine import (
     FALLIBLE,
-    Action,
     IllegalTransition,
     Transition,
     apply,
-    next_action,
     retry_delay,
 )
 from service.core.request import VideoRequest

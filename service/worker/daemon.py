@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import structlog
 
 from service.backoff import Backoff, Outage
+from service.core.actions import Action, next_action
 from service.core.costs import over_budget_wait
 from service.core.events import (
     Accepted,
@@ -32,7 +33,7 @@ from service.core.events import (
     Transient,
 )
 from service.core.job import Job, Policy, RowId, Stage, SubmitKey
-from service.core.machine import Action, apply, next_action
+from service.core.machine import apply
 from service.database.errors import BudgetSpent, Conflict, LeaseLost, RepositoryError
 from service.database.port import AbandonedJob, Repository
 from service.wakeups.source import WakeupSource

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import structlog
 
+from service.core.actions import Action
 from service.core.events import Event, RecordProgress
 from service.core.job import Job
-from service.core.machine import Action, Transition
+from service.core.machine import Transition
 
 log = structlog.get_logger("service.worker.daemon")
 
