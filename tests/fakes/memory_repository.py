@@ -375,7 +375,7 @@ class MemoryRepository:
 
     async def admit(self, provider: str, model: str, size: str, seconds: str) -> Admission:
         self._now("admit")
-        return Admission(None, 0.0, 0.0, float("inf"))
+        return Admission(None, 0.0, 0.0, float("inf"), over_budget=False)
 
     async def take_abandoned(self, limit: int) -> list[AbandonedJob]:
         due = [j for j in self.table.abandoned if j.id not in self.table.settled][:limit]
