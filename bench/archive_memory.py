@@ -54,9 +54,10 @@ def content_app(mib: int) -> web.Application:
     return app
 
 
-async def timed_archive(base_url: str, mib: int) -> tuple[float, float]:
+async def timed_archive(base_url: str, mib: int) -> tuple[float, float, float]:
     """Archive one video of ``mib`` MiB from ``base_url`` as the worker does (the real
-    adapter into the local store); its seconds, and this process's RSS before it."""
+    adapter into the local store); its seconds, its CPU seconds (all threads: less
+    moved by other load than the seconds), and this process's RSS before it."""
     from service.providers.openai_videos import OpenAIVideos
     from service.storage.local import LocalStore
 
@@ -64,18 +65,36 @@ async def timed_archive(base_url: str, mib: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as root:
         store = LocalStore(Path(root), "http://bench")
         baseline = current_rss_mib()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         async with provider.download("video_bench") as chunks:
             stored = await store.put("hug-videos", "bench.mp4", chunks, "video/mp4")
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     await provider.aclose()
     assert stored.size == mib * len(CHUNK)
-    return seconds, baseline
+    return seconds, cpu, baseline
+
+
+async def download_from(base_url: str, mib: int) -> None:
+    """The archive's download alone (the guarded fetcher, bytes discarded); a JSON line.
+    Beside the archive it shows what is left to the HTTP stack once storing overlaps."""
+    import json
+
+    from service.providers.openai_videos import OpenAIVideos
+
+    provider = OpenAIVideos("sk-bench", base_url)
+    received, started = 0, time.perf_counter()
+    async with provider.download("video_bench") as chunks:
+        async for chunk in chunks:
+            received += len(chunk)
+    seconds = time.perf_counter() - started
+    await provider.aclose()
+    assert received == mib * len(CHUNK)
+    print(json.dumps({"download_mib_per_s": mib / seconds}))
 
 
 async def one(mib: int) -> None:
     runner, port = await serve(content_app(mib), "127.0.0.1", 0)
-    seconds, baseline = await timed_archive(f"http://127.0.0.1:{port}/v1", mib)
+    seconds, _, baseline = await timed_archive(f"http://127.0.0.1:{port}/v1", mib)
     await runner.cleanup()
     print(
         f"{mib:>6} MiB  {seconds:6.2f} s  {mib / seconds:7.1f} MiB/s  "
@@ -96,9 +115,10 @@ async def archive_from(base_url: str, mib: int) -> None:
     """Archive one video from ``base_url`` as the worker does; print a JSON line."""
     import json
 
-    seconds, baseline = await timed_archive(base_url, mib)
+    seconds, cpu, baseline = await timed_archive(base_url, mib)
     growth = peak_rss_mib() - baseline
-    print(json.dumps({"mib_per_s": mib / seconds, "rss_growth_mib": growth}))
+    figures = {"mib_per_s": mib / seconds, "cpu_s_per_gib": cpu * 1024 / mib}
+    print(json.dumps(figures | {"rss_growth_mib": growth}))
 
 
 def main() -> None:
@@ -110,6 +130,9 @@ def main() -> None:
         return
     if len(sys.argv) == 4 and sys.argv[1] == "--from":
         asyncio.run(archive_from(sys.argv[2], int(sys.argv[3])))
+        return
+    if len(sys.argv) == 4 and sys.argv[1] == "--download":
+        asyncio.run(download_from(sys.argv[2], int(sys.argv[3])))
         return
     sizes = [int(a) for a in sys.argv[1:]] or [16, 128, 512]
     print("  size      time   throughput   memory (server and client in one process)")

@@ -211,6 +211,11 @@ async def run_pipeline(
     }
 
 
+_MIGRATING = asyncio.Lock()
+"""Databases made side by side migrate one at a time: the roles they create (anon,
+authenticated) belong to the whole server."""
+
+
 @asynccontextmanager
 async def fresh_database(server: str) -> AsyncIterator[str]:
     """A new, migrated database on ``server`` for one measurement, dropped afterwards."""
@@ -218,11 +223,12 @@ async def fresh_database(server: str) -> AsyncIterator[str]:
     admin = await asyncpg.connect(server)
     await admin.execute(f'create database "{name}"')
     dsn = urlunsplit(urlsplit(server)._replace(path="/" + name))
-    conn = await asyncpg.connect(dsn)
-    await migrate(conn)
-    # The bench measures speed, not spending: no day's budget stops it (sql/0011).
-    await conn.execute("update sora_worker.settings set daily_budget_usd = 1e9")
-    await conn.close()
+    async with _MIGRATING:
+        conn = await asyncpg.connect(dsn)
+        await migrate(conn)
+        # The bench measures speed, not spending: no day's budget stops it (sql/0011).
+        await conn.execute("update sora_worker.settings set daily_budget_usd = 1e9")
+        await conn.close()
     try:
         yield dsn
     finally:

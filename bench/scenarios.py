@@ -141,8 +141,15 @@ def simulator_process(**config: object) -> Iterator[str]:
 
 
 async def serve_simulator(config: dict[str, object]) -> None:
-    from service.local.simulator import Simulator, SimulatorConfig
+    from service.local.simulator import JobShapes, Simulator, SimulatorConfig
 
+    shapes = config.pop("shapes", None)
+    if isinstance(shapes, dict):  # from JSON: its pairs arrive as lists
+        config["shapes"] = JobShapes(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in shapes.items()}
+        )
+    if isinstance(config.get("state_dir"), str):
+        config["state_dir"] = Path(str(config["state_dir"]))
     async with Simulator(SimulatorConfig(**config)) as simulator:  # type: ignore[arg-type]
         print(simulator.base_url, flush=True)
         await asyncio.Event().wait()

@@ -11,7 +11,6 @@ the same command line works in a shell, a container and a systemd unit.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from uuid import UUID
 import asyncpg
 import structlog
 
-from service import logs
+from service import eventloop, logs
 from service.commands import verbs
 from service.commands.dashboard import run_dashboard
 from service.commands.doctor import run_doctor
@@ -185,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = "error" if args.command == "doctor" else settings.logs.level
     logs.configure(settings.logs.format, level, secret_values(settings))
     try:
-        return asyncio.run(dispatch(args, settings))
+        return eventloop.run(dispatch(args, settings))
     except KeyboardInterrupt:
         return 130
     except (LocalExtraMissing, StandInRefused, DatabaseRefused) as err:

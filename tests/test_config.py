@@ -129,6 +129,8 @@ ADDED_SINCE = {
     "SORA_DASHBOARD_ORIGIN", "SORA_DASHBOARD_REFRESH",
     # One rate for every replica; provider downloads guarded (issues 25, 24).
     "SORA_RATE_LIMITS", "SORA_DELIVERY_HOSTS", "SORA_VIDEO_MAX_BYTES",
+    # Polls bounded by how late a finished video may be seen (issue 27).
+    "SORA_POLL_LATENESS",
 }  # fmt: skip
 """Settings added after the grouping."""
 

@@ -499,11 +499,13 @@ class ClaimHitsABug(MemoryRepository):
     """The first claim raises what no layer expected (as asyncpg's InternalClientError
     once escaped the driver's error types during a restart)."""
 
-    async def claim(self, limit: int, exclude: Iterable[RowId] = ()) -> list[Job]:
+    async def claim(
+        self, limit: int, exclude: Iterable[RowId] = (), *, fresh_only: bool = False
+    ) -> list[Job]:
         if not getattr(self, "raised", False):
             self.raised = True
             raise RuntimeError("cannot switch to state 15; another operation is in progress")
-        return await super().claim(limit, exclude)
+        return await super().claim(limit, exclude, fresh_only=fresh_only)
 
 
 async def test_a_bug_in_the_claim_loop_is_logged_and_the_worker_goes_on(
@@ -583,3 +585,53 @@ async def test_a_new_row_naming_a_provider_this_worker_lacks_fails_naming_the_on
         row = await eventually(lambda: row_state(repo, row_id), lambda r: r.stage is Stage.FAILED)
     assert row.error_kind == "invalid_request"
     assert row.error is not None and "'google_veo'" in row.error and "scripted" in row.error
+
+
+# ---------------------------------------------------------------- the dispatch lane
+
+
+class HangingPolls(ScriptedProvider):
+    """Polls that hang until released: every slot they hold stays busy."""
+
+    submit_timeout = timedelta(seconds=30)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.polling = 0
+        self.release = asyncio.Event()
+        self.created: dict[str, asyncio.Event] = {}
+
+    async def submit(self, request: VideoRequest) -> ProviderJob:
+        self.created.setdefault(request.prompt, asyncio.Event()).set()
+        return await super().submit(request)
+
+    async def retrieve(self, job_id: str) -> ProviderJob:
+        self.polling += 1
+        try:
+            await self.release.wait()
+        finally:
+            self.polling -= 1
+        return ProviderJob(job_id, "running", 50, "in_progress")
+
+
+async def test_a_new_row_is_dispatched_while_polls_hold_every_other_slot(
+    http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    repo = MemoryRepository("worker-lane", timedelta(minutes=5))
+    provider = HangingPolls()
+    for i in range(8):
+        await repo.insert_request(f"polled {i}")
+    worker = make_worker(repo, provider, http, tmp_path, concurrency=8)
+    async with running(worker):
+        reserved = 8 // 8  # DISPATCH_RESERVE: the loop's polls leave this many slots free
+
+        async def polls() -> int:
+            return provider.polling
+
+        await eventually(polls, lambda n: n == 8 - reserved, within=30)
+        created = provider.created.setdefault("a new request", asyncio.Event())
+        await repo.insert_request("a new request")
+        worker.wakeup.set("notify")  # what the LISTEN connection does on the INSERT
+        await asyncio.wait_for(created.wait(), 10)
+        assert provider.polling == 8 - reserved  # every poll still hangs meanwhile
+        provider.release.set()

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from service.core.actions import Action, next_action
 from service.core.costs import over_budget_wait
 from service.core.events import (
     Accepted,
@@ -43,11 +44,9 @@ from service.core.events import (
 from service.core.job import ACTIVE_STAGES, Job, Policy, RowId, Stage, SubmitKey
 from service.core.machine import (
     FALLIBLE,
-    Action,
     IllegalTransition,
     Transition,
     apply,
-    next_action,
     retry_delay,
 )
 from service.core.request import VideoRequest
@@ -538,49 +537,7 @@ def test_a_video_gone_before_it_was_archived_expired() -> None:
     assert (last.stage, last.error_kind) == (Stage.FAILED, "expired")
 
 
-# ---------------------------------------------------------------- poll spacing
-
-PACED = replace(
-    POLICY, poll_ceiling=timedelta(seconds=60), typical_generation=timedelta(seconds=120)
-)
-
-
-def polled_after(elapsed: float, event: Progressed, policy: Policy = PACED) -> float:
-    running = job(Stage.GENERATING, submitted_at=NOW - timedelta(seconds=elapsed))
-    return run(running, event, policy=policy).delay.total_seconds()
-
-
-def test_the_providers_poll_after_comes_first_within_floor_and_ceiling() -> None:
-    hint = Progressed(10, "in_progress", poll_after=timedelta(seconds=12))
-    assert polled_after(30, hint) == 12
-    assert polled_after(30, replace(hint, poll_after=timedelta(milliseconds=10))) == 5  # floor
-    assert polled_after(30, replace(hint, poll_after=timedelta(hours=1))) == 60  # ceiling
-
-
-def test_a_job_that_reports_progress_is_polled_when_its_pace_says_it_is_done() -> None:
-    assert polled_after(30, Progressed(50, "in_progress")) == 30
-    assert polled_after(90, Progressed(75, "in_progress")) == 30
-    assert polled_after(99, Progressed(99, "in_progress")) == 5  # floor: nearly there
-    assert polled_after(6, Progressed(1, "in_progress")) == 60  # ceiling: slow start
-
-
-def test_a_job_without_progress_waits_for_the_models_typical_duration_or_half_its_age() -> None:
-    assert polled_after(100, Progressed(0, "queued")) == 20  # typical 120 s
-    assert polled_after(200, Progressed(0, "queued")) == 60  # late: half its age, capped
-    unknown = replace(PACED, typical_generation=None)
-    assert polled_after(30, Progressed(0, "in_progress"), unknown) == 15
-    assert polled_after(2, Progressed(0, "in_progress"), unknown) == 5
-
-
-def test_a_two_minute_job_costs_a_few_polls() -> None:
-    """The target: a 2-minute job with linear progress, polled from the first 5 s on."""
-    elapsed, polls = 5.0, 1
-    while elapsed < 122:  # 2 s in the queue, then 120 s of linear progress
-        progress = max(0, min(99, int((elapsed - 2) / 120 * 100)))
-        status = "queued" if elapsed < 2 else "in_progress"
-        elapsed += polled_after(elapsed, Progressed(progress, status))
-        polls += 1
-    assert polls <= 5
+# Poll spacing: tests/test_polls.py
 
 
 def test_waiting_to_tell_twins_apart_spends_no_attempt_until_the_paid_deadline() -> None:

@@ -494,6 +494,25 @@ async def test_rows_over_budget_wait_and_never_submit_and_the_spend_is_on_metric
     assert "sora_over_budget_total 5.0" in text
 
 
+async def test_a_budget_that_fits_three_videos_makes_three_one_after_another(
+    runtime: Runtime,
+) -> None:
+    """Each submission looks at the day's spend after the one before it was charged:
+    0.80 spent and 0.40 to come fit a 1.20 budget exactly (in floats they do not)."""
+    async with replica_of(runtime, daily_budget_usd=1.2, concurrency=1) as tight:
+        ids = [await tight.repo.insert_request(f"one at a time {n}") for n in range(4)]
+        async with running(tight.worker()):
+            rows = [
+                await eventually(
+                    lambda r=r: row_of(tight, r),
+                    lambda row: row["stage"] == "completed" or bool(row["error"]),
+                )
+                for r in ids
+            ]
+    assert [row["stage"] for row in rows].count("completed") == 3, [r["error"] for r in rows]
+    assert len(simulator_of(runtime).created) == 3
+
+
 async def test_refusals_are_counted_on_metrics(
     app: App, owner: asyncpg.Connection, supabase_url: str
 ) -> None:

@@ -22,20 +22,22 @@ from urllib.parse import unquote, urlsplit
 from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from service.config._environment import Declared, FlatEnvironment, declared_in
-from service.config._groups import (
-    CostSettings,
+from service.config._edges import (
     DashboardSettings,
-    DatabaseSettings,
-    GenerationSettings,
     HttpSettings,
     LogSettings,
     PhotoSettings,
+    StorageSettings,
+)
+from service.config._environment import Declared, FlatEnvironment, declared_in
+from service.config._groups import (
+    CostSettings,
+    DatabaseSettings,
+    GenerationSettings,
     PollSettings,
     ProviderGroups,
     RetrySettings,
     StandInGroups,
-    StorageSettings,
     WorkerSettings,
 )
 from service.config._stand_ins import StandInRefused, allowed, is_loopback, refusal, refuse

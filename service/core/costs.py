@@ -53,10 +53,10 @@ class Admission:
     cost_usd: float
     """This video's estimated cost."""
     budget_usd: float
-
-    @property
-    def over_budget(self) -> bool:
-        return self.spent_usd + self.cost_usd > self.budget_usd
+    over_budget: bool
+    """Whether this video would take today's spend past the budget: decided by the
+    database in exact numerics (in floats, 0.80 + 0.40 > 1.20, and the third of three
+    videos that fit a 1.20 budget would wait for tomorrow)."""
 
 
 BUDGET_LOOK_AGAIN = timedelta(minutes=10)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from service.core.durations import Durations
 from service.core.job import SubmitKey
 from service.core.request import ErrorKind, PhotosSent, VideoRequest
 
@@ -34,6 +35,9 @@ class Accepted:
 
     video_id: str
     progress: int = 0
+    likely: Durations | None = None
+    """How long the model's recent jobs took (learnt): the first poll waits for the
+    earliest likely end."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,8 @@ class Progressed:
     """Poll again after this instead of the policy's interval (webhooks seen to work)."""
     poll_after: timedelta | None = None
     """When the provider asked to be polled again (``openai-poll-after-ms``), if it did."""
+    likely: Durations | None = None
+    """How long the model's recent jobs took (learnt from the table), if known."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,9 @@ class Generated:
 
     content_url: str
     expires_at: datetime | None
+    finished_at: datetime | None = None
+    """When the provider says the job finished, if it says (recorded as the job's end,
+    from which the model's durations are learnt; else the moment it was seen)."""
 
 
 @dataclass(frozen=True)
@@ -270,6 +279,7 @@ class RecordDownload:
 
     content_url: str
     expires_at: datetime | None
+    finished_at: datetime | None = None
 
 
 @dataclass(frozen=True)

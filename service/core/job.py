@@ -88,6 +88,8 @@ class Job:
     submit_key: SubmitKey | None = None
     submitted_at: datetime | None = None
     progress: int = 0
+    progress_at: datetime | None = None
+    """When ``progress`` was first seen at its value (the job's recent pace)."""
     expires_at: datetime | None = None
     error_kind: ErrorKind | None = None
     """A failed row's outcome (read back for operators; the machine decides on stage)."""
@@ -106,8 +108,12 @@ class Policy:
     poll_ceiling: timedelta = timedelta(seconds=60)
     """The longest pause between two polls, whatever the job's pace suggests."""
     typical_generation: timedelta | None = None
-    """How long the model usually takes, if known: a job that reports no progress yet
-    is next looked at when it should be about done."""
+    """How long the model usually takes, if known: before its durations are learnt, a
+    job that reports no progress yet is next looked at when it should be about done."""
+    poll_lateness: float = 0.1
+    """The share of the time a job has taken that it may wait, finished, for the poll
+    that sees it (never less than ``poll_interval``): every pause between polls is
+    bounded by it (``service.core.polls``)."""
     archive_grace: timedelta = timedelta(hours=24)
     """How long after the generation deadline an archive is tried when the provider
     gave no ``expires_at`` (OpenAI documented about a day)."""

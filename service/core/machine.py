@@ -42,7 +42,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from enum import StrEnum
 
 from service.core.events import (
     Accepted,
@@ -75,57 +74,11 @@ from service.core.events import (
     Waiting,
 )
 from service.core.job import ACTIVE_STAGES, Job, Policy, Stage
+from service.core.polls import first_poll, poll_delay
 from service.core.request import ErrorKind
 
 FALLIBLE = tuple(stage for stage in ACTIVE_STAGES if stage is not Stage.DESCRIBING)
 """The stages a row can fail in: all active ones but ``describing`` (its video is stored)."""
-
-# ---------------------------------------------------------------- actions
-
-
-class Action(StrEnum):
-    """The effect the shell must perform next for a row."""
-
-    PREPARE = "prepare"
-    """Check the row, fetch and compose its photos, build the request. Nothing is sent:
-    the outcome (``IntentRecorded``) is checkpointed before any create."""
-    CREATE = "create"
-    """The intent was just checkpointed in this claim: call the provider's create once."""
-    RECONCILE = "reconcile"
-    """A previous submission's outcome is unknown: look for it at the provider."""
-    POLL = "poll"
-    ARCHIVE = "archive"
-    """Copy the video into storage (or find it stored): the row records it at once."""
-    DESCRIBE = "describe"
-    """Make the stored video's thumbnail, poster, facts and rendition (best effort)."""
-
-
-def next_action(job: Job, *, intent: IntentRecorded | None) -> Action | None:
-    """What to do with a claimed row; None for a finished one.
-
-    ``intent`` is the intent this worker checkpointed for the row in the same claim
-    (the request in hand): only then may it call create. A ``submitting`` row found any
-    other way with a key was left by a crash or an ambiguous error, and must be
-    reconciled first; one without a key is known to hold no job at the provider and is
-    prepared afresh.
-    """
-    match job.stage:
-        case Stage.PENDING:
-            return Action.PREPARE
-        case Stage.SUBMITTING if intent is not None and intent.submit_key == job.submit_key:
-            return Action.CREATE
-        case Stage.SUBMITTING if job.submit_key is None:
-            return Action.PREPARE
-        case Stage.SUBMITTING:
-            return Action.RECONCILE
-        case Stage.GENERATING:
-            return Action.POLL
-        case Stage.ARCHIVING:
-            return Action.ARCHIVE
-        case Stage.DESCRIBING:
-            return Action.DESCRIBE
-        case Stage.COMPLETED | Stage.FAILED:
-            return None
 
 
 @dataclass(frozen=True)
@@ -255,7 +208,7 @@ def _on_submission(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
             return Transition(
                 Stage.GENERATING,
                 0,
-                policy.poll_interval,
+                first_poll(event.likely, policy),
                 "video.submitted",
                 change=RecordJob(event.video_id, _percent(event.progress)),
             )
@@ -348,7 +301,7 @@ def _on_generation(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
                 0,
                 NOW,
                 "video.generated",
-                change=RecordDownload(event.content_url, event.expires_at),
+                change=RecordDownload(event.content_url, event.expires_at, event.finished_at),
             )
         case Archived() if stage is Stage.ARCHIVING:
             return Transition(
@@ -376,33 +329,6 @@ def _on_generation(job: Job, event: Event, *, policy: Policy, jitter: float) -> 
             # 404 for a moment: give it max_attempts tries before failing the row.
             return _retry(job, event.reason, None, policy, jitter, bounded=True)
     return None
-
-
-def poll_delay(job: Job, event: Progressed, policy: Policy) -> timedelta:
-    """When to look at a running job again: as late as its pace allows, so a video costs
-    a few polls instead of one every ``poll_interval``.
-
-    The provider's own word (``poll_after``) comes first. Otherwise a job that reports
-    progress is looked at again when, at the pace it has kept since it was submitted,
-    it should be done; one that reports none yet (queued, or a host without progress)
-    when the model's typical duration says so, else after half the time it has already
-    taken (polls thin out geometrically). Always between ``poll_interval`` and
-    ``poll_ceiling``; time is the database's (``as_of - submitted_at``). When the
-    provider's webhooks are seen to arrive (``next_poll``), the poll is only a safety
-    net and waits at least that long.
-    """
-    elapsed = NOW if job.submitted_at is None else max(job.as_of - job.submitted_at, NOW)
-    progress = _percent(event.progress)
-    if event.poll_after is not None:
-        wanted = event.poll_after
-    elif progress > 0 and event.provider_status != "queued":
-        wanted = elapsed * (100 - progress) / progress
-    elif policy.typical_generation is not None and elapsed < policy.typical_generation:
-        wanted = policy.typical_generation - elapsed
-    else:
-        wanted = elapsed / 2
-    delay = min(max(wanted, policy.poll_interval), policy.poll_ceiling)
-    return delay if event.next_poll is None else max(delay, event.next_poll)
 
 
 def _percent(progress: int) -> int:

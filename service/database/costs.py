@@ -37,7 +37,9 @@ ADMIT = """
 select sora_worker.refusal($1, $2, $3, $4) as refusal,
        sora_worker.spent_today()::float8 as spent,
        sora_worker.estimated_usd($1, $2, $4)::float8 as cost,
-       (select daily_budget_usd from sora_worker.settings)::float8 as budget
+       (select daily_budget_usd from sora_worker.settings)::float8 as budget,
+       sora_worker.spent_today() + sora_worker.estimated_usd($1, $2, $4)
+           > (select daily_budget_usd from sora_worker.settings) as over_budget
 """
 """The worker's last look before an intent: the same allowlist as the insert's, and the
 day's spend so far."""
@@ -112,7 +114,9 @@ async def admit(
     with driver_errors("asking whether the request may be made"):
         record = await pool.fetchrow(ADMIT, provider, model, size, seconds)
     assert record is not None
-    return Admission(record["refusal"], record["spent"], record["cost"], record["budget"])
+    return Admission(
+        record["refusal"], record["spent"], record["cost"], record["budget"], record["over_budget"]
+    )
 
 
 async def spend(pool: asyncpg.Pool, within: float) -> Spend:

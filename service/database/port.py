@@ -24,9 +24,12 @@ class Repository(Protocol):
 
     worker_id: str
 
-    async def claim(self, limit: int, exclude: Iterable[RowId] = ()) -> list[Job]:
-        """Lease up to ``limit`` due rows, oldest debt first, skipping rows locked elsewhere
-        and ``exclude`` (rows whose task still runs here); a lapsed lease is claimable."""
+    async def claim(
+        self, limit: int, exclude: Iterable[RowId] = (), *, fresh_only: bool = False
+    ) -> list[Job]:
+        """Lease up to ``limit`` due rows, new requests first then oldest debt, skipping
+        rows locked elsewhere and ``exclude`` (rows whose task still runs here); a lapsed
+        lease is claimable. ``fresh_only``: new requests alone (the dispatch lane)."""
 
     async def checkpoint(self, job: Job, transition: Transition, *, keep_lease: bool) -> Job:
         """Write ``transition`` if ``job`` is still ours as read; return the row after it.

@@ -16,7 +16,7 @@ Time: every statement that hands a row to the machine also returns the database'
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -34,14 +34,22 @@ from service.core.events import (
     RecordMedia,
     RecordProgress,
 )
-from service.core.job import Job, RowId, SubmitKey
+from service.core.job import Job, RowId, Stage, SubmitKey
 from service.core.likeness import Twin
 from service.core.machine import Transition
 from service.core.text import one_line
-from service.database import costs
+from service.database import costs, durations
 from service.database.errors import LeaseLost, driver_errors
 from service.database.port import AbandonedJob
 from service.database.rows import ACTIVE_SQL, JOB_COLUMNS, ROW_COLUMNS, WAKEABLE, job_from_record
+
+# The claim's commit need not wait for the disk (set_config(..., true): this statement's
+# transaction only). A claim only leases; nothing is sent on its word. The write that
+# precedes any side effect (the intent, a checkpoint) commits durably, is guarded by the
+# lease (locked_by), and its flush carries every earlier commit's WAL with it: after a
+# crash either both are on disk, or the claim is gone and that write misses (LeaseLost).
+# The flush it saves is what a new request waits for twice (claim, then intent).
+_NO_FLUSH = "(select set_config('synchronous_commit', 'off', true)) as no_flush"
 
 CLAIM = f"""
 with fresh as (
@@ -67,8 +75,29 @@ with fresh as (
 update public.videos v
 set locked_by = $1, locked_until = now() + $3::interval,
     next_attempt_at = now() + $3::interval  -- due again when the lease ends (NEXT_DUE)
-from (select id from fresh union all select id from due) as claimed
+from (select id from fresh union all select id from due) as claimed, {_NO_FLUSH}
 where v.id = claimed.id
+returning {", ".join("v." + c for c in ROW_COLUMNS)}, now() as as_of
+"""
+
+# New requests alone, for the dispatch lane: a row just announced is claimed without
+# reading or leasing the rows due for polls beside it.
+CLAIM_FRESH = f"""
+with fresh as (
+    select id from public.videos
+    where stage = 'pending'                -- videos_fresh_idx
+      and next_attempt_at <= now()
+      and (locked_until is null or locked_until < now())
+      and id <> all($4::uuid[])
+    order by next_attempt_at
+    limit $2
+    for update skip locked
+)
+update public.videos v
+set locked_by = $1, locked_until = now() + $3::interval,
+    next_attempt_at = now() + $3::interval
+from fresh, {_NO_FLUSH}
+where v.id = fresh.id
 returning {", ".join("v." + c for c in ROW_COLUMNS)}, now() as as_of
 """
 
@@ -150,21 +179,30 @@ _COMMON = """stage = $5, status = $6, attempts = $7,
     error = $11, error_kind = $12"""
 
 
-def _checkpoint_sql(change_columns: str = "") -> str:
+def _checkpoint_sql(change_columns: str = "", *, flush: bool = True) -> str:
     extra = f",\n    {change_columns}" if change_columns else ""
-    return f"update public.videos set {_COMMON}{extra}\n{_GUARD}\nreturning {JOB_COLUMNS}"
+    source = "" if flush else f"\nfrom {_NO_FLUSH}"
+    return f"update public.videos set {_COMMON}{extra}{source}\n{_GUARD}\nreturning {JOB_COLUMNS}"
 
+
+# progress_at: when the progress was first seen at its value (the job's recent pace).
+_PROGRESS = "progress = $13, progress_at = case when progress = $13 then progress_at else now() end"
 
 CHECKPOINT: dict[type[Change] | None, str] = {
     None: _checkpoint_sql(),
     RecordIntent: _checkpoint_sql(
         "submit_key = $13, provider = $14, model = $15, size = $16, seconds = $17, "
-        "reference_print = $18, photos_sent = $19, submitted_at = now()"
+        "reference_print = $18, photos_sent = $19, submitted_at = now(), generated_at = null"
     ),
     ForgetIntent: _checkpoint_sql("submit_key = null"),
-    RecordJob: _checkpoint_sql("video_id = $13, progress = $14"),
-    RecordProgress: _checkpoint_sql("progress = $13"),
-    RecordDownload: _checkpoint_sql("openai_url = $13, openai_expires_at = $14, progress = 100"),
+    RecordJob: _checkpoint_sql("video_id = $13, progress = $14, progress_at = now()"),
+    RecordProgress: _checkpoint_sql(_PROGRESS),
+    # generated_at: the provider's word on when it finished, kept within what the row
+    # knows (after the submission, not in the future), else the moment it was seen.
+    RecordDownload: _checkpoint_sql(
+        "openai_url = $13, openai_expires_at = $14, progress = 100, "
+        "generated_at = least(greatest(coalesce($15, now()), submitted_at), now())"
+    ),
     # The video alone, the moment it is stored: nothing later can lose track of it.
     RecordArchive: _checkpoint_sql(
         "video_url = $13, video_bytes = $14, video_sha256 = $15, progress = 100, "
@@ -179,6 +217,26 @@ CHECKPOINT: dict[type[Change] | None, str] = {
         "rendition_url = coalesce($18, rendition_url)"
     ),
 }
+
+
+WAITING: dict[type[Change] | None, str] = {
+    None: _checkpoint_sql(flush=False),
+    RecordProgress: _checkpoint_sql(_PROGRESS, flush=False),
+}
+"""A polled row that goes on waiting ("still generating, next poll at"), written without
+waiting for the disk. What it records followed a read (the poll), never a paid effect:
+lost in a crash, the row is as it was before the poll, leased until its lease lapses,
+then polled again. Thousands of rows polled make this most of the worker's commits,
+and their flushes were what a new request's claim and intent queued behind."""
+
+
+def _statement(job: Job, transition: Transition, keep_lease: bool) -> str:
+    change = transition.change
+    kind = type(change) if change is not None else None
+    waiting = job.stage is Stage.GENERATING and transition.stage is Stage.GENERATING
+    if waiting and not keep_lease and kind in WAITING:
+        return WAITING[kind]
+    return CHECKPOINT[kind]
 
 
 def _change_values(change: Change | None) -> list[Any]:
@@ -199,7 +257,7 @@ def _change_values(change: Change | None) -> list[Any]:
         case RecordProgress():
             return [change.progress]
         case RecordDownload():
-            return [change.content_url, change.expires_at]
+            return [change.content_url, change.expires_at, change.finished_at]
         case RecordArchive():
             return [change.video_url, change.video_bytes, change.video_sha256]
         case RecordMedia():
@@ -224,16 +282,21 @@ class PostgresRepository:
         self.worker_id = worker_id
         self.lease = lease
 
-    async def claim(self, limit: int, exclude: Iterable[RowId] = ()) -> list[Job]:
+    async def claim(
+        self, limit: int, exclude: Iterable[RowId] = (), *, fresh_only: bool = False
+    ) -> list[Job]:
+        statement = CLAIM_FRESH if fresh_only else CLAIM
         with driver_errors("claiming rows"):
-            records = await self.pool.fetch(CLAIM, self.worker_id, limit, self.lease, list(exclude))
+            records = await self.pool.fetch(
+                statement, self.worker_id, limit, self.lease, list(exclude)
+            )
         return [job_from_record(r) for r in records]
 
     async def checkpoint(self, job: Job, transition: Transition, *, keep_lease: bool) -> Job:
         change = transition.change
         with driver_errors(f"checkpointing row {job.id}"):
             record = await self.pool.fetchrow(
-                CHECKPOINT[type(change) if change is not None else None],
+                _statement(job, transition, keep_lease),
                 job.id,
                 job.stage.value,
                 self.worker_id,
@@ -386,6 +449,11 @@ class PostgresRepository:
                 f"select {JOB_COLUMNS} from public.videos where id = $1", row_id
             )
         return None if record is None else job_from_record(record)
+
+    async def recent_durations(
+        self, per_model: int, longest: timedelta
+    ) -> Mapping[tuple[str, str], Sequence[float]]:
+        return await durations.recent(self.pool, per_model, longest)
 
     async def admit(self, provider: str, model: str, size: str, seconds: str) -> Admission:
         return await costs.admit(self.pool, provider, model, size, seconds)

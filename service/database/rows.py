@@ -29,6 +29,7 @@ ROW_COLUMNS = (
     "submit_key",
     "submitted_at",
     "progress",
+    "progress_at",
     "openai_expires_at",
     "error_kind",
 )
@@ -57,6 +58,7 @@ def job_from_record(record: asyncpg.Record) -> Job:
         submit_key=None if submit_key is None else SubmitKey(submit_key),
         submitted_at=record["submitted_at"],
         progress=record["progress"],
+        progress_at=record["progress_at"],
         expires_at=record["openai_expires_at"],
         error_kind=record["error_kind"],
     )

@@ -33,6 +33,9 @@ class ProviderJob:
     error_kind: ErrorKind | None = None
     """For a failed job: which outcome it is (a safety filter is not a provider fault)."""
     created_at: datetime | None = None
+    finished_at: datetime | None = None
+    """When the provider says the job finished (OpenAI's and Replicate's
+    ``completed_at``), if it says."""
     expires_at: datetime | None = None
     prompt: str | None = None
     model: str | None = None

@@ -94,7 +94,6 @@ MISSING_STATUS = "(none)"
 at times): it counts as still running."""
 ODD_STATUSES_REMEMBERED = 10_000
 INLINE_URLS_REMEMBERED = 1000
-CHUNK_SIZE = 256 * 1024
 DOWNLOAD_MAX_BYTES = 2 * 1024**3
 """The largest file taken from a host when the worker gave no limit (tests)."""
 STATUS_LIMITS = connection_limits(8, 8, 30.0)
@@ -366,6 +365,7 @@ class OpenAIVideos:
             error=error,
             error_kind=kind,
             created_at=_timestamp(getattr(video, "created_at", None)),
+            finished_at=_timestamp(getattr(video, "completed_at", None)),
             expires_at=_timestamp(getattr(video, "expires_at", None)),
             prompt=getattr(video, "prompt", None),
             model=str(video.model) if getattr(video, "model", None) else None,

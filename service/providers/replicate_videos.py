@@ -423,6 +423,7 @@ class ReplicateVideos:
             error=error,
             error_kind=kind,
             created_at=predictions.parse_time(prediction.get("created_at")),
+            finished_at=completed,
             expires_at=None if completed is None else completed + OUTPUT_LIFETIME,
             prompt=inputs.get("prompt") if isinstance(inputs, dict) else None,
             model=prediction.get("model"),

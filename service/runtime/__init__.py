@@ -60,6 +60,7 @@ from service.wakeups.wakeup import Wakeup
 from service.web.server import WebhookHttp, WorkerHttp, WorkerProbe
 from service.web.webhooks import WebhookReceiver
 from service.worker.daemon import Worker, WorkerOptions
+from service.worker.durations import DurationBook
 from service.worker.steps import Defaults, Steps
 from service.worker.webhook_health import WebhookHealth
 
@@ -152,6 +153,7 @@ class Runtime:
             rendition_kbps=s.storage.rendition_bitrate,
             gate=self.repo,
             pace=RateLimits(self.pool, rate_rules(s.generation.rate_limits)),
+            durations=DurationBook(self.repo, s.generation.timeout),
         )
         options = WorkerOptions(
             concurrency=s.worker.concurrency,
@@ -166,6 +168,7 @@ class Runtime:
                 generation_timeout=s.generation.timeout,
                 poll_ceiling=max(s.polls.ceiling, s.polls.interval),
                 typical_generation=s.polls.typical_generation,
+                poll_lateness=s.polls.lateness,
             ),
         )
         pushed = [Listener(self.dsn)] if listen else []

@@ -136,11 +136,15 @@ class Digest:
         self.size = 0
         self._sha = hashlib.sha256()
 
+    def update(self, chunk: bytes) -> None:
+        """Count and hash ``chunk`` (in a thread: hashlib lets go of the GIL)."""
+        self.size += len(chunk)
+        self._sha.update(chunk)
+
     async def tap(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         async for chunk in chunks:
             if chunk:
-                self.size += len(chunk)
-                self._sha.update(chunk)
+                self.update(chunk)
                 yield chunk
 
     @property

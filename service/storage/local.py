@@ -25,8 +25,11 @@ from service.storage.base import (
     StoredObject,
     key_parts,
 )
+from service.storage.lane import WRITE_AHEAD, Lane
 
 READ_CHUNK = 1024 * 1024
+WRITEBACK_EVERY = 8 * 1024 * 1024
+"""How many bytes are written between two writeback starts (``_Partial``)."""
 
 
 def object_path(root: Path, bucket: str, key: str) -> Path:
@@ -44,22 +47,21 @@ class LocalStore:
     async def put(
         self, bucket: str, key: str, chunks: AsyncIterable[bytes], content_type: str
     ) -> StoredObject:
-        target = object_path(self.root, bucket, key)
-        await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
-        digest = Digest()
-        handle: BinaryIO = await asyncio.to_thread(partial.open, "wb")
+        """Receive ``chunks`` on the loop while a lane of its own hashes and writes them
+        (``Lane``: receiving and writing overlap, at most ``WRITE_AHEAD`` chunks held)."""
+        partial = _Partial(object_path(self.root, bucket, key), f"{bucket}/{key}")
+        lane = Lane(WRITE_AHEAD)
         try:
-            async for chunk in digest.tap(chunks):
-                await asyncio.to_thread(handle.write, chunk)
-            await asyncio.to_thread(_flush_and_close, handle)
-            if digest.size == 0:
-                raise StorageError(f"refusing to store an empty object at {bucket}/{key}")
-            await asyncio.to_thread(os.replace, partial, target)
+            await lane.run(partial.open)
+            async for chunk in chunks:
+                if chunk:
+                    await lane.push(partial.write, chunk)
+            await lane.run(partial.commit)
         except BaseException:
-            handle.close()
-            partial.unlink(missing_ok=True)
+            await lane.aclose(partial.discard)
             raise
+        await lane.aclose()
+        digest = partial.digest
         return StoredObject(self.public_url(bucket, key), digest.size, digest.sha256)
 
     @asynccontextmanager
@@ -110,7 +112,56 @@ async def _chunks_of(handle: BinaryIO) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def _flush_and_close(handle: BinaryIO) -> None:
-    handle.flush()
-    os.fsync(handle.fileno())
-    handle.close()
+class _Partial:
+    """An object being written beside its place, then synced and renamed into it.
+
+    Every method runs on the put's lane, one after another: the SHA-256 is taken of
+    exactly the bytes written, and the rename comes only after every write and the
+    fsync succeeded (a failed call stops the lane)."""
+
+    def __init__(self, target: Path, name: str) -> None:
+        self.target = target
+        self.name = name
+        self.path = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
+        self.digest = Digest()
+        self._handle: BinaryIO | None = None
+        self._flushing = 0
+        """Where the last writeback started (``_start_writeback``)."""
+
+    def open(self) -> None:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = self.path.open("wb")
+
+    def write(self, chunk: bytes) -> None:
+        assert self._handle is not None, "open() runs first on the lane"
+        self.digest.update(chunk)
+        self._handle.write(chunk)
+        if self.digest.size - self._flushing >= WRITEBACK_EVERY:
+            self._start_writeback()
+
+    def _start_writeback(self) -> None:
+        """Have the kernel start writing out what has been written so far, without
+        waiting for it: the disk works while the rest arrives, and the fsync before the
+        rename finds little left (else all of it waits for that fsync, the kernel
+        holding gigabytes dirty before it writes any back on its own). Also lets the
+        page cache drop the pages once written: the object is read back rarely."""
+        assert self._handle is not None, "open() runs first on the lane"
+        if hasattr(os, "posix_fadvise"):  # POSIX, not on macOS or Windows
+            self._handle.flush()
+            start, end = self._flushing, self.digest.size
+            os.posix_fadvise(self._handle.fileno(), start, end - start, os.POSIX_FADV_DONTNEED)
+        self._flushing = self.digest.size
+
+    def commit(self) -> None:
+        assert self._handle is not None, "open() runs first on the lane"
+        if self.digest.size == 0:
+            raise StorageError(f"refusing to store an empty object at {self.name}")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        os.replace(self.path, self.target)
+
+    def discard(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        self.path.unlink(missing_ok=True)

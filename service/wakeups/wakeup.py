@@ -12,10 +12,15 @@ class Wakeup:
     def __init__(self) -> None:
         self._event = asyncio.Event()
         self._reasons: set[str] = set()
+        self.news = asyncio.Event()
+        """Set with every hint but a freed slot: news from outside that work may be
+        waiting (the worker's dispatch lane waits on it; whoever waits clears it)."""
 
     def set(self, reason: str) -> None:
         self._reasons.add(reason)
         self._event.set()
+        if reason != "slot":
+            self.news.set()
 
     async def wait(self, seconds: float) -> frozenset[str]:
         """Wait up to ``seconds`` for a hint; return (and clear) the reasons."""

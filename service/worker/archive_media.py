@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,6 +23,7 @@ import structlog
 from service.core.events import Media
 from service.media import probe as media
 from service.storage.base import ObjectStore, StorageError
+from service.storage.lane import WRITE_AHEAD, Lane
 
 log = structlog.get_logger("service.worker.archive_media")
 
@@ -49,7 +50,7 @@ class ScratchCopy:
         try:
             await asyncio.to_thread(os.mkdir, self._dir, 0o700)
         except OSError as err:
-            self._give_up(err)
+            _give_up(err)
         else:
             self.path = Path(self._dir) / "video.mp4"
         return self
@@ -68,29 +69,68 @@ class ScratchCopy:
     async def tap(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """``chunks`` unchanged, written to the copy on the way (from its start)."""
         self.complete = False
-        handle: BinaryIO | None = None
-        if self.path is not None:
-            try:
-                handle = await asyncio.to_thread(self.path.open, "wb")
-            except OSError as err:
-                self._give_up(err)
+        copy = None if self.path is None else _Writing(self.path)
         try:
+            if copy is not None:
+                await copy.open()
             async for chunk in chunks:
-                if handle is not None:
-                    try:
-                        await asyncio.to_thread(handle.write, chunk)
-                    except OSError as err:
-                        self._give_up(err)
-                        handle.close()
-                        handle = None
+                if copy is not None:
+                    await copy.write(chunk)
                 yield chunk
-            self.complete = handle is not None
+            self.complete = copy is not None and await copy.finish()
         finally:
-            if handle is not None:
-                handle.close()
+            if copy is not None:
+                await copy.aclose()
 
-    def _give_up(self, err: OSError) -> None:
-        log.warning("video.media_skipped", part="scratch copy", error=err.strerror or str(err))
+
+class _Writing:
+    """A scratch copy being written on a lane of its own, so the chunks go on to the
+    store while earlier ones are written. A failure (a full disk) only ends the copy:
+    ``ok`` turns False and the calls after it do nothing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ok = True
+        self._lane = Lane(WRITE_AHEAD)
+        self._handle: BinaryIO | None = None
+
+    async def open(self) -> None:
+        await self._step(self._lane.run, self._open)
+
+    async def write(self, chunk: bytes) -> None:
+        if self.ok:
+            await self._step(self._lane.push, self._write, chunk)
+
+    async def finish(self) -> bool:
+        """Whether the copy holds every chunk written, now closed."""
+        if self.ok:
+            await self._step(self._lane.run, self._close)
+        return self.ok
+
+    async def aclose(self) -> None:
+        await self._lane.aclose(self._close)
+
+    async def _step(self, step: Callable[..., Awaitable[None]], *args: object) -> None:
+        try:
+            await step(*args)
+        except OSError as err:
+            self.ok = False
+            _give_up(err)
+
+    def _open(self) -> None:
+        self._handle = self.path.open("wb")
+
+    def _write(self, chunk: bytes) -> None:
+        assert self._handle is not None, "_open runs first on the lane"
+        self._handle.write(chunk)
+
+    def _close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+
+def _give_up(err: OSError) -> None:
+    log.warning("video.media_skipped", part="scratch copy", error=err.strerror or str(err))
 
 
 class Describer:

@@ -23,34 +23,34 @@ from dataclasses import dataclass
 import structlog
 
 from service.backoff import Backoff, Outage
+from service.core.actions import Action, next_action
 from service.core.costs import over_budget_wait
 from service.core.events import (
     Accepted,
     Event,
     IntentRecorded,
     OverBudget,
-    RecordProgress,
     Transient,
 )
 from service.core.job import Job, Policy, RowId, Stage, SubmitKey
-from service.core.machine import Action, Transition, apply, next_action
+from service.core.machine import apply
 from service.database.errors import BudgetSpent, Conflict, LeaseLost, RepositoryError
 from service.database.port import AbandonedJob, Repository
 from service.wakeups.source import WakeupSource
 from service.wakeups.wakeup import Wakeup
+from service.worker.journal import log_transition
 from service.worker.metrics import Metrics
 from service.worker.steps import Steps
 from service.worker.sweep import wait_for_work
 
 log = structlog.get_logger("service.worker.daemon")
 
-WARNINGS = ("video.failed", "video.retry", "video.completed_without_media")
-"""Transitions logged at warning level (the row's own reason says why)."""
-
 FIRST_PAUSE = 0.25
 """The first pause after a failed claim (or withdrawal), doubled up to ``max_backoff``:
 work resumes within about ``max_backoff`` of the database's return even when no LISTEN
 reconnect announces it."""
+DISPATCH_RESERVE = 8
+"""One slot in this many is kept from polls and retries: a new row always finds one."""
 ABANDONED_BATCH = 20
 """Abandoned jobs taken per look (each is one cancel call to its provider)."""
 ABANDONED_COOLDOWN = 1.0
@@ -95,6 +95,10 @@ class Worker:
         self.wakeup = wakeup or Wakeup()
         self.stopping = asyncio.Event()
         self._inflight: dict[RowId, asyncio.Task[None]] = {}
+        self._claiming = 0
+        """Slots promised to claims in flight (the loop's and the dispatch lane's)."""
+        self._claims_back = asyncio.Event()
+        """Set when a claim returns: slots it promised and did not fill are free again."""
         self._leased: set[RowId] = set()
         """Rows whose lease this worker holds and keeps alive (a subset of _inflight)."""
         self._looped_at: float | None = None
@@ -138,9 +142,15 @@ class Worker:
         for name, source in self.sources.items():
             hear = functools.partial(source.run, self.wakeup)
             side_tasks.append(asyncio.create_task(self._supervise(name, hear)))
+        lane = asyncio.create_task(self._dispatch_lane())
         try:
             await self._claim_loop()
         finally:
+            # The lane ends by itself (never cancelled mid-claim: rows it claimed would
+            # sit leased to nobody) before the drain counts the rows.
+            self.stopping.set()
+            self.wakeup.news.set()
+            await asyncio.gather(lane, return_exceptions=True)
             await self._drain()
             for task in side_tasks:
                 task.cancel()
@@ -159,22 +169,26 @@ class Worker:
         while not self.stopping.is_set():
             self._looped_at = time.monotonic()
             try:
-                free = self.options.concurrency - len(self._inflight)
+                reserve = self.options.concurrency // DISPATCH_RESERVE
+                free = self._free_slots(reserve)
+                if free <= 0 and self._claiming:
+                    # Slots promised to the lane's claim: free again if it finds fewer rows.
+                    self._claims_back.clear()
+                    await self._claims_back.wait()
+                    continue
                 if free <= 0:
                     # Every slot is busy: only a finished row (or stop) can change that.
                     await self.wakeup.wait(self.options.sweep_interval)
                     continue
-                claimed = await self.repo.claim(free, exclude=self._inflight.keys())
+                claimed = await self._claim(free)
                 self._abandoned_due.set()
                 if outage.over() is not None:
                     pauses.reset()
-                self.metrics.claimed(len(claimed))
-                for job in claimed:
-                    self._start(job)
                 if claimed and len(claimed) == free:
                     # Every free slot got a row, so more may be due: no need to ask when
                     # the next one is (only a finished row frees a slot anyway).
                     continue
+                await asyncio.sleep(0)  # rows just started write before the next-due look
                 reasons = await wait_for_work(
                     self.wakeup, self.repo, self.options.sweep_interval, claimed=len(claimed)
                 )
@@ -188,6 +202,48 @@ class Worker:
                 # A bug of ours: said once with its traceback; the loop goes on.
                 log.exception("worker.claim_loop_failed")
                 await self.wakeup.wait(self.options.max_backoff)
+
+    def _free_slots(self, reserve: int = 0) -> int:
+        """Slots neither running a row nor promised to a claim in flight, less ``reserve``."""
+        return self.options.concurrency - reserve - len(self._inflight) - self._claiming
+
+    async def _claim(self, limit: int, *, fresh_only: bool = False) -> list[Job]:
+        """Claim up to ``limit`` rows (``limit`` slots promised meanwhile) and start them."""
+        self._claiming += limit
+        try:
+            exclude = self._inflight.keys()
+            claimed = await self.repo.claim(limit, exclude=exclude, fresh_only=fresh_only)
+        finally:
+            self._claiming -= limit
+            self._claims_back.set()
+        self.metrics.claimed(len(claimed))
+        for job in claimed:
+            self._start(job)
+        return claimed
+
+    async def _dispatch_lane(self) -> None:
+        """New requests claimed the moment a source hears of them (NOTIFY, Realtime, a
+        webhook), into any free slot: with thousands of rows polled the claim loop is
+        mostly mid-round (claim, next due, wait), and a new row would wait for its end.
+        The loop still finds every row no news announced, and every poll."""
+        news = self.wakeup.news
+        while True:
+            await news.wait()
+            news.clear()
+            if self.stopping.is_set():
+                return
+            free = self._free_slots()
+            if free <= 0:
+                continue  # a finished row wakes the claim loop, which claims then
+            try:
+                claimed = await self._claim(free, fresh_only=True)
+            except RepositoryError:
+                continue  # the claim loop says the outage and resumes after it
+            except Exception:
+                log.exception("worker.dispatch_lane_failed")
+                continue
+            if len(claimed) == free:
+                news.set()  # every free slot got a row: more may be waiting
 
     def _start(self, job: Job) -> None:
         self._leased.add(job.id)
@@ -319,7 +375,8 @@ class Worker:
                 if not go_on:
                     self._let_go(job.id)
                 job_after = await _land(self.repo.checkpoint(job, transition, keep_lease=go_on))
-                self._log(job, job_after, transition, event, action, time.monotonic() - started)
+                took = time.monotonic() - started
+                log_transition(job, job_after, transition, event, action, took)
                 self.metrics.stepped(action, job.stage, event, transition, performed)
                 job, made = job_after, None
                 if not go_on:
@@ -371,7 +428,7 @@ class Worker:
         except RepositoryError as err:  # the lease lapses; the next claim looks again
             log.warning("video.checkpoint_failed", error=str(err), stage=job.stage.value)
             return
-        self._log(job, after, transition, event, Action.PREPARE, 0.0)
+        log_transition(job, after, transition, event, Action.PREPARE, 0.0)
         self.metrics.stepped(Action.PREPARE, job.stage, event, transition, 0.0)
 
     async def _abandon(self, job: Job, video_id: str) -> None:
@@ -427,38 +484,6 @@ class Worker:
         except Exception as err:
             log.exception("video.step_crashed", action=action.value)
             return Transient(f"internal error in {action.value}: {type(err).__name__}")
-
-    def _log(
-        self,
-        before: Job,
-        after: Job,
-        transition: Transition,
-        event: Event,
-        action: Action,
-        seconds: float,
-    ) -> None:
-        fields: dict[str, object] = {
-            "video_id": after.video_id,
-            "stage": after.stage.value,
-            "from_stage": before.stage.value,
-            "action": action.value,
-            "attempt": transition.attempts,
-            "duration_ms": round(seconds * 1000, 1),
-        }
-        if isinstance(transition.change, RecordProgress):
-            fields["progress"] = transition.change.progress
-        if transition.error:
-            fields["reason"] = transition.error
-        if transition.delay.total_seconds() > 0 and not transition.finished:
-            fields["next_in_s"] = round(transition.delay.total_seconds(), 2)
-        level = log.warning if transition.log_event in WARNINGS else log.info
-        if transition.error_kind is not None:
-            fields["error_kind"] = transition.error_kind
-        if transition.error_kind == "expired":
-            level = log.error  # a video paid for and lost
-        if transition.log_event == "video.progress":
-            level = log.debug if after.progress == before.progress else log.info
-        level(transition.log_event, **fields, event_type=type(event).__name__)
 
 
 async def _land(write: Awaitable[Job]) -> Job:

@@ -18,9 +18,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from service.core.actions import Action
 from service.core.events import Archived, Described, Event, OverBudget, Throttled
 from service.core.job import ACTIVE_STAGES, Stage
-from service.core.machine import Action, Transition
+from service.core.machine import Transition
 from service.core.rates import UNLIMITED
 from service.database.port import TableSnapshot
 

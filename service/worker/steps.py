@@ -16,6 +16,7 @@ import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import BinaryIO, Protocol
 
 import structlog
@@ -46,6 +47,7 @@ from service.providers.base import VideoProvider
 from service.providers.lookup import Providers, UnknownProvider
 from service.storage.base import ObjectStore
 from service.worker.archive import Archiver
+from service.worker.durations import DurationBook
 from service.worker.pacing import Pace, Pacing
 from service.worker.reconcile import Ledger, Reconciler
 from service.worker.webhook_health import WebhookHealth
@@ -96,6 +98,7 @@ class Steps:
         rendition_kbps: int = 0,
         gate: Gate | None = None,
         pace: Pace | None = None,
+        durations: DurationBook | None = None,
     ) -> None:
         self.providers = providers
         self.store = store
@@ -113,6 +116,8 @@ class Steps:
         self.pacing = Pacing(pace)
         """Turns before each create and poll (one request rate for every replica)."""
         self.reconciler = Reconciler(providers, ledger)
+        self.durations = durations or DurationBook(None, timedelta(0))
+        """How long each model's jobs took lately: polls are timed by it."""
 
     # ------------------------------------------------------------ submit
 
@@ -280,7 +285,8 @@ class Steps:
             return NotSubmitted(str(err), err.retry_after)
         except providers.OutcomeUnknown as err:
             return InDoubt(str(err), err.retry_after)
-        return Accepted(job.id, job.progress)
+        likely = await self.durations.likely(intent.provider, intent.request.model)
+        return Accepted(job.id, job.progress, likely)
 
     async def reconcile(self, job: Job) -> Event:
         """An earlier create's outcome is unknown: find its job before submitting again
@@ -348,13 +354,17 @@ class Steps:
             return Transient(str(err), pause)
         except providers.ProviderError as err:
             return Transient(str(err), err.retry_after)
-        return self._polled(provider, state)
+        return await self._polled(provider, state, job.model)
 
-    def _polled(self, provider: VideoProvider, state: providers.ProviderJob) -> Event:
+    async def _polled(
+        self, provider: VideoProvider, state: providers.ProviderJob, model: str | None
+    ) -> Event:
         """What a job's status means for its row."""
         match state.status:
             case "completed":
-                return Generated(provider.content_url(state.id), state.expires_at)
+                return Generated(
+                    provider.content_url(state.id), state.expires_at, state.finished_at
+                )
             case "failed":
                 return GenerationFailed(
                     state.error or "the provider failed the job",
@@ -364,7 +374,10 @@ class Steps:
                 stretched = None  # webhooks seen to arrive: the poll is only a safety net
                 if self.webhooks is not None:
                     stretched = self.webhooks.poll_interval(provider.name)
-                return Progressed(state.progress, state.raw_status, stretched, state.poll_after)
+                likely = await self.durations.likely(provider.name, model)
+                return Progressed(
+                    state.progress, state.raw_status, stretched, state.poll_after, likely
+                )
 
     # ------------------------------------------------------------ archive
 

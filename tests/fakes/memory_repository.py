@@ -178,7 +178,9 @@ class MemoryRepository:
 
     # ------------------------------------------------------------ the port
 
-    async def claim(self, limit: int, exclude: Iterable[RowId] = ()) -> list[Job]:
+    async def claim(
+        self, limit: int, exclude: Iterable[RowId] = (), *, fresh_only: bool = False
+    ) -> list[Job]:
         now = self._now("claim")
         skip = set(exclude)
         due = sorted(
@@ -189,6 +191,7 @@ class MemoryRepository:
                 and row.next_attempt_at <= now
                 and (row.locked_until is None or row.locked_until < now)
                 and row.id not in skip
+                and (row.stage is Stage.PENDING or not fresh_only)
             ),
             key=lambda row: (row.stage is not Stage.PENDING, row.next_attempt_at),  # fresh first
         )[: max(limit, 0)]
@@ -372,7 +375,7 @@ class MemoryRepository:
 
     async def admit(self, provider: str, model: str, size: str, seconds: str) -> Admission:
         self._now("admit")
-        return Admission(None, 0.0, 0.0, float("inf"))
+        return Admission(None, 0.0, 0.0, float("inf"), over_budget=False)
 
     async def take_abandoned(self, limit: int) -> list[AbandonedJob]:
         due = [j for j in self.table.abandoned if j.id not in self.table.settled][:limit]

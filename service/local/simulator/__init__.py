@@ -4,8 +4,8 @@ It renders real, playable MP4s, derives job status from an injectable clock, and
 told to fail (``FailureRule``), so the worker can be tested end to end without OpenAI.
 """
 
-from .config import FailureRule, SimulatorConfig
+from .config import FailureRule, JobShapes, SimulatorConfig
 from .profiles import PROFILES, ProfileName
 from .server import Simulator
 
-__all__ = ["PROFILES", "FailureRule", "ProfileName", "Simulator", "SimulatorConfig"]
+__all__ = ["PROFILES", "FailureRule", "JobShapes", "ProfileName", "Simulator", "SimulatorConfig"]

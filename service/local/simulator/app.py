@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import random
+import struct
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp import BodyPartReader, web
@@ -19,15 +21,19 @@ from .config import FailureRule, SimulatorConfig
 from .errors import ApiError, invalid_value
 from .profiles import FILES, Profile
 from .store import VARIANTS, Job, VideoStore
+from .webhooks import WebhookSender
 
 __all__ = ["create_app"]
 
 _CHUNK = 64 * 1024
+_PADDING = random.Random(0).randbytes(256 * 1024)
+"""What a padded video is filled with: incompressible, like the rest of a real MP4."""
 _MAX_BODY = 64 * 1024 * 1024  # aiohttp's 1 MiB default is too small for a reference image
 _REFERENCE_FORMATS = ("JPEG", "PNG", "WEBP")
 
 
 STORE = web.AppKey("store", VideoStore)
+WEBHOOKS = web.AppKey("webhooks", WebhookSender)
 
 
 def _host(request: web.Request) -> Profile:
@@ -148,6 +154,7 @@ async def create_video(request: web.Request) -> web.Response:
         if _host(request).forwards_idempotency_key
         else None,
     )
+    request.app[WEBHOOKS].watch(job)
     if refusal is not None:  # after_create: the job exists, the answer says otherwise
         raise _refusal(refusal)
     slow = config.rule_for(prompt, "slow_create")
@@ -194,6 +201,7 @@ async def remix_video(request: web.Request) -> web.Response:
         idempotency_key=request.headers.get("Idempotency-Key"),
         remixed_from=source.id,
     )
+    request.app[WEBHOOKS].watch(job)
     return web.json_response(_host(request).video(job.video(config), created=True))
 
 
@@ -224,7 +232,7 @@ async def inline_file(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound() from None
     if job.video(store.config)["status"] != "completed":
         raise web.HTTPNotFound()
-    return await _send(request, await store.asset(job, "video"), "video/mp4")
+    return await _send(request, await _video(store, job, "video"), "video/mp4")
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -311,47 +319,88 @@ async def download_content(request: web.Request) -> web.StreamResponse:
             "can no longer be downloaded; create a new video."
         )
         raise ApiError(404, message, code="video_expired")
-    data = await store.asset(job, variant)
     cut = store.config.rule_for(job.prompt, "download") if variant == "video" else None
     return await _send(
-        request, data, VARIANTS[variant][0], None if cut is None else cut.truncate_at
+        request,
+        await _video(store, job, variant),
+        VARIANTS[variant][0],
+        None if cut is None else cut.truncate_at,
     )
 
 
+async def _video(store: VideoStore, job: Job, variant: str) -> _Body:
+    """A job's file as served: a video as large as its shape says (``JobShapes``)."""
+    data = await store.asset(job, variant)
+    shapes = store.config.shapes
+    size = shapes.size(job.id) if shapes is not None and variant == "video" else None
+    return _Body(data, size or len(data))
+
+
+class _Body:
+    """What a download sends: the rendered file, padded to ``size`` bytes with a
+    trailing MP4 ``free`` box (players skip it) when ``size`` asks for more, so that a
+    video can be as large as a real one without being rendered or held that large."""
+
+    def __init__(self, data: bytes, size: int) -> None:
+        free = size - len(data)
+        self.head = data + struct.pack(">I4s", free, b"free") if free >= 8 else data
+        self.length = max(size, len(data)) if free >= 8 else len(data)
+
+    def chunks(self, start: int, stop: int, size: int) -> Iterator[memoryview]:
+        """Bytes ``start`` to ``stop`` in pieces of at most ``size``."""
+        head, padding = memoryview(self.head), memoryview(_PADDING)
+        offset = start
+        while offset < stop:
+            if offset < len(head):
+                end = min(stop, len(head), offset + size)
+                yield head[offset:end]
+            else:
+                at = (offset - len(head)) % len(padding)
+                end = min(stop, offset + size, offset + len(padding) - at)
+                yield padding[at : at + end - offset]
+            offset = end
+
+
 async def _send(
-    request: web.Request, data: bytes, content_type: str, truncate_at: float | None = None
+    request: web.Request,
+    body: bytes | _Body,
+    content_type: str,
+    truncate_at: float | None = None,
 ) -> web.StreamResponse:
-    """Stream ``data`` in chunks, honouring a single ``Range: bytes=a-b`` request.
+    """Stream ``body`` in chunks, honouring a single ``Range: bytes=a-b`` request.
 
     ``truncate_at``: send only that fraction of the body promised, then drop the
     connection (a download cut short).
     """
+    if isinstance(body, bytes):
+        body = _Body(body, len(body))
     try:
         window = request.http_range
     except ValueError:  # malformed or multiple ranges: RFC 9110 lets us send everything
         window = slice(None, None)
     partial = window.start is not None or window.stop is not None
-    start, stop, _ = window.indices(len(data))
+    start, stop, _ = window.indices(body.length)
     if start >= stop:
-        unsatisfiable = {"Content-Range": f"bytes */{len(data)}"}
+        unsatisfiable = {"Content-Range": f"bytes */{body.length}"}
         raise ApiError(416, "Requested range not satisfiable.", headers=unsatisfiable)
     response = web.StreamResponse(status=206 if partial else 200)
     response.content_type = content_type
     response.content_length = stop - start
     response.headers["Accept-Ranges"] = "bytes"
     if partial:
-        response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"
+        response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{body.length}"
     await response.prepare(request)
     try:
         if request.method != "HEAD":  # unlike Response, StreamResponse would send a HEAD body
-            view = memoryview(data)
             if truncate_at is not None:
-                await response.write(view[start : start + int((stop - start) * truncate_at)])
+                cut = start + int((stop - start) * truncate_at)
+                for piece in body.chunks(start, cut, _CHUNK):
+                    await response.write(piece)
                 assert request.transport is not None
                 request.transport.close()  # after the bytes written so far
                 return response
-            for offset in range(start, stop, _CHUNK):
-                await response.write(view[offset : min(offset + _CHUNK, stop)])
+            for piece in body.chunks(start, stop, _CHUNK):
+                await response.write(piece)
         await response.write_eof()
     except ConnectionResetError:
         pass  # the client went away mid-download (a worker killed or cancelled): its loss
@@ -400,6 +449,8 @@ def create_app(store: VideoStore) -> web.Application:
     """The ``/v1`` Videos API over ``store``."""
     app = web.Application(middlewares=[_openai_errors], client_max_size=_MAX_BODY)
     app[STORE] = store
+    app[WEBHOOKS] = WebhookSender(store)
+    app.on_cleanup.append(lambda app: app[WEBHOOKS].aclose())
     app.on_response_prepare.append(_add_request_id)
     app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v1/videos", create_video)

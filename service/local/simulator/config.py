@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,7 +12,7 @@ from typing import Literal
 
 from .profiles import ProfileName
 
-__all__ = ["FailureRule", "SimulatorConfig"]
+__all__ = ["FailureRule", "JobShapes", "SimulatorConfig"]
 
 Stage = Literal["create", "generate", "slow_create", "download"]
 
@@ -44,6 +46,57 @@ class FailureRule:
     fired: int = 0  # how many times it fired
 
 
+Progress = Literal["linear", "s-curve", "none"]
+
+
+@dataclass(frozen=True)
+class JobShapes:
+    """Jobs as uneven as real ones, each drawn from its id (the same in every process
+    serving one ``state_dir``): how long it queues, how long it generates, how its
+    progress moves, how large its video is.
+
+    Generation takes ``typical_seconds`` times a factor drawn log-normally (``sigma``)
+    and kept within ``spread``: most jobs near the typical time, a few at half or twice
+    it. ``progress``: ``linear`` (from the end of the queue), ``s-curve`` (queued at 0,
+    then slow, fast, slow: a smoothstep), or ``none`` (``in_progress`` at 0 until done,
+    as a host that reports nothing: Veo, most of Replicate). ``video_bytes``: the served
+    MP4 is padded (a trailing ``free`` box, which players skip) to a size drawn in this
+    range; None serves the rendered file as it is.
+    """
+
+    typical_seconds: float = 60.0
+    spread: tuple[float, float] = (0.5, 2.0)
+    sigma: float = math.log(2) / 2
+    queue_seconds: tuple[float, float] = (1.0, 8.0)
+    progress: Progress = "s-curve"
+    video_bytes: tuple[int, int] | None = (5_000_000, 30_000_000)
+
+    def timing(self, job_id: str) -> tuple[float, float]:
+        """(queue, generation) seconds of ``job_id``."""
+        draw = random.Random(f"timing {job_id}")
+        queue = draw.uniform(*self.queue_seconds)
+        low, high = self.spread
+        factor = min(max(math.exp(draw.gauss(0.0, self.sigma)), low), high)
+        return queue, self.typical_seconds * factor
+
+    def size(self, job_id: str) -> int | None:
+        """The bytes ``job_id``'s video is served as (None: as rendered)."""
+        if self.video_bytes is None:
+            return None
+        return random.Random(f"size {job_id}").randint(*self.video_bytes)
+
+    def shown(self, status: str, fraction: float) -> tuple[str, int]:
+        """The status and progress a running job shows ``fraction`` of the way through
+        its generation (0 while queued)."""
+        if self.progress == "none":
+            return "in_progress", 0
+        if status == "queued":
+            return "queued", 0
+        x = min(max(fraction, 0.0), 1.0)
+        curve = x * x * (3 - 2 * x) if self.progress == "s-curve" else x
+        return "in_progress", min(99, int(100 * curve))
+
+
 def _sora_sizes() -> dict[str, tuple[str, ...]]:
     portrait_and_landscape = ("720x1280", "1280x720")
     return {
@@ -74,6 +127,22 @@ class SimulatorConfig:
     clock: Callable[[], float] = time.time
     profile: ProfileName = "openai"
     """Which host to behave as (``profiles.py``): OpenAI itself or a gateway's quirks."""
+    shapes: JobShapes | None = None
+    """Uneven jobs (``JobShapes``); None: every job queues ``queue_seconds`` and
+    generates ``generation_seconds``, progress linear."""
+    webhook_url: str | None = None
+    """Where ``video.completed`` / ``video.failed`` events go when a job ends, as an
+    OpenAI webhook endpoint receives them; None sends none."""
+    webhook_secret: str | None = None
+    """The endpoint's ``whsec_...`` secret: events are signed per Standard Webhooks."""
+    webhook_attempts: int = 3
+    """Deliveries tried per event (a 2xx answer ends them), 0.5 s apart."""
+
+    def timing(self, job_id: str) -> tuple[float, float]:
+        """(queue, generation) seconds of ``job_id``, read on every request."""
+        if self.shapes is None:
+            return self.queue_seconds, self.generation_seconds
+        return self.shapes.timing(job_id)
 
     def rule_for(self, prompt: str, stage: Stage) -> FailureRule | None:
         """The first live rule of ``stage`` whose text occurs in ``prompt``; it fires.

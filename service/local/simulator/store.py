@@ -65,20 +65,29 @@ class Job:
         width, height = self.size.split("x")
         return int(width), int(height)
 
+    def finishes_at(self, config: SimulatorConfig) -> float:
+        """When the job ends (completed or failed), on ``config.clock``'s scale."""
+        queue, generation = config.timing(self.id)
+        return self.created_at + queue + generation
+
     def video(self, config: SimulatorConfig) -> dict[str, Any]:
         """The ``Video`` object as of ``config.clock()``."""
         now = config.clock()
-        started = self.created_at + config.queue_seconds
-        finished = started + config.generation_seconds
+        queue, generation = config.timing(self.id)
+        started = self.created_at + queue
+        finished = started + generation
         status, progress, completed_at, expires_at = "queued", 0, None, None
         if now >= finished and self.error is not None:
             status = "failed"
         elif now >= finished:
             status, progress, completed_at = "completed", 100, int(finished)
             expires_at = int(finished + config.expires_after_seconds)
+        elif config.shapes is not None:
+            fraction = (now - started) / generation
+            status, progress = config.shapes.shown("queued" if now < started else "", fraction)
         elif now >= started:
             status = "in_progress"
-            progress = min(99, int(100 * (now - started) / config.generation_seconds))
+            progress = min(99, int(100 * (now - started) / generation))
         return {
             "id": self.id,
             "object": "video",
