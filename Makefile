@@ -22,7 +22,7 @@ demo: $(STAMP)
 # this 2-core machine. TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 4
 test: $(STAMP) $(BROWSER)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=10
 
 # The inner loop: everything but the slow tests (wheel builds, the demo, chaos).
 test-fast: $(STAMP) $(BROWSER)

@@ -13,6 +13,7 @@ value, unit and the command that produced it.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from bench import scenarios, waiting, yardstick
 from bench.pipeline import PAYLOAD, fresh_database, run_pipeline
-from service import eventloop, logs
+from service import logs
 from service.local.embedded import start_embedded_postgres
 from service.media import probe as media
 
@@ -416,4 +417,4 @@ async def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(eventloop.run(main()))
+    sys.exit(asyncio.run(main()))

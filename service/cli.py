@@ -11,6 +11,7 @@ the same command line works in a shell, a container and a systemd unit.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from uuid import UUID
 import asyncpg
 import structlog
 
-from service import eventloop, logs
+from service import logs
 from service.commands import verbs
 from service.commands.dashboard import run_dashboard
 from service.commands.doctor import run_doctor
@@ -184,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = "error" if args.command == "doctor" else settings.logs.level
     logs.configure(settings.logs.format, level, secret_values(settings))
     try:
-        return eventloop.run(dispatch(args, settings))
+        return asyncio.run(dispatch(args, settings))
     except KeyboardInterrupt:
         return 130
     except (LocalExtraMissing, StandInRefused, DatabaseRefused) as err:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import cast
 
 import structlog
 from aiohttp import web
@@ -60,9 +59,7 @@ class Guarded(asyncio.Protocol):
         self._header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A TCP server's transport: asyncio's, or uvloop's (a Transport in all but name:
-        # it is no subclass of asyncio.Transport, so no isinstance check here).
-        transport = cast(asyncio.Transport, transport)
+        assert isinstance(transport, asyncio.Transport), "a TCP server's transports"
         census = self._census
         if census.open >= self._limits.max_connections:
             if not census.refusing:
