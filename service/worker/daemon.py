@@ -25,13 +25,7 @@ import structlog
 from service.backoff import Backoff, Outage
 from service.core.actions import Action, next_action
 from service.core.costs import over_budget_wait
-from service.core.events import (
-    Accepted,
-    Event,
-    IntentRecorded,
-    OverBudget,
-    Transient,
-)
+from service.core.events import Accepted, Event, IntentRecorded, OverBudget, Transient
 from service.core.job import Job, Policy, RowId, Stage, SubmitKey
 from service.core.machine import apply
 from service.database.errors import BudgetSpent, Conflict, LeaseLost, RepositoryError
