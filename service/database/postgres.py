@@ -51,8 +51,7 @@ from service.database.rows import ACTIVE_SQL, JOB_COLUMNS, ROW_COLUMNS, WAKEABLE
 # The flush it saves is what a new request waits for twice (claim, then intent).
 _NO_FLUSH = "(select set_config('synchronous_commit', 'off', true)) as no_flush"
 
-CLAIM = f"""
-with fresh as (
+_FRESH = """
     select id from public.videos
     where stage = 'pending'                -- videos_fresh_idx: requests go first, so a new
       and next_attempt_at <= now()         -- row never queues behind thousands of polls
@@ -60,7 +59,23 @@ with fresh as (
       and id <> all($4::uuid[])
     order by next_attempt_at
     limit $2
-    for update skip locked
+    for update skip locked"""
+
+
+def _leased(claimed: str) -> str:
+    """The rows ``claimed`` (a ``from`` item aliased ``claimed``) leased to this worker."""
+    return f"""
+update public.videos v
+set locked_by = $1, locked_until = now() + $3::interval,
+    next_attempt_at = now() + $3::interval  -- due again when the lease ends (NEXT_DUE)
+from {claimed}, {_NO_FLUSH}
+where v.id = claimed.id
+returning {", ".join("v." + c for c in ROW_COLUMNS)}, now() as as_of
+"""
+
+
+CLAIM = f"""
+with fresh as ({_FRESH}
 ), due as (
     select id from public.videos
     where stage in {ACTIVE_SQL}  -- videos_due_idx's predicate
@@ -71,35 +86,13 @@ with fresh as (
     order by next_attempt_at               -- oldest debt first
     limit $2 - (select count(*) from fresh)
     for update skip locked                 -- replicas never block on or share a row
-)
-update public.videos v
-set locked_by = $1, locked_until = now() + $3::interval,
-    next_attempt_at = now() + $3::interval  -- due again when the lease ends (NEXT_DUE)
-from (select id from fresh union all select id from due) as claimed, {_NO_FLUSH}
-where v.id = claimed.id
-returning {", ".join("v." + c for c in ROW_COLUMNS)}, now() as as_of
-"""
+){_leased("(select id from fresh union all select id from due) as claimed")}"""
 
 # New requests alone, for the dispatch lane: a row just announced is claimed without
 # reading or leasing the rows due for polls beside it.
 CLAIM_FRESH = f"""
-with fresh as (
-    select id from public.videos
-    where stage = 'pending'                -- videos_fresh_idx
-      and next_attempt_at <= now()
-      and (locked_until is null or locked_until < now())
-      and id <> all($4::uuid[])
-    order by next_attempt_at
-    limit $2
-    for update skip locked
-)
-update public.videos v
-set locked_by = $1, locked_until = now() + $3::interval,
-    next_attempt_at = now() + $3::interval
-from fresh, {_NO_FLUSH}
-where v.id = fresh.id
-returning {", ".join("v." + c for c in ROW_COLUMNS)}, now() as as_of
-"""
+with fresh as ({_FRESH}
+){_leased("fresh as claimed")}"""
 
 # The first entry of videos_due_idx: next_attempt_at is when any worker may next claim
 # a row (a claim and a heartbeat set it to the lease's end), so no row needs reading
