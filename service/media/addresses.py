@@ -110,6 +110,15 @@ def default_port(scheme: str) -> int:
     return 443 if scheme == "https" else 80
 
 
+def redirect_target(url: httpx.URL, location: str) -> str:
+    """Where a redirect from ``url`` leads: ``location`` resolved against it, or as it
+    stands when it cannot be (the check of the next hop then refuses it by name)."""
+    try:
+        return str(url.join(location))
+    except (httpx.InvalidURL, ValueError, UnicodeError):
+        return location
+
+
 def origin_of(url: str) -> Origin:
     """``(scheme, host, port)`` of a URL, normalised as the fetcher compares them."""
     parsed = httpx.URL(url)

@@ -34,6 +34,7 @@ from service.media.addresses import (
     default_port,
     is_public,
     origin_of,
+    redirect_target,
     system_resolver,
 )
 from service.media.fetch import (
@@ -157,11 +158,7 @@ class Delivery:
                 ):
                     if response.is_redirect:
                         location = response.headers.get("location", "")
-                        try:
-                            following = str(hop.url.join(location))
-                        except (httpx.InvalidURL, ValueError, UnicodeError):
-                            following = location
-                        hop = await self._check(following, what)
+                        hop = await self._check(redirect_target(hop.url, location), what)
                         continue
                     if response.status_code in (404, 410):
                         raise DeliveryGone(f"{what} is gone (HTTP {response.status_code})")

@@ -45,6 +45,7 @@ from service.media.addresses import (
     default_port,
     odd_ipv4_spelling,
     parses_public,
+    redirect_target,
     system_resolver,
 )
 from service.media.pinned import PinnedTransport, bracketed
@@ -250,11 +251,7 @@ class PhotoFetcher:
                     )
                 if response.is_redirect:
                     location = response.headers.get("location", "")
-                    try:
-                        following = str(target.url.join(location))
-                    except (httpx.InvalidURL, ValueError, UnicodeError):
-                        following = location
-                    target = await self._check(target.label, following)
+                    target = await self._check(target.label, redirect_target(target.url, location))
                     continue
                 if response.status_code >= 400:
                     status = response.status_code
